@@ -1,0 +1,1 @@
+"""The contract between tcplab's processes: schema, codec, endpoints, records."""
