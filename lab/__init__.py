@@ -1,0 +1,1 @@
+"""The lab around a run: its network namespace, scenarios and supervision."""
