@@ -74,7 +74,11 @@ class LabNamespace:
             raise NamespaceError(
                 f"cannot create network namespace {self.name}: {e} (tcplab needs root)"
             ) from e
-        self._in_namespace(self._configure)
+        try:
+            self._in_namespace(self._configure)
+        except BaseException:
+            self.destroy()
+            raise
         return self
 
     def _configure(self) -> None:

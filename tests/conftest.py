@@ -1,0 +1,59 @@
+"""Shared test policy: tests that need root, eBPF or network namespaces.
+
+Where a requirement is missing the test is skipped with the reason, except
+under TCPLAB_REQUIRE_BPF=1 (CI): there a test that cannot run fails, so a
+green CI run proves the kernel tests really ran.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REQUIRE = os.environ.get("TCPLAB_REQUIRE_BPF") == "1"
+GUARDED = ("root", "bpf", "netns")
+
+
+def _missing(marker: str) -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (eBPF and network namespaces): run `sudo make test`"
+    if marker == "bpf":
+        try:
+            import bcc  # noqa: F401
+        except ImportError:
+            return "bcc is not importable: run `sudo scripts/provision.sh`"
+        if not Path("/sys/kernel/tracing/events/sock/inet_sock_set_state").exists():
+            return "tracefs or sock:inet_sock_set_state missing: run `sudo scripts/provision.sh`"
+    if marker == "netns" and shutil.which("ip") is None:
+        return "iproute2's `ip` is missing: run `sudo scripts/provision.sh`"
+    return None
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for marker in GUARDED:
+        if item.get_closest_marker(marker) is None:
+            continue
+        reason = _missing(marker)
+        if reason is None:
+            continue
+        if REQUIRE:
+            pytest.fail(f"TCPLAB_REQUIRE_BPF=1 and this test cannot run: {reason}", pytrace=False)
+        pytest.skip(reason)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    """Under TCPLAB_REQUIRE_BPF=1 a guarded test that skips itself fails."""
+    outcome = yield
+    report = outcome.get_result()
+    if REQUIRE and report.skipped and any(item.get_closest_marker(m) for m in GUARDED):
+        report.outcome = "failed"
+        report.longrepr = f"TCPLAB_REQUIRE_BPF=1 and this test skipped: {report.longrepr}"
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    mode = "required (skips fail)" if REQUIRE else "optional (skipped when missing)"
+    return f"tcplab: root/bpf/netns tests {mode}; euid={os.geteuid()}"
