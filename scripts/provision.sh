@@ -2,6 +2,8 @@
 # The one set-up script for tcplab, used by the Makefile, CI and the Vagrantfile.
 # Run as root. Idempotent: a second run only checks and changes nothing.
 # Supports Debian 12 and Ubuntu 22.04/24.04.
+#   scripts/provision.sh              full set-up and check, ends with `tcplab doctor`
+#   scripts/provision.sh --if-needed  returns at once when everything is in place
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -12,6 +14,19 @@ say() { printf 'provision: %s\n' "$*"; }
 die() { printf 'provision: error: %s\n' "$*" >&2; exit 1; }
 
 [ "$(id -u)" -eq 0 ] || die "run as root (sudo $0): it installs packages, mounts tracefs and loads eBPF programs"
+# What the fast path checks: the venv is current and bcc imports in it, the
+# headers link and tracefs are there.
+in_place() {
+    local venv=$repo/.venv
+    [ -f "$venv/.tcplab-installed" ] && [ ! "$repo/pyproject.toml" -nt "$venv/.tcplab-installed" ] &&
+        [ -e "/lib/modules/$kernel/build/Makefile" ] &&
+        mountpoint -q /sys/kernel/tracing &&
+        "$venv/bin/python" -c 'import bcc, zmq' 2>/dev/null
+}
+if [ "${1:-}" = --if-needed ] && in_place; then
+    exit 0
+fi
+
 command -v apt-get >/dev/null || die "apt-get not found: tcplab provisions Debian 12 and Ubuntu 22.04/24.04 only"
 
 # --- packages ---------------------------------------------------------------
@@ -35,21 +50,18 @@ apt_update_once() {
     apt-get update -qq
     apt_updated=1
 }
-headers_pkg="linux-headers-$kernel"
-if ! dpkg-query -W -f='${Status}' "$headers_pkg" 2>/dev/null | grep -q 'ok installed'; then
-    if ! apt-cache show "$headers_pkg" >/dev/null 2>&1; then
-        apt_update_once
-    fi
+if [ ! -e "/lib/modules/$kernel/build/Makefile" ]; then
+    headers_pkg="linux-headers-$kernel"
+    apt-cache show "$headers_pkg" >/dev/null 2>&1 || apt_update_once
     if ! apt-cache show "$headers_pkg" >/dev/null 2>&1; then
         if grep -q '^ID=ubuntu' /etc/os-release 2>/dev/null; then
             headers_pkg=linux-headers-generic
         else
-            headers_pkg=linux-headers-amd64
-            [ "$(dpkg --print-architecture)" = arm64 ] && headers_pkg=linux-headers-arm64
+            headers_pkg=linux-headers-$(dpkg --print-architecture)
         fi
     fi
+    packages+=("$headers_pkg")
 fi
-packages+=("$headers_pkg")
 
 missing=()
 for p in "${packages[@]}"; do
@@ -67,7 +79,7 @@ fi
 
 # --- kernel headers link ----------------------------------------------------
 moddir=/lib/modules/$kernel
-if [ -e "$moddir/build/include/linux" ]; then
+if [ -e "$moddir/build/Makefile" ]; then
     say "kernel headers for $kernel present"
 else
     build=$(ls -d /usr/src/linux-headers-*-amd64 /usr/src/linux-headers-*-arm64 \

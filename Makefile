@@ -1,0 +1,26 @@
+# The README's commands. Each works as the very first command on a fresh
+# machine: it provisions when needed (scripts/provision.sh --if-needed).
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+
+ifneq ($(shell id -u),0)
+$(error tcplab: run as root (sudo make $(or $(MAKECMDGOALS),lab)): the eBPF probes and the lab's network namespaces need root)
+endif
+
+.PHONY: lab test bench test-kernels provision lint
+
+lab: provision
+	$(BIN)/tcplab run all
+
+test: provision
+	$(BIN)/pytest -ra
+
+bench: provision
+	$(BIN)/python -m bench
+
+provision:
+	@bash scripts/provision.sh --if-needed
+
+lint: provision
+	$(BIN)/ruff check . && $(BIN)/mypy actors bus correlator lab probes reports orchestrator.py
