@@ -1,0 +1,177 @@
+"""The seed's echo server: each line comes back as "ECHO: " + line.
+
+One thread, one epoll loop (selectors). Logs listen, accept, echo,
+peer_close and close with the fd and the local 4-tuple.
+
+    python -m actors.server --port 8080
+"""
+
+from __future__ import annotations
+
+import argparse
+import selectors
+import socket
+from dataclasses import dataclass, field
+
+from actors import runtime
+from actors.runtime import Runtime, UsageError, error_fields, sock_fields
+
+PREFIX = b"ECHO: "
+MAX_LINE = 64 * 1024  # a client that never sends a newline must not grow us forever
+
+
+@dataclass
+class Conn:
+    sock: socket.socket
+    fields: dict[str, object]
+    inbuf: bytearray = field(default_factory=bytearray)
+    outbuf: bytearray = field(default_factory=bytearray)
+    echoes: int = 0
+
+
+def listen(host: str, port: int, backlog: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    # The seed's strace shows it: restart at once despite TIME_WAIT leftovers.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise UsageError(f"cannot listen on {host}:{port}: {e.strerror}; pick another --port")
+    sock.listen(backlog)
+    sock.setblocking(False)
+    return sock
+
+
+class EchoServer:
+    def __init__(self, rt: Runtime, lsock: socket.socket) -> None:
+        self.rt = rt
+        self.lsock = lsock
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(lsock, selectors.EVENT_READ, None)
+        self.conns: dict[int, Conn] = {}
+        self.accepted = 0
+        self.echoed = 0
+        self.closed = 0
+
+    def progress(self) -> dict[str, object]:
+        return {
+            "open": len(self.conns),
+            "accepted": self.accepted,
+            "echoes": self.echoed,
+            "closed": self.closed,
+        }
+
+    def loop(self) -> None:
+        while self.rt.running:
+            for key, mask in self.sel.select(timeout=0.05):
+                if key.data is None:
+                    self.accept()
+                else:
+                    self.handle(key.data, mask)
+            self.rt.service(0)
+
+    def accept(self) -> None:
+        # Bounded per wake-up so a flood of connects cannot starve the bus.
+        for _ in range(256):
+            try:
+                sock, _addr = self.lsock.accept()
+            except BlockingIOError:
+                return
+            except OSError as e:
+                self.rt.log.warning("accept_failed", fd=self.lsock.fileno(), **error_fields(e))
+                return
+            sock.setblocking(False)
+            conn = Conn(sock, sock_fields(sock))
+            self.conns[sock.fileno()] = conn
+            self.sel.register(sock, selectors.EVENT_READ, conn)
+            self.accepted += 1
+            self.rt.log.info("accept", **conn.fields)
+
+    def handle(self, conn: Conn, mask: int) -> None:
+        if mask & selectors.EVENT_WRITE:
+            self.flush(conn)
+        if not mask & selectors.EVENT_READ:
+            return
+        try:
+            data = conn.sock.recv(65536)
+        except ConnectionError as e:
+            self.rt.log.info("peer_close", how="reset", **conn.fields, **error_fields(e))
+            self.close(conn)
+            return
+        except BlockingIOError:
+            return
+        if not data:
+            self.rt.log.info("peer_close", how="fin", echoes=conn.echoes, **conn.fields)
+            self.close(conn)
+            return
+        conn.inbuf += data
+        while (nl := conn.inbuf.find(b"\n")) >= 0:
+            line = bytes(conn.inbuf[: nl + 1])
+            del conn.inbuf[: nl + 1]
+            conn.outbuf += PREFIX + line
+            conn.echoes += 1
+            self.echoed += 1
+            self.rt.log.info("echo", bytes=len(line), **conn.fields)
+        if len(conn.inbuf) > MAX_LINE:
+            self.rt.log.warning("line_too_long", bytes=len(conn.inbuf), **conn.fields)
+            self.close(conn)
+            return
+        self.flush(conn)
+
+    def flush(self, conn: Conn) -> None:
+        try:
+            sent = conn.sock.send(conn.outbuf) if conn.outbuf else 0
+        except BlockingIOError:
+            sent = 0
+        except ConnectionError as e:
+            self.rt.log.info("peer_close", how="reset", **conn.fields, **error_fields(e))
+            self.close(conn)
+            return
+        del conn.outbuf[:sent]
+        want = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.outbuf else 0)
+        self.sel.modify(conn.sock, want, conn)
+
+    def close(self, conn: Conn) -> None:
+        self.sel.unregister(conn.sock)
+        self.conns.pop(conn.sock.fileno(), None)
+        conn.sock.close()
+        self.closed += 1
+        self.rt.log.info("close", **conn.fields)
+
+    def shutdown(self) -> None:
+        for conn in list(self.conns.values()):
+            self.close(conn)
+        fields = {"fd": self.lsock.fileno()}
+        self.sel.unregister(self.lsock)
+        self.lsock.close()
+        self.rt.log.info("close", listener=True, **fields)
+        self.sel.close()
+
+
+def serve(args: argparse.Namespace) -> int:
+    lsock = listen(args.host, args.port, args.backlog)
+    rt = Runtime("server", args)
+    host, port = lsock.getsockname()[:2]
+    rt.log.info("listen", fd=lsock.fileno(), laddr=host, lport=port, backlog=args.backlog)
+    server = EchoServer(rt, lsock)
+    rt.progress = server.progress
+    rt.ready(host=host, port=port)
+    if rt.wait_start():
+        server.loop()
+    server.shutdown()
+    return rt.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = runtime.parser("server", "Echo server: answers each line with 'ECHO: ' + line.")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=8080, help="port (0 picks a free one)")
+    p.add_argument("--backlog", type=int, default=4096, help="listen() backlog")
+    args = p.parse_args(argv)
+    return runtime.run(lambda: serve(args), "server")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
