@@ -38,7 +38,9 @@ def listen(host: str, port: int, backlog: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as e:
         sock.close()
-        raise UsageError(f"cannot listen on {host}:{port}: {e.strerror}; pick another --port")
+        raise UsageError(
+            f"cannot listen on {host}:{port}: {e.strerror}; pick another --port"
+        ) from None
     sock.listen(backlog)
     sock.setblocking(False)
     return sock
