@@ -1,0 +1,28 @@
+"""The Vagrantfile is valid and provisions through the one set-up script."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.skipif(shutil.which("vagrant") is None, reason="vagrant is not installed here")
+def test_vagrant_validate_passes() -> None:
+    out = subprocess.run(
+        ["vagrant", "validate"], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "validated successfully" in out.stdout
+
+
+def test_vagrantfile_pins_box_and_uses_provision_script() -> None:
+    """A pinned box version and the same provision script as bare machines and CI."""
+    text = (ROOT / "Vagrantfile").read_text()
+    assert 'config.vm.box = "bento/debian-12"' in text
+    assert "config.vm.box_version = " in text
+    assert 'path: "scripts/provision.sh"' in text
