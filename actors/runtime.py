@@ -84,7 +84,8 @@ def error_fields(e: OSError) -> dict[str, Any]:
 
 
 def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
+    """Open fds of this process (the directory's own fd not counted)."""
+    return len(os.listdir("/proc/self/fd")) - 1
 
 
 def raise_nofile(wanted: int | None = None) -> int:

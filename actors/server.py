@@ -82,14 +82,20 @@ class EchoServer:
             except BlockingIOError:
                 return
             except OSError as e:
-                self.rt.log.warning("accept_failed", fd=self.lsock.fileno(), **error_fields(e))
+                self.accept_error(e)
                 return
-            sock.setblocking(False)
-            conn = Conn(sock, sock_fields(sock))
-            self.conns[sock.fileno()] = conn
-            self.sel.register(sock, selectors.EVENT_READ, conn)
-            self.accepted += 1
-            self.rt.log.info("accept", **conn.fields)
+            self.adopt(sock)
+
+    def accept_error(self, e: OSError) -> None:
+        self.rt.log.warning("accept_failed", fd=self.lsock.fileno(), **error_fields(e))
+
+    def adopt(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        conn = Conn(sock, sock_fields(sock))
+        self.conns[sock.fileno()] = conn
+        self.sel.register(sock, selectors.EVENT_READ, conn)
+        self.accepted += 1
+        self.rt.log.info("accept", **conn.fields)
 
     def handle(self, conn: Conn, mask: int) -> None:
         if mask & selectors.EVENT_WRITE:
