@@ -1,0 +1,106 @@
+/* What every probe program shares: delivery, counters, filters.
+ *
+ * probes/loader.py compiles this text followed by one probe's .bpf.c as a
+ * single program. It is not #included because bcc rewrites map calls
+ * (config.lookup(...)) only in its main text: in a header they stay
+ * function-pointer calls and the verifier rejects them ("unknown opcode
+ * 8d"); inside a macro bcc refuses them outright.
+ *
+ * Settings come in as -D cflags from probes/loader.py (never by editing
+ * this text): TCPLAB_PERFBUF selects the perf buffer (kernels < 5.8 have
+ * no BPF ring buffer), TCPLAB_RING_PAGES sizes the ring, TCPLAB_TRACEPOINT
+ * and TCPLAB_KPROBE select which attach variants get compiled.
+ */
+#ifndef TCPLAB_RING_PAGES
+#define TCPLAB_RING_PAGES 1024
+#endif
+#define TCPLAB_FILTER_MAX 1024
+
+/* The event channel. Written by this program's handlers only; read by
+ * probes/loader.py. A ring buffer (>= 5.8) is one buffer shared by all
+ * CPUs, ordered, and cheap for the producer; the perf buffer fallback is
+ * per CPU and costs the traced process more. */
+#ifdef TCPLAB_PERFBUF
+BPF_PERF_OUTPUT(events);
+#else
+BPF_RINGBUF_OUTPUT(events, TCPLAB_RING_PAGES);
+#endif
+
+/* Per-CPU counters, so counting never contends: [0] events handed to the
+ * channel, [1] events lost because the channel was full. Incremented by the
+ * handlers; read (summed over CPUs) by user space for STATS. A lost event
+ * is never silent. */
+#define CNT_EVENTS 0
+#define CNT_DROPS 1
+BPF_PERCPU_ARRAY(counters, u64, 2);
+
+/* Filter switches: config[CFG_x] != 0 means filter x is active (an empty
+ * filter passes everything). Written by user space after it fills the
+ * matching hash; read by the handlers. */
+#define CFG_PIDS 0
+#define CFG_LPORTS 1
+#define CFG_RPORTS 2
+#define CFG_PORTS 3
+#define CFG_EPOLL_AGG_ONLY 4 /* epoll: histograms only, no per-call events */
+#define CFG_SELF_PID 5       /* the reader's own pid: its epoll_wait on the ring would
+                               otherwise trace itself, one event per wake-up, forever */
+#define CFG_MAX 8
+BPF_ARRAY(config, u32, CFG_MAX);
+
+/* Filter sets (key present = allowed). Inserted and deleted by user space at
+ * start and while running; read by the handlers. lports match the socket's
+ * own port, rports its peer's, ports either. */
+BPF_HASH(filter_pids, u32, u8, TCPLAB_FILTER_MAX);
+BPF_HASH(filter_lports, u16, u8, TCPLAB_FILTER_MAX);
+BPF_HASH(filter_rports, u16, u8, TCPLAB_FILTER_MAX);
+BPF_HASH(filter_ports, u16, u8, TCPLAB_FILTER_MAX);
+
+static __always_inline int cfg_on(u32 idx)
+{
+    u32 *on = config.lookup(&idx);
+    return on && *on;
+}
+
+static __always_inline void count(u32 idx)
+{
+    u64 *v = counters.lookup(&idx);
+    if (v)
+        (*v)++; /* per-CPU slot: no other CPU writes it */
+}
+
+static __always_inline int is_self(u32 tgid)
+{
+    u32 k = CFG_SELF_PID;
+    u32 *self = config.lookup(&k);
+    return self && *self == tgid;
+}
+
+static __always_inline int pid_ok(u32 tgid)
+{
+    if (!cfg_on(CFG_PIDS))
+        return 1;
+    return filter_pids.lookup(&tgid) != 0;
+}
+
+static __always_inline int ports_ok(u16 lport, u16 rport)
+{
+    if (cfg_on(CFG_LPORTS) && !filter_lports.lookup(&lport))
+        return 0;
+    if (cfg_on(CFG_RPORTS) && !filter_rports.lookup(&rport))
+        return 0;
+    if (cfg_on(CFG_PORTS) && !filter_ports.lookup(&lport) && !filter_ports.lookup(&rport))
+        return 0;
+    return 1;
+}
+
+/* The x86_64 and arm64 syscall wrappers (CONFIG_ARCH_HAS_SYSCALL_WRAPPER,
+ * >= 4.17) take one argument, the user's pt_regs; the syscall's own
+ * arguments are read from there. The 4th syscall argument is r10 on x86_64
+ * (rcx is clobbered by the syscall instruction), not PT_REGS_PARM4's rcx. */
+#if defined(__x86_64__)
+#define SYSCALL_ARG4(regs) ((regs)->r10)
+#else
+#define SYSCALL_ARG4(regs) PT_REGS_PARM4(regs)
+#endif
+#define READ_KERNEL(dst, src) bpf_probe_read_kernel(&(dst), sizeof(dst), (const void *)&(src))
+

@@ -1,0 +1,77 @@
+/* The kernel event records, defined once.
+ *
+ * Every probe writes one of these structs into its ring buffer; Python
+ * decodes them with bcc's table.event(), which reads this very definition
+ * back from the compiled program, so there is no second (ctypes) copy.
+ * Fields use bcc's u8/u16/u32/u64/s32/char names: table.event() maps those
+ * names (not "unsigned char [16]") to ctypes.
+ */
+#ifndef TCPLAB_EVENTS_H
+#define TCPLAB_EVENTS_H
+
+/* TASK_COMM_LEN is an enum in kernel headers: a #define would clash. */
+#define TCPLAB_COMM_LEN 16
+
+/* sock:inet_sock_set_state (>= 4.16) or a kprobe on tcp_set_state. */
+struct tcp_state_event {
+    u64 ts;        /* bpf_ktime_get_ns(): CLOCK_MONOTONIC, same as time.monotonic_ns() */
+    u64 skaddr;    /* the struct sock's address: the only key stable for a socket's life */
+    u32 pid;       /* on-CPU tgid: often a softirq's victim, never trusted as owner */
+    u32 tid;
+    char comm[TCPLAB_COMM_LEN];
+    u16 family;    /* AF_INET (2) or AF_INET6 (10) */
+    u16 sport;     /* host order; 0 before the ephemeral port is chosen */
+    u16 dport;     /* host order */
+    u8 oldstate;   /* include/net/tcp_states.h numbering */
+    u8 newstate;
+    u8 saddr[16];  /* AF_INET: first 4 bytes */
+    u8 daddr[16];
+};
+
+/* Which syscall an accept_event or epoll_call_event came from. */
+#define TCPLAB_SYS_ACCEPT 0
+#define TCPLAB_SYS_ACCEPT4 1
+#define TCPLAB_SYS_EPOLL_WAIT 0
+#define TCPLAB_SYS_EPOLL_PWAIT 1
+#define TCPLAB_SYS_EPOLL_PWAIT2 2
+
+/* accept/accept4 at syscall exit. */
+struct accept_event {
+    u64 ts;          /* at exit */
+    u64 dur_ns;      /* exit - enter: how long the caller was inside accept */
+    u32 pid;
+    u32 tid;
+    char comm[TCPLAB_COMM_LEN];
+    s32 lfd;         /* the listening fd passed in */
+    s32 fd;          /* the new fd, or -1 */
+    s32 err;         /* positive errno (EAGAIN, EMFILE, ...) or 0 */
+    u16 family;      /* of the peer address read back from the user buffer; 0 if none */
+    u16 peer_port;   /* host order */
+    u8 peer_addr[16];
+    u8 syscall;      /* TCPLAB_SYS_ACCEPT* */
+    u8 pad[7];
+};
+
+/* epoll_wait/epoll_pwait/epoll_pwait2 at syscall exit. */
+struct epoll_call_event {
+    u64 ts;          /* at exit */
+    u64 dur_ns;      /* time blocked in the call */
+    u32 pid;
+    u32 tid;
+    char comm[TCPLAB_COMM_LEN];
+    s32 epfd;
+    s32 maxevents;
+    s32 timeout_ms;  /* -1 = forever; epoll_pwait2's timespec converted to ms */
+    s32 ready;       /* number of ready events, 0 on timeout or error */
+    s32 err;         /* positive errno (EINTR, EBADF, ...) or 0 */
+    u8 syscall;      /* TCPLAB_SYS_EPOLL_* */
+    u8 pad[3];
+};
+
+/* Key of the in-kernel epoll histograms: one log2 slot per pid. */
+struct hist_key {
+    u32 pid;
+    u32 slot;
+};
+
+#endif

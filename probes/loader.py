@@ -1,0 +1,612 @@
+"""Load, attach, filter and drain the BPF programs in this directory.
+
+`make_plan()` decides at start, per probe, how it attaches (tracepoint where
+the kernel has it, kprobe where not, or as forced by TCPLAB_ATTACH) and how
+events come out (ring buffer from 5.8, perf buffer before, or as forced by
+TCPLAB_DELIVERY). `ProbeSet` compiles each probe once, attaches it, and
+turns the kernel's records into dicts shaped like bus/records.py.
+
+bcc is imported inside the functions that need it, so that `tcplab --help`
+and the planning code work on a machine without it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import platform
+import re
+import select
+import socket
+import struct
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from bus.records import TCP_STATES
+
+HERE = Path(__file__).resolve().parent
+PROBES = ("tcp_state", "accept", "epoll")
+TRACEFS_ROOTS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
+# The kprobe PMU (>= 4.17) or the legacy kprobe_events file must exist for a
+# kprobe to attach at all; neither exists with CONFIG_KPROBES off.
+KPROBE_PMU = Path("/sys/bus/event_source/devices/kprobe")
+RINGBUF_SINCE = (5, 8)
+# tcp_state sees ~10 events per connection; at ~18k connections/s that is
+# ~14 MB/s, so 4 MiB rides out a ~250 ms stall of the reader.
+RING_PAGES = {"tcp_state": 1024, "accept": 256, "epoll": 256}
+SYSCALL_PREFIXES = ("__x64_sys_", "__arm64_sys_", "__s390x_sys_", "__riscv_sys_", "sys_")
+
+Event = dict[str, Any]
+Callback = Callable[[str, Event], None]
+
+
+class ProbeError(RuntimeError):
+    """The probes cannot run as asked; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Hook:
+    kind: str  # "tracepoint", "kprobe" or "kretprobe"
+    target: str  # "sock:inet_sock_set_state", or a kernel function
+    fn: str  # the BPF function in the probe's .bpf.c
+
+
+@dataclass
+class ProbePlan:
+    name: str
+    mode: str | None  # "tracepoint", "kprobe", or None: cannot attach here
+    hooks: list[Hook]
+    why: str  # why this mode, or what is missing and how to fix it
+
+
+@dataclass
+class AttachPlan:
+    delivery: str  # "ringbuf" or "perf"
+    probes: dict[str, ProbePlan]
+
+    def usable(self) -> list[str]:
+        return [n for n, p in self.probes.items() if p.mode]
+
+    def describe(self) -> list[str]:
+        lines = [f"delivery: {self.delivery}"]
+        for p in self.probes.values():
+            lines.append(f"{p.name}: {p.mode or 'NOT ATTACHABLE'} ({p.why})")
+        return lines
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "delivery": self.delivery,
+            "probes": {n: {"mode": p.mode, "why": p.why} for n, p in self.probes.items()},
+        }
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def tracefs() -> Path | None:
+    for root in TRACEFS_ROOTS:
+        if (root / "events").is_dir():
+            return root
+    return None
+
+
+def tracepoint_exists(name: str) -> bool:
+    root = tracefs()
+    category, _, event = name.partition(":")
+    return root is not None and (root / "events" / category / event / "format").exists()
+
+
+def kprobes_supported() -> bool:
+    root = tracefs()
+    return KPROBE_PMU.exists() or (root is not None and (root / "kprobe_events").exists())
+
+
+@lru_cache(maxsize=1)
+def kernel_functions() -> frozenset[str]:
+    """Function names in /proc/kallsyms (text symbols only)."""
+    names = set()
+    try:
+        with open("/proc/kallsyms") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3 and parts[1] in "tTwW":
+                    names.add(parts[2])
+    except OSError:
+        pass
+    return frozenset(names)
+
+
+def syscall_function(name: str) -> str | None:
+    """The kernel function a kprobe on syscall `name` attaches to, if any."""
+    funcs = kernel_functions()
+    for prefix in SYSCALL_PREFIXES:
+        if prefix + name in funcs:
+            return prefix + name
+    return None
+
+
+def kernel_version() -> tuple[int, int]:
+    m = re.match(r"(\d+)\.(\d+)", platform.release())
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+TRACEPOINT_HOOKS: dict[str, list[Hook]] = {
+    "tcp_state": [Hook("tracepoint", "sock:inet_sock_set_state", "tp_inet_sock_set_state")],
+    "accept": [
+        Hook("tracepoint", f"syscalls:sys_{edge}_{call}", f"tp_{edge}_{call}")
+        for call in ("accept4", "accept")
+        for edge in ("enter", "exit")
+    ],
+    "epoll": [
+        Hook("tracepoint", f"syscalls:sys_{edge}_{call}", f"tp_{edge}_{call}")
+        for call in ("epoll_wait", "epoll_pwait", "epoll_pwait2")
+        for edge in ("enter", "exit")
+    ],
+}
+
+# Syscall name -> (entry BPF function, return BPF function) for kprobe mode.
+KPROBE_SYSCALLS: dict[str, list[tuple[str, str, str]]] = {
+    "accept": [
+        ("accept4", "kp_enter_accept4", "kp_exit_accept"),
+        ("accept", "kp_enter_accept", "kp_exit_accept"),
+    ],
+    "epoll": [
+        ("epoll_wait", "kp_enter_epoll_wait", "kp_exit_epoll"),
+        ("epoll_pwait", "kp_enter_epoll_pwait", "kp_exit_epoll"),
+        ("epoll_pwait2", "kp_enter_epoll_pwait2", "kp_exit_epoll"),
+    ],
+}
+
+
+def kprobe_hooks(probe: str) -> tuple[list[Hook], list[str]]:
+    """The kprobe hooks for `probe` and the kernel functions that are missing."""
+    if probe == "tcp_state":
+        present = "tcp_set_state" in kernel_functions()
+        return [Hook("kprobe", "tcp_set_state", "kp_tcp_set_state")], (
+            [] if present else ["tcp_set_state"]
+        )
+    hooks, missing = [], []
+    for call, enter_fn, exit_fn in KPROBE_SYSCALLS[probe]:
+        target = syscall_function(call)
+        if target is None:
+            missing.append(f"sys_{call}")
+            continue
+        hooks += [Hook("kprobe", target, enter_fn), Hook("kretprobe", target, exit_fn)]
+    return hooks, missing
+
+
+def _plan_probe(name: str, force: str) -> ProbePlan:
+    tp_hooks = TRACEPOINT_HOOKS[name]
+    tp_missing = [h.target for h in tp_hooks if not tracepoint_exists(h.target)]
+    kp_hooks, kp_missing = kprobe_hooks(name)
+    if not kprobes_supported():
+        kp_missing = ["kprobes (CONFIG_KPROBES is off in this kernel)"]
+    if name == "epoll" and tp_missing == ["syscalls:sys_enter_epoll_pwait2",
+                                          "syscalls:sys_exit_epoll_pwait2"]:
+        # epoll_pwait2 only exists since 5.11: trace the other two without it.
+        tp_hooks = [h for h in tp_hooks if "pwait2" not in h.target]
+        tp_missing = []
+    tp_why = "tracepoints " + ", ".join(sorted({h.target for h in tp_hooks}))
+    if force in ("auto", "tracepoint") and not tp_missing:
+        return ProbePlan(name, "tracepoint", tp_hooks, tp_why)
+    if force in ("auto", "kprobe") and not kp_missing and kp_hooks:
+        why = "kprobes on " + ", ".join(sorted({h.target for h in kp_hooks}))
+        if force == "auto":
+            why += f" (missing {', '.join(tp_missing)})"
+        return ProbePlan(name, "kprobe", kp_hooks, why)
+    gaps = []
+    if force in ("auto", "tracepoint") and tp_missing:
+        gaps.append(f"missing tracepoints {', '.join(tp_missing)}: mount tracefs "
+                    "(mount -t tracefs tracefs /sys/kernel/tracing) or use a kernel "
+                    "with CONFIG_FTRACE_SYSCALLS")
+    if force in ("auto", "kprobe") and kp_missing:
+        gaps.append(f"no kprobe: missing {', '.join(kp_missing)}")
+    return ProbePlan(name, None, [], "; ".join(gaps))
+
+
+def make_plan(attach: str | None = None, delivery: str | None = None) -> AttachPlan:
+    """Choose, per probe, how to attach; read TCPLAB_ATTACH/TCPLAB_DELIVERY if not given."""
+    attach = attach or os.environ.get("TCPLAB_ATTACH") or "auto"
+    if attach not in ("auto", "tracepoint", "kprobe"):
+        raise ProbeError(f"TCPLAB_ATTACH={attach!r}: use auto, tracepoint or kprobe")
+    delivery = delivery or os.environ.get("TCPLAB_DELIVERY") or "auto"
+    if delivery not in ("auto", "ringbuf", "perf"):
+        raise ProbeError(f"TCPLAB_DELIVERY={delivery!r}: use auto, ringbuf or perf")
+    if delivery == "auto":
+        delivery = "ringbuf" if kernel_version() >= RINGBUF_SINCE else "perf"
+    return AttachPlan(delivery, {n: _plan_probe(n, attach) for n in PROBES})
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+@lru_cache(maxsize=4096)
+def _addr(family: int, raw: bytes) -> str:
+    if family == socket.AF_INET:
+        return socket.inet_ntop(socket.AF_INET, raw[:4])
+    if family == socket.AF_INET6:
+        return socket.inet_ntop(socket.AF_INET6, raw)
+    return ""
+
+
+def _state(n: int) -> str:
+    return TCP_STATES[n] if n < len(TCP_STATES) else str(n)
+
+
+ACCEPT_SYSCALLS = ("accept", "accept4")
+EPOLL_SYSCALLS = ("epoll_wait", "epoll_pwait", "epoll_pwait2")
+
+
+def decode_tcp_state(e: Any) -> Event:
+    return {
+        "type": "tcp_state",
+        "ts": e.ts,
+        "skaddr": e.skaddr,
+        "cpu_pid": e.pid,
+        "cpu_tid": e.tid,
+        "cpu_comm": e.comm.decode(errors="replace"),
+        "family": e.family,
+        "saddr": _addr(e.family, bytes(e.saddr)),
+        "sport": e.sport,
+        "daddr": _addr(e.family, bytes(e.daddr)),
+        "dport": e.dport,
+        "old": _state(e.oldstate),
+        "new": _state(e.newstate),
+    }
+
+
+def decode_accept(e: Any) -> Event:
+    return {
+        "type": "accept",
+        "ts": e.ts,
+        "pid": e.pid,
+        "tid": e.tid,
+        "comm": e.comm.decode(errors="replace"),
+        "syscall": ACCEPT_SYSCALLS[e.syscall],
+        "lfd": e.lfd,
+        "fd": e.fd,
+        "errno": e.err,
+        "family": e.family,
+        "peer_addr": _addr(e.family, bytes(e.peer_addr)),
+        "peer_port": e.peer_port,
+        "dur_ns": e.dur_ns,
+    }
+
+
+def decode_epoll(e: Any) -> Event:
+    return {
+        "type": "epoll",
+        "ts": e.ts,
+        "pid": e.pid,
+        "tid": e.tid,
+        "comm": e.comm.decode(errors="replace"),
+        "syscall": EPOLL_SYSCALLS[e.syscall],
+        "epfd": e.epfd,
+        "maxevents": e.maxevents,
+        "timeout_ms": e.timeout_ms,
+        "ready": e.ready,
+        "errno": e.err,
+        "dur_ns": e.dur_ns,
+    }
+
+
+DECODERS: dict[str, Callable[[Any], Event]] = {
+    "tcp_state": decode_tcp_state,
+    "accept": decode_accept,
+    "epoll": decode_epoll,
+}
+
+
+# --------------------------------------------------------------------------- running
+
+
+@dataclass
+class Filters:
+    """What to trace; an empty set means everything.
+
+    pids filter all probes (tcp_state by the on-CPU pid, then by socket);
+    ports filter tcp_state only: accept and epoll have no ports to compare.
+    """
+
+    pids: set[int] = field(default_factory=set)
+    lports: set[int] = field(default_factory=set)
+    rports: set[int] = field(default_factory=set)
+    ports: set[int] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        for p in self.pids:
+            if not 0 < p < 2**32:
+                raise ProbeError(f"pid {p} is out of range: give a process id")
+        for p in self.lports | self.rports | self.ports:
+            if not 0 < p < 65536:
+                raise ProbeError(f"port {p} is out of range: give 1..65535")
+
+
+# Indexes of common.bpf.c's config array and counters.
+CFG_PIDS, CFG_LPORTS, CFG_RPORTS, CFG_PORTS, CFG_EPOLL_AGG_ONLY, CFG_SELF_PID = range(6)
+CNT_EVENTS, CNT_DROPS = 0, 1
+
+
+class RingGauge:
+    """How full a BPF ring buffer is, read from its mmap'ed positions.
+
+    A ring buffer map exposes the consumer position on its first page and the
+    producer position on the second (stable ABI since 5.8); their difference
+    is the number of bytes written and not yet consumed.
+    """
+
+    def __init__(self, map_fd: int, capacity: int) -> None:
+        page = mmap.PAGESIZE
+        self.capacity = capacity
+        self._cons = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ, offset=0)
+        self._prod = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
+        self.peak = 0
+
+    def used(self) -> int:
+        used = int(struct.unpack_from("Q", self._prod)[0] - struct.unpack_from("Q", self._cons)[0])
+        self.peak = max(self.peak, used)
+        return used
+
+    def close(self) -> None:
+        self._cons.close()
+        self._prod.close()
+
+
+class Probe:
+    """One compiled BPF program set (one .bpf.c), attached per its plan."""
+
+    def __init__(self, plan: ProbePlan, delivery: str, *, kprobe_compile_only: bool = False):
+        from bcc import BPF  # lazily: see the module docstring
+
+        self.name = plan.name
+        self.plan = plan
+        self.delivery = delivery
+        mode = "kprobe" if kprobe_compile_only else plan.mode
+        if mode is None:
+            raise ProbeError(f"probe {self.name} cannot attach here: {plan.why}")
+        self.bpf = BPF(text=program_text(self.name), cflags=cflags(self.name, mode, delivery))
+        self.attached: list[Hook] = []
+        self.gauge: RingGauge | None = None
+        self._decode = DECODERS[self.name]
+        self.lost = 0  # perf buffer only: records the kernel overwrote
+
+    def attach(self) -> None:
+        for hook in self.plan.hooks:
+            if hook.kind == "tracepoint":
+                self.bpf.attach_tracepoint(tp=hook.target, fn_name=hook.fn)
+            elif hook.kind == "kprobe":
+                self.bpf.attach_kprobe(event=hook.target, fn_name=hook.fn)
+            else:
+                self.bpf.attach_kretprobe(event=hook.target, fn_name=hook.fn)
+            self.attached.append(hook)
+
+    def open(self, callback: Callback) -> None:
+        table = self.bpf["events"]
+        name, decode = self.name, self._decode
+
+        def on_event(_ctx: Any, data: Any, _size: int) -> int:
+            callback(name, decode(table.event(data)))
+            return 0
+
+        if self.delivery == "perf":
+
+            def on_lost(count: int) -> None:
+                self.lost += count
+
+            table.open_perf_buffer(on_event, page_cnt=RING_PAGES[name] // 4, lost_cb=on_lost)
+        else:
+            table.open_ring_buffer(on_event)
+            self.gauge = RingGauge(table.map_fd, RING_PAGES[name] * mmap.PAGESIZE)
+
+    def ring_fd(self) -> int | None:
+        return self.bpf["events"].map_fd if self.delivery == "ringbuf" else None
+
+    def drain(self, timeout_ms: int = 0) -> None:
+        if self.delivery == "ringbuf":
+            if self.gauge is not None:
+                self.gauge.used()  # sample occupancy just before draining
+            self.bpf.ring_buffer_consume()
+        else:
+            self.bpf.perf_buffer_poll(timeout=timeout_ms)
+
+    def counters(self) -> dict[str, int]:
+        values = self.bpf["counters"]
+        events = sum(values[ctypes.c_int(CNT_EVENTS)])
+        drops = sum(values[ctypes.c_int(CNT_DROPS)]) + self.lost
+        return {"events": int(events), "drops": int(drops)}
+
+    def set_filters(self, f: Filters) -> None:
+        """Fill the filter maps, then switch each filter on (or off when empty)."""
+        config = self.bpf["config"]
+        for idx, table_name, values in (
+            (CFG_PIDS, "filter_pids", f.pids),
+            (CFG_LPORTS, "filter_lports", f.lports),
+            (CFG_RPORTS, "filter_rports", f.rports),
+            (CFG_PORTS, "filter_ports", f.ports),
+        ):
+            table = self.bpf[table_name]
+            # Add the new keys before removing old ones so that an update
+            # never passes through an empty (= everything) filter.
+            for v in values:
+                table[table.Key(v)] = table.Leaf(1)
+            for key in list(table.keys()):
+                if key.value not in values:
+                    del table[key]
+            config[ctypes.c_int(idx)] = ctypes.c_uint(1 if values else 0)
+
+    def set_value(self, idx: int, value: int) -> None:
+        self.bpf["config"][ctypes.c_int(idx)] = ctypes.c_uint(value)
+
+    def close(self) -> None:
+        if self.gauge is not None:
+            self.gauge.close()
+            self.gauge = None
+        self.bpf.cleanup()
+        self.attached = []
+
+
+def program_text(name: str) -> str:
+    """common.bpf.c followed by the probe's own file (see common.bpf.c for why)."""
+    if name not in PROBES:
+        raise ProbeError(f"unknown probe {name!r}: choose from {', '.join(PROBES)}")
+    return (HERE / "common.bpf.c").read_text() + (HERE / f"{name}.bpf.c").read_text()
+
+
+def cflags(name: str, mode: str, delivery: str) -> list[str]:
+    flags = [f"-I{HERE}", f"-DTCPLAB_RING_PAGES={RING_PAGES[name]}"]
+    flags.append("-DTCPLAB_KPROBE" if mode == "kprobe" else "-DTCPLAB_TRACEPOINT")
+    if delivery == "perf":
+        flags.append("-DTCPLAB_PERFBUF")
+    return flags
+
+
+def kprobe_functions(name: str) -> list[str]:
+    """The BPF functions of a probe's kprobe variant (for load-only checks)."""
+    if name == "tcp_state":
+        return ["kp_tcp_set_state"]
+    fns: list[str] = []
+    for _call, enter_fn, exit_fn in KPROBE_SYSCALLS[name]:
+        fns += [f for f in (enter_fn, exit_fn) if f not in fns]
+    return fns
+
+
+def verify_kprobe_variant(name: str, delivery: str = "ringbuf") -> list[str]:
+    """Compile a probe's kprobe variant and load every function through the
+    verifier without attaching it. Returns the loaded function names."""
+    from bcc import BPF
+
+    b = BPF(text=program_text(name), cflags=cflags(name, "kprobe", delivery))
+    try:
+        for fn in kprobe_functions(name):
+            b.load_func(fn.encode(), BPF.KPROBE)
+        return kprobe_functions(name)
+    finally:
+        b.cleanup()
+
+
+class ProbeSet:
+    """Every attachable probe, compiled once, drained together."""
+
+    def __init__(
+        self,
+        plan: AttachPlan,
+        names: Iterable[str] = PROBES,
+        filters: Filters | None = None,
+        *,
+        exclude_self: bool = True,
+    ) -> None:
+        if os.geteuid() != 0:
+            raise ProbeError("loading eBPF programs needs root: run with sudo")
+        try:
+            import bcc  # noqa: F401
+        except ImportError:
+            raise ProbeError(
+                "bcc is not importable: install python3-bpfcc (sudo scripts/provision.sh) "
+                "and use a venv made with --system-site-packages"
+            ) from None
+        self.plan = plan
+        wanted = list(names)
+        unusable = [n for n in wanted if not plan.probes[n].mode]
+        if unusable:
+            reasons = "; ".join(f"{n}: {plan.probes[n].why}" for n in unusable)
+            raise ProbeError(f"cannot attach {', '.join(unusable)} here ({reasons}); "
+                             "run `tcplab doctor`")
+        self.filters = filters or Filters()
+        self.probes: dict[str, Probe] = {}
+        self._epoll = select.epoll()
+        self._by_fd: dict[int, Probe] = {}
+        try:
+            for n in wanted:
+                p = Probe(plan.probes[n], plan.delivery)
+                self.probes[n] = p
+                # Filters go in before attaching: no unfiltered event slips out.
+                p.set_filters(self.filters)
+                p.set_value(CFG_SELF_PID, os.getpid() if exclude_self else 0)
+        except BaseException:
+            self.close()
+            raise
+
+    def start(self, callback: Callback) -> None:
+        """Open the channels, then attach everything; events flow to `callback`."""
+        try:
+            for p in self.probes.values():
+                p.open(callback)
+                fd = p.ring_fd()
+                if fd is not None:
+                    # A ring buffer map fd is pollable: it becomes readable
+                    # when the kernel has submitted records.
+                    self._epoll.register(fd, select.EPOLLIN)
+                    self._by_fd[fd] = p
+            for p in self.probes.values():
+                p.attach()
+        except Exception as e:
+            self.close()
+            raise ProbeError(f"attaching the probes failed: {e}; run `tcplab doctor`") from e
+
+    def poll(self, timeout_s: float) -> None:
+        """Wait up to `timeout_s` for events and deliver all that are ready."""
+        if self.plan.delivery == "ringbuf":
+            ready = self._epoll.poll(timeout_s)
+            for fd, _mask in ready:
+                self._by_fd[fd].drain()
+        else:
+            per_probe_ms = max(1, int(timeout_s * 1000 / max(1, len(self.probes))))
+            for p in self.probes.values():
+                p.drain(per_probe_ms)
+
+    def drain_all(self) -> None:
+        """Deliver whatever is left (before stopping)."""
+        for p in self.probes.values():
+            p.drain(0)
+
+    def set_filters(self, filters: Filters) -> None:
+        self.filters = filters
+        for p in self.probes.values():
+            p.set_filters(filters)
+
+    def set_epoll_aggregate_only(self, on: bool) -> None:
+        if "epoll" in self.probes:
+            self.probes["epoll"].set_value(CFG_EPOLL_AGG_ONLY, int(on))
+
+    def stats(self) -> dict[str, Any]:
+        programs: dict[str, Any] = {}
+        for name, p in self.probes.items():
+            entry: dict[str, Any] = dict(p.counters())
+            if p.gauge is not None:
+                entry["ring_used"] = p.gauge.used()
+                entry["ring_peak"] = p.gauge.peak
+                entry["ring_size"] = p.gauge.capacity
+                p.gauge.peak = 0
+            programs[name] = entry
+        return {"programs": programs, "epoll_hist": self.epoll_histograms()}
+
+    def epoll_histograms(self) -> list[dict[str, Any]]:
+        """Per pid: log2 slots of blocked ns and of ready counts (running totals)."""
+        if "epoll" not in self.probes:
+            return []
+        bpf = self.probes["epoll"].bpf
+        out: dict[int, dict[str, list[int]]] = {}
+        for table_name, label in (("blocked_hist", "blocked_ns_log2"), ("ready_hist", "ready_log2")):
+            for k, v in bpf[table_name].items():
+                slots = out.setdefault(k.pid, {"blocked_ns_log2": [], "ready_log2": []})[label]
+                if len(slots) <= k.slot:
+                    slots.extend([0] * (k.slot + 1 - len(slots)))
+                slots[k.slot] += int(v.value)
+        return [{"pid": pid, **h} for pid, h in sorted(out.items())]
+
+    def close(self) -> None:
+        """Detach and free everything; safe to call twice."""
+        for fd in list(self._by_fd):
+            try:
+                self._epoll.unregister(fd)
+            except (OSError, ValueError):
+                pass
+        self._by_fd.clear()
+        for p in list(self.probes.values()):
+            p.close()
+        self.probes.clear()
+        self._epoll.close()

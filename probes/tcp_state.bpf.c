@@ -1,0 +1,124 @@
+/* TCP state transitions.
+ *
+ * Hook: the sock:inet_sock_set_state tracepoint (since 4.16). It fires from
+ * inet_sk_state_store() and inet_sk_set_state(), i.e. for every change of
+ * sk_state, including those that bypass tcp_set_state(): a listener's
+ * CLOSE -> LISTEN (inet_csk_listen_start) and a server child's first state
+ * (inet_csk_clone_lock). Its arguments give addresses and ports directly,
+ * so nothing is read from struct sock by offset (headers here are 6.1, the
+ * kernel 6.18: offsets would be wrong).
+ *
+ * Measured on 6.18 over loopback (docs/probes.md):
+ * - client: CLOSE -> SYN_SENT carries sport 0, because tcp_v4_connect()
+ *   sets SYN_SENT before inet_hash_connect() picks the ephemeral port; the
+ *   skaddr is the stable key. Then SYN_SENT -> ESTABLISHED -> FIN_WAIT1 ->
+ *   FIN_WAIT2 -> CLOSE for the active closer.
+ * - server child: LISTEN -> SYN_RECV (the clone copies the listener's
+ *   state, then inet_csk_clone_lock() sets SYN_RECV), SYN_RECV ->
+ *   ESTABLISHED, then CLOSE_WAIT -> LAST_ACK -> CLOSE as passive closer.
+ *   The request sock (NEW_SYN_RECV) never shows up.
+ * - TIME_WAIT never appears: the active closer goes FIN_WAIT2 -> CLOSE
+ *   while a separate timewait sock takes over.
+ *
+ * Fallback: a kprobe on tcp_set_state(sk, state) where the tracepoint is
+ * missing (< 4.16). It reads struct sock through the headers, so it is only
+ * right where the headers match the kernel, and it misses the transitions
+ * that bypass tcp_set_state (LISTEN and the child's SYN_RECV).
+ */
+#include <uapi/linux/in.h>
+#include <uapi/linux/in6.h>
+#ifdef TCPLAB_KPROBE
+#include <net/sock.h>
+#endif
+#include "events.h"
+
+/* Sockets that passed the filter once, so the rest of their life passes
+ * too (a pid filter only sees the transitions that run in the owner's
+ * context; a port filter misses the sport-0 SYN_SENT). Inserted by
+ * handle() when an event passes a filter, deleted when the socket reaches
+ * CLOSE, read by handle(). LRU: a missed CLOSE cannot fill it up. */
+BPF_TABLE("lru_hash", u64, u8, tracked, 65536);
+
+static __always_inline int traced(u64 skaddr, u16 sport, u16 dport, u32 tgid)
+{
+    if (!cfg_on(CFG_PIDS) && !cfg_on(CFG_LPORTS) && !cfg_on(CFG_RPORTS) && !cfg_on(CFG_PORTS))
+        return 1;
+    if (tracked.lookup(&skaddr))
+        return 1;
+    if (!pid_ok(tgid) || !ports_ok(sport, dport))
+        return 0;
+    u8 one = 1;
+    tracked.update(&skaddr, &one);
+    return 1;
+}
+
+static __always_inline int handle(void *ctx, struct tcp_state_event *e)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    e->pid = id >> 32;
+    e->tid = (u32)id;
+    if (!traced(e->skaddr, e->sport, e->dport, e->pid))
+        return 0;
+    if (e->newstate == 7 /* TCP_CLOSE */)
+        tracked.delete(&e->skaddr);
+    e->ts = bpf_ktime_get_ns();
+    bpf_get_current_comm(&e->comm, sizeof(e->comm));
+#ifdef TCPLAB_PERFBUF
+    int rc = events.perf_submit(ctx, e, sizeof(*e));
+#else
+    int rc = events.ringbuf_output(e, sizeof(*e), 0);
+#endif
+    count(rc == 0 ? CNT_EVENTS : CNT_DROPS);
+    return 0;
+}
+
+#ifdef TCPLAB_TRACEPOINT
+int tp_inet_sock_set_state(struct tracepoint__sock__inet_sock_set_state *args)
+{
+    /* The tracepoint also fires for SCTP and MPTCP sockets. */
+    if (args->protocol != IPPROTO_TCP)
+        return 0;
+    struct tcp_state_event e = {};
+    e.skaddr = (u64)args->skaddr;
+    e.oldstate = args->oldstate;
+    e.newstate = args->newstate;
+    e.family = args->family;
+    e.sport = args->sport;
+    e.dport = args->dport;
+    if (args->family == AF_INET) {
+        __builtin_memcpy(e.saddr, args->saddr, 4);
+        __builtin_memcpy(e.daddr, args->daddr, 4);
+    } else {
+        __builtin_memcpy(e.saddr, args->saddr_v6, 16);
+        __builtin_memcpy(e.daddr, args->daddr_v6, 16);
+    }
+    return handle(args, &e);
+}
+#endif
+
+#ifdef TCPLAB_KPROBE
+int kp_tcp_set_state(struct pt_regs *ctx, struct sock *sk, int state)
+{
+    struct tcp_state_event e = {};
+    u16 family = 0, num = 0, dport = 0;
+    u8 old = 0;
+    READ_KERNEL(family, sk->__sk_common.skc_family);
+    READ_KERNEL(old, sk->__sk_common.skc_state);
+    READ_KERNEL(num, sk->__sk_common.skc_num);
+    READ_KERNEL(dport, sk->__sk_common.skc_dport);
+    e.skaddr = (u64)sk;
+    e.oldstate = old;
+    e.newstate = state;
+    e.family = family;
+    e.sport = num;              /* skc_num is host order already */
+    e.dport = ntohs(dport);
+    if (family == AF_INET) {
+        bpf_probe_read_kernel(e.saddr, 4, &sk->__sk_common.skc_rcv_saddr);
+        bpf_probe_read_kernel(e.daddr, 4, &sk->__sk_common.skc_daddr);
+    } else {
+        bpf_probe_read_kernel(e.saddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+        bpf_probe_read_kernel(e.daddr, 16, &sk->__sk_common.skc_v6_daddr);
+    }
+    return handle(ctx, &e);
+}
+#endif
