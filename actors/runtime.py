@@ -128,6 +128,8 @@ class Runtime:
         self.exit_code = EXIT_OK
         self.progress: Progress | None = None
         self.on_set: SetHandler | None = None
+        # Where report() goes instead of the bus or stderr (a worker's pipe).
+        self.reporter: Callable[[dict[str, Any]], None] | None = None
         self._next_stats = time.monotonic() + STATS_INTERVAL_S
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
@@ -177,7 +179,9 @@ class Runtime:
 
     def report(self, body: dict[str, Any]) -> None:
         """A STATS message on the bus, or a progress line on stderr when alone."""
-        if self.events is not None:
+        if self.reporter is not None:
+            self.reporter(body)
+        elif self.events is not None:
             self.events.stats(body)
         else:
             self.log.info("progress", **body)

@@ -14,7 +14,7 @@ import socket
 from dataclasses import dataclass, field
 
 from actors import runtime
-from actors.runtime import Runtime, UsageError, error_fields, sock_fields
+from actors.runtime import Runtime, UsageError, error_fields, raise_nofile, sock_fields
 
 PREFIX = b"ECHO: "
 MAX_LINE = 64 * 1024  # a client that never sends a newline must not grow us forever
@@ -159,6 +159,7 @@ class EchoServer:
 
 
 def serve(args: argparse.Namespace) -> int:
+    raise_nofile()  # an echo server for C10k needs more than the default 1024
     lsock = listen(args.host, args.port, args.backlog)
     rt = Runtime("server", args)
     host, port = lsock.getsockname()[:2]
