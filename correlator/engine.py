@@ -1,0 +1,867 @@
+"""The correlator: joins kernel events to application records, one pass.
+
+Data flow, all in CLOCK_MONOTONIC nanoseconds:
+
+  envelopes (arrival order) -> Reorderer (heap + watermark) -> time order
+  -> join (live connections keyed by skaddr, indices by 4-tuple and (pid, fd))
+  -> settle queue (a short grace so late owner facts reach earlier rows)
+  -> sink: timeline rows and finished lifecycles, streamed out.
+
+Memory is bounded by live connections plus what the reorder window and the
+grace hold, never by the length of the run.
+"""
+
+from __future__ import annotations
+
+import bisect
+import errno as errno_mod
+import heapq
+import itertools
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from bus.schema import Envelope, Kind
+from correlator.stats import ExactHistogram, Log2Histogram, Series
+
+Tuple4 = tuple[str, int, str, int]
+
+# A lifecycle keeps at most this many transitions and app actions: a normal
+# connection has ~5 transitions; a pathological one must not grow memory.
+MAX_TRANSITIONS = 24
+MAX_ACTIONS = 16
+MAX_TIDS = 4096
+
+OUTCOMES = (
+    "clean",
+    "time_wait",
+    "stuck_close_wait",
+    "stuck_fin_wait2",
+    "refused",
+    "reset",
+    "never_accepted",
+    "failed_connect",
+    "open_at_end",
+)
+
+# States after which the kernel's ->CLOSE means a timewait socket took over.
+_TIME_WAIT_FROM = {"FIN_WAIT2", "CLOSING", "TIME_WAIT"}
+_SOCKET_ACTIONS = {"listen", "connect", "accept", "connect_failed", "accept_failed"}
+
+
+class Sink(Protocol):
+    def event(self, row: dict[str, Any]) -> None: ...
+    def connection(self, row: dict[str, Any]) -> None: ...
+
+
+def errno_name(num: int) -> str:
+    return errno_mod.errorcode.get(num, f"errno{num}")
+
+
+def norm_addr(addr: str) -> str:
+    # An IPv6 socket serving an IPv4 peer reports it v4-mapped on one side.
+    return addr[7:] if addr.startswith("::ffff:") else addr
+
+
+@dataclass(slots=True)
+class Conn:
+    """One incarnation of a socket, from its first transition to ->CLOSE."""
+
+    id: int
+    skaddr: int
+    role: str  # "active" (connect), "passive" (accepted child), "listener", "unknown"
+    start_ns: int
+    first_old: str
+    state: str
+    state_ns: int
+    family: int
+    first_cpu_pid: int
+    addr4: Tuple4 | None = None
+    dest: tuple[str, int] | None = None
+    transitions: list[tuple[int, str, str, int]] = field(default_factory=list)
+    dropped_transitions: int = 0
+    last_old: str = ""
+    end_ns: int | None = None
+    owner_actor: str | None = None
+    owner_pid: int | None = None
+    owner_fd: int | None = None
+    owner_via: str | None = None
+    accepted: bool = False
+    app_closed: bool = False
+    error: str | None = None
+    actions: list[tuple[int, str]] = field(default_factory=list)
+    action_counts: dict[str, int] = field(default_factory=dict)
+    outcome: str | None = None
+    matched_app: bool = False
+    held_by: int | None = None  # the pid it is counted for in conns_by_owner
+
+    def set_owner(self, actor: str | None, pid: int, fd: int | None, via: str) -> None:
+        # The first real owner fact wins; later ones only fill gaps.
+        if self.owner_pid is None or self.owner_via == "cpu_pid":
+            self.owner_pid, self.owner_via = pid, via
+        if self.owner_pid == pid:
+            self.owner_actor = self.owner_actor or actor
+            if fd is not None and self.owner_fd is None:
+                self.owner_fd = fd
+
+    def owner_dict(self) -> dict[str, Any] | None:
+        if self.owner_pid is None:
+            return None
+        return {
+            "actor": self.owner_actor,
+            "pid": self.owner_pid,
+            "fd": self.owner_fd,
+            "via": self.owner_via,
+        }
+
+
+@dataclass(slots=True)
+class _Row:
+    ts: int
+    row: dict[str, Any]
+    conn: Conn | None
+
+
+class Reorderer:
+    """Puts items from many senders back in time order within a bounded window.
+
+    Items wait in a heap until the watermark passes them. An item older than
+    what was already released is 'late': it is still delivered (next), and
+    counted, never dropped.
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, int, Any]] = []
+        self._tie = itertools.count()
+        self.released_ns = 0
+        self.late = 0
+        self.max_held = 0
+
+    def push(self, ts: int, item: Any) -> None:
+        if ts < self.released_ns:
+            self.late += 1
+        heapq.heappush(self._heap, (ts, next(self._tie), item))
+        if len(self._heap) > self.max_held:
+            self.max_held = len(self._heap)
+
+    def pop_until(self, watermark: int) -> list[tuple[int, Any]]:
+        out = []
+        heap = self._heap
+        while heap and heap[0][0] <= watermark:
+            ts, _, item = heapq.heappop(heap)
+            out.append((ts, item))
+        if out:
+            self.released_ns = max(self.released_ns, out[-1][0])
+        return out
+
+    def drain(self) -> list[tuple[int, Any]]:
+        return self.pop_until(1 << 63)
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+
+@dataclass
+class CorrelatorConfig:
+    # Events from a sender that is still active wait until every active sender
+    # has sent past them, but never longer than `window_ns` of arrival time.
+    window_ns: int = 2_000_000_000
+    # Kernel events are read from the ring buffer a little after they happen.
+    slack_ns: int = 100_000_000
+    # How long a finished connection stays joinable for late app records.
+    grace_ns: int = 500_000_000
+    # Resolution of the kernel-derived live-state series.
+    sample_ns: int = 100_000_000
+    series_cap: int = 2000
+
+
+class Correlator:
+    """Feed envelopes in arrival order, then call finish() for the summary."""
+
+    def __init__(
+        self,
+        sink: Sink,
+        meta: dict[str, Any] | None = None,
+        config: CorrelatorConfig | None = None,
+    ) -> None:
+        self.sink = sink
+        self.meta = meta or {}
+        self.cfg = config or CorrelatorConfig()
+        self.reorder = Reorderer()
+        self._ids = itertools.count(1)
+        self.t0 = int(self.meta.get("started_mono_ns") or 0)
+
+        # Who is who: pid -> actor name, from run.json and from the logs.
+        self.pid_actor: dict[int, str] = {}
+        for name, info in (self.meta.get("actors") or {}).items():
+            if isinstance(info, dict) and isinstance(info.get("pid"), int):
+                self.pid_actor[info["pid"]] = name
+        phases = [
+            p for p in self.meta.get("phases") or [] if isinstance(p, dict) and "name" in p
+        ]
+        phases.sort(key=lambda p: p.get("start_mono_ns") or 0)
+        self.phase_names = [str(p["name"]) for p in phases]
+        self.phase_starts = [int(p.get("start_mono_ns") or 0) for p in phases]
+
+        # Arrival clock per sender of timeline batches (for the watermark).
+        self.sender_ns: dict[str, int] = {}
+        self.arrival_ns = 0
+
+        # Live joins.
+        self.live: dict[int, Conn] = {}
+        self.by_tuple: dict[Tuple4, list[Conn]] = {}
+        self.by_pidfd: dict[tuple[int, int], Conn] = {}
+        self.unaccepted: dict[tuple[str, int], Conn] = {}
+        self.failed: dict[tuple[str, int], deque[Conn]] = {}
+        self.listeners: dict[tuple[str, int], Conn] = {}
+        self.settle: deque[_Row | Conn] = deque()
+        self.now_ns = 0
+        self.first_ns: int | None = None
+        self.last_ns = 0
+        self.max_live = 0
+        self.max_settle = 0
+
+        # Live state counts from the tracepoint (no TIME_WAIT there by design).
+        self.live_states: dict[str, int] = {}
+        self.kernel_series = Series(self.cfg.series_cap)
+        self._next_sample = 0
+        self.observer_series = Series(self.cfg.series_cap)
+        self.fd_series = Series(self.cfg.series_cap)
+        self.probe_programs: dict[str, dict[str, int]] = {}
+        self.actor_stats: dict[str, dict[str, Any]] = {}
+
+        # Aggregates.
+        self.n: dict[str, int] = {}
+        self.outcomes: dict[str, int] = {}
+        self.outcome_owner: dict[tuple[str, str, int, str], int] = {}
+        self.errors: dict[str, int] = {}
+        self.error_owner: dict[tuple[str, str, str, int], int] = {}
+        self.app_events: dict[str, int] = {}
+        self.accepts: dict[int, dict[str, int]] = {}
+        self.epoll: dict[int, dict[str, Any]] = {}
+        self.lifetimes: dict[str, Log2Histogram] = {}
+        self.state_time: dict[str, Log2Histogram] = {}
+        self.phase_counts: dict[str, dict[str, Any]] = {}
+        self.peers_of_stuck: int = 0
+        self.conns_by_owner: dict[int, int] = {}
+        self.conns_by_owner_max: dict[int, int] = {}
+
+        self._kernel_handlers: dict[str, Callable[[int, dict[str, Any]], None]] = {
+            "tcp_state": self._on_tcp_state,
+            "accept": self._on_accept,
+            "epoll": self._on_epoll,
+        }
+
+    # ---- input -----------------------------------------------------------
+
+    def feed(self, env: Envelope) -> None:
+        self.arrival_ns = max(self.arrival_ns, env.mono_ns)
+        kind = env.kind
+        if kind is Kind.KERNEL:
+            self._count("envelopes.kernel")
+            probe = str(env.body.get("probe", ""))
+            for ev in env.body["events"]:
+                if not isinstance(ev, dict) or not isinstance(ev.get("ts"), int):
+                    self._count("rejected.kernel_event")
+                    continue
+                self.reorder.push(ev["ts"], ("k", ev.get("type") or probe, ev))
+            self.sender_ns[env.sender] = env.mono_ns
+        elif kind is Kind.LOG:
+            self._count("envelopes.log")
+            for rec in env.body["records"]:
+                if not isinstance(rec, dict) or not isinstance(rec.get("mono_ns"), int):
+                    self._count("rejected.app_record")
+                    continue
+                self.reorder.push(rec["mono_ns"], ("a", rec.get("event"), rec))
+            self.sender_ns[env.sender] = env.mono_ns
+        elif kind is Kind.STATS:
+            self._on_stats(env)
+        elif kind is Kind.EOF:
+            # A sender that said eof holds nobody back any more.
+            self.sender_ns.pop(env.sender, None)
+        self._advance()
+
+    def _watermark(self) -> int:
+        by_senders = min(self.sender_ns.values()) if self.sender_ns else self.arrival_ns
+        return max(by_senders, self.arrival_ns - self.cfg.window_ns) - self.cfg.slack_ns
+
+    def _advance(self) -> None:
+        for ts, item in self.reorder.pop_until(self._watermark()):
+            self._process(ts, item)
+
+    def _process(self, ts: int, item: tuple[str, Any, dict[str, Any]]) -> None:
+        src, typ, body = item
+        if ts > self.now_ns:
+            self.now_ns = ts
+        if self.first_ns is None:
+            self.first_ns = ts
+        self.last_ns = max(self.last_ns, ts)
+        if src == "k":
+            handler = self._kernel_handlers.get(typ)
+            if handler is None:
+                self._count("rejected.unknown_probe")
+                return
+            handler(ts, body)
+        else:
+            self._on_app(ts, body)
+        self._sample(ts)
+        self._settle(self.now_ns - self.cfg.grace_ns)
+
+    # ---- kernel: TCP state --------------------------------------------------
+
+    def _on_tcp_state(self, ts: int, ev: dict[str, Any]) -> None:
+        self._count("kernel.tcp_state")
+        try:
+            sk = int(ev["skaddr"])
+            old, new = str(ev["old"]), str(ev["new"])
+            cpu_pid = int(ev.get("cpu_pid", -1))
+        except (KeyError, TypeError, ValueError):
+            self._count("rejected.kernel_event")
+            return
+        conn = self.live.get(sk)
+        if conn is not None and old == "CLOSE":
+            # A reused skaddr we never saw close: end the old incarnation first.
+            self._close(conn, conn.state_ns, lost_close=True)
+            conn = None
+        if conn is None:
+            conn = self._open(sk, ts, old, new, ev, cpu_pid)
+        else:
+            self._state_leave(conn, ts)
+        self._learn_tuple(conn, ev)
+        if len(conn.transitions) < MAX_TRANSITIONS:
+            conn.transitions.append((ts, old, new, cpu_pid))
+        else:
+            conn.dropped_transitions += 1
+        conn.last_old, conn.state, conn.state_ns = old, new, ts
+        if new != "CLOSE":
+            self.live_states[new] = self.live_states.get(new, 0) + 1
+        row = {
+            "ts": ts,
+            "src": "kernel",
+            "type": "tcp_state",
+            "conn": conn.id,
+            "old": old,
+            "new": new,
+            "skaddr": sk,
+            "saddr": ev.get("saddr"),
+            "sport": ev.get("sport"),
+            "daddr": ev.get("daddr"),
+            "dport": ev.get("dport"),
+            "cpu_pid": cpu_pid,
+            "cpu_comm": ev.get("cpu_comm"),
+        }
+        self._emit(ts, row, conn)
+        if new == "CLOSE":
+            self._close(conn, ts)
+
+    def _open(
+        self, sk: int, ts: int, old: str, new: str, ev: dict[str, Any], cpu_pid: int
+    ) -> Conn:
+        if new == "LISTEN":
+            role = "listener"
+        elif new == "SYN_SENT":
+            role = "active"
+        elif new == "SYN_RECV" or old in ("LISTEN", "SYN_RECV", "NEW_SYN_RECV"):
+            role = "passive"
+        else:
+            role = "unknown"
+        conn = Conn(
+            id=next(self._ids),
+            skaddr=sk,
+            role=role,
+            start_ns=ts,
+            first_old=old,
+            state=old,
+            state_ns=ts,
+            family=int(ev.get("family") or 0),
+            first_cpu_pid=cpu_pid,
+        )
+        # connect() and listen() move a socket out of CLOSE in the caller's own
+        # process context, so there the on-CPU pid is the owner.
+        if old == "CLOSE" and cpu_pid in self.pid_actor:
+            conn.set_owner(self.pid_actor[cpu_pid], cpu_pid, None, "cpu_pid")
+        self.live[sk] = conn
+        if len(self.live) > self.max_live:
+            self.max_live = len(self.live)
+        self._count("connections" if role != "listener" else "listeners")
+        self._phase_count(ts, "connections" if role != "listener" else "listeners")
+        return conn
+
+    def _state_leave(self, conn: Conn, ts: int) -> None:
+        st = conn.state
+        if st != "CLOSE" and st in self.live_states:
+            self.live_states[st] -= 1
+        hist = self.state_time.get(st)
+        if hist is None:
+            hist = self.state_time[st] = Log2Histogram()
+        hist.add(ts - conn.state_ns)
+
+    def _learn_tuple(self, conn: Conn, ev: dict[str, Any]) -> None:
+        if conn.addr4 is not None:
+            return
+        sport, dport = ev.get("sport") or 0, ev.get("dport") or 0
+        if dport and conn.dest is None:
+            conn.dest = (norm_addr(str(ev.get("daddr"))), int(dport))
+        if conn.role == "listener":
+            if sport:
+                conn.addr4 = (norm_addr(str(ev.get("saddr"))), int(sport), "", 0)
+                self.listeners[(conn.addr4[0], conn.addr4[1])] = conn
+            return
+        if not (sport and dport):
+            return  # SYN_SENT before the ephemeral port is chosen
+        t = (norm_addr(str(ev.get("saddr"))), int(sport), norm_addr(str(ev.get("daddr"))),
+             int(dport))
+        conn.addr4 = t
+        self.by_tuple.setdefault(t, []).append(conn)
+        if conn.role == "passive":
+            self.unaccepted[(t[2], t[3])] = conn
+
+    def _close(self, conn: Conn, ts: int, lost_close: bool = False) -> None:
+        self.live.pop(conn.skaddr, None)
+        if lost_close:
+            self._state_leave(conn, ts)
+            self._count("kernel.close_not_seen")
+        conn.end_ns = ts
+        if conn.role == "active" and conn.last_old == "SYN_SENT" and conn.dest is not None:
+            # A failed connect may never get a source port, so its tuple cannot
+            # find it: index it by the destination it was dialling.
+            self.failed.setdefault(conn.dest, deque()).append(conn)
+        self.settle.append(conn)
+
+    # ---- kernel: accept4 and epoll_wait ------------------------------------
+
+    def _on_accept(self, ts: int, ev: dict[str, Any]) -> None:
+        self._count("kernel.accept")
+        pid = int(ev.get("pid", -1))
+        fd = int(ev.get("fd", -1))
+        err = int(ev.get("errno") or 0)
+        per = self.accepts.setdefault(pid, {})
+        conn: Conn | None = None
+        if fd >= 0 and not err:
+            per["ok"] = per.get("ok", 0) + 1
+            self._phase_count(ts, "accept.ok")
+            peer = (norm_addr(str(ev.get("peer_addr") or "")), int(ev.get("peer_port") or 0))
+            conn = self.unaccepted.pop(peer, None) if peer[1] else None
+            if conn is None:
+                conn = self.by_pidfd.get((pid, fd))
+            if conn is not None:
+                conn.accepted = True
+                conn.set_owner(self.pid_actor.get(pid), pid, fd, "accept4")
+                self._own_fd(pid, fd, conn)
+            else:
+                self._count("kernel.accept_unmatched")
+        else:
+            name = errno_name(err)
+            per[name] = per.get(name, 0) + 1
+            self._phase_count(ts, f"accept.{name}")
+        row = {
+            "ts": ts,
+            "src": "kernel",
+            "type": "accept",
+            "conn": conn.id if conn else None,
+            "pid": pid,
+            "actor": self.pid_actor.get(pid),
+            "tid": ev.get("tid"),
+            "syscall": ev.get("syscall"),
+            "lfd": ev.get("lfd"),
+            "fd": fd,
+            "error": errno_name(err) if err else None,
+            "peer_addr": ev.get("peer_addr"),
+            "peer_port": ev.get("peer_port"),
+            "dur_ns": ev.get("dur_ns"),
+        }
+        self._emit(ts, row, None)
+
+    def _on_epoll(self, ts: int, ev: dict[str, Any]) -> None:
+        self._count("kernel.epoll")
+        pid = int(ev.get("pid", -1))
+        st = self.epoll.get(pid)
+        if st is None:
+            st = self.epoll[pid] = {
+                "calls": 0,
+                "errors": 0,
+                "timeouts": 0,
+                "ready_total": 0,
+                "ready": ExactHistogram(),
+                "tids": set(),
+                "wait": Log2Histogram(),
+            }
+        st["calls"] += 1
+        self._phase_count(ts, "epoll.calls")
+        ready = int(ev.get("ready") or 0)
+        if int(ev.get("errno") or 0):
+            st["errors"] += 1
+        elif ready == 0:
+            st["timeouts"] += 1
+        else:
+            st["ready"].add(ready)
+            st["ready_total"] += ready
+        if len(st["tids"]) < MAX_TIDS:
+            st["tids"].add(ev.get("tid"))
+        st["wait"].add(int(ev.get("dur_ns") or 0))
+        row = {
+            "ts": ts,
+            "src": "kernel",
+            "type": "epoll",
+            "pid": pid,
+            "actor": self.pid_actor.get(pid),
+            "tid": ev.get("tid"),
+            "syscall": ev.get("syscall"),
+            "epfd": ev.get("epfd"),
+            "ready": ready,
+            "error": errno_name(int(ev["errno"])) if ev.get("errno") else None,
+            "timeout_ms": ev.get("timeout_ms"),
+            "dur_ns": ev.get("dur_ns"),
+        }
+        self._emit(ts, row, None)
+
+    # ---- application records -------------------------------------------------
+
+    def _on_app(self, ts: int, rec: dict[str, Any]) -> None:
+        self._count("app.records")
+        event = str(rec.get("event", ""))
+        actor = rec.get("actor")
+        pid = rec.get("pid")
+        if isinstance(pid, int) and isinstance(actor, str) and pid not in self.pid_actor:
+            self.pid_actor[pid] = actor
+        self.app_events[event] = self.app_events.get(event, 0) + 1
+        fd = rec.get("fd") if isinstance(rec.get("fd"), int) else None
+        error = rec.get("error") or (errno_name(rec["errno"]) if rec.get("errno") else None)
+        if error:
+            self.errors[error] = self.errors.get(error, 0) + 1
+            key = (str(error), event, str(actor), int(pid) if isinstance(pid, int) else -1)
+            self.error_owner[key] = self.error_owner.get(key, 0) + 1
+            self._phase_count(ts, f"errors.{error}")
+        conn = self._find_conn(ts, event, rec, fd)
+        if conn is not None and isinstance(pid, int):
+            self._apply_app(conn, ts, event, rec, pid, fd, error)
+        if event in ("connect", "accept", "connect_failed"):
+            self._count(f"coverage.app_{event}")
+            if conn is not None:
+                self._count(f"coverage.app_{event}_matched")
+        row = {"ts": ts, "src": "app", "type": event, "conn": conn.id if conn else None}
+        for k, v in rec.items():
+            if k not in ("event", "mono_ns"):
+                row[k] = v
+        self._emit(ts, row, None)
+
+    def _find_conn(
+        self, ts: int, event: str, rec: dict[str, Any], fd: int | None
+    ) -> Conn | None:
+        laddr, lport = rec.get("laddr"), rec.get("lport")
+        raddr, rport = rec.get("raddr"), rec.get("rport")
+        pid = rec.get("pid")
+        if event == "listen":
+            if laddr is not None and lport:
+                return self.listeners.get((norm_addr(str(laddr)), int(lport)))
+            return None
+        if lport and rport and laddr is not None and raddr is not None:
+            t = (norm_addr(str(laddr)), int(lport), norm_addr(str(raddr)), int(rport))
+            cands = self.by_tuple.get(t)
+            if cands:
+                # The newest incarnation that already existed at this time.
+                for c in reversed(cands):
+                    if c.start_ns <= ts:
+                        return c
+                return cands[0]
+        if event == "connect_failed" and raddr is not None and rport:
+            q = self.failed.get((norm_addr(str(raddr)), int(rport)))
+            if q:
+                for i, c in enumerate(q):
+                    if c.first_cpu_pid == pid:
+                        del q[i]
+                        return c
+                return q.popleft()
+            return None
+        if fd is not None and isinstance(pid, int) and event not in ("connect", "accept"):
+            return self.by_pidfd.get((pid, fd))
+        return None
+
+    def _apply_app(
+        self,
+        conn: Conn,
+        ts: int,
+        event: str,
+        rec: dict[str, Any],
+        pid: int,
+        fd: int | None,
+        error: str | None,
+    ) -> None:
+        actor = rec.get("actor") if isinstance(rec.get("actor"), str) else None
+        conn.action_counts[event] = conn.action_counts.get(event, 0) + 1
+        if len(conn.actions) < MAX_ACTIONS:
+            conn.actions.append((ts, event))
+        if event in _SOCKET_ACTIONS:
+            conn.set_owner(actor, pid, fd, f"app:{event}")
+            conn.matched_app = True
+        elif conn.owner_pid is None:
+            conn.set_owner(actor, pid, fd, f"app:{event}")
+        if event == "accept":
+            conn.accepted = True
+            if conn.addr4 is not None:
+                self.unaccepted.pop((conn.addr4[2], conn.addr4[3]), None)
+        if error and event == "connect_failed":
+            conn.error = str(error)
+        if fd is not None:
+            if event in ("connect", "accept"):
+                self._own_fd(pid, fd, conn)
+            elif event == "close":
+                conn.app_closed = True
+                self._release(conn)
+                if self.by_pidfd.get((pid, fd)) is conn:
+                    # The fd number is free for the next socket now.
+                    del self.by_pidfd[(pid, fd)]
+
+    def _own_fd(self, pid: int, fd: int, conn: Conn) -> None:
+        self.by_pidfd[(pid, fd)] = conn
+        if conn.held_by is not None:
+            return
+        conn.held_by = pid
+        self.conns_by_owner[pid] = self.conns_by_owner.get(pid, 0) + 1
+        if self.conns_by_owner[pid] > self.conns_by_owner_max.get(pid, 0):
+            self.conns_by_owner_max[pid] = self.conns_by_owner[pid]
+
+    def _release(self, conn: Conn) -> None:
+        if conn.held_by is not None:
+            n = self.conns_by_owner.get(conn.held_by, 0)
+            self.conns_by_owner[conn.held_by] = max(n - 1, 0)
+            conn.held_by = None
+
+    # ---- stats ---------------------------------------------------------------
+
+    def _on_stats(self, env: Envelope) -> None:
+        body = env.body
+        ts = body["mono_ns"] if isinstance(body.get("mono_ns"), int) else env.mono_ns
+        source = body["source"]
+        if source == "observer":
+            states = body.get("states")
+            if isinstance(states, dict):
+                vals = {str(k): int(v) for k, v in states.items() if isinstance(v, int)}
+                self.observer_series.add(ts, vals)
+                for name, v in vals.items():
+                    self._phase_peak(ts, f"states_peak.{name}", v)
+            fds = body.get("fds")
+            if isinstance(fds, dict):
+                self.fd_series.add(
+                    ts, {str(k): int(v) for k, v in fds.items() if isinstance(v, int)}
+                )
+        elif source == "probes":
+            programs = body.get("programs")
+            if isinstance(programs, dict):
+                for name, p in programs.items():
+                    if isinstance(p, dict):
+                        # Counters are cumulative: the latest sample is the total.
+                        cur = self.probe_programs.setdefault(str(name), {"events": 0, "drops": 0})
+                        for k in ("events", "drops"):
+                            if isinstance(p.get(k), int):
+                                cur[k] = max(cur[k], p[k])
+        else:
+            self.actor_stats[f"{source}@{env.sender}"] = {
+                k: v for k, v in body.items() if isinstance(v, int | float | str)
+            }
+
+    def _sample(self, ts: int) -> None:
+        if ts >= self._next_sample:
+            self.kernel_series.add(ts, {k: v for k, v in self.live_states.items() if v})
+            self._next_sample = ts + self.cfg.sample_ns
+
+    # ---- output --------------------------------------------------------------
+
+    def _emit(self, ts: int, row: dict[str, Any], conn: Conn | None) -> None:
+        self.settle.append(_Row(ts, row, conn))
+        if len(self.settle) > self.max_settle:
+            self.max_settle = len(self.settle)
+
+    def _settle(self, until: int) -> None:
+        q = self.settle
+        while q:
+            head = q[0]
+            if isinstance(head, _Row):
+                if head.ts > until:
+                    return
+                q.popleft()
+                self._write_row(head)
+            else:
+                if head.end_ns is not None and head.end_ns > until:
+                    return
+                q.popleft()
+                self._finish_conn(head, at_end=False)
+
+    def _write_row(self, r: _Row) -> None:
+        row, conn = r.row, r.conn
+        row["t"] = round((r.ts - self.t0) / 1e9, 9) if self.t0 else None
+        row["phase"] = self._phase(r.ts)
+        if conn is not None:
+            owner = conn.owner_dict()
+            row["owner"] = owner
+            cpu = row.get("cpu_pid")
+            row["cpu_is_owner"] = owner is not None and cpu == owner["pid"]
+            self._count("coverage.kernel_tcp_state")
+            if owner is not None:
+                self._count("coverage.kernel_tcp_state_owned")
+        elif row["src"] == "kernel":
+            self._count(f"coverage.kernel_{row['type']}")
+            if row.get("actor") is not None:
+                self._count(f"coverage.kernel_{row['type']}_owned")
+        self.sink.event(row)
+
+    def _outcome(self, conn: Conn, at_end: bool) -> str:
+        seen_accepts = self.n.get("kernel.accept", 0) or self.app_events.get("accept", 0)
+        if conn.role == "passive" and not conn.accepted and seen_accepts:
+            return "never_accepted"
+        if at_end:
+            if conn.state == "CLOSE_WAIT":
+                return "stuck_close_wait"
+            if conn.state == "FIN_WAIT2":
+                return "stuck_fin_wait2"
+            return "open_at_end"
+        last = conn.last_old
+        if last == "SYN_SENT":
+            if conn.error == "ECONNREFUSED":
+                return "refused"
+            if conn.error or conn.addr4 is None:
+                return "failed_connect"
+            return "refused"
+        if last in _TIME_WAIT_FROM:
+            return "time_wait"
+        if last == "LAST_ACK":
+            return "clean"
+        return "reset"
+
+    def _finish_conn(self, conn: Conn, at_end: bool) -> None:
+        if conn.role == "listener":
+            outcome = "open_at_end" if at_end else "closed"
+            if conn.addr4 and self.listeners.get((conn.addr4[0], conn.addr4[1])) is conn:
+                del self.listeners[(conn.addr4[0], conn.addr4[1])]
+        else:
+            outcome = self._outcome(conn, at_end)
+            self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+            self._phase_count(conn.start_ns, f"outcomes.{outcome}")
+            okey = (outcome, conn.owner_actor or "?", conn.owner_pid or -1, conn.role)
+            self.outcome_owner[okey] = self.outcome_owner.get(okey, 0) + 1
+            end = conn.end_ns if conn.end_ns is not None else self.last_ns
+            hist = self.lifetimes.get(outcome)
+            if hist is None:
+                hist = self.lifetimes[outcome] = Log2Histogram()
+            hist.add(max(end - conn.start_ns, 0))
+            self._count("coverage.kernel_connections")
+            if conn.owner_pid is not None:
+                self._count("coverage.kernel_connections_owned")
+        conn.outcome = outcome
+        self._unindex(conn)
+        self.sink.connection(self._lifecycle(conn, at_end))
+
+    def _unindex(self, conn: Conn) -> None:
+        t = conn.addr4
+        if t is not None and conn.role != "listener":
+            cands = self.by_tuple.get(t)
+            if cands is not None:
+                if conn in cands:
+                    cands.remove(conn)
+                if not cands:
+                    del self.by_tuple[t]
+            if self.unaccepted.get((t[2], t[3])) is conn:
+                del self.unaccepted[(t[2], t[3])]
+        if conn.owner_pid is not None and conn.owner_fd is not None:
+            key = (conn.owner_pid, conn.owner_fd)
+            if self.by_pidfd.get(key) is conn:
+                del self.by_pidfd[key]
+        self._release(conn)
+        dest = conn.dest
+        if dest is not None and conn.role == "active":
+            q = self.failed.get(dest)
+            if q is not None:
+                try:
+                    q.remove(conn)
+                except ValueError:
+                    pass
+                if not q:
+                    del self.failed[dest]
+
+    def _lifecycle(self, conn: Conn, at_end: bool) -> dict[str, Any]:
+        end = conn.end_ns if conn.end_ns is not None else self.last_ns
+        states = []
+        trans = conn.transitions
+        for i, (ts, _old, new, cpu) in enumerate(trans):
+            nxt = trans[i + 1][0] if i + 1 < len(trans) else end
+            if new == "CLOSE":
+                continue
+            states.append({"state": new, "start_ns": ts, "dur_ns": nxt - ts, "cpu_pid": cpu})
+        t = conn.addr4
+        return {  # one lifecycle
+            "id": conn.id,
+            "kind": "listener" if conn.role == "listener" else "connection",
+            "role": conn.role,
+            "outcome": conn.outcome,
+            "laddr": t[0] if t else None,
+            "lport": t[1] if t else None,
+            "raddr": t[2] if t and conn.role != "listener" else None,
+            "rport": t[3] if t and conn.role != "listener" else None,
+            "dest": list(conn.dest) if conn.dest else None,
+            "family": conn.family,
+            "skaddr": conn.skaddr,
+            "start_ns": conn.start_ns,
+            "end_ns": conn.end_ns,
+            "t_start": round((conn.start_ns - self.t0) / 1e9, 9) if self.t0 else None,
+            "duration_ns": end - conn.start_ns,
+            "closed_in_run": not at_end,
+            "first_old": conn.first_old,
+            "last_state": conn.state,
+            "owner": conn.owner_dict(),
+            "first_cpu_pid": conn.first_cpu_pid,
+            "states": states,
+            "transitions_dropped": conn.dropped_transitions,
+            "accepted": conn.accepted,
+            "app_closed": conn.app_closed,
+            "error": conn.error,
+            "app": dict(conn.action_counts),
+            "phase": self._phase(conn.start_ns),
+        }
+
+    # ---- helpers -------------------------------------------------------------
+
+    def _count(self, key: str, n: int = 1) -> None:
+        self.n[key] = self.n.get(key, 0) + n
+
+    def _phase(self, ts: int) -> str | None:
+        i = bisect.bisect_right(self.phase_starts, ts) - 1
+        return self.phase_names[i] if i >= 0 else None
+
+    def _phase_count(self, ts: int, path: str) -> None:
+        name = self._phase(ts)
+        if name is None:
+            return
+        node = self.phase_counts.setdefault(name, {})
+        *parents, leaf = path.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = node.get(leaf, 0) + 1
+
+    def _phase_peak(self, ts: int, path: str, value: int) -> None:
+        name = self._phase(ts)
+        if name is None:
+            return
+        node = self.phase_counts.setdefault(name, {})
+        *parents, leaf = path.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = max(node.get(leaf, 0), value)
+
+    # ---- end -----------------------------------------------------------------
+
+    def finish(self) -> None:
+        """Flush everything: the reorder heap, the grace queue, the live sockets."""
+        for ts, item in self.reorder.drain():
+            self._process(ts, item)
+        self._settle(1 << 63)
+        live = sorted(self.live.values(), key=lambda c: c.start_ns)
+        # Peers of leaked sockets: a FIN_WAIT2 whose reversed tuple sits in CLOSE_WAIT.
+        fw2 = {c.addr4 for c in live if c.state == "FIN_WAIT2" and c.addr4}
+        for c in live:
+            if c.state == "CLOSE_WAIT" and c.addr4:
+                if (c.addr4[2], c.addr4[3], c.addr4[0], c.addr4[1]) in fw2:
+                    self.peers_of_stuck += 1
+        for c in live:
+            self._finish_conn(c, at_end=True)
+        self.live.clear()

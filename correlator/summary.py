@@ -1,0 +1,336 @@
+"""The run's summary: counts, rates, losses, coverage, diagnosis, expectations."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from correlator.engine import OUTCOMES, Correlator
+from correlator.expect import check
+from correlator.recording import RecordingStats
+
+
+def _pct(num: int, den: int) -> float | None:
+    return round(100.0 * num / den, 2) if den else None
+
+
+def _who(actor: str | None, pid: int) -> str:
+    if pid < 0:
+        return "an unknown owner"
+    return f"{actor} pid {pid}" if actor and actor != "?" else f"pid {pid}"
+
+
+def _plural(n: int, word: str, plural: str | None = None) -> str:
+    return f"{n} {word if n == 1 else (plural or word + 's')}"
+
+
+def coverage(c: Correlator) -> dict[str, Any]:
+    n = c.n
+    app_total = sum(n.get(f"coverage.app_{e}", 0) for e in ("connect", "accept", "connect_failed"))
+    app_matched = sum(
+        n.get(f"coverage.app_{e}_matched", 0) for e in ("connect", "accept", "connect_failed")
+    )
+    k_total = sum(n.get(f"coverage.kernel_{t}", 0) for t in ("tcp_state", "accept", "epoll"))
+    k_owned = sum(n.get(f"coverage.kernel_{t}_owned", 0) for t in ("tcp_state", "accept", "epoll"))
+    out: dict[str, Any] = {
+        "app_connections": app_total,
+        "app_connections_matched": app_matched,
+        "app_connections_pct": _pct(app_matched, app_total),
+        "kernel_events": k_total,
+        "kernel_events_owned": k_owned,
+        "kernel_events_pct": _pct(k_owned, k_total),
+        "kernel_connections": n.get("coverage.kernel_connections", 0),
+        "kernel_connections_owned": n.get("coverage.kernel_connections_owned", 0),
+        "kernel_connections_pct": _pct(
+            n.get("coverage.kernel_connections_owned", 0), n.get("coverage.kernel_connections", 0)
+        ),
+        "by_probe": {},
+    }
+    for t in ("tcp_state", "accept", "epoll"):
+        tot = n.get(f"coverage.kernel_{t}", 0)
+        if tot:
+            owned = n.get(f"coverage.kernel_{t}_owned", 0)
+            out["by_probe"][t] = {"events": tot, "owned": owned, "pct": _pct(owned, tot)}
+    for e in ("connect", "accept", "connect_failed"):
+        tot = n.get(f"coverage.app_{e}", 0)
+        if tot:
+            m = n.get(f"coverage.app_{e}_matched", 0)
+            out[f"app_{e}"] = {"records": tot, "matched": m, "pct": _pct(m, tot)}
+    return out
+
+
+def counts(c: Correlator) -> dict[str, Any]:
+    accept: dict[str, int] = {}
+    for per in c.accepts.values():
+        for k, v in per.items():
+            accept[k] = accept.get(k, 0) + v
+    calls = sum(e["calls"] for e in c.epoll.values())
+    ready_total = sum(e["ready_total"] for e in c.epoll.values())
+    medians = [e["ready"].median() for e in c.epoll.values() if e["ready"].count]
+    return {
+        "connections": c.n.get("connections", 0),
+        "listeners": c.n.get("listeners", 0),
+        "outcomes": {o: c.outcomes.get(o, 0) for o in OUTCOMES},
+        "errors": dict(sorted(c.errors.items())),
+        "accept": accept,
+        "epoll": {
+            "calls": calls,
+            "ready_total": ready_total,
+            "median_ready": max(medians) if medians else 0,
+            "threads": sum(len(e["tids"]) for e in c.epoll.values()),
+            "timeouts": sum(e["timeouts"] for e in c.epoll.values()),
+            "errors": sum(e["errors"] for e in c.epoll.values()),
+        },
+        "states_peak": c.observer_series.peak(),
+        "kernel_events": {
+            "tcp_state": c.n.get("kernel.tcp_state", 0),
+            "accept": c.n.get("kernel.accept", 0),
+            "epoll": c.n.get("kernel.epoll", 0),
+        },
+        "app": dict(sorted(c.app_events.items())),
+        "max_live_sockets": c.max_live,
+        "phases": c.phase_counts,
+    }
+
+
+def losses(c: Correlator, rec: RecordingStats, meta: dict[str, Any]) -> dict[str, Any]:
+    drops = {name: p["drops"] for name, p in c.probe_programs.items()}
+    return {
+        "kernel_drops": drops,
+        "kernel_drops_total": sum(drops.values()),
+        "probe_programs": c.probe_programs,
+        "recording": rec.summary(),
+        "bus": meta.get("bus"),
+        "late_events": c.reorder.late,
+        "unusable": {k: v for k, v in c.n.items() if k.startswith("rejected.")},
+        "kernel_close_not_seen": c.n.get("kernel.close_not_seen", 0),
+    }
+
+
+def diagnose(
+    c: Correlator, cnt: dict[str, Any], cov: dict[str, Any], loss: dict[str, Any],
+    meta: dict[str, Any],
+) -> list[str]:
+    """Plain sentences, most important first, each built from the data."""
+    out: list[str] = []
+    by_outcome: dict[str, list[tuple[str, int, str, int]]] = {}
+    for (outcome, actor, pid, role), n in c.outcome_owner.items():
+        by_outcome.setdefault(outcome, []).append((actor, pid, role, n))
+    for v in by_outcome.values():
+        v.sort(key=lambda x: -x[3])
+
+    for actor, pid, role, n in by_outcome.get("stuck_close_wait", []):
+        how = "accepted and never closed" if role == "passive" else "the peer closed, it never did"
+        s = f"{_plural(n, 'socket')} stuck in CLOSE_WAIT, owned by {_who(actor, pid)}: {how}"
+        if c.peers_of_stuck:
+            s += f"; their peers wait in FIN_WAIT_2 ({c.peers_of_stuck} of them)"
+        out.append(s + ".")
+    fw2 = cnt["outcomes"]["stuck_fin_wait2"]
+    if fw2 and not c.peers_of_stuck:
+        for actor, pid, _role, n in by_outcome.get("stuck_fin_wait2", []):
+            out.append(
+                f"{_plural(n, 'socket')} stuck in FIN_WAIT_2, owned by {_who(actor, pid)}: "
+                "they closed, the peer never did."
+            )
+
+    peak_tw = cnt["states_peak"].get("TIME_WAIT")
+    no_ports = cnt["errors"].get("EADDRNOTAVAIL", 0)
+    tw = cnt["outcomes"]["time_wait"]
+    if no_ports:
+        climb = f"TIME_WAIT climbed to {peak_tw} and " if peak_tw is not None else ""
+        out.append(
+            f"{climb}connect() failed {no_ports} times with EADDRNOTAVAIL "
+            "(ephemeral ports exhausted)."
+        )
+        for name, ph in c.phase_counts.items():
+            if ph.get("connections") and not ph.get("errors", {}).get("EADDRNOTAVAIL"):
+                peak = ph.get("states_peak", {}).get("TIME_WAIT")
+                tail = f", TIME_WAIT peaked at {peak}" if peak is not None else ""
+                out.append(
+                    f"In phase {name!r} connect() never failed with EADDRNOTAVAIL"
+                    f" ({_plural(ph['connections'], 'connection')}{tail})."
+                )
+    elif tw:
+        peak = f" (at most {peak_tw} at once)" if peak_tw is not None else ""
+        out.append(
+            f"{_plural(tw, 'connection')} closed actively and left a TIME_WAIT socket{peak}; "
+            "no connect() failed for lack of ports."
+        )
+
+    for pid, per in sorted(c.accepts.items()):
+        owner = c.pid_actor.get(pid)
+        if per.get("EMFILE"):
+            out.append(
+                f"accept4 failed {per['EMFILE']} times with EMFILE in {_who(owner, pid)}: "
+                "the process hit its open-file limit."
+            )
+        if per.get("ENFILE"):
+            out.append(
+                f"accept4 failed {per['ENFILE']} times with ENFILE in {_who(owner, pid)}: "
+                "the system-wide file table is full."
+            )
+    if not any(per.get("EMFILE") for per in c.accepts.values()):
+        for (err, event, actor, pid), n in sorted(c.error_owner.items()):
+            if err == "EMFILE":
+                out.append(
+                    f"{event.replace('_failed', '')} failed {n} times with EMFILE in "
+                    f"{_who(actor, pid)} (from its log): the process hit its open-file limit."
+                )
+
+    for pid, e in sorted(c.epoll.items(), key=lambda kv: -kv[1]["calls"]):
+        if not e["calls"]:
+            continue
+        threads = len(e["tids"])
+        served = c.conns_by_owner_max.get(pid, 0)
+        ready = e["ready"]
+        what = f"served {served} connections at once" if served else "waited in epoll"
+        maxr = max(ready.counts) if ready.counts else 0
+        out.append(
+            f"{_plural(threads, 'thread')} of {_who(c.pid_actor.get(pid), pid)} {what}: "
+            f"{e['calls']} epoll_wait calls, median {ready.median()} ready per wake-up "
+            f"(max {maxr}, {e['timeouts']} timed out empty)."
+        )
+
+    o = cnt["outcomes"]
+    if o["clean"] or (tw and not no_ports):
+        out.append(
+            f"{_plural(o['clean'], 'connection')} closed cleanly on the passive side "
+            f"(CLOSE_WAIT -> LAST_ACK -> CLOSE); {tw} active closers went to TIME_WAIT."
+        )
+    if o["refused"]:
+        out.append(f"{_plural(o['refused'], 'connect')} refused (SYN answered by RST).")
+    if o["reset"]:
+        out.append(f"{_plural(o['reset'], 'connection')} ended by a reset (-> CLOSE abruptly).")
+    if o["never_accepted"]:
+        out.append(
+            f"{_plural(o['never_accepted'], 'connection')} completed the handshake "
+            "but the application never accepted them."
+        )
+    other_fail = o["failed_connect"] - no_ports
+    if other_fail > 0:
+        out.append(f"{_plural(other_fail, 'connect')} failed before leaving SYN_SENT.")
+    if o["open_at_end"]:
+        out.append(f"{_plural(o['open_at_end'], 'connection')} still open when the run ended.")
+
+    for name, info in (meta.get("actors") or {}).items():
+        if isinstance(info, dict) and info.get("crashed"):
+            out.append(f"Actor {name} crashed (exit code {info.get('exit_code')}).")
+    if meta.get("interrupted"):
+        out.append("The run was interrupted: the figures cover what was recorded until then.")
+
+    lost = []
+    if loss["kernel_drops_total"]:
+        parts = ", ".join(f"{k}: {v}" for k, v in loss["kernel_drops"].items() if v)
+        lost.append(f"the kernel dropped {loss['kernel_drops_total']} events ({parts})")
+    r = loss["recording"]
+    if r["corrupt_frames"]:
+        lost.append(
+            f"{r['corrupt_frames']} corrupt recording frames were skipped "
+            f"({r['skipped_bytes']} bytes)"
+        )
+    if r["gap_count"]:
+        lost.append(f"{r['gap_count']} sequence gaps in the recording")
+    if loss["late_events"]:
+        lost.append(f"{loss['late_events']} events arrived too late to sort in time order")
+    if lost:
+        out.append("Losses: " + "; ".join(lost) + ".")
+    else:
+        out.append("No event was lost: no kernel drops, no corrupt frames, no sequence gaps.")
+
+    if cov["app_connections"] or cov["kernel_events"]:
+        a, k = cov["app_connections_pct"], cov["kernel_events_pct"]
+        out.append(
+            f"Coverage: {a if a is not None else 'n/a'}% of application connections matched "
+            f"their kernel transitions; {k if k is not None else 'n/a'}% of kernel events "
+            "have an owner."
+        )
+    return out
+
+
+def build_summary(c: Correlator, rec: RecordingStats, meta: dict[str, Any]) -> dict[str, Any]:
+    cnt = counts(c)
+    cov = coverage(c)
+    cnt["coverage"] = {k: v for k, v in cov.items() if isinstance(v, int | float)}
+    loss = losses(c, rec, meta)
+    cnt["lost"] = {
+        "kernel_drops": loss["kernel_drops_total"],
+        "corrupt_frames": rec.corrupt_frames,
+        "gaps": len(rec.ledger.gaps),
+        "late_events": loss["late_events"],
+    }
+    started, ended = meta.get("started_mono_ns"), meta.get("ended_mono_ns")
+    if isinstance(started, int) and isinstance(ended, int) and ended > started:
+        duration_s = (ended - started) / 1e9
+    elif c.first_ns is not None and c.last_ns > c.first_ns:
+        duration_s = (c.last_ns - c.first_ns) / 1e9
+    else:
+        duration_s = 0.0
+    k_total = sum(cnt["kernel_events"].values())
+    rates = {
+        "duration_s": round(duration_s, 3),
+        "kernel_events_per_s": round(k_total / duration_s, 1) if duration_s else None,
+        "connections_per_s": round(cnt["connections"] / duration_s, 1) if duration_s else None,
+    }
+    expectations = check(meta.get("expected"), cnt)
+    diagnosis = diagnose(c, cnt, cov, loss, meta)
+    if expectations:
+        held = sum(1 for e in expectations if e["held"])
+        line = f"{held} of {len(expectations)} expectations held"
+        failed = [f"{e['path']} {e['expect']} (got {e['actual']})" for e in expectations
+                  if not e["held"]]
+        diagnosis.append(line + (": failed " + ", ".join(failed) if failed else "") + ".")
+    return {
+        "scenario": meta.get("scenario"),
+        "description": meta.get("description"),
+        "started_wall": meta.get("started_wall"),
+        "interrupted": bool(meta.get("interrupted")),
+        "actors": meta.get("actors") or {},
+        "phases": meta.get("phases") or [],
+        "diagnosis": diagnosis,
+        "expectations": expectations,
+        "expectations_held": all(e["held"] for e in expectations) if expectations else None,
+        "counts": cnt,
+        "rates": rates,
+        "coverage": cov,
+        "losses": loss,
+        "correlator": {
+            "reorder_max_held": c.reorder.max_held,
+            "max_live_sockets": c.max_live,
+            "settle_max_held": c.max_settle,
+        },
+        "plots": _plot_data(c),
+    }
+
+
+def _plot_data(c: Correlator) -> dict[str, Any]:
+    t0 = c.t0 or (c.first_ns or 0)
+
+    def series(points: list[tuple[int, dict[str, int]]]) -> list[list[Any]]:
+        return [[round((ts - t0) / 1e9, 6), vals] for ts, vals in points]
+
+    return {
+        "t0_mono_ns": t0,
+        "observer_states": series(c.observer_series.points),
+        "kernel_states": series(c.kernel_series.points),
+        "fds": series(c.fd_series.points),
+        "lifetimes_ns": {k: h.as_dict() for k, h in sorted(c.lifetimes.items())},
+        "state_durations_ns": {k: h.as_dict() for k, h in sorted(c.state_time.items())},
+        "epoll": {
+            str(pid): {
+                "actor": c.pid_actor.get(pid),
+                "calls": e["calls"],
+                "threads": len(e["tids"]),
+                "timeouts": e["timeouts"],
+                "errors": e["errors"],
+                "ready": e["ready"].as_dict(),
+                "wait_ns": e["wait"].as_dict(),
+            }
+            for pid, e in c.epoll.items()
+        },
+        "accept": {
+            str(pid): {"actor": c.pid_actor.get(pid), **per} for pid, per in c.accepts.items()
+        },
+        "phases": [
+            {"name": n, "t": round((s - t0) / 1e9, 6)}
+            for n, s in zip(c.phase_names, c.phase_starts, strict=True)
+        ],
+    }
