@@ -50,6 +50,13 @@ static __always_inline void on_enter(s32 epfd, s32 maxevents, s32 timeout_ms, u8
     inflight.update(&id, &a);
 }
 
+/* bcc's bpf_log2l() puts 0 and 1 both in slot 1; a wake-up with nothing
+ * ready (timeout) must not look like one with one ready. */
+static __always_inline u32 log2_slot(u64 v)
+{
+    return v ? bpf_log2l(v) : 0;
+}
+
 /* epoll_pwait2 takes a struct __kernel_timespec __user *; NULL = forever. */
 static __always_inline s32 timespec_ms(u64 uptr)
 {
@@ -82,9 +89,9 @@ static __always_inline void on_exit(void *ctx, long ret)
     else
         e.err = -ret;
 
-    struct hist_key k = {.pid = e.pid, .slot = bpf_log2l(e.dur_ns)};
+    struct hist_key k = {.pid = e.pid, .slot = log2_slot(e.dur_ns)};
     blocked_hist.atomic_increment(k);
-    k.slot = bpf_log2l(e.ready);
+    k.slot = log2_slot(e.ready);
     ready_hist.atomic_increment(k);
 
     if (cfg_on(CFG_EPOLL_AGG_ONLY))

@@ -368,7 +368,7 @@ class Probe:
         mode = "kprobe" if kprobe_compile_only else plan.mode
         if mode is None:
             raise ProbeError(f"probe {self.name} cannot attach here: {plan.why}")
-        self.bpf = BPF(text=program_text(self.name), cflags=cflags(self.name, mode, delivery))
+        self.bpf = BPF(text=program_text(self.name).encode(), cflags=cflags(self.name, mode, delivery))
         self.attached: list[Hook] = []
         self.gauge: RingGauge | None = None
         self._decode = DECODERS[self.name]
@@ -377,15 +377,15 @@ class Probe:
     def attach(self) -> None:
         for hook in self.plan.hooks:
             if hook.kind == "tracepoint":
-                self.bpf.attach_tracepoint(tp=hook.target, fn_name=hook.fn)
+                self.bpf.attach_tracepoint(tp=hook.target.encode(), fn_name=hook.fn.encode())
             elif hook.kind == "kprobe":
-                self.bpf.attach_kprobe(event=hook.target, fn_name=hook.fn)
+                self.bpf.attach_kprobe(event=hook.target.encode(), fn_name=hook.fn.encode())
             else:
-                self.bpf.attach_kretprobe(event=hook.target, fn_name=hook.fn)
+                self.bpf.attach_kretprobe(event=hook.target.encode(), fn_name=hook.fn.encode())
             self.attached.append(hook)
 
     def open(self, callback: Callback) -> None:
-        table = self.bpf["events"]
+        table = self.bpf[b"events"]
         name, decode = self.name, self._decode
 
         def on_event(_ctx: Any, data: Any, _size: int) -> int:
@@ -403,7 +403,7 @@ class Probe:
             self.gauge = RingGauge(table.map_fd, RING_PAGES[name] * mmap.PAGESIZE)
 
     def ring_fd(self) -> int | None:
-        return self.bpf["events"].map_fd if self.delivery == "ringbuf" else None
+        return self.bpf[b"events"].map_fd if self.delivery == "ringbuf" else None
 
     def drain(self, timeout_ms: int = 0) -> None:
         if self.delivery == "ringbuf":
@@ -414,21 +414,21 @@ class Probe:
             self.bpf.perf_buffer_poll(timeout=timeout_ms)
 
     def counters(self) -> dict[str, int]:
-        values = self.bpf["counters"]
+        values = self.bpf[b"counters"]
         events = sum(values[ctypes.c_int(CNT_EVENTS)])
         drops = sum(values[ctypes.c_int(CNT_DROPS)]) + self.lost
         return {"events": int(events), "drops": int(drops)}
 
     def set_filters(self, f: Filters) -> None:
         """Fill the filter maps, then switch each filter on (or off when empty)."""
-        config = self.bpf["config"]
+        config = self.bpf[b"config"]
         for idx, table_name, values in (
             (CFG_PIDS, "filter_pids", f.pids),
             (CFG_LPORTS, "filter_lports", f.lports),
             (CFG_RPORTS, "filter_rports", f.rports),
             (CFG_PORTS, "filter_ports", f.ports),
         ):
-            table = self.bpf[table_name]
+            table = self.bpf[table_name.encode()]
             # Add the new keys before removing old ones so that an update
             # never passes through an empty (= everything) filter.
             for v in values:
@@ -439,7 +439,7 @@ class Probe:
             config[ctypes.c_int(idx)] = ctypes.c_uint(1 if values else 0)
 
     def set_value(self, idx: int, value: int) -> None:
-        self.bpf["config"][ctypes.c_int(idx)] = ctypes.c_uint(value)
+        self.bpf[b"config"][ctypes.c_int(idx)] = ctypes.c_uint(value)
 
     def close(self) -> None:
         if self.gauge is not None:
@@ -479,7 +479,7 @@ def verify_kprobe_variant(name: str, delivery: str = "ringbuf") -> list[str]:
     verifier without attaching it. Returns the loaded function names."""
     from bcc import BPF
 
-    b = BPF(text=program_text(name), cflags=cflags(name, "kprobe", delivery))
+    b = BPF(text=program_text(name).encode(), cflags=cflags(name, "kprobe", delivery))
     try:
         for fn in kprobe_functions(name):
             b.load_func(fn.encode(), BPF.KPROBE)
@@ -590,8 +590,9 @@ class ProbeSet:
             return []
         bpf = self.probes["epoll"].bpf
         out: dict[int, dict[str, list[int]]] = {}
-        for table_name, label in (("blocked_hist", "blocked_ns_log2"), ("ready_hist", "ready_log2")):
-            for k, v in bpf[table_name].items():
+        tables = (("blocked_hist", "blocked_ns_log2"), ("ready_hist", "ready_log2"))
+        for table_name, label in tables:
+            for k, v in bpf[table_name.encode()].items():
                 slots = out.setdefault(k.pid, {"blocked_ns_log2": [], "ready_log2": []})[label]
                 if len(slots) <= k.slot:
                     slots.extend([0] * (k.slot + 1 - len(slots)))

@@ -1,0 +1,410 @@
+"""The BPF programs against the real kernel: real sockets, real events.
+
+One ProbeSet is compiled and attached for the whole module (compiling takes
+seconds); each test narrows it with filters and polls for the events it
+expects with a deadline. accept and epoll never report the reading process
+itself (see CFG_SELF_PID), so their workloads run in child processes.
+Runs in tracepoint or kprobe mode as TCPLAB_ATTACH says; the expected TCP
+transitions depend on the mode (the kprobe on tcp_set_state does not see
+the states set by inet_sk_set_state/inet_sk_state_store).
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from probes.loader import Filters, ProbeSet, make_plan
+
+pytestmark = [pytest.mark.root, pytest.mark.bpf]
+
+DEADLINE_S = 10.0
+Event = dict[str, Any]
+
+
+class Collector:
+    """Every event the probes deliver, and a deadline-bounded wait for some."""
+
+    def __init__(self, probes: ProbeSet) -> None:
+        self.probes = probes
+        self.events: list[Event] = []
+
+    def add(self, _probe: str, event: Event) -> None:
+        self.events.append(event)
+
+    def reset(self, filters: Filters) -> None:
+        self.probes.set_filters(filters)
+        self.probes.drain_all()
+        self.events.clear()
+
+    def wait(self, pred: Callable[[list[Event]], bool], what: str) -> list[Event]:
+        deadline = time.monotonic() + DEADLINE_S
+        while not pred(self.events):
+            if time.monotonic() > deadline:
+                pytest.fail(f"no {what} within {DEADLINE_S}s; got {self.events[-20:]}")
+            self.probes.poll(0.05)
+        return self.events
+
+
+@pytest.fixture(scope="module")
+def collector() -> Iterator[Collector]:
+    plan = make_plan()
+    probes = ProbeSet(plan)
+    c = Collector(probes)
+    probes.start(c.add)
+    yield c
+    probes.close()
+
+
+def mode() -> str:
+    return make_plan().probes["tcp_state"].mode or ""
+
+
+def transitions(events: list[Event], skaddr: int) -> list[tuple[str, str]]:
+    return [(e["old"], e["new"]) for e in events if e["type"] == "tcp_state" and e["skaddr"] == skaddr]
+
+
+CLIENT = [
+    ("CLOSE", "SYN_SENT"),
+    ("SYN_SENT", "ESTABLISHED"),
+    ("ESTABLISHED", "FIN_WAIT1"),
+    ("FIN_WAIT1", "FIN_WAIT2"),
+    ("FIN_WAIT2", "CLOSE"),
+]
+# Measured on 6.18: the child is cloned from the listener, so its first
+# transition starts from LISTEN, not CLOSE.
+SERVER_CHILD = [
+    ("LISTEN", "SYN_RECV"),
+    ("SYN_RECV", "ESTABLISHED"),
+    ("ESTABLISHED", "CLOSE_WAIT"),
+    ("CLOSE_WAIT", "LAST_ACK"),
+    ("LAST_ACK", "CLOSE"),
+]
+LISTENER = [("CLOSE", "LISTEN"), ("LISTEN", "CLOSE")]
+# tcp_set_state() never sees inet_sk_set_state()/inet_sk_state_store() calls.
+NOT_VIA_TCP_SET_STATE = {("LISTEN", "SYN_RECV"), ("CLOSE", "LISTEN")}
+
+
+def expected(seq: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    if mode() == "kprobe":
+        return [t for t in seq if t not in NOT_VIA_TCP_SET_STATE]
+    return seq
+
+
+def bound() -> tuple[socket.socket, int]:
+    """A bound, not yet listening socket: its port is known before any transition."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    return srv, srv.getsockname()[1]
+
+
+def closes(n: int) -> Callable[[list[Event]], bool]:
+    return lambda evs: sum(e["type"] == "tcp_state" and e["new"] == "CLOSE" for e in evs) >= n
+
+
+def test_one_connection_yields_the_expected_transitions_on_both_sides(collector: Collector) -> None:
+    """Client, server child and listener each show exactly their transitions, in order."""
+    srv, port = bound()
+    collector.reset(Filters(ports={port}))
+    srv.listen()
+    cli = socket.create_connection(("127.0.0.1", port))
+    cport = cli.getsockname()[1]
+    child, _ = srv.accept()
+    cli.close()
+    assert child.recv(1) == b""  # the FIN arrived: the child is in CLOSE_WAIT
+    child.close()
+    srv.close()
+
+    ours = collector.wait(closes(3), "the closes of client, child and listener")
+    client = next(e["skaddr"] for e in ours if e["sport"] == cport)
+    server = next(e["skaddr"] for e in ours if e["sport"] == port and e["dport"] == cport)
+    listener = next(e["skaddr"] for e in ours if e["sport"] == port and e["dport"] == 0)
+
+    assert transitions(ours, client) == expected(CLIENT)
+    assert transitions(ours, server) == expected(SERVER_CHILD)
+    assert transitions(ours, listener) == expected(LISTENER)
+    assert len(ours) == len(expected(CLIENT + SERVER_CHILD + LISTENER))
+    first = next(e for e in ours if e["skaddr"] == client)
+    # tcp_v4_connect sets SYN_SENT before choosing the ephemeral port.
+    assert (first["new"], first["sport"], first["dport"]) == ("SYN_SENT", 0, port)
+    assert {e["saddr"] for e in ours} == {"127.0.0.1"}
+    assert {e["daddr"] for e in ours if e["dport"]} == {"127.0.0.1"}
+    assert {e["family"] for e in ours} == {socket.AF_INET}
+
+
+def test_ipv6_addresses_come_out_as_text(collector: Collector) -> None:
+    """An IPv6 loopback connection reports family 10 and "::1"."""
+    srv = socket.create_server(("::1", 0), family=socket.AF_INET6)
+    port = srv.getsockname()[1]
+    collector.reset(Filters(ports={port}))
+    cli = socket.create_connection(("::1", port))
+    child, _ = srv.accept()
+    events = collector.wait(
+        lambda evs: sum(e["new"] == "ESTABLISHED" for e in evs) >= 2, "two ESTABLISHED"
+    )
+    for s in (cli, child, srv):
+        s.close()
+    est = [e for e in events if e["new"] == "ESTABLISHED"]
+    assert {(e["family"], e["saddr"], e["daddr"]) for e in est} == {(10, "::1", "::1")}
+
+
+def test_port_filter_keeps_other_ports_out(collector: Collector) -> None:
+    """With a port filter, a connection on another port yields no event at all."""
+    other = socket.create_server(("127.0.0.1", 0))
+    wanted, wport = bound()
+    oport = other.getsockname()[1]
+    collector.reset(Filters(ports={wport}))
+    wanted.listen()
+    for srv, port in ((other, oport), (wanted, wport)):
+        c = socket.create_connection(("127.0.0.1", port))
+        s, _ = srv.accept()
+        c.close()
+        s.close()
+    # The ring buffer is ordered: once the later connection's closes are in,
+    # the earlier connection's would be too.
+    events = collector.wait(closes(2), "the wanted port's closes")
+    other.close()
+    wanted.close()
+    assert not [e for e in events if oport in (e["sport"], e["dport"])]
+    assert all(wport in (e["sport"], e["dport"]) for e in events)
+
+
+# A child process for the accept and epoll tests: prints "ready <info>", waits
+# for "go" on stdin, does one thing, prints its result, exits.
+WORKER = r"""
+import errno, os, resource, select, socket, sys
+mode = sys.argv[1]
+def say(*a):
+    print(*a, flush=True)
+if mode in ("accept", "eagain", "emfile"):
+    srv = socket.create_server(("127.0.0.1", 0))
+    say("ready", srv.getsockname()[1], srv.fileno())
+    sys.stdin.readline()
+    if mode == "eagain":
+        srv.setblocking(False)
+        try:
+            srv.accept()
+        except BlockingIOError:
+            say("EAGAIN")
+    elif mode == "emfile":
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+        hold = []
+        try:
+            while True:
+                hold.append(open("/dev/null"))
+        except OSError as e:
+            assert e.errno == errno.EMFILE
+        try:
+            srv.accept()
+            say("accepted")
+        except OSError as e:
+            say(errno.errorcode[e.errno])
+    else:
+        conn, peer = srv.accept()
+        say("accepted", conn.fileno(), peer[1])
+elif mode == "epoll":
+    n = int(sys.argv[2])
+    pairs = [socket.socketpair() for _ in range(n)]
+    ep = select.epoll()
+    for a, _b in pairs:
+        ep.register(a.fileno(), select.EPOLLIN)
+    say("ready", ep.fileno())
+    sys.stdin.readline()
+    got = [len(ep.poll(0.2))]                # nothing ready: blocks the full 200 ms
+    for _a, b in pairs[:3]:
+        b.send(b"x")
+    got.append(len(ep.poll(-1, 16)))         # 3 ready at once
+    for _a, b in pairs[3:]:
+        b.send(b"x")
+    got.append(len(ep.poll(-1, 16)))         # all n ready
+    say("done", *got)
+"""
+
+
+class Worker:
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", WORKER, *args],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        self.pid = self.proc.pid
+        self.info = self.line().split()[1:]
+
+    def line(self) -> str:
+        assert self.proc.stdout is not None
+        out = self.proc.stdout.readline()
+        if not out:
+            pytest.fail(f"worker {self.pid} exited with {self.proc.wait(10)}")
+        return out.strip()
+
+    def go(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        for f in (self.proc.stdin, self.proc.stdout):
+            if f is not None:
+                f.close()
+
+
+@pytest.fixture
+def workers() -> Iterator[list[Worker]]:
+    made: list[Worker] = []
+    yield made
+    for w in made:
+        w.close()
+
+
+def accepts(pid: int) -> Callable[[list[Event]], bool]:
+    return lambda evs: any(e["type"] == "accept" and e["pid"] == pid for e in evs)
+
+
+def test_blocking_accept_returns_fd_and_peer(collector: Collector, workers: list[Worker]) -> None:
+    """A blocking accept4 reports the listening fd, the new fd and the client's address."""
+    w = Worker("accept")
+    workers.append(w)
+    port, lfd = int(w.info[0]), int(w.info[1])
+    collector.reset(Filters(pids={w.pid}))
+    w.go()
+    cli = socket.create_connection(("127.0.0.1", port))
+    cport = cli.getsockname()[1]
+    _, fd, peer_port = w.line().split()
+    events = collector.wait(accepts(w.pid), "accept event")
+    cli.close()
+    (e,) = [e for e in events if e["type"] == "accept"]
+    assert (e["syscall"], e["lfd"], e["fd"], e["errno"]) == ("accept4", lfd, int(fd), 0)
+    assert (e["family"], e["peer_addr"], e["peer_port"]) == (2, "127.0.0.1", cport)
+    assert e["peer_port"] == int(peer_port)
+    assert e["dur_ns"] > 0 and e["tid"] == w.pid
+
+
+def test_nonblocking_accept_on_empty_queue_is_eagain(
+    collector: Collector, workers: list[Worker]
+) -> None:
+    """The seed's strace proof of non-blocking I/O: accept4 returns EAGAIN at once."""
+    w = Worker("eagain")
+    workers.append(w)
+    collector.reset(Filters(pids={w.pid}))
+    w.go()
+    assert w.line() == "EAGAIN"
+    events = collector.wait(accepts(w.pid), "accept event")
+    (e,) = [e for e in events if e["type"] == "accept"]
+    assert (e["fd"], e["errno"], e["family"], e["lfd"]) == (-1, errno.EAGAIN, 0, int(w.info[1]))
+
+
+def test_accept_with_open_file_limit_exhausted_is_emfile(
+    collector: Collector, workers: list[Worker]
+) -> None:
+    """A pending connection cannot be accepted by a process at RLIMIT_NOFILE: EMFILE."""
+    w = Worker("emfile")
+    workers.append(w)
+    cli = socket.create_connection(("127.0.0.1", int(w.info[0])))  # queued in the backlog
+    collector.reset(Filters(pids={w.pid}))
+    w.go()
+    assert w.line() == "EMFILE"
+    events = collector.wait(accepts(w.pid), "accept event")
+    cli.close()
+    (e,) = [e for e in events if e["type"] == "accept"]
+    assert (e["fd"], e["errno"]) == (-1, errno.EMFILE)
+
+
+def test_pid_filter_keeps_other_processes_out(collector: Collector, workers: list[Worker]) -> None:
+    """Only the filtered pid's accepts arrive, though both processes accept."""
+    outside, inside = Worker("eagain"), Worker("eagain")
+    workers += [outside, inside]
+    collector.reset(Filters(pids={inside.pid}))
+    outside.go()
+    assert outside.line() == "EAGAIN"
+    inside.go()
+    assert inside.line() == "EAGAIN"
+    events = collector.wait(accepts(inside.pid), "the inside pid's accept")
+    assert {e["pid"] for e in events if e["type"] in ("accept", "epoll")} == {inside.pid}
+
+
+def test_epoll_wait_reports_ready_counts_and_blocked_time(
+    collector: Collector, workers: list[Worker]
+) -> None:
+    """epoll_wait on 5 sockets: a 200 ms timeout with 0 ready, then 3, then 5 ready."""
+    n = 5
+    w = Worker("epoll", str(n))
+    workers.append(w)
+    epfd = int(w.info[0])
+    collector.reset(Filters(pids={w.pid}))
+    w.go()
+    assert w.line() == "done 0 3 5"
+
+    def three_calls(evs: list[Event]) -> bool:
+        return sum(e["type"] == "epoll" and e["pid"] == w.pid for e in evs) >= 3
+
+    events = collector.wait(three_calls, "three epoll calls")
+    calls = [e for e in events if e["type"] == "epoll" and e["epfd"] == epfd]
+    assert [(e["ready"], e["timeout_ms"], e["errno"]) for e in calls] == [
+        (0, 200, 0), (3, -1, 0), (n, -1, 0)
+    ]
+    assert [e["maxevents"] for e in calls][1:] == [16, 16]
+    # The kernel never returns from a timed-out wait before its timeout.
+    assert calls[0]["dur_ns"] >= 200_000_000
+    assert all(e["syscall"] in ("epoll_wait", "epoll_pwait") for e in calls)
+
+    (hist,) = [h for h in collector.probes.epoll_histograms() if h["pid"] == w.pid]
+    assert sum(hist["blocked_ns_log2"]) == len(calls)
+    # log2 slots: 0 -> slot 0, 3 -> slot 2 ([2, 4)), 5 -> slot 3 ([4, 8)).
+    assert hist["ready_log2"] == [1, 0, 1, 1]
+    # 200 ms = 2^27.6 ns: slot 28 covers [2^27, 2^28).
+    assert hist["blocked_ns_log2"][28] == 1
+
+
+def test_epoll_aggregate_only_keeps_histograms_and_stops_per_call_events(
+    collector: Collector, workers: list[Worker]
+) -> None:
+    """In aggregate-only mode calls are counted in the kernel but not streamed."""
+    w = Worker("epoll", "4")
+    workers.append(w)
+    collector.reset(Filters(pids={w.pid}))
+    collector.probes.set_epoll_aggregate_only(True)
+    try:
+        w.go()
+        assert w.line() == "done 0 3 4"
+
+        def counted() -> int:
+            hists = [h for h in collector.probes.epoll_histograms() if h["pid"] == w.pid]
+            return sum(hists[0]["ready_log2"]) if hists else 0
+
+        deadline = time.monotonic() + DEADLINE_S
+        while counted() < 3 and time.monotonic() < deadline:
+            collector.probes.poll(0.05)
+        assert counted() == 3
+        collector.probes.drain_all()
+        assert [e for e in collector.events if e["type"] == "epoll"] == []
+    finally:
+        collector.probes.set_epoll_aggregate_only(False)
+
+
+def test_counters_count_every_event_and_no_drops(collector: Collector) -> None:
+    """What the kernel says it submitted is exactly what reached user space."""
+    srv, port = bound()
+    collector.reset(Filters(ports={port}))
+    before = collector.probes.stats()["programs"]["tcp_state"]
+    srv.listen()
+    for _ in range(50):
+        c = socket.create_connection(("127.0.0.1", port))
+        s, _ = srv.accept()
+        c.close()
+        s.close()
+    srv.close()
+    events = collector.wait(closes(101), "every close")
+    after = collector.probes.stats()["programs"]["tcp_state"]
+    assert after["events"] - before["events"] == len(events) == 50 * 10 + 2
+    assert after["drops"] == before["drops"]
+    assert after["ring_size"] == 1024 * 4096
