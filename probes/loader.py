@@ -185,8 +185,10 @@ def _plan_probe(name: str, force: str) -> ProbePlan:
     kp_hooks, kp_missing = kprobe_hooks(name)
     if not kprobes_supported():
         kp_missing = ["kprobes (CONFIG_KPROBES is off in this kernel)"]
-    if name == "epoll" and tp_missing == ["syscalls:sys_enter_epoll_pwait2",
-                                          "syscalls:sys_exit_epoll_pwait2"]:
+    if name == "epoll" and tp_missing == [
+        "syscalls:sys_enter_epoll_pwait2",
+        "syscalls:sys_exit_epoll_pwait2",
+    ]:
         # epoll_pwait2 only exists since 5.11: trace the other two without it.
         tp_hooks = [h for h in tp_hooks if "pwait2" not in h.target]
         tp_missing = []
@@ -200,9 +202,11 @@ def _plan_probe(name: str, force: str) -> ProbePlan:
         return ProbePlan(name, "kprobe", kp_hooks, why)
     gaps = []
     if force in ("auto", "tracepoint") and tp_missing:
-        gaps.append(f"missing tracepoints {', '.join(tp_missing)}: mount tracefs "
-                    "(mount -t tracefs tracefs /sys/kernel/tracing) or use a kernel "
-                    "with CONFIG_FTRACE_SYSCALLS")
+        gaps.append(
+            f"missing tracepoints {', '.join(tp_missing)}: mount tracefs "
+            "(mount -t tracefs tracefs /sys/kernel/tracing) or use a kernel "
+            "with CONFIG_FTRACE_SYSCALLS"
+        )
     if force in ("auto", "kprobe") and kp_missing:
         gaps.append(f"no kprobe: missing {', '.join(kp_missing)}")
     return ProbePlan(name, None, [], "; ".join(gaps))
@@ -368,7 +372,8 @@ class Probe:
         mode = "kprobe" if kprobe_compile_only else plan.mode
         if mode is None:
             raise ProbeError(f"probe {self.name} cannot attach here: {plan.why}")
-        self.bpf = BPF(text=program_text(self.name).encode(), cflags=cflags(self.name, mode, delivery))
+        text = program_text(self.name).encode()
+        self.bpf = BPF(text=text, cflags=cflags(self.name, mode, delivery))
         self.attached: list[Hook] = []
         self.gauge: RingGauge | None = None
         self._decode = DECODERS[self.name]
@@ -513,8 +518,9 @@ class ProbeSet:
         unusable = [n for n in wanted if not plan.probes[n].mode]
         if unusable:
             reasons = "; ".join(f"{n}: {plan.probes[n].why}" for n in unusable)
-            raise ProbeError(f"cannot attach {', '.join(unusable)} here ({reasons}); "
-                             "run `tcplab doctor`")
+            raise ProbeError(
+                f"cannot attach {', '.join(unusable)} here ({reasons}); run `tcplab doctor`"
+            )
         self.filters = filters or Filters()
         self.probes: dict[str, Probe] = {}
         self._epoll = select.epoll()

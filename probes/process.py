@@ -35,19 +35,32 @@ def build_parser() -> Any:
     p = parser("probes", "Stream kernel TCP, accept and epoll events onto the tcplab bus.")
     p.prog = "python -m probes"
     p.add_argument("--pid", type=int, action="append", default=[], help="trace only this pid")
-    p.add_argument("--port", type=int, action="append", default=[],
-                   help="trace only TCP sockets with this local or remote port")
+    p.add_argument(
+        "--port",
+        type=int,
+        action="append",
+        default=[],
+        help="trace only TCP sockets with this local or remote port",
+    )
     p.add_argument("--lport", type=int, action="append", default=[], help="local port filter")
     p.add_argument("--rport", type=int, action="append", default=[], help="remote port filter")
-    p.add_argument("--probe", action="append", choices=PROBES,
-                   help="load only this probe (repeatable; default: all)")
-    p.add_argument("--epoll-aggregate-only", action="store_true",
-                   help="epoll: in-kernel histograms only, no per-call events")
+    p.add_argument(
+        "--probe",
+        action="append",
+        choices=PROBES,
+        help="load only this probe (repeatable; default: all)",
+    )
+    p.add_argument(
+        "--epoll-aggregate-only",
+        action="store_true",
+        help="epoll: in-kernel histograms only, no per-call events",
+    )
     return p
 
 
 def filters_from(args: dict[str, Any], current: Filters) -> Filters:
     """Filters from a `set` command's args; keys left out keep their value."""
+
     def ints(key: str, old: set[int]) -> set[int]:
         if key not in args:
             return old
