@@ -139,11 +139,12 @@ class Bomber:
         next_at = time.monotonic()
         while rt.running and self._budget_left(deadline):
             if self.rate:
-                next_at += 1.0 / self.rate
                 wait = next_at - time.monotonic()
                 if wait > 0.001:
                     rt.service(int(wait * 1000))
                     continue  # re-check the stop flag and budget after sleeping
+                # Never bank time: after a stall, do not burst to catch up.
+                next_at = max(next_at, time.monotonic() - 0.01) + 1.0 / self.rate
             self.attempts += 1
             sock = socket.socket(family, socket.SOCK_STREAM)
             try:

@@ -150,3 +150,19 @@ def test_bomber_refuses_targets_outside_loopback(target: str) -> None:
     assert 1 == len(lines)
     assert lines[0].startswith("bomber: error:")
     assert "127.0.0.1" in lines[0]
+
+
+def test_observer_counts_open_fds_of_pids(lab: Lab) -> None:
+    """fds: {pid: n} matches /proc/<pid>/fd for a process holding a known set."""
+    holder = subprocess.Popen(["sleep", "60"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        lab.spawn("observer", "observer", "--pids", str(holder.pid))
+        lab.wait_for(is_ready("observer"), 20, "observer ready")
+        lab.hub.command("observer", "start")
+        sample = lab.wait_for(lambda e: e.kind is Kind.STATS and "fds" in e.body, 20, "a sample")
+        expected = len(list(Path(f"/proc/{holder.pid}/fd").iterdir()))
+        assert {holder.pid: expected} == sample.body["fds"]
+        assert 0 == lab.stop("observer")
+    finally:
+        holder.kill()
+        holder.wait()
