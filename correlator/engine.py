@@ -230,6 +230,9 @@ class Correlator:
         self.fd_series = Series(self.cfg.series_cap)
         self.probe_programs: dict[str, dict[str, int]] = {}
         self.actor_stats: dict[str, dict[str, Any]] = {}
+        # pid -> the epoll probe's in-kernel log2 histogram of ready counts
+        # (running totals); the only epoll data when per-call events are off.
+        self.epoll_kernel_hist: dict[int, list[int]] = {}
 
         # Aggregates.
         self.n: dict[str, int] = {}
@@ -631,33 +634,41 @@ class Correlator:
     # ---- stats ---------------------------------------------------------------
 
     def _on_stats(self, env: Envelope) -> None:
+        # Recognised by shape, not by source name: `source` defaults to the
+        # sender's name, which a scenario may choose freely.
         body = env.body
-        ts = body["mono_ns"] if isinstance(body.get("mono_ns"), int) else env.mono_ns
-        source = body["source"]
-        if source == "observer":
-            states = body.get("states")
-            if isinstance(states, dict):
-                vals = {str(k): int(v) for k, v in states.items() if isinstance(v, int)}
-                self.observer_series.add(ts, vals)
-                for name, v in vals.items():
-                    self._phase_peak(ts, f"states_peak.{name}", v)
+        ts = env.mono_ns
+        for key in ("sample_ns", "mono_ns"):
+            if isinstance(body.get(key), int):
+                ts = body[key]
+                break
+        states = body.get("states")
+        programs = body.get("programs")
+        if isinstance(states, dict):
+            vals = {str(k): int(v) for k, v in states.items() if isinstance(v, int)}
+            self.observer_series.add(ts, vals)
+            for name, v in vals.items():
+                self._phase_peak(ts, f"states_peak.{name}", v)
             fds = body.get("fds")
             if isinstance(fds, dict):
                 self.fd_series.add(
                     ts, {str(k): int(v) for k, v in fds.items() if isinstance(v, int)}
                 )
-        elif source == "probes":
-            programs = body.get("programs")
-            if isinstance(programs, dict):
-                for name, p in programs.items():
-                    if isinstance(p, dict):
-                        # Counters are cumulative: the latest sample is the total.
-                        cur = self.probe_programs.setdefault(str(name), {"events": 0, "drops": 0})
-                        for k in ("events", "drops"):
-                            if isinstance(p.get(k), int):
-                                cur[k] = max(cur[k], p[k])
+        elif isinstance(programs, dict):
+            for name, p in programs.items():
+                if isinstance(p, dict):
+                    # Counters are running totals: the latest sample is the total.
+                    cur = self.probe_programs.setdefault(str(name), {"events": 0, "drops": 0})
+                    for k in ("events", "drops"):
+                        if isinstance(p.get(k), int):
+                            cur[k] = max(cur[k], p[k])
+            for h in body.get("epoll_hist") or []:
+                if isinstance(h, dict) and isinstance(h.get("pid"), int):
+                    ready = h.get("ready_log2")
+                    if isinstance(ready, list):
+                        self.epoll_kernel_hist[h["pid"]] = [int(x) for x in ready]
         else:
-            self.actor_stats[f"{source}@{env.sender}"] = {
+            self.actor_stats[f"{body['source']}@{env.sender}"] = {
                 k: v for k, v in body.items() if isinstance(v, int | float | str)
             }
 

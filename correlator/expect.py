@@ -69,6 +69,8 @@ def lookup(counts: dict[str, Any], path: str) -> float | None:
     """The number at a dotted path; 0 for a missing leaf, None for a non-number."""
     node: Any = counts
     for key in path.split("."):
+        if node == 0:
+            return 0  # a section the run never produced counts nothing
         if not isinstance(node, dict):
             return None
         node = node.get(key, 0)

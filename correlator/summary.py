@@ -58,14 +58,63 @@ def coverage(c: Correlator) -> dict[str, Any]:
     return out
 
 
+def epoll_view(c: Correlator) -> dict[int, dict[str, Any]]:
+    """Per pid: epoll_wait figures from per-call events, or from the probe's
+    in-kernel histogram when that saw more calls (per-call events switched off)."""
+    out: dict[int, dict[str, Any]] = {}
+    for pid in sorted(set(c.epoll) | set(c.epoll_kernel_hist)):
+        e = c.epoll.get(pid)
+        hist = c.epoll_kernel_hist.get(pid, [])
+        if e is not None and e["calls"] >= sum(hist):
+            ready = e["ready"]
+            out[pid] = {
+                "source": "events",
+                "calls": e["calls"],
+                "timeouts": e["timeouts"],
+                "errors": e["errors"],
+                "threads": len(e["tids"]),
+                "median_ready": ready.median(),
+                "max_ready": max(ready.counts) if ready.counts else 0,
+                "ready": ready.as_dict(),
+            }
+            continue
+        # Slot i holds ready counts in [2**(i-1), 2**i); slot 0 holds zero.
+        calls = sum(hist)
+        woke = calls - (hist[0] if hist else 0)
+        median = 0
+        seen = 0
+        for i, n in enumerate(hist):
+            if i == 0:
+                continue
+            seen += n
+            if woke and seen >= (woke + 1) // 2:
+                median = (1 << i) - 1
+                break
+        top = max((i for i, n in enumerate(hist) if n), default=0)
+        out[pid] = {
+            "source": "in-kernel histogram",
+            "calls": calls,
+            "timeouts": hist[0] if hist else 0,
+            "errors": e["errors"] if e else 0,
+            "threads": len(e["tids"]) if e else 0,
+            "median_ready": median,
+            "max_ready": (1 << top) - 1 if top else 0,
+            "ready": {
+                "count": woke,
+                "median": median,
+                "binned": True,
+                "counts": {str(1 << (i - 1)): n for i, n in enumerate(hist) if i and n},
+            },
+        }
+    return out
+
+
 def counts(c: Correlator) -> dict[str, Any]:
     accept: dict[str, int] = {}
     for per in c.accepts.values():
         for k, v in per.items():
             accept[k] = accept.get(k, 0) + v
-    calls = sum(e["calls"] for e in c.epoll.values())
-    ready_total = sum(e["ready_total"] for e in c.epoll.values())
-    medians = [e["ready"].median() for e in c.epoll.values() if e["ready"].count]
+    ep = epoll_view(c)
     return {
         "connections": c.n.get("connections", 0),
         "listeners": c.n.get("listeners", 0),
@@ -73,12 +122,13 @@ def counts(c: Correlator) -> dict[str, Any]:
         "errors": dict(sorted(c.errors.items())),
         "accept": accept,
         "epoll": {
-            "calls": calls,
-            "ready_total": ready_total,
-            "median_ready": max(medians) if medians else 0,
-            "threads": sum(len(e["tids"]) for e in c.epoll.values()),
-            "timeouts": sum(e["timeouts"] for e in c.epoll.values()),
-            "errors": sum(e["errors"] for e in c.epoll.values()),
+            "calls": sum(e["calls"] for e in ep.values()),
+            "median_ready": max((e["median_ready"] for e in ep.values()), default=0),
+            "max_ready": max((e["max_ready"] for e in ep.values()), default=0),
+            "threads": sum(e["threads"] for e in ep.values()),
+            "timeouts": sum(e["timeouts"] for e in ep.values()),
+            "errors": sum(e["errors"] for e in ep.values()),
+            "processes": len(ep),
         },
         "states_peak": c.observer_series.peak(),
         "kernel_events": {
@@ -176,18 +226,17 @@ def diagnose(
                     f"{_who(actor, pid)} (from its log): the process hit its open-file limit."
                 )
 
-    for pid, e in sorted(c.epoll.items(), key=lambda kv: -kv[1]["calls"]):
+    for pid, e in sorted(epoll_view(c).items(), key=lambda kv: -kv[1]["calls"]):
         if not e["calls"]:
             continue
-        threads = len(e["tids"])
         served = c.conns_by_owner_max.get(pid, 0)
-        ready = e["ready"]
         what = f"served {served} connections at once" if served else "waited in epoll"
-        maxr = max(ready.counts) if ready.counts else 0
+        threads = _plural(e["threads"], "thread") + " of " if e["threads"] else ""
+        approx = "at most " if e["source"] != "events" else ""
         out.append(
-            f"{_plural(threads, 'thread')} of {_who(c.pid_actor.get(pid), pid)} {what}: "
-            f"{e['calls']} epoll_wait calls, median {ready.median()} ready per wake-up "
-            f"(max {maxr}, {e['timeouts']} timed out empty)."
+            f"{threads}{_who(c.pid_actor.get(pid), pid)} {what}: "
+            f"{e['calls']} epoll_wait calls, median {approx}{e['median_ready']} ready per "
+            f"wake-up (max {approx}{e['max_ready']}, {e['timeouts']} returned empty)."
         )
 
     o = cnt["outcomes"]
@@ -315,16 +364,7 @@ def _plot_data(c: Correlator) -> dict[str, Any]:
         "lifetimes_ns": {k: h.as_dict() for k, h in sorted(c.lifetimes.items())},
         "state_durations_ns": {k: h.as_dict() for k, h in sorted(c.state_time.items())},
         "epoll": {
-            str(pid): {
-                "actor": c.pid_actor.get(pid),
-                "calls": e["calls"],
-                "threads": len(e["tids"]),
-                "timeouts": e["timeouts"],
-                "errors": e["errors"],
-                "ready": e["ready"].as_dict(),
-                "wait_ns": e["wait"].as_dict(),
-            }
-            for pid, e in c.epoll.items()
+            str(pid): {"actor": c.pid_actor.get(pid), **e} for pid, e in epoll_view(c).items()
         },
         "accept": {
             str(pid): {"actor": c.pid_actor.get(pid), **per} for pid, per in c.accepts.items()
