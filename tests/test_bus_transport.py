@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zmq
@@ -144,7 +145,7 @@ def test_sigkilled_peer_is_reported_silent(
 
 def test_sequence_gap_is_recorded(hub: Hub, endpoints: Endpoints) -> None:
     """A sender that skips seq numbers leaves a Gap in the ledger and an incomplete stream."""
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[Any] = zmq.Context.instance()
     push = ctx.socket(zmq.PUSH)
     push.connect(endpoints.events)
     try:
@@ -174,7 +175,7 @@ def test_recorder_sees_every_accepted_frame(endpoints: Endpoints) -> None:
     try:
         env = sender.stats({"n": 1})
         sender.close()
-        sender_push = zmq.Context.instance().socket(zmq.PUSH)
+        sender_push: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.PUSH)
         sender_push.connect(endpoints.events)
         sender_push.send(b"\xc1garbage")
         sender_push.close(linger=1000)
