@@ -37,7 +37,11 @@ sys.exit(0 if done else 5)
 
 # Envelope-shaped values that are wrong in some way (or occasionally right).
 plain = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.text(max_size=8), st.binary(max_size=8)
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**64 - 1),
+    st.text(max_size=8),
+    st.binary(max_size=8),
 )
 body = st.dictionaries(st.text(max_size=8), plain, max_size=4)
 shaped = st.lists(
