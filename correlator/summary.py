@@ -197,7 +197,7 @@ def diagnose(
                 tail = f", TIME_WAIT peaked at {peak}" if peak is not None else ""
                 out.append(
                     f"In phase {name!r} connect() never failed with EADDRNOTAVAIL"
-                    f" ({_plural(ph['connections'], 'connection')}{tail})."
+                    f" ({_plural(ph['connections'], 'socket')}{tail})."
                 )
     elif tw:
         peak = f" (at most {peak_tw} at once)" if peak_tw is not None else ""

@@ -72,8 +72,8 @@ def _svg(fig: Figure) -> str:
 def _fmt_ns(ns: float) -> str:
     for unit, scale in (("s", 1e9), ("ms", 1e6), ("µs", 1e3)):
         if ns >= scale:
-            return f"{ns / scale:g}{unit}"
-    return f"{ns:g}ns"
+            return f"{ns / scale:.3g}{unit}"
+    return f"{ns:.3g}ns"
 
 
 def plot_states(points: list[list[Any]], phases: list[dict[str, Any]], title: str) -> str | None:
@@ -96,7 +96,7 @@ def plot_states(points: list[list[Any]], phases: list[dict[str, Any]], title: st
     ax.set_xlabel("seconds since start")
     ax.set_ylabel("sockets")
     ax.set_title(title)
-    ax.legend(loc="upper left", fontsize=8, ncol=3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
     ax.grid(alpha=0.3)
     return _svg(fig)
 

@@ -1,0 +1,192 @@
+"""build_reports: every output rebuilt from a run directory, and the HTML rendered."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from correlator.errors import NoRecordingError
+from correlator.synthetic import Actor, Lab, RecordingWriter, write_run_json
+from reports import build_reports
+
+T0 = 5_000_000_000
+MS = 1_000_000
+SERVER, CLIENT, LEAKER = Actor("server", 100), Actor("client", 200), Actor("leaker", 300)
+
+
+def make_run(run_dir: Path, n: int = 40, leak: int = 5) -> None:
+    w = RecordingWriter(run_dir / "recording.msgpack", batch=64, app_batch=8)
+    lab = Lab(w)
+    lab.listen(T0, SERVER, 8080)
+    lab.listen(T0, LEAKER, 9090)
+    for i in range(n):
+        t = T0 + (i + 1) * MS
+        p = lab.connect(t, CLIENT, SERVER, 40000 + i, 8080)
+        lab.client_close(t + MS // 2, p)
+        lab.observer(t, {"TIME_WAIT": i + 1, "ESTABLISHED": 1}, {"100": 5})
+        lab.epoll_event(t, SERVER, 100, 1 + i % 3)
+    for i in range(leak):
+        t = T0 + (n + i + 1) * MS
+        p = lab.connect(t, CLIENT, LEAKER, 41000 + i, 9090)
+        lab.client_close(t + MS // 2, p, server_closes=False)
+    lab.accept_failed(T0 + (n + leak + 2) * MS, LEAKER, 24, "EMFILE")
+    lab.probe_stats(T0 + (n + leak + 3) * MS, {"tcp_state": {"events": 500, "drops": 2}})
+    w.close()
+    write_run_json(run_dir, {
+        "scenario": "report-test",
+        "description": "echo clients and a leaker",
+        "started_mono_ns": T0,
+        "ended_mono_ns": T0 + (n + leak + 5) * MS,
+        "actors": {a.name: {"role": a.name, "pid": a.pid, "exit_code": 0, "crashed": False}
+                   for a in (SERVER, CLIENT, LEAKER)},
+        "phases": [{"name": "run", "start_mono_ns": T0, "end_mono_ns": T0 + 99 * MS}],
+        "bus": {"frames": 10, "rejected": {}, "rejected_samples": [], "gaps": [], "senders": {}},
+        "expected": {"outcomes": {"time_wait": f">={n}", "stuck_close_wait": f"=={leak}"},
+                     "accept": {"EMFILE": ">0"}},
+        "interrupted": False,
+    })
+
+
+def jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    make_run(tmp_path)
+    return tmp_path
+
+
+def test_build_reports_writes_every_output(run_dir: Path) -> None:
+    """One call writes all five outputs and returns the summary it saved."""
+    summary = build_reports(run_dir)
+    for name in ("events.jsonl", "connections.jsonl", "summary.json", "report.html",
+                 "trace.json"):
+        assert (run_dir / name).stat().st_size > 0, name
+    assert json.loads((run_dir / "summary.json").read_text()) == json.loads(
+        json.dumps(summary, default=str)
+    )
+    assert summary["expectations_held"] is True
+    assert {"time_wait": 40, "clean": 40, "stuck_close_wait": 5, "stuck_fin_wait2": 5} == {
+        k: v for k, v in summary["counts"]["outcomes"].items() if v
+    }
+
+
+def test_jsonl_outputs_hold_the_timeline_and_the_lifecycles(run_dir: Path) -> None:
+    """events.jsonl is in time order with owner and cpu_pid on state events;
+    connections.jsonl has one line per socket incarnation."""
+    summary = build_reports(run_dir)
+    events = jsonl(run_dir / "events.jsonl")
+    conns = jsonl(run_dir / "connections.jsonl")
+    assert summary["outputs"]["events"] == len(events)
+    assert [e["ts"] for e in events] == sorted(e["ts"] for e in events)
+    states = [e for e in events if e["type"] == "tcp_state"]
+    assert all({"cpu_pid", "owner", "cpu_is_owner", "conn", "phase", "t"} <= e.keys()
+               for e in states)
+    assert 2 * 45 + 2 == len(conns)
+    assert {"run"} == {c["phase"] for c in conns}
+
+
+def test_trace_has_a_track_per_connection_and_state_counters(run_dir: Path) -> None:
+    """trace.json loads as trace-event JSON: a named track per connection with
+    one slice per state, and counter events for the state totals."""
+    build_reports(run_dir)
+    trace = json.loads((run_dir / "trace.json").read_text())
+    evs = trace["traceEvents"]
+    tracks = {e["tid"] for e in evs if e["ph"] == "M" and e["name"] == "thread_name"}
+    assert 92 == len(tracks)
+    slices = [e for e in evs if e["ph"] == "X"]
+    client = [e for e in slices if e["tid"] == min(tracks) + 1]
+    assert {"ph", "name", "pid", "tid", "ts", "dur"} <= client[0].keys()
+    counters = [e for e in evs if e["ph"] == "C"]
+    assert any(c["args"].get("TIME_WAIT") == 40 for c in counters)
+    names = {e["args"]["name"] for e in evs if e["ph"] == "M" and e["name"] == "process_name"}
+    assert {"server 100", "client 200", "leaker 300"} <= names
+
+
+def test_report_html_is_self_contained_and_leads_with_the_diagnosis(run_dir: Path) -> None:
+    """The HTML starts with the diagnosis sentences, embeds its plots as SVG
+    and references nothing outside itself."""
+    summary = build_reports(run_dir)
+    page = (run_dir / "report.html").read_text()
+    first = summary["diagnosis"][0]
+    assert first.startswith("5 sockets stuck in CLOSE_WAIT, owned by leaker pid 300")
+    assert page.index("What happened") < page.index("<svg")
+    assert first.replace("'", "&#x27;") in page
+    assert page.count("<svg") >= 4
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//|file:)""", page)
+    assert "<script" not in page
+
+
+def test_rebuilding_gives_the_same_summary(run_dir: Path) -> None:
+    """`tcplab report RUN_DIR` rebuilds the same figures from the same recording."""
+    first = build_reports(run_dir)
+    second = build_reports(run_dir)
+    assert first == second
+
+
+def test_report_without_run_json_still_works(tmp_path: Path) -> None:
+    """A recording alone is enough: times count from the first event."""
+    make_run(tmp_path)
+    (tmp_path / "run.json").unlink()
+    summary = build_reports(tmp_path)
+    assert 40 == summary["counts"]["outcomes"]["time_wait"]
+    assert [] == summary["expectations"]
+
+
+def test_damaged_recording_still_reports_and_counts_the_damage(tmp_path: Path) -> None:
+    """A corrupt frame is skipped and counted in the lost-event ledger."""
+    make_run(tmp_path)
+    rec = tmp_path / "recording.msgpack"
+    data = bytearray(rec.read_bytes())
+    mid = len(data) // 2
+    data[mid:mid + 8] = b"\xc1" * 8
+    rec.write_bytes(bytes(data))
+    summary = build_reports(tmp_path)
+    assert 1 == summary["losses"]["recording"]["corrupt_frames"]
+    assert any("corrupt recording frames were skipped" in d for d in summary["diagnosis"])
+    assert "corrupt frames skipped" in (tmp_path / "report.html").read_text()
+
+
+def test_no_recording_is_a_clear_error(tmp_path: Path) -> None:
+    """A run dir without a recording raises NoRecordingError, writes nothing."""
+    with pytest.raises(NoRecordingError, match="no recording.msgpack"):
+        build_reports(tmp_path)
+    assert [] == list(tmp_path.iterdir())
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium")
+def test_report_renders_in_headless_chromium(run_dir: Path) -> None:
+    """Chromium opens the report offline and renders it, plots included:
+    the screenshot is a full page of mostly non-white pixels in many colours."""
+    build_reports(run_dir)
+    shot = run_dir / "shot.png"
+    with tempfile.TemporaryDirectory() as profile:
+        subprocess.run(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+             "--disable-background-networking", "--disable-component-update",
+             "--no-first-run", f"--user-data-dir={profile}", f"--screenshot={shot}",
+             "--window-size=1200,3000", (run_dir / "report.html").as_uri()],
+            check=True, capture_output=True, timeout=120,
+        )
+    from matplotlib.image import imread
+
+    img = imread(str(shot))
+    assert (3000, 1200) == img.shape[:2]
+    rgb = (img[:, :, :3] * 255).astype(int)
+    colours = {tuple(px) for px in rgb[::7, ::7].reshape(-1, 3)}
+    # Text alone gives a few greys; the plots bring reds, greens and blues.
+    assert len(colours) > 200
+    non_white = (rgb.sum(axis=2) < 700).mean()
+    assert non_white > 0.03
