@@ -23,6 +23,7 @@ from types import FrameType
 from typing import Any
 
 import structlog
+import zmq
 
 from bus import logging as buslog
 from bus.endpoints import EndpointError, check_endpoint
@@ -109,6 +110,7 @@ class Runtime:
         self.name: str = args.name
         self.events: EventSender | None = None
         self.control: ControlClient | None = None
+        self._ctx: zmq.Context[Any] | None = None
         if (args.events is None) != (args.control is None):
             raise UsageError("give both --events and --control, or neither to run alone")
         if args.events is not None:
@@ -117,8 +119,10 @@ class Runtime:
                 check_endpoint(args.control)
             except EndpointError as e:
                 raise UsageError(str(e)) from None
-            self.events = EventSender(args.events, self.name)
-            self.control = ControlClient(args.control, self.name)
+            # One ZeroMQ context for both sockets: each context costs threads.
+            self._ctx = zmq.Context(io_threads=1)
+            self.events = EventSender(args.events, self.name, context=self._ctx)
+            self.control = ControlClient(args.control, self.name, context=self._ctx)
         buslog.configure(self.name, self.events, stderr=not args.quiet, level=args.log_level)
         self.log = structlog.get_logger()
         # Per-connection records: on the bus always, on stderr only when asked.
@@ -199,6 +203,8 @@ class Runtime:
             self.events.close(linger_ms=linger)
         if self.control is not None:
             self.control.close(linger_ms=0 if self.exit_code else 1000)
+        if self._ctx is not None:
+            self._ctx.term()
         return self.exit_code
 
     def _handle(self, cmd: Envelope) -> None:

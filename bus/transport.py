@@ -133,7 +133,9 @@ class EventSender:
 
     def _send(self, env: Envelope) -> Envelope:
         try:
-            self._sock.send(encode(env), copy=False)
+            # copy=False would start pyzmq's garbage-collector thread (and a second
+            # context): three more threads per actor for no gain at these sizes.
+            self._sock.send(encode(env))
         except zmq.Again:
             raise BusError(
                 f"{self.sender}: the orchestrator stopped reading events; giving up"

@@ -166,3 +166,28 @@ def test_observer_counts_open_fds_of_pids(lab: Lab) -> None:
     finally:
         holder.kill()
         holder.wait()
+
+
+@pytest.mark.slow
+def test_multiplexer_holds_ten_thousand_connections(lab: Lab) -> None:
+    """One multiplexer process holds 10000 echoing connections on one epoll loop.
+
+    Threads: the loop is one; ZeroMQ adds its I/O thread and its reaper.
+    """
+    port = start_server(lab)
+    lab.spawn("multiplexer", "multiplexer", "--target", f"127.0.0.1:{port}")
+    lab.wait_for(is_ready("multiplexer"), 20, "multiplexer ready")
+    lab.hub.command("multiplexer", "start")
+    full = lab.wait_for(
+        lambda e: e.kind is Kind.STATS
+        and e.sender == "multiplexer"
+        and e.body["held"] == 10000
+        and e.body["echoes_per_s"] > 0,
+        120,
+        "10000 connections held and echoing",
+    )
+    assert 0 == full.body["connect_failed"]
+    assert full.body["threads"] <= 3
+    assert 10000 == len(lab.records("multiplexer", "connect"))
+    assert 0 == lab.stop("multiplexer", timeout_s=60)
+    assert 10000 == len(lab.records("multiplexer", "close"))
