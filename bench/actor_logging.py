@@ -11,6 +11,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Any
 
 import structlog
 
@@ -48,7 +49,13 @@ def main() -> int:
     buslog.configure("bench", sender, stderr=False, level="info")
     log = structlog.get_logger()
     lean = buslog.SocketLog("bench", sender)
-    fields = {"fd": 7, "laddr": "127.0.0.1", "lport": 40000, "raddr": "127.0.0.1", "rport": 8080}
+    fields: dict[str, Any] = {
+        "fd": 7,
+        "laddr": "127.0.0.1",
+        "lport": 40000,
+        "raddr": "127.0.0.1",
+        "rport": 8080,
+    }
 
     def chain(i: int) -> None:
         log.info("connect", **fields)

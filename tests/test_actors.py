@@ -179,10 +179,12 @@ def test_multiplexer_holds_ten_thousand_connections(lab: Lab) -> None:
     lab.wait_for(is_ready("multiplexer"), 20, "multiplexer ready")
     lab.hub.command("multiplexer", "start")
     full = lab.wait_for(
-        lambda e: e.kind is Kind.STATS
-        and e.sender == "multiplexer"
-        and e.body["held"] == 10000
-        and e.body["echoes_per_s"] > 0,
+        lambda e: (
+            e.kind is Kind.STATS
+            and e.sender == "multiplexer"
+            and e.body["held"] == 10000
+            and e.body["echoes_per_s"] > 0
+        ),
         120,
         "10000 connections held and echoing",
     )
