@@ -1,0 +1,194 @@
+"""Correlator replay throughput and peak memory (figures printed, nothing asserted).
+
+    .venv/bin/python bench/correlator_replay.py                 # 1k/10k/100k held + 1M events
+    .venv/bin/python bench/correlator_replay.py --events 10000000  # the 10M-event case too
+
+Each case writes a synthetic recording under bench/out/, then replays it in
+a fresh process twice: correlation only (a sink that discards) and the full
+build_reports (events.jsonl, connections.jsonl, trace.json, summary, HTML).
+The child reports wall time and ru_maxrss; RSS after imports is the baseline,
+so the growth is what the replay itself holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from correlator.synthetic import Actor, Lab, RecordingWriter, write_run_json  # noqa: E402
+
+T0 = 10_000_000_000
+US = 1_000
+SERVER = Actor("server", 100)
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def gen_held(run_dir: Path, n: int) -> int:
+    """n connections opened, all held open together, then all closed."""
+    w = RecordingWriter(run_dir / "recording.msgpack")
+    lab = Lab(w)
+    lab.listen(T0, SERVER, 8080)
+    pairs = []
+    t = T0 + 1000 * US
+    for i in range(n):
+        # 50k ports per client address keeps every 4-tuple distinct.
+        client = Actor("client", 200, f"127.0.{i // 50000}.{2 + (i // 50000) % 200}")
+        pairs.append(lab.connect(t, client, SERVER, 10000 + i % 50000, 8080))
+        t += 100 * US
+    for p in pairs:
+        lab.client_close(t, p)
+        t += 100 * US
+    w.close()
+    write_run_json(
+        run_dir,
+        {
+            "scenario": f"held-{n}",
+            "started_mono_ns": T0,
+            "ended_mono_ns": t,
+            "actors": {"server": {"pid": 100}, "client": {"pid": 200}},
+        },
+    )
+    return n
+
+
+def gen_stream(run_dir: Path, events: int) -> int:
+    """Sequential connect/close pairs until `events` kernel+app items are written."""
+    w = RecordingWriter(run_dir / "recording.msgpack")
+    lab = Lab(w)
+    lab.listen(T0, SERVER, 8080)
+    client = Actor("client", 200)
+    t = T0 + 1000 * US
+    per_conn = 16  # 10 state events, 1 accept4, 5 app records
+    n = events // per_conn
+    for i in range(n):
+        p = lab.connect(t, client, SERVER, 10000 + i % 50000, 8080)
+        lab.client_close(t + 100 * US, p)
+        t += 200 * US
+    w.close()
+    write_run_json(
+        run_dir,
+        {
+            "scenario": f"stream-{events}",
+            "started_mono_ns": T0,
+            "ended_mono_ns": t,
+            "actors": {"server": {"pid": 100}, "client": {"pid": 200}},
+        },
+    )
+    return n
+
+
+class NullSink:
+    def __init__(self) -> None:
+        self.events = 0
+        self.connections = 0
+
+    def event(self, row: dict[str, Any]) -> None:
+        self.events += 1
+
+    def connection(self, row: dict[str, Any]) -> None:
+        self.connections += 1
+
+
+def child(run_dir: Path, mode: str) -> None:
+    """Runs in a fresh process: replay and print one JSON line of figures."""
+    from correlator.engine import Correlator
+    from correlator.recording import RecordingReader, read_run_meta
+    from reports.build import build_reports
+
+    base = rss_mb()
+    start = time.perf_counter()
+    if mode == "correlate":
+        sink = NullSink()
+        corr = Correlator(sink, read_run_meta(run_dir))
+        for env in RecordingReader(run_dir / "recording.msgpack"):
+            corr.feed(env)
+        corr.finish()
+        items = sink.events
+        extra = {"max_live": corr.max_live, "reorder_max_held": corr.reorder.max_held}
+    else:
+        summary = build_reports(run_dir)
+        items = summary["outputs"]["events"]
+        extra = {
+            "max_live": summary["correlator"]["max_live_sockets"],
+            "reorder_max_held": summary["correlator"]["reorder_max_held"],
+        }
+    secs = time.perf_counter() - start
+    print(
+        json.dumps(
+            {
+                "items": items,
+                "seconds": round(secs, 2),
+                "items_per_s": round(items / secs),
+                "rss_base_mb": round(base, 1),
+                "rss_peak_mb": round(rss_mb(), 1),
+                **extra,
+            }
+        )
+    )
+
+
+def measure(run_dir: Path, mode: str) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", str(run_dir), mode],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--held", default="1000,10000,100000")
+    ap.add_argument("--events", default="1000000")
+    ap.add_argument("--child", nargs=2, metavar=("RUN_DIR", "MODE"))
+    ap.add_argument("--keep", action="store_true", help="keep bench/out/ recordings")
+    args = ap.parse_args()
+    if args.child:
+        child(Path(args.child[0]), args.child[1])
+        return
+    out = ROOT / "bench" / "out" / "correlator"
+    cases: list[tuple[str, Any, int]] = [
+        ("held", gen_held, int(n)) for n in args.held.split(",") if n
+    ]
+    cases += [("stream", gen_stream, int(n)) for n in args.events.split(",") if n]
+    print(
+        f"{'case':<18}{'mode':<11}{'items':>11}{'s':>8}{'items/s':>10}"
+        f"{'rss base':>10}{'rss peak':>10}{'growth':>9}{'live max':>10}{'heap max':>10}"
+    )
+    for kind, gen, n in cases:
+        run_dir = out / f"{kind}-{n}"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir.mkdir(parents=True)
+        t = time.perf_counter()
+        gen(run_dir, n)
+        size = (run_dir / "recording.msgpack").stat().st_size / 1e6
+        print(f"# {kind}-{n}: recording {size:.0f} MB written in {time.perf_counter() - t:.0f} s")
+        for mode in ("correlate", "full"):
+            r = measure(run_dir, mode)
+            print(
+                f"{kind + '-' + str(n):<18}{mode:<11}{r['items']:>11}{r['seconds']:>8}"
+                f"{r['items_per_s']:>10}{r['rss_base_mb']:>10}{r['rss_peak_mb']:>10}"
+                f"{r['rss_peak_mb'] - r['rss_base_mb']:>9.1f}{r['max_live']:>10}"
+                f"{r['reorder_max_held']:>10}",
+                flush=True,
+            )
+        if not args.keep:
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
