@@ -163,10 +163,10 @@ class Bomber:
             if self.attempts % SERVICE_EVERY == 0:
                 rt.service(0)
 
-    def pooled(self) -> None:
-        """Open N connections once, then send each request on one of them."""
-        rt = self.rt
-        pool: list[tuple[socket.socket, Any]] = []
+    def open_pool(self) -> None:
+        """Open the N pooled connections, before `start`: a pool is set up
+        once, so it keeps working while one-shot connects run out of ports."""
+        self.pool: list[tuple[socket.socket, Any]] = []
         for _ in range(self.pool_size):
             sock = socket.socket(self.family, socket.SOCK_STREAM)
             self.attempts += 1
@@ -177,8 +177,12 @@ class Bomber:
                 sock.close()
                 continue
             self.connected += 1
-            rt.sock_log("connect", **sock_fields(sock))
-            pool.append((sock, sock.makefile("rb")))
+            self.rt.sock_log("connect", **sock_fields(sock))
+            self.pool.append((sock, sock.makefile("rb")))
+
+    def pooled(self) -> None:
+        """Send each request on one of the pooled connections."""
+        rt, pool = self.rt, self.pool
         if not pool:
             return
         rt.log.info("pool_ready", size=len(pool))
@@ -217,6 +221,8 @@ def bomb(args: argparse.Namespace) -> int:
     bomber = Bomber(rt, target, args)
     rt.progress = bomber.progress
     rt.on_set = bomber.set
+    if args.pool:
+        bomber.open_pool()
     rt.ready(target=f"{target[0]}:{target[1]}", pool=args.pool)
     if rt.wait_start():
         started = time.monotonic()
@@ -228,6 +234,8 @@ def bomb(args: argparse.Namespace) -> int:
         summary = bomber.progress()
         done = bomber.connected + bomber.requests
         summary["per_s"] = round(done / max(elapsed, 1e-9), 1)
+        # The orchestrator ends a phase early on `done` (until_done).
+        summary["done"] = True
         rt.log.info("done", **summary)
         rt.report(summary)
         while rt.attached and not rt.stopping:

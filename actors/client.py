@@ -95,7 +95,8 @@ def session(args: argparse.Namespace) -> int:
         client.run()
         # Under the orchestrator, stay until told to stop: the report wants
         # our final counters and the kernel's TIME_WAITs after we are done.
-        rt.report(client.progress())
+        # The orchestrator ends a phase early on `done` (until_done).
+        rt.report({**client.progress(), "done": True})
         while rt.attached and not rt.stopping:
             rt.service(100)
     return rt.close()

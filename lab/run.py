@@ -189,6 +189,11 @@ class LabRun:
             )
 
     def _done(self, name: str) -> bool:
+        """The actor finished its work (said so in its progress), or ended."""
+        return bool(self.tally.progress.get(name, {}).get("done")) or self._ended(name)
+
+    def _ended(self, name: str) -> bool:
+        """The actor said eof or its process is gone: nothing more will come."""
         return (
             name in self.hub.events_ledger.eof_seq or self.sup.processes[name].exit_code is not None
         )
@@ -207,7 +212,7 @@ class LabRun:
 
     def _drain_until(self, names: list[str], timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and not all(self._done(n) for n in names):
+        while time.monotonic() < deadline and not all(self._ended(n) for n in names):
             self._pump(50)
 
     def _stop(self) -> None:
