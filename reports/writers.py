@@ -11,8 +11,8 @@ from typing import IO, Any
 MAX_TRACE_CONNECTIONS = 20_000
 
 
-def _dumps(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"), default=str)
+# One encoder reused: json.dumps would build it again for every line.
+_dumps = json.JSONEncoder(separators=(",", ":"), default=str, check_circular=False).encode
 
 
 class TraceWriter:

@@ -155,6 +155,23 @@ def test_damaged_recording_still_reports_and_counts_the_damage(tmp_path: Path) -
     assert "corrupt frames skipped" in (tmp_path / "report.html").read_text()
 
 
+def test_an_empty_run_still_gets_a_report(tmp_path: Path) -> None:
+    """A recording with no events (only eofs) yields every output and says so
+    plainly, including a crashed actor and an interrupted run."""
+    w = RecordingWriter(tmp_path / "recording.msgpack")
+    w.stats("actor:server", {"source": "server", "accepted": 0}, T0)
+    w.close()
+    write_run_json(tmp_path, {"actors": {"server": {"pid": 1, "crashed": True,
+                                                    "exit_code": -9}},
+                              "interrupted": True})
+    summary = build_reports(tmp_path)
+    assert 0 == summary["counts"]["connections"]
+    assert "Actor server crashed (exit code -9)." in summary["diagnosis"]
+    assert any(d.startswith("The run was interrupted") for d in summary["diagnosis"])
+    assert "no data in this run" in (tmp_path / "report.html").read_text()
+    assert [] == jsonl(tmp_path / "events.jsonl")
+
+
 def test_no_recording_is_a_clear_error(tmp_path: Path) -> None:
     """A run dir without a recording raises NoRecordingError, writes nothing."""
     with pytest.raises(NoRecordingError, match="no recording.msgpack"):
