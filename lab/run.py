@@ -138,9 +138,13 @@ class LabRun:
             self.sup.spawn(a.name, a.role, argv)
         names = [a.name for a in self.scenario.actors]
         self._wait_ready(names, ACTOR_READY_S)
-        # Now the pids are known: the probes trace only the lab's processes.
+        # Now the pids are known: the probes' syscall programs trace only the
+        # lab's processes, and the observer counts their open fds.
         pids = [self.sup.processes[n].pid for n in names]
-        self._command(PROBES, "filter", {"pids": pids})
+        self._command(PROBES, "set", {"pids": pids})
+        for a in self.scenario.actors:
+            if a.role == "observer":
+                self._command(a.name, "set", {"pids": pids})
 
     def _wait_ready(self, names: list[str], timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

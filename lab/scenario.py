@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from correlator.expect import ExpectationError, validate
+
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
 ROLES = ("server", "client", "bomber", "leaker", "multiplexer", "observer")
 
@@ -106,6 +108,11 @@ def load(path: Path) -> Scenario:
         phases.append(Phase(_need(p, "name", str, pw), float(duration), commands, until))
     if not phases:
         raise ScenarioError(f"{where}: a scenario needs at least one phase")
+    expected = dict(data.get("expected", {}))
+    try:
+        validate(expected)
+    except ExpectationError as e:
+        raise ScenarioError(f"{where}: [expected] {e}") from None
     lab = data.get("lab", {})
     return Scenario(
         name=name,
@@ -116,7 +123,7 @@ def load(path: Path) -> Scenario:
         ports=[int(p) for p in lab.get("ports", [])],
         actors=actors,
         phases=phases,
-        expected=dict(data.get("expected", {})),
+        expected=expected,
     )
 
 
