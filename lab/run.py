@@ -221,6 +221,7 @@ class LabRun:
 
     def _stop(self) -> None:
         self.phase = "stopping"
+        self.sup.stopping = True
         actors = [a.name for a in self.scenario.actors]
         for name in actors:
             if self._is_ready(name) and self.sup.processes[name].exit_code is None:

@@ -21,7 +21,7 @@ class Process:
     log_path: Path
     started_mono_ns: int = field(default_factory=time.monotonic_ns)
     exit_code: int | None = None
-    # Exited before the orchestrator asked it to, or with a failure status.
+    # Exited with a failure status that the orchestrator's own stop did not cause.
     crashed: bool = False
     ended_mono_ns: int | None = None
 
@@ -74,11 +74,9 @@ class Supervisor:
     def _record_exit(self, proc: Process) -> None:
         proc.exit_code = proc.popen.returncode
         proc.ended_mono_ns = time.monotonic_ns()
-        # A negative code is a signal; SIGTERM from our own stop is not a crash.
-        failed = proc.exit_code != 0 and not (
-            self.stopping and proc.exit_code in (-signal.SIGTERM, -signal.SIGINT)
-        )
-        proc.crashed = failed or not self.stopping
+        # A negative code is a signal; the signals of our own stop are no crash.
+        ours = self.stopping and proc.exit_code in (-signal.SIGTERM, -signal.SIGKILL)
+        proc.crashed = proc.exit_code != 0 and not ours
 
     def alive(self) -> list[Process]:
         return [p for p in self.processes.values() if p.exit_code is None]
