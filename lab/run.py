@@ -96,7 +96,7 @@ class LabRun:
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         clean_stale()
         self.ns = LabNamespace(self.scenario.name, self.scenario.sysctls)
-        bus_dir = make_run_dir()
+        self.bus_dir = bus_dir = make_run_dir()
         self.endpoints = ipc_endpoints(bus_dir)
         self.recorder = Recorder(self.run_dir)
         self.hub = Hub(self.endpoints.events, self.endpoints.control, record=self._record)
@@ -264,6 +264,7 @@ class LabRun:
             "phases": self.phases,
             "bus": self.hub.events_ledger.summary(),
             "control_bus": self.hub.control_ledger.summary(),
+            "bus_dir": str(self.bus_dir),
             "recording": {"frames": self.recorder.frames, "bytes": self.recorder.bytes},
             "expected": s.expected,
             "interrupted": self.interrupted,
