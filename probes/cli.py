@@ -133,11 +133,11 @@ def watch(
         pending.clear()
         out.flush()
 
-    click.echo("attached: " + "; ".join(plan.describe()[1:]), err=True)
     old = signal.signal(signal.SIGTERM, _on_term)
     stats: dict[str, Any] = {}
     try:
         probes.start(show)
+        click.echo("attached: " + "; ".join(plan.describe()[1:]), err=True)
         end = None if duration is None else time.monotonic() + duration
         while end is None or time.monotonic() < end:
             probes.poll(0.1 if end is None else max(0.0, min(0.1, end - time.monotonic())))

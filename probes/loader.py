@@ -378,6 +378,7 @@ class Probe:
         self.gauge: RingGauge | None = None
         self._decode = DECODERS[self.name]
         self.lost = 0  # perf buffer only: records the kernel overwrote
+        self._table: Any = None
 
     def attach(self) -> None:
         for hook in self.plan.hooks:
@@ -390,11 +391,14 @@ class Probe:
             self.attached.append(hook)
 
     def open(self, callback: Callback) -> None:
-        table = self.bpf[b"events"]
+        table = self._table = self.bpf[b"events"]
         name, decode = self.name, self._decode
 
         def on_event(_ctx: Any, data: Any, _size: int) -> int:
-            callback(name, decode(table.event(data)))
+            # Through self, not the table: close() drops the table before
+            # bcc's cleanup, which a closure holding it would outlive.
+            assert self._table is not None
+            callback(name, decode(self._table.event(data)))
             return 0
 
         if self.delivery == "perf":
@@ -450,6 +454,7 @@ class Probe:
         if self.gauge is not None:
             self.gauge.close()
             self.gauge = None
+        self._table = None
         self.bpf.cleanup()
         self.attached = []
 
