@@ -43,10 +43,12 @@ OUTCOMES = (
     "never_accepted",
     "failed_connect",
     "open_at_end",
+    "unknown",  # its closing transitions were never seen (filtered or dropped)
 )
 
 # States after which the kernel's ->CLOSE means a timewait socket took over.
 _TIME_WAIT_FROM = {"FIN_WAIT2", "CLOSING", "TIME_WAIT"}
+_GUESSES = ("cpu_pid", "listener")
 _SOCKET_ACTIONS = {"listen", "connect", "accept", "connect_failed", "accept_failed"}
 
 
@@ -94,11 +96,26 @@ class Conn:
     action_counts: dict[str, int] = field(default_factory=dict)
     outcome: str | None = None
     matched_app: bool = False
+    close_seen: bool = True
+    stuck_in: str | None = None  # CLOSE_WAIT / FIN_WAIT2 held past the last phase
+    # An orphaned active closer leaves FIN_WAIT2 for a timewait socket at once
+    # (tcp_time_wait with substate FIN_WAIT2), invisible to the tracepoint.
+    # Whether that socket then sat in FIN_WAIT2 depends on its peer, still in
+    # CLOSE_WAIT: `peer_wait` links to it, `twin` back, and the closer is
+    # parked until the peer's fate is known.
+    peer_wait: Conn | None = None
+    twin: Conn | None = None
+    parked: bool = False
     held_by: int | None = None  # the pid it is counted for in conns_by_owner
 
     def set_owner(self, actor: str | None, pid: int, fd: int | None, via: str) -> None:
-        # The first real owner fact wins; later ones only fill gaps.
-        if self.owner_pid is None or self.owner_via == "cpu_pid":
+        # The first real owner fact wins; later ones only fill gaps. A guess
+        # (the on-CPU pid, the listener's owner) gives way to a real fact.
+        if self.owner_pid is None or (
+            self.owner_via in _GUESSES and via not in _GUESSES
+        ):
+            if self.owner_pid != pid:
+                self.owner_actor = self.owner_fd = None
             self.owner_pid, self.owner_via = pid, via
         if self.owner_pid == pid:
             self.owner_actor = self.owner_actor or actor
@@ -203,6 +220,10 @@ class Correlator:
         phases.sort(key=lambda p: p.get("start_mono_ns") or 0)
         self.phase_names = [str(p["name"]) for p in phases]
         self.phase_starts = [int(p.get("start_mono_ns") or 0) for p in phases]
+        # The experiment is over when its last phase ends; what the teardown
+        # does after that (killing a leaker closes its sockets) is not its result.
+        ends = [int(p["end_mono_ns"]) for p in phases if isinstance(p.get("end_mono_ns"), int)]
+        self.experiment_end: int | None = max(ends) if ends else None
 
         # Arrival clock per sender of timeline batches (for the watermark).
         self.sender_ns: dict[str, int] = {}
@@ -213,7 +234,9 @@ class Correlator:
         self.by_tuple: dict[Tuple4, list[Conn]] = {}
         self.by_pidfd: dict[tuple[int, int], Conn] = {}
         self.unaccepted: dict[tuple[str, int], Conn] = {}
-        self.failed: dict[tuple[str, int], deque[Conn]] = {}
+        # Failed connects by the pid that called connect(): their CLOSE->SYN_SENT
+        # runs in that process's context, so first_cpu_pid is the caller.
+        self.failed: dict[int, deque[Conn]] = {}
         self.listeners: dict[tuple[str, int], Conn] = {}
         self.settle: deque[_Row | Conn] = deque()
         self.now_ns = 0
@@ -247,6 +270,11 @@ class Correlator:
         self.state_time: dict[str, Log2Histogram] = {}
         self.phase_counts: dict[str, dict[str, Any]] = {}
         self.peers_of_stuck: int = 0
+        # Reversed tuples of stuck CLOSE_WAIT sockets and tuples of stuck
+        # FIN_WAIT2 ones: bounded by the leak itself.
+        self._stuck_cw: set[Tuple4] = set()
+        self._stuck_fw2: set[Tuple4] = set()
+        self.no_port_failures = 0
         self.conns_by_owner: dict[int, int] = {}
         self.conns_by_owner_max: dict[int, int] = {}
 
@@ -323,13 +351,24 @@ class Correlator:
             self._count("rejected.kernel_event")
             return
         conn = self.live.get(sk)
-        if conn is not None and old == "CLOSE":
-            # A reused skaddr we never saw close: end the old incarnation first.
-            self._close(conn, conn.state_ns, lost_close=True)
-            conn = None
+        if conn is not None and old != conn.state:
+            if old in ("CLOSE", "LISTEN"):
+                # The socket memory was reused: its last transitions (-> CLOSE)
+                # never reached us. End the old incarnation, start a new one.
+                self._close(conn, conn.state_ns, lost_close=True)
+                conn = None
+            else:
+                self._count("kernel.transition_gap")
         if conn is None:
             conn = self._open(sk, ts, old, new, ev, cpu_pid)
         else:
+            end = self.experiment_end
+            if (
+                end is not None
+                and conn.state in ("CLOSE_WAIT", "FIN_WAIT2")
+                and conn.state_ns <= end < ts
+            ):
+                conn.stuck_in = conn.state
             self._state_leave(conn, ts)
         self._learn_tuple(conn, ev)
         if len(conn.transitions) < MAX_TRANSITIONS:
@@ -419,17 +458,28 @@ class Correlator:
         self.by_tuple.setdefault(t, []).append(conn)
         if conn.role == "passive":
             self.unaccepted[(t[2], t[3])] = conn
+            # Until accept4 hands it out, the child sits in the listener's queue.
+            lst = self.listeners.get((t[0], t[1])) or self.listeners.get(("0.0.0.0", t[1]))
+            if lst is not None and lst.owner_pid is not None:
+                conn.set_owner(lst.owner_actor, lst.owner_pid, None, "listener")
 
     def _close(self, conn: Conn, ts: int, lost_close: bool = False) -> None:
         self.live.pop(conn.skaddr, None)
         if lost_close:
             self._state_leave(conn, ts)
             self._count("kernel.close_not_seen")
+            conn.close_seen = False
         conn.end_ns = ts
-        if conn.role == "active" and conn.last_old == "SYN_SENT" and conn.dest is not None:
+        if not lost_close and conn.last_old == "FIN_WAIT2" and conn.addr4 is not None:
+            t = conn.addr4
+            for peer in reversed(self.by_tuple.get((t[2], t[3], t[0], t[1]), [])):
+                if peer.end_ns is None and peer.state == "CLOSE_WAIT":
+                    conn.peer_wait, peer.twin = peer, conn
+                    break
+        if conn.role == "active" and conn.last_old == "SYN_SENT" and conn.close_seen:
             # A failed connect may never get a source port, so its tuple cannot
-            # find it: index it by the destination it was dialling.
-            self.failed.setdefault(conn.dest, deque()).append(conn)
+            # find it: index it by the process that dialled.
+            self.failed.setdefault(conn.first_cpu_pid, deque()).append(conn)
         self.settle.append(conn)
 
     # ---- kernel: accept4 and epoll_wait ------------------------------------
@@ -568,14 +618,18 @@ class Correlator:
                     if c.start_ns <= ts:
                         return c
                 return cands[0]
-        if event == "connect_failed" and raddr is not None and rport:
-            q = self.failed.get((norm_addr(str(raddr)), int(rport)))
+        if event == "connect_failed" and isinstance(pid, int):
+            # The record follows its own failure at once; actors may log only
+            # some failures, so match the newest one (to the same destination
+            # when the record names it).
+            q = self.failed.get(pid)
+            dest = (norm_addr(str(raddr)), int(rport)) if raddr is not None and rport else None
             if q:
-                for i, c in enumerate(q):
-                    if c.first_cpu_pid == pid:
+                for i in range(len(q) - 1, -1, -1):
+                    c = q[i]
+                    if dest is None or c.dest == dest:
                         del q[i]
                         return c
-                return q.popleft()
             return None
         if fd is not None and isinstance(pid, int) and event not in ("connect", "accept"):
             return self.by_pidfd.get((pid, fd))
@@ -697,6 +751,11 @@ class Correlator:
                 if head.end_ns is not None and head.end_ns > until:
                     return
                 q.popleft()
+                peer = head.peer_wait
+                if peer is not None and peer.outcome is None:
+                    head.parked = True  # finished with its peer (see Conn)
+                    self._count("parked_closers")
+                    continue
                 self._finish_conn(head, at_end=False)
 
     def _write_row(self, r: _Row) -> None:
@@ -712,22 +771,38 @@ class Correlator:
             if owner is not None:
                 self._count("coverage.kernel_tcp_state_owned")
         elif row["src"] == "kernel":
-            self._count(f"coverage.kernel_{row['type']}")
-            if row.get("actor") is not None:
-                self._count(f"coverage.kernel_{row['type']}_owned")
+            # accept4 and epoll_wait run in the caller's context: their pid is
+            # real. A pid that is no actor's (the orchestrator's own ZeroMQ
+            # sockets, say) is outside the lab, not an ownerless lab event.
+            actor = self.pid_actor.get(row["pid"])
+            row["actor"] = actor
+            if actor is None and self.pid_actor:
+                self._count("kernel.outside_lab")
+                self._count(f"kernel.outside_lab_{row['type']}")
+            else:
+                self._count(f"coverage.kernel_{row['type']}")
+                if actor is not None:
+                    self._count(f"coverage.kernel_{row['type']}_owned")
         self.sink.event(row)
 
     def _outcome(self, conn: Conn, at_end: bool) -> str:
         seen_accepts = self.n.get("kernel.accept", 0) or self.app_events.get("accept", 0)
         if conn.role == "passive" and not conn.accepted and seen_accepts:
             return "never_accepted"
+        if not conn.close_seen:
+            return "unknown"
+        stuck = conn.state if at_end else conn.stuck_in
+        if stuck == "CLOSE_WAIT":
+            return "stuck_close_wait"
+        if stuck == "FIN_WAIT2":
+            return "stuck_fin_wait2"
         if at_end:
-            if conn.state == "CLOSE_WAIT":
-                return "stuck_close_wait"
-            if conn.state == "FIN_WAIT2":
-                return "stuck_fin_wait2"
             return "open_at_end"
         last = conn.last_old
+        if conn.peer_wait is not None and conn.peer_wait.outcome in (
+            "stuck_close_wait", "never_accepted"
+        ):
+            return "stuck_fin_wait2"
         if last == "SYN_SENT":
             if conn.error == "ECONNREFUSED":
                 return "refused"
@@ -756,12 +831,28 @@ class Correlator:
             if hist is None:
                 hist = self.lifetimes[outcome] = Log2Histogram()
             hist.add(max(end - conn.start_ns, 0))
+            t = conn.addr4
+            if outcome == "stuck_close_wait" and t is not None:
+                self._stuck_cw.add((t[2], t[3], t[0], t[1]))
+            elif outcome == "stuck_fin_wait2" and t is not None:
+                self._stuck_fw2.add(t)
+            elif outcome == "failed_connect" and t is None and conn.error in (
+                None, "EADDRNOTAVAIL"
+            ):
+                # No source port was ever chosen: inet_hash_connect found none.
+                self.no_port_failures += 1
+                self._phase_count(conn.start_ns, "kernel_errors.EADDRNOTAVAIL")
             self._count("coverage.kernel_connections")
             if conn.owner_pid is not None:
                 self._count("coverage.kernel_connections_owned")
         conn.outcome = outcome
         self._unindex(conn)
         self.sink.connection(self._lifecycle(conn, at_end))
+        twin = conn.twin
+        if twin is not None and twin.parked:
+            twin.parked = False
+            self._finish_conn(twin, at_end=False)
+        conn.twin = None
 
     def _unindex(self, conn: Conn) -> None:
         t = conn.addr4
@@ -779,16 +870,18 @@ class Correlator:
             if self.by_pidfd.get(key) is conn:
                 del self.by_pidfd[key]
         self._release(conn)
-        dest = conn.dest
-        if dest is not None and conn.role == "active":
-            q = self.failed.get(dest)
+        if conn.role == "active" and conn.last_old == "SYN_SENT" and conn.close_seen:
+            q = self.failed.get(conn.first_cpu_pid)
             if q is not None:
-                try:
-                    q.remove(conn)
-                except ValueError:
-                    pass
+                if q and q[0] is conn:
+                    q.popleft()
+                else:
+                    try:
+                        q.remove(conn)
+                    except ValueError:
+                        pass  # already matched to its log record
                 if not q:
-                    del self.failed[dest]
+                    del self.failed[conn.first_cpu_pid]
 
     def _lifecycle(self, conn: Conn, at_end: bool) -> dict[str, Any]:
         end = conn.end_ns if conn.end_ns is not None else self.last_ns
@@ -817,6 +910,9 @@ class Correlator:
             "t_start": round((conn.start_ns - self.t0) / 1e9, 9) if self.t0 else None,
             "duration_ns": end - conn.start_ns,
             "closed_in_run": not at_end,
+            "timewait_from": conn.last_old
+            if conn.outcome in ("time_wait", "stuck_fin_wait2") and conn.close_seen
+            else None,
             "first_old": conn.first_old,
             "last_state": conn.state,
             "owner": conn.owner_dict(),
@@ -866,13 +962,8 @@ class Correlator:
         for ts, item in self.reorder.drain():
             self._process(ts, item)
         self._settle(1 << 63)
-        live = sorted(self.live.values(), key=lambda c: c.start_ns)
-        # Peers of leaked sockets: a FIN_WAIT2 whose reversed tuple sits in CLOSE_WAIT.
-        fw2 = {c.addr4 for c in live if c.state == "FIN_WAIT2" and c.addr4}
-        for c in live:
-            if c.state == "CLOSE_WAIT" and c.addr4:
-                if (c.addr4[2], c.addr4[3], c.addr4[0], c.addr4[1]) in fw2:
-                    self.peers_of_stuck += 1
-        for c in live:
+        for c in sorted(self.live.values(), key=lambda c: c.start_ns):
             self._finish_conn(c, at_end=True)
         self.live.clear()
+        # Peers of leaked sockets: a stuck FIN_WAIT2 facing a stuck CLOSE_WAIT.
+        self.peers_of_stuck = len(self._stuck_cw & self._stuck_fw2)

@@ -38,6 +38,7 @@ def coverage(c: Correlator) -> dict[str, Any]:
         "kernel_events": k_total,
         "kernel_events_owned": k_owned,
         "kernel_events_pct": _pct(k_owned, k_total),
+        "kernel_events_outside_lab": n.get("kernel.outside_lab", 0),
         "kernel_connections": n.get("coverage.kernel_connections", 0),
         "kernel_connections_owned": n.get("coverage.kernel_connections_owned", 0),
         "kernel_connections_pct": _pct(
@@ -58,11 +59,22 @@ def coverage(c: Correlator) -> dict[str, Any]:
     return out
 
 
+def in_lab(c: Correlator, pid: int) -> bool:
+    """A pid is the lab's when it is an actor's (or when no actor is known)."""
+    return not c.pid_actor or pid in c.pid_actor
+
+
+def lab_accepts(c: Correlator) -> dict[int, dict[str, int]]:
+    return {pid: per for pid, per in c.accepts.items() if in_lab(c, pid)}
+
+
 def epoll_view(c: Correlator) -> dict[int, dict[str, Any]]:
-    """Per pid: epoll_wait figures from per-call events, or from the probe's
+    """Per lab pid: epoll_wait figures from per-call events, or from the probe's
     in-kernel histogram when that saw more calls (per-call events switched off)."""
     out: dict[int, dict[str, Any]] = {}
     for pid in sorted(set(c.epoll) | set(c.epoll_kernel_hist)):
+        if not in_lab(c, pid):
+            continue
         e = c.epoll.get(pid)
         hist = c.epoll_kernel_hist.get(pid, [])
         if e is not None and e["calls"] >= sum(hist):
@@ -111,7 +123,7 @@ def epoll_view(c: Correlator) -> dict[int, dict[str, Any]]:
 
 def counts(c: Correlator) -> dict[str, Any]:
     accept: dict[str, int] = {}
-    for per in c.accepts.values():
+    for per in lab_accepts(c).values():
         for k, v in per.items():
             accept[k] = accept.get(k, 0) + v
     ep = epoll_view(c)
@@ -120,6 +132,8 @@ def counts(c: Correlator) -> dict[str, Any]:
         "listeners": c.n.get("listeners", 0),
         "outcomes": {o: c.outcomes.get(o, 0) for o in OUTCOMES},
         "errors": dict(sorted(c.errors.items())),
+        # Errors the kernel shows whether or not an actor logged them.
+        "kernel_errors": {"EADDRNOTAVAIL": c.no_port_failures},
         "accept": accept,
         "epoll": {
             "calls": sum(e["calls"] for e in ep.values()),
@@ -153,6 +167,7 @@ def losses(c: Correlator, rec: RecordingStats, meta: dict[str, Any]) -> dict[str
         "late_events": c.reorder.late,
         "unusable": {k: v for k, v in c.n.items() if k.startswith("rejected.")},
         "kernel_close_not_seen": c.n.get("kernel.close_not_seen", 0),
+        "kernel_transition_gaps": c.n.get("kernel.transition_gap", 0),
     }
 
 
@@ -183,16 +198,27 @@ def diagnose(
             )
 
     peak_tw = cnt["states_peak"].get("TIME_WAIT")
-    no_ports = cnt["errors"].get("EADDRNOTAVAIL", 0)
+    logged = cnt["errors"].get("EADDRNOTAVAIL", 0)
+    seen = c.no_port_failures
+    no_ports = max(logged, seen)
     tw = cnt["outcomes"]["time_wait"]
     if no_ports:
-        climb = f"TIME_WAIT climbed to {peak_tw} and " if peak_tw is not None else ""
+        climb = f"TIME_WAIT climbed to {peak_tw} and " if peak_tw else ""
+        how = ""
+        if logged != seen:
+            how = (
+                f"; the kernel saw {seen} connects end without a port, "
+                f"the actors logged {logged}"
+            )
         out.append(
             f"{climb}connect() failed {no_ports} times with EADDRNOTAVAIL "
-            "(ephemeral ports exhausted)."
+            f"(ephemeral ports exhausted){how}."
         )
         for name, ph in c.phase_counts.items():
-            if ph.get("connections") and not ph.get("errors", {}).get("EADDRNOTAVAIL"):
+            failed_here = ph.get("errors", {}).get("EADDRNOTAVAIL") or ph.get(
+                "kernel_errors", {}
+            ).get("EADDRNOTAVAIL")
+            if ph.get("connections") and not failed_here:
                 peak = ph.get("states_peak", {}).get("TIME_WAIT")
                 tail = f", TIME_WAIT peaked at {peak}" if peak is not None else ""
                 out.append(
@@ -200,13 +226,13 @@ def diagnose(
                     f" ({_plural(ph['connections'], 'socket')}{tail})."
                 )
     elif tw:
-        peak = f" (at most {peak_tw} at once)" if peak_tw is not None else ""
+        peak = f" (at most {peak_tw} at once)" if peak_tw else ""
         out.append(
             f"{_plural(tw, 'connection')} closed actively and left a TIME_WAIT socket{peak}; "
             "no connect() failed for lack of ports."
         )
 
-    for pid, per in sorted(c.accepts.items()):
+    for pid, per in sorted(lab_accepts(c).items()):
         owner = c.pid_actor.get(pid)
         if per.get("EMFILE"):
             out.append(
@@ -218,7 +244,7 @@ def diagnose(
                 f"accept4 failed {per['ENFILE']} times with ENFILE in {_who(owner, pid)}: "
                 "the system-wide file table is full."
             )
-    if not any(per.get("EMFILE") for per in c.accepts.values()):
+    if not any(per.get("EMFILE") for per in lab_accepts(c).values()):
         for (err, event, actor, pid), n in sorted(c.error_owner.items()):
             if err == "EMFILE":
                 out.append(
@@ -226,11 +252,15 @@ def diagnose(
                     f"{_who(actor, pid)} (from its log): the process hit its open-file limit."
                 )
 
-    for pid, e in sorted(epoll_view(c).items(), key=lambda kv: -kv[1]["calls"]):
+    # The busiest few; the plot and summary.json have every process.
+    busiest = sorted(epoll_view(c).items(), key=lambda kv: -kv[1]["calls"])[:3]
+    for pid, e in busiest:
         if not e["calls"]:
             continue
         served = c.conns_by_owner_max.get(pid, 0)
-        what = f"served {served} connections at once" if served else "waited in epoll"
+        what = (
+            f"served {_plural(served, 'connection')} at once" if served else "waited in epoll"
+        )
         threads = _plural(e["threads"], "thread") + " of " if e["threads"] else ""
         approx = "at most " if e["source"] != "events" else ""
         out.append(
@@ -252,9 +282,9 @@ def diagnose(
     if o["never_accepted"]:
         out.append(
             f"{_plural(o['never_accepted'], 'connection')} completed the handshake "
-            "but the application never accepted them."
+            "but the application never accepted them (they waited in the accept queue)."
         )
-    other_fail = o["failed_connect"] - no_ports
+    other_fail = o["failed_connect"] - seen
     if other_fail > 0:
         out.append(f"{_plural(other_fail, 'connect')} failed before leaving SYN_SENT.")
     if o["open_at_end"]:
@@ -278,6 +308,13 @@ def diagnose(
         )
     if r["gap_count"]:
         lost.append(f"{r['gap_count']} sequence gaps in the recording")
+    if loss["kernel_close_not_seen"]:
+        lost.append(
+            f"{loss['kernel_close_not_seen']} sockets were reused before their closing "
+            "transitions arrived (the probe filtered or lost them; outcome 'unknown')"
+        )
+    if loss["kernel_transition_gaps"]:
+        lost.append(f"{loss['kernel_transition_gaps']} state transitions skipped a state")
     if loss["late_events"]:
         lost.append(f"{loss['late_events']} events arrived too late to sort in time order")
     if lost:
@@ -290,7 +327,9 @@ def diagnose(
         out.append(
             f"Coverage: {a if a is not None else 'n/a'}% of application connections matched "
             f"their kernel transitions; {k if k is not None else 'n/a'}% of kernel events "
-            "have an owner."
+            "have an owner"
+            + (f" ({cov['kernel_events_outside_lab']} events of processes outside the lab "
+               "left out)." if cov["kernel_events_outside_lab"] else ".")
         )
     return out
 
@@ -302,6 +341,7 @@ def build_summary(c: Correlator, rec: RecordingStats, meta: dict[str, Any]) -> d
     loss = losses(c, rec, meta)
     cnt["lost"] = {
         "kernel_drops": loss["kernel_drops_total"],
+        "close_not_seen": loss["kernel_close_not_seen"],
         "corrupt_frames": rec.corrupt_frames,
         "gaps": len(rec.ledger.gaps),
         "late_events": loss["late_events"],
@@ -367,7 +407,8 @@ def _plot_data(c: Correlator) -> dict[str, Any]:
             str(pid): {"actor": c.pid_actor.get(pid), **e} for pid, e in epoll_view(c).items()
         },
         "accept": {
-            str(pid): {"actor": c.pid_actor.get(pid), **per} for pid, per in c.accepts.items()
+            str(pid): {"actor": c.pid_actor.get(pid), **per}
+            for pid, per in lab_accepts(c).items()
         },
         "phases": [
             {"name": n, "t": round((s - t0) / 1e9, 6)}

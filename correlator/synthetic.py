@@ -5,8 +5,9 @@ streamed to disk so the generator itself stays small). The kernel sequences
 follow what inet_sock_set_state reports on loopback: the client's
 CLOSE->SYN_SENT carries sport 0, the server's child appears as
 LISTEN->SYN_RECV, the active closer ends FIN_WAIT2->CLOSE (a timewait socket
-takes over, never reported), and peer-side transitions run in softirq
-context so their cpu_pid is not the owner's.
+takes over, never reported; an orphaned closer does so as soon as its FIN
+is acked, even while the peer still sits in CLOSE_WAIT), and peer-side
+transitions run in softirq context so their cpu_pid is not the owner's.
 """
 
 from __future__ import annotations
@@ -138,21 +139,23 @@ class Lab:
     def __init__(self, w: RecordingWriter, irq_pid: int = SOFTIRQ_PID) -> None:
         self.w = w
         self.irq_pid = irq_pid
-        self._free_sk: list[int] = []
+        self._free_sk: list[tuple[int, int]] = []
         self._next_sk = 0xFFFF_8880_0000_0000
         self._fds: dict[int, int] = {}
 
     # -- primitives ---------------------------------------------------------
 
-    def skaddr(self) -> int:
-        # Freed socket memory is handed out again, as the slab allocator does.
-        if self._free_sk:
-            return self._free_sk.pop()
+    def skaddr(self, ts: int) -> int:
+        # Freed socket memory is handed out again, as the slab allocator does,
+        # but never before the time it was freed.
+        for i in range(len(self._free_sk) - 1, -1, -1):
+            if self._free_sk[i][0] < ts:
+                return self._free_sk.pop(i)[1]
         self._next_sk += 0x800
         return self._next_sk
 
-    def free(self, sk: int) -> None:
-        self._free_sk.append(sk)
+    def free(self, sk: int, ts: int) -> None:
+        self._free_sk.append((ts, sk))
 
     def fd(self, actor: Actor) -> int:
         n = self._fds.get(actor.pid, 3) + 1
@@ -199,7 +202,7 @@ class Lab:
     # -- episodes -------------------------------------------------------------
 
     def listen(self, ts: int, server: Actor, port: int) -> int:
-        sk = self.skaddr()
+        sk = self.skaddr(ts)
         self.state(ts, sk, "CLOSE", "LISTEN", (server.addr, port), ("0.0.0.0", 0), server.pid)
         self.log(server, ts + US, "listen", fd=3, laddr=server.addr, lport=port)
         return sk
@@ -209,7 +212,7 @@ class Lab:
         accept: bool = True, log_accept: bool = True,
     ) -> Pair:
         """Handshake on loopback; the server's accept4 and both app records."""
-        csk, ssk = self.skaddr(), self.skaddr()
+        csk, ssk = self.skaddr(ts), self.skaddr(ts)
         c, s = (client.addr, cport), (server.addr, sport)
         irq = self.irq_pid
         self.state(ts, csk, "CLOSE", "SYN_SENT", (client.addr, 0), s, client.pid)
@@ -228,8 +231,12 @@ class Lab:
                          raddr=c[0], rport=c[1])
         return Pair(client, server, csk, ssk, cport, sport, cfd, sfd)
 
-    def client_close(self, ts: int, p: Pair, server_closes: bool = True) -> None:
-        """The client closes first; the server closes too unless it leaks."""
+    def client_close(
+        self, ts: int, p: Pair, server_closes: bool = True, server_delay_ns: int = 40 * US
+    ) -> None:
+        """The client closes first; the server closes `server_delay_ns` later
+        unless it leaks. As on a real kernel, the orphaned client leaves
+        FIN_WAIT2 for a timewait socket as soon as its FIN is acked."""
         c, s = (p.client.addr, p.cport), (p.server.addr, p.sport)
         irq = self.irq_pid
         self.state(ts, p.csk, "ESTABLISHED", "FIN_WAIT1", c, s, p.client.pid)
@@ -237,19 +244,20 @@ class Lab:
                  rport=s[1])
         self.state(ts + 10 * US, p.ssk, "ESTABLISHED", "CLOSE_WAIT", s, c, irq)
         self.state(ts + 20 * US, p.csk, "FIN_WAIT1", "FIN_WAIT2", c, s, irq)
-        p.cstate, p.sstate = "FIN_WAIT2", "CLOSE_WAIT"
+        self.state(ts + 22 * US, p.csk, "FIN_WAIT2", "CLOSE", c, s, irq)
+        self.free(p.csk, ts + 22 * US)
+        p.cstate, p.sstate = "CLOSE", "CLOSE_WAIT"
         if p.sfd >= 0:
             self.log(p.server, ts + 30 * US, "peer_close", fd=p.sfd)
         if not server_closes:
             return
-        self.state(ts + 40 * US, p.ssk, "CLOSE_WAIT", "LAST_ACK", s, c, p.server.pid)
-        self.state(ts + 50 * US, p.csk, "FIN_WAIT2", "CLOSE", c, s, irq)
-        self.state(ts + 60 * US, p.ssk, "LAST_ACK", "CLOSE", s, c, irq)
+        t = ts + max(server_delay_ns, 40 * US)
+        self.state(t, p.ssk, "CLOSE_WAIT", "LAST_ACK", s, c, p.server.pid)
+        self.state(t + 20 * US, p.ssk, "LAST_ACK", "CLOSE", s, c, irq)
         if p.sfd >= 0:
-            self.log(p.server, ts + 65 * US, "close", fd=p.sfd)
-        self.free(p.csk)
-        self.free(p.ssk)
-        p.cstate = p.sstate = "CLOSE"
+            self.log(p.server, t + 25 * US, "close", fd=p.sfd)
+        self.free(p.ssk, t + 20 * US)
+        p.sstate = "CLOSE"
 
     def reset(self, ts: int, p: Pair) -> None:
         """The client aborts (SO_LINGER 0): both ends go straight to CLOSE."""
@@ -257,30 +265,30 @@ class Lab:
         self.state(ts, p.csk, "ESTABLISHED", "CLOSE", c, s, p.client.pid)
         self.state(ts + 10 * US, p.ssk, "ESTABLISHED", "CLOSE", s, c, self.irq_pid)
         self.log(p.client, ts + 15 * US, "close", fd=p.cfd)
-        self.free(p.csk)
-        self.free(p.ssk)
+        self.free(p.csk, ts)
+        self.free(p.ssk, ts + 10 * US)
 
     def failed_connect(
         self, ts: int, client: Actor, dest: tuple[str, int], error: str = "EADDRNOTAVAIL",
         errno: int = 99,
     ) -> None:
         """No port left: CLOSE->SYN_SENT->CLOSE with sport 0, in the caller's context."""
-        sk = self.skaddr()
+        sk = self.skaddr(ts)
         self.state(ts, sk, "CLOSE", "SYN_SENT", (client.addr, 0), dest, client.pid)
         self.state(ts + 2 * US, sk, "SYN_SENT", "CLOSE", (client.addr, 0), dest, client.pid)
         self.log(client, ts + 5 * US, "connect_failed", fd=self.fd(client), raddr=dest[0],
                  rport=dest[1], errno=errno, error=error, level="warning")
-        self.free(sk)
+        self.free(sk, ts + 2 * US)
 
     def refused(self, ts: int, client: Actor, dest: tuple[str, int], cport: int) -> None:
         """Nobody listens: the SYN is answered by RST, connect() gets ECONNREFUSED."""
-        sk = self.skaddr()
+        sk = self.skaddr(ts)
         self.state(ts, sk, "CLOSE", "SYN_SENT", (client.addr, 0), dest, client.pid)
         self.state(ts + 10 * US, sk, "SYN_SENT", "CLOSE", (client.addr, cport), dest,
                    self.irq_pid)
         self.log(client, ts + 15 * US, "connect_failed", fd=self.fd(client), raddr=dest[0],
                  rport=dest[1], errno=111, error="ECONNREFUSED", level="warning")
-        self.free(sk)
+        self.free(sk, ts + 10 * US)
 
     def accept_failed(self, ts: int, server: Actor, errno: int, error: str) -> None:
         self.accept_event(ts, server, -1, errno=errno)

@@ -290,6 +290,8 @@ def render(s: dict[str, Any]) -> str:
          f"{cov['app_connections_pct']}%"),
         ("kernel events with an owner", f"{cov['kernel_events_owned']} / {cov['kernel_events']}",
          f"{cov['kernel_events_pct']}%"),
+        ("accept4/epoll_wait events of processes outside the lab (not counted)",
+         cov["kernel_events_outside_lab"], ""),
         ("kernel connections with an owner",
          f"{cov['kernel_connections_owned']} / {cov['kernel_connections']}",
          f"{cov['kernel_connections_pct']}%"),
