@@ -826,7 +826,9 @@ class Correlator:
             self._phase_count(conn.start_ns, f"outcomes.{outcome}")
             okey = (outcome, conn.owner_actor or "?", conn.owner_pid or -1, conn.role)
             self.outcome_owner[okey] = self.outcome_owner.get(okey, 0) + 1
-            end = conn.end_ns if conn.end_ns is not None else self.last_ns
+            end = self._timewait_end(conn) or (
+                conn.end_ns if conn.end_ns is not None else self.last_ns
+            )
             hist = self.lifetimes.get(outcome)
             if hist is None:
                 hist = self.lifetimes[outcome] = Log2Histogram()
@@ -883,6 +885,13 @@ class Correlator:
                 if not q:
                     del self.failed[conn.first_cpu_pid]
 
+    def _timewait_end(self, conn: Conn) -> int | None:
+        """When the peer of an orphaned closer finally closed (or the run ended)."""
+        peer = conn.peer_wait
+        if peer is None:
+            return None
+        return peer.end_ns if peer.end_ns is not None else self.last_ns
+
     def _lifecycle(self, conn: Conn, at_end: bool) -> dict[str, Any]:
         end = conn.end_ns if conn.end_ns is not None else self.last_ns
         states = []
@@ -892,6 +901,12 @@ class Correlator:
             if new == "CLOSE":
                 continue
             states.append({"state": new, "start_ns": ts, "dur_ns": nxt - ts, "cpu_pid": cpu})
+        tw_end = self._timewait_end(conn)
+        if tw_end is not None and conn.end_ns is not None:
+            # Not a tracepoint state: the timewait socket that took over waits
+            # in FIN_WAIT2 for the peer's FIN (its close), or to the run's end.
+            states.append({"state": "FIN_WAIT2", "start_ns": conn.end_ns,
+                           "dur_ns": tw_end - conn.end_ns, "cpu_pid": None, "timewait": True})
         t = conn.addr4
         return {  # one lifecycle
             "id": conn.id,

@@ -83,12 +83,16 @@ def plot_states(points: list[list[Any]], phases: list[dict[str, Any]], title: st
                    key=lambda s: (s != "TIME_WAIT", s))
     fig, ax = plt.subplots(figsize=(10, 3.6))
     ts = [p[0] for p in points]
+    drawn = 0
     for name in names:
         ys = [p[1].get(name, 0) for p in points]
         if not any(ys):
             continue
+        # Dashes as well as colours: equal counts would hide each other.
         ax.plot(ts, ys, label=name, color=STATE_COLORS.get(name),
-                linewidth=2.4 if name == "TIME_WAIT" else 1.4)
+                linewidth=2.4 if name == "TIME_WAIT" else 1.6,
+                linestyle=("-", "--", ":", "-.")[drawn % 4])
+        drawn += 1
     for ph in phases:
         ax.axvline(ph["t"], color="#999", linestyle="--", linewidth=0.8)
         ax.text(ph["t"], 1.0, f" {ph['name']}", transform=ax.get_xaxis_transform(),
