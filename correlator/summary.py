@@ -270,7 +270,7 @@ def diagnose(
         )
 
     o = cnt["outcomes"]
-    if o["clean"] or (tw and not no_ports):
+    if o["clean"]:
         out.append(
             f"{_plural(o['clean'], 'connection')} closed cleanly on the passive side "
             f"(CLOSE_WAIT -> LAST_ACK -> CLOSE); {tw} active closers went to TIME_WAIT."

@@ -62,7 +62,8 @@ class TraceWriter:
                    "args": {"name": f"{label} [{row['outcome']}]"}})
         for st in row["states"]:
             self._put({
-                "ph": "X", "name": st["state"], "cat": "tcp", "pid": pid, "tid": tid,
+                "ph": "X", "cat": "tcp", "pid": pid, "tid": tid,
+                "name": st["state"] + (" (timewait socket)" if st.get("timewait") else ""),
                 "ts": self._us(st["start_ns"]), "dur": round(st["dur_ns"] / 1000, 3),
                 "args": {"cpu_pid": st["cpu_pid"], "outcome": row["outcome"]},
             })
