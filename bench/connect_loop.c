@@ -1,9 +1,14 @@
 /* The peer the bomber is measured against: the least a connect loop can do.
  *
  *   connect_loop server PORT        accept() and close() forever
- *   connect_loop client PORT COUNT  COUNT x socket/connect/close, prints conn/s
+ *   connect_loop client PORT COUNT [SECONDS [RATE]]
+ *                                   COUNT x socket/connect/close (or until
+ *                                   SECONDS have passed; at most RATE per
+ *                                   second when given), prints conn/s
  *
- * Built at bench time by bench/actor_bomber.py (gcc -O2). Loopback only.
+ * Built at bench time by bench/actor_bomber.py and bench/common.py (gcc -O2);
+ * bench/rates.py also runs N clients at once as a load generator for the
+ * probes. Loopback only.
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -40,12 +45,29 @@ static int serve(int port) {
     }
 }
 
-static int bomb(int port, long count) {
+static double since(const struct timespec *t0) {
+    struct timespec t1;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    return (t1.tv_sec - t0->tv_sec) + (t1.tv_nsec - t0->tv_nsec) / 1e9;
+}
+
+static int bomb(int port, long count, double seconds, double rate) {
     struct sockaddr_in a = loopback(port);
-    struct timespec t0, t1;
+    struct timespec t0;
     long ok = 0, failed = 0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     for (long i = 0; i < count; i++) {
+        /* The clock is read every 256 connections only: it costs ~20 ns. */
+        if (seconds > 0 && (i & 255) == 0 && since(&t0) >= seconds)
+            break;
+        /* Paced: connection i is due at i / RATE; sleep when ahead. */
+        if (rate > 0 && (i & 15) == 0) {
+            double ahead = i / rate - since(&t0);
+            if (ahead > 0) {
+                struct timespec d = {(time_t)ahead, (long)((ahead - (time_t)ahead) * 1e9)};
+                nanosleep(&d, NULL);
+            }
+        }
         int s = socket(AF_INET, SOCK_STREAM, 0);
         if (connect(s, (struct sockaddr *)&a, sizeof a) == 0)
             ok++;
@@ -53,8 +75,7 @@ static int bomb(int port, long count) {
             failed++;
         close(s);
     }
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    double secs = (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;
+    double secs = since(&t0);
     printf("%.1f %ld %ld\n", ok / secs, ok, failed);
     return 0;
 }
@@ -62,8 +83,9 @@ static int bomb(int port, long count) {
 int main(int argc, char **argv) {
     if (argc == 3 && strcmp(argv[1], "server") == 0)
         return serve(atoi(argv[2]));
-    if (argc == 4 && strcmp(argv[1], "client") == 0)
-        return bomb(atoi(argv[2]), atol(argv[3]));
-    fprintf(stderr, "usage: connect_loop server PORT | connect_loop client PORT COUNT\n");
+    if (argc >= 4 && argc <= 6 && strcmp(argv[1], "client") == 0)
+        return bomb(atoi(argv[2]), atol(argv[3]), argc >= 5 ? atof(argv[4]) : 0,
+                    argc == 6 ? atof(argv[5]) : 0);
+    fprintf(stderr, "usage: connect_loop server PORT | connect_loop client PORT COUNT [SECONDS [RATE]]\n");
     return 2;
 }

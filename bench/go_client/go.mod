@@ -1,0 +1,3 @@
+module tcplab/bench/go_client
+
+go 1.19
