@@ -25,6 +25,10 @@ BPF_PERF_OUTPUT(events);
 #else
 BPF_RINGBUF_OUTPUT(events, TCPLAB_RING_PAGES);
 #endif
+/* Never wake the reader per record: it drains every few ms anyway
+ * (probes/loader.py ProbeSet.poll), and a wake-up costs the traced process
+ * an irq_work and a scheduler wake-up on every event it causes. */
+#define TCPLAB_RB_FLAGS BPF_RB_NO_WAKEUP
 
 /* Per-CPU counters, so counting never contends: [0] events handed to the
  * channel, [1] events lost because the channel was full. Incremented by the

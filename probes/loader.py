@@ -37,7 +37,7 @@ KPROBE_PMU = Path("/sys/bus/event_source/devices/kprobe")
 RINGBUF_SINCE = (5, 8)
 # tcp_state sees ~10 events per connection; at ~18k connections/s that is
 # ~14 MB/s, so 4 MiB rides out a ~250 ms stall of the reader.
-RING_PAGES = {"tcp_state": 1024, "accept": 256, "epoll": 256}
+RING_PAGES = {"tcp_state": 1024, "accept": 1024, "epoll": 1024}
 SYSCALL_PREFIXES = ("__x64_sys_", "__arm64_sys_", "__s390x_sys_", "__riscv_sys_", "sys_")
 
 Event = dict[str, Any]
@@ -237,68 +237,113 @@ def _addr(family: int, raw: bytes) -> str:
     return ""
 
 
-def _state(n: int) -> str:
-    return TCP_STATES[n] if n < len(TCP_STATES) else str(n)
+# u8 state -> name; numbers a newer kernel adds come out as digits.
+_STATE_NAMES = tuple(TCP_STATES[n] if n < len(TCP_STATES) else str(n) for n in range(256))
 
 
 ACCEPT_SYSCALLS = ("accept", "accept4")
 EPOLL_SYSCALLS = ("epoll_wait", "epoll_pwait", "epoll_pwait2")
 
 
-def decode_tcp_state(e: Any) -> Event:
+@lru_cache(maxsize=4096)
+def _comm(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode(errors="replace")
+
+
+# The decoders take the record's fields by name (from RingReader or, on the
+# perf path, from bcc's ctypes class) and return the bus/records.py shape.
+# They run once per event at up to ~150k events/s: keep them flat.
+def decode_tcp_state(r: dict[str, Any]) -> Event:
+    family = r["family"]
     return {
         "type": "tcp_state",
-        "ts": e.ts,
-        "skaddr": e.skaddr,
-        "cpu_pid": e.pid,
-        "cpu_tid": e.tid,
-        "cpu_comm": e.comm.decode(errors="replace"),
-        "family": e.family,
-        "saddr": _addr(e.family, bytes(e.saddr)),
-        "sport": e.sport,
-        "daddr": _addr(e.family, bytes(e.daddr)),
-        "dport": e.dport,
-        "old": _state(e.oldstate),
-        "new": _state(e.newstate),
+        "ts": r["ts"],
+        "skaddr": r["skaddr"],
+        "cpu_pid": r["pid"],
+        "cpu_tid": r["tid"],
+        "cpu_comm": _comm(r["comm"]),
+        "family": family,
+        "saddr": _addr(family, r["saddr"]),
+        "sport": r["sport"],
+        "daddr": _addr(family, r["daddr"]),
+        "dport": r["dport"],
+        "old": _STATE_NAMES[r["oldstate"]],
+        "new": _STATE_NAMES[r["newstate"]],
     }
 
 
-def decode_accept(e: Any) -> Event:
+def decode_accept(r: dict[str, Any]) -> Event:
     return {
         "type": "accept",
-        "ts": e.ts,
-        "pid": e.pid,
-        "tid": e.tid,
-        "comm": e.comm.decode(errors="replace"),
-        "syscall": ACCEPT_SYSCALLS[e.syscall],
-        "lfd": e.lfd,
-        "fd": e.fd,
-        "errno": e.err,
-        "family": e.family,
-        "peer_addr": _addr(e.family, bytes(e.peer_addr)),
-        "peer_port": e.peer_port,
-        "dur_ns": e.dur_ns,
+        "ts": r["ts"],
+        "pid": r["pid"],
+        "tid": r["tid"],
+        "comm": _comm(r["comm"]),
+        "syscall": ACCEPT_SYSCALLS[r["syscall"]],
+        "lfd": r["lfd"],
+        "fd": r["fd"],
+        "errno": r["err"],
+        "family": r["family"],
+        "peer_addr": _addr(r["family"], r["peer_addr"]),
+        "peer_port": r["peer_port"],
+        "dur_ns": r["dur_ns"],
     }
 
 
-def decode_epoll(e: Any) -> Event:
+def decode_epoll(r: dict[str, Any]) -> Event:
     return {
         "type": "epoll",
-        "ts": e.ts,
-        "pid": e.pid,
-        "tid": e.tid,
-        "comm": e.comm.decode(errors="replace"),
-        "syscall": EPOLL_SYSCALLS[e.syscall],
-        "epfd": e.epfd,
-        "maxevents": e.maxevents,
-        "timeout_ms": e.timeout_ms,
-        "ready": e.ready,
-        "errno": e.err,
-        "dur_ns": e.dur_ns,
+        "ts": r["ts"],
+        "pid": r["pid"],
+        "tid": r["tid"],
+        "comm": _comm(r["comm"]),
+        "syscall": EPOLL_SYSCALLS[r["syscall"]],
+        "epfd": r["epfd"],
+        "maxevents": r["maxevents"],
+        "timeout_ms": r["timeout_ms"],
+        "ready": r["ready"],
+        "errno": r["err"],
+        "dur_ns": r["dur_ns"],
     }
 
 
-DECODERS: dict[str, Callable[[Any], Event]] = {
+# ctypes scalar types bcc uses for event fields -> struct codes.
+_STRUCT_CODES = {
+    ctypes.c_ulonglong: "Q",
+    ctypes.c_longlong: "q",
+    ctypes.c_ulong: "Q",
+    ctypes.c_long: "q",
+    ctypes.c_uint: "I",
+    ctypes.c_int: "i",
+    ctypes.c_ushort: "H",
+    ctypes.c_short: "h",
+    ctypes.c_ubyte: "B",
+    ctypes.c_char: "c",
+}
+
+
+def struct_of(cls: Any) -> tuple[struct.Struct, list[str]]:
+    """A struct.Struct equivalent to a ctypes.Structure, with its field names.
+
+    The ctypes class is the one bcc derives from the C definition in
+    events.h (table.event()), so this is a faster view of that one
+    definition, not a second one: unpacking a tuple costs a fraction of a
+    ctypes cast plus attribute reads.
+    """
+    fmt, pos, names = "=", 0, []
+    for name, ctype in cls._fields_:
+        f = getattr(cls, name)
+        if f.offset > pos:
+            fmt += f"{f.offset - pos}x"
+        fmt += f"{f.size}s" if issubclass(ctype, ctypes.Array) else _STRUCT_CODES[ctype]
+        pos = f.offset + f.size
+        names.append(name)
+    if ctypes.sizeof(cls) > pos:
+        fmt += f"{ctypes.sizeof(cls) - pos}x"
+    return struct.Struct(fmt), names
+
+
+DECODERS: dict[str, Callable[[dict[str, Any]], Event]] = {
     "tcp_state": decode_tcp_state,
     "accept": decode_accept,
     "epoll": decode_epoll,
@@ -335,29 +380,70 @@ CFG_PIDS, CFG_LPORTS, CFG_RPORTS, CFG_PORTS, CFG_EPOLL_AGG_ONLY, CFG_SELF_PID = 
 CNT_EVENTS, CNT_DROPS = 0, 1
 
 
-class RingGauge:
-    """How full a BPF ring buffer is, read from its mmap'ed positions.
+class RingReader:
+    """Consume a BPF ring buffer straight from its mmap, many records per call.
 
-    A ring buffer map exposes the consumer position on its first page and the
-    producer position on the second (stable ABI since 5.8); their difference
-    is the number of bytes written and not yet consumed.
+    bcc (libbpf underneath) calls back into Python once per record through
+    ctypes, which costs microseconds per event: at a bomber's ~150k state
+    events/s on 2 shared cores that reader fell behind and the ring filled
+    (measured: 6-15% lost). This reader walks the same memory with
+    struct.unpack_from, per the ring buffer's stable ABI (>= 5.8,
+    kernel/bpf/ringbuf.c): page 0 holds the consumer position (we write it),
+    page 1 the producer position, then the data pages, mapped twice in a row
+    so a record that wraps is still contiguous. Each record starts with an
+    8-byte header: u32 length with a busy bit (still being written: stop
+    there) and a discard bit (skip it), u32 page offset. x86-64 and arm64
+    order 8-byte aligned loads and stores enough for this single reader:
+    the header is read before the record and the new consumer position is
+    written after.
     """
 
-    def __init__(self, map_fd: int, capacity: int) -> None:
+    BUSY = 1 << 31
+    DISCARD = 1 << 30
+    HDR = 8
+
+    def __init__(self, map_fd: int, capacity: int, record: struct.Struct) -> None:
         page = mmap.PAGESIZE
         self.capacity = capacity
-        self._cons = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ, offset=0)
-        self._prod = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
+        self.mask = capacity - 1
+        self.record = record
+        self._cons = mmap.mmap(
+            map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0
+        )
+        self._data = mmap.mmap(
+            map_fd, page + 2 * capacity, mmap.MAP_SHARED, mmap.PROT_READ, offset=page
+        )
+        self._page = page
         self.peak = 0
 
     def used(self) -> int:
-        used = int(struct.unpack_from("Q", self._prod)[0] - struct.unpack_from("Q", self._cons)[0])
-        self.peak = max(self.peak, used)
-        return used
+        prod = struct.unpack_from("=Q", self._data, 0)[0]
+        cons = struct.unpack_from("=Q", self._cons, 0)[0]
+        return int(prod - cons)
+
+    def read(self) -> list[tuple[Any, ...]]:
+        """Every committed record not yet consumed, in order; then consume them."""
+        cons = struct.unpack_from("=Q", self._cons, 0)[0]
+        prod = struct.unpack_from("=Q", self._data, 0)[0]
+        self.peak = max(self.peak, prod - cons)
+        out = []
+        unpack_hdr, unpack_rec = struct.Struct("=I").unpack_from, self.record.unpack_from
+        data, base, mask = self._data, self._page, self.mask
+        busy, discard = self.BUSY, self.DISCARD
+        while cons < prod:
+            off = base + (cons & mask)
+            length = unpack_hdr(data, off)[0]
+            if length & busy:
+                break
+            if not length & discard:
+                out.append(unpack_rec(data, off + self.HDR))
+            cons += ((length & ~(busy | discard)) + self.HDR + 7) & ~7
+        struct.pack_into("=Q", self._cons, 0, cons)
+        return out
 
     def close(self) -> None:
         self._cons.close()
-        self._prod.close()
+        self._data.close()
 
 
 class Probe:
@@ -375,8 +461,10 @@ class Probe:
         text = program_text(self.name).encode()
         self.bpf = BPF(text=text, cflags=cflags(self.name, mode, delivery))
         self.attached: list[Hook] = []
-        self.gauge: RingGauge | None = None
+        self.ring: RingReader | None = None
         self._decode = DECODERS[self.name]
+        self._callback: Callback | None = None
+        self._names: list[str] = []
         self.lost = 0  # perf buffer only: records the kernel overwrote
         self._table: Any = None
 
@@ -391,36 +479,46 @@ class Probe:
             self.attached.append(hook)
 
     def open(self, callback: Callback) -> None:
+        from bcc.table import _get_event_class  # what table.event() decodes with
+
         table = self._table = self.bpf[b"events"]
+        event_class = _get_event_class(table)
+        record, names = struct_of(event_class)
+        self._callback, self._names = callback, names
+        if self.delivery == "ringbuf":
+            capacity = RING_PAGES[self.name] * mmap.PAGESIZE
+            self.ring = RingReader(table.map_fd, capacity, record)
+            return
         name, decode = self.name, self._decode
+        arrays = {n for n, c in event_class._fields_ if issubclass(c, ctypes.Array)}
 
         def on_event(_ctx: Any, data: Any, _size: int) -> int:
             # Through self, not the table: close() drops the table before
             # bcc's cleanup, which a closure holding it would outlive.
             assert self._table is not None
-            callback(name, decode(self._table.event(data)))
+            e = self._table.event(data)
+            raw = {n: bytes(getattr(e, n)) if n in arrays else getattr(e, n) for n in names}
+            callback(name, decode(raw))
             return 0
 
-        if self.delivery == "perf":
+        def on_lost(count: int) -> None:
+            self.lost += count
 
-            def on_lost(count: int) -> None:
-                self.lost += count
-
-            table.open_perf_buffer(on_event, page_cnt=RING_PAGES[name] // 4, lost_cb=on_lost)
-        else:
-            table.open_ring_buffer(on_event)
-            self.gauge = RingGauge(table.map_fd, RING_PAGES[name] * mmap.PAGESIZE)
+        table.open_perf_buffer(on_event, page_cnt=RING_PAGES[name] // 4, lost_cb=on_lost)
 
     def ring_fd(self) -> int | None:
         return self.bpf[b"events"].map_fd if self.delivery == "ringbuf" else None
 
     def drain(self, timeout_ms: int = 0) -> None:
-        if self.delivery == "ringbuf":
-            if self.gauge is not None:
-                self.gauge.used()  # sample occupancy just before draining
-            self.bpf.ring_buffer_consume()
-        else:
+        if self.ring is None:
             self.bpf.perf_buffer_poll(timeout=timeout_ms)
+            return
+        assert self._callback is not None
+        callback, decode, name, names = self._callback, self._decode, self.name, self._names
+        # One read per call, so that a flood cannot starve the caller's loop;
+        # what is left keeps the (level-triggered) ring fd readable.
+        for values in self.ring.read():
+            callback(name, decode(dict(zip(names, values, strict=True))))
 
     def counters(self) -> dict[str, int]:
         values = self.bpf[b"counters"]
@@ -451,9 +549,9 @@ class Probe:
         self.bpf[b"config"][ctypes.c_int(idx)] = ctypes.c_uint(value)
 
     def close(self) -> None:
-        if self.gauge is not None:
-            self.gauge.close()
-            self.gauge = None
+        if self.ring is not None:
+            self.ring.close()
+            self.ring = None
         self._table = None
         self.bpf.cleanup()
         self.attached = []
@@ -561,9 +659,12 @@ class ProbeSet:
     def poll(self, timeout_s: float) -> None:
         """Wait up to `timeout_s` for events and deliver all that are ready."""
         if self.plan.delivery == "ringbuf":
-            ready = self._epoll.poll(timeout_s)
-            for fd, _mask in ready:
-                self._by_fd[fd].drain()
+            # The programs submit without waking us (TCPLAB_RB_FLAGS), so the
+            # wait is a plain sleep unless an fd happens to be ready; every
+            # ring is drained after it either way.
+            self._epoll.poll(timeout_s)
+            for p in self.probes.values():
+                p.drain()
         else:
             per_probe_ms = max(1, int(timeout_s * 1000 / max(1, len(self.probes))))
             for p in self.probes.values():
@@ -573,6 +674,8 @@ class ProbeSet:
         """Deliver whatever is left (before stopping)."""
         for p in self.probes.values():
             p.drain(0)
+            while p.ring is not None and p.ring.used():
+                p.drain(0)
 
     def set_filters(self, filters: Filters) -> None:
         self.filters = filters
@@ -587,11 +690,11 @@ class ProbeSet:
         programs: dict[str, Any] = {}
         for name, p in self.probes.items():
             entry: dict[str, Any] = dict(p.counters())
-            if p.gauge is not None:
-                entry["ring_used"] = p.gauge.used()
-                entry["ring_peak"] = p.gauge.peak
-                entry["ring_size"] = p.gauge.capacity
-                p.gauge.peak = 0
+            if p.ring is not None:
+                entry["ring_used"] = p.ring.used()
+                entry["ring_peak"] = p.ring.peak
+                entry["ring_size"] = p.ring.capacity
+                p.ring.peak = 0
             programs[name] = entry
         return {"programs": programs, "epoll_hist": self.epoll_histograms()}
 

@@ -66,7 +66,7 @@ static __always_inline int handle(void *ctx, struct tcp_state_event *e)
 #ifdef TCPLAB_PERFBUF
     int rc = events.perf_submit(ctx, e, sizeof(*e));
 #else
-    int rc = events.ringbuf_output(e, sizeof(*e), 0);
+    int rc = events.ringbuf_output(e, sizeof(*e), TCPLAB_RB_FLAGS);
 #endif
     count(rc == 0 ? CNT_EVENTS : CNT_DROPS);
     return 0;
