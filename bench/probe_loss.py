@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from probes.loader import Filters, ProbeSet, make_plan
@@ -96,12 +97,19 @@ def bomb(port: int, seconds: float, procs: int, probes: ProbeSet | None, rate: f
     return sum(int(b.communicate()[0]) for b in bombers)
 
 
+def _counter(received: Counter[str]) -> Callable[[str, Any], None]:
+    def count(name: str, _event: Any) -> None:
+        received[name] += 1
+
+    return count
+
+
 def loss(port: int, seconds: float, rates: list[float]) -> list[dict[str, Any]]:
     rows = []
     for rate in rates:
         received: Counter[str] = Counter()
         probes = ProbeSet(make_plan(), filters=Filters(ports={port}))
-        probes.start(lambda name, _e, received=received: received.update((name,)))
+        probes.start(_counter(received))
         t0 = time.monotonic()
         conns = bomb(port, seconds, 1, probes, rate)
         elapsed = time.monotonic() - t0
