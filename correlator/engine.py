@@ -184,8 +184,10 @@ class CorrelatorConfig:
     # Events from a sender that is still active wait until every active sender
     # has sent past them, but never longer than `window_ns` of arrival time.
     window_ns: int = 2_000_000_000
-    # Kernel events are read from the ring buffer a little after they happen.
+    # Items within one stream can be a little out of order (per-CPU delivery).
     slack_ns: int = 100_000_000
+    # How much further than already seen a stream's lag may grow (see _watermark).
+    lag_margin_ns: int = 1_000_000_000
     # How long a finished connection stays joinable for late app records.
     grace_ns: int = 500_000_000
     # Resolution of the kernel-derived live-state series.
@@ -225,8 +227,12 @@ class Correlator:
         ends = [int(p["end_mono_ns"]) for p in phases if isinstance(p.get("end_mono_ns"), int)]
         self.experiment_end: int | None = max(ends) if ends else None
 
-        # Arrival clock per sender of timeline batches (for the watermark).
-        self.sender_ns: dict[str, int] = {}
+        # For the watermark: each sender's last send time; per stream (sender,
+        # probe) the newest item time and the worst lag of a batch behind its
+        # send time.
+        self.sender_env: dict[str, int] = {}
+        self.stream_seen: dict[tuple[str, str], int] = {}
+        self.stream_lag: dict[tuple[str, str], int] = {}
         self.arrival_ns = 0
 
         # Live joins.
@@ -289,32 +295,57 @@ class Correlator:
     def feed(self, env: Envelope) -> None:
         self.arrival_ns = max(self.arrival_ns, env.mono_ns)
         kind = env.kind
-        if kind is Kind.KERNEL:
-            self._count("envelopes.kernel")
-            probe = str(env.body.get("probe", ""))
-            for ev in env.body["events"]:
-                if not isinstance(ev, dict) or not isinstance(ev.get("ts"), int):
-                    self._count("rejected.kernel_event")
+        sender = env.sender
+        if kind is Kind.KERNEL or kind is Kind.LOG:
+            if kind is Kind.KERNEL:
+                self._count("envelopes.kernel")
+                items, key, src = env.body["events"], "ts", "k"
+                default = str(env.body.get("probe", ""))
+            else:
+                self._count("envelopes.log")
+                items, key, src = env.body["records"], "mono_ns", "a"
+                default = ""
+            lo, hi = env.mono_ns, 0
+            push = self.reorder.push
+            for it in items:
+                ts = it.get(key) if isinstance(it, dict) else None
+                if not isinstance(ts, int):
+                    self._count("rejected.kernel_event" if src == "k" else "rejected.app_record")
                     continue
-                self.reorder.push(ev["ts"], ("k", ev.get("type") or probe, ev))
-            self.sender_ns[env.sender] = env.mono_ns
-        elif kind is Kind.LOG:
-            self._count("envelopes.log")
-            for rec in env.body["records"]:
-                if not isinstance(rec, dict) or not isinstance(rec.get("mono_ns"), int):
-                    self._count("rejected.app_record")
-                    continue
-                self.reorder.push(rec["mono_ns"], ("a", rec.get("event"), rec))
-            self.sender_ns[env.sender] = env.mono_ns
+                lo, hi = min(lo, ts), max(hi, ts)
+                typ = (it.get("type") or default) if src == "k" else it.get("event")
+                push(ts, (src, typ, it))
+            # Each probe has its own ring buffer: a stream in time order of
+            # its own, interleaved with the others in the probe process's batches.
+            stream = (sender, default)
+            self.stream_lag[stream] = max(self.stream_lag.get(stream, 0), env.mono_ns - lo)
+            self.stream_seen[stream] = max(self.stream_seen.get(stream, 0), hi)
         elif kind is Kind.STATS:
             self._on_stats(env)
         elif kind is Kind.EOF:
             # A sender that said eof holds nobody back any more.
-            self.sender_ns.pop(env.sender, None)
+            for stream in [st for st in self.stream_seen if st[0] == sender]:
+                del self.stream_seen[stream]
+        self.sender_env[sender] = env.mono_ns
         self._advance()
 
     def _watermark(self) -> int:
-        by_senders = min(self.sender_ns.values()) if self.sender_ns else self.arrival_ns
+        """Time before which no item can still arrive, as far as we can tell.
+
+        Per stream (an actor's log, one probe's ring buffer): its items come
+        in time order, so it has delivered everything up to its newest item;
+        and anything its sender sends later is at most the stream's worst lag
+        older than the send time. The slowest stream sets the mark, but never
+        holds items beyond `window_ns`.
+        """
+        env, lag = self.sender_env, self.stream_lag
+        # A backlogged ring buffer can suddenly lag far more than before: the
+        # margin keeps a quiet stream's guess well behind its sender's clock.
+        margin = self.cfg.lag_margin_ns
+        marks = [
+            max(seen, env[st[0]] - lag[st] - margin) for st, seen in self.stream_seen.items()
+        ]
+        by_senders = min(marks) if marks else self.arrival_ns
         return max(by_senders, self.arrival_ns - self.cfg.window_ns) - self.cfg.slack_ns
 
     def _advance(self) -> None:
