@@ -48,12 +48,16 @@ class Row:
     met: bool | None = None  # None: no goal, or could not be measured
     note: str = ""
     runs: dict[str, list[float]] = field(default_factory=dict)
+    incomplete: bool = False  # measured only part of the way: the goal cannot be met
 
     def judge(self) -> Row:
         """Fill `ratio` (when both figures exist) and `met` from `goal`."""
         if self.ratio is None and self.value is not None and self.peer:
             self.ratio = self.value / self.peer
         target = self.ratio if self.goal_on == "ratio" else self.value
+        if self.incomplete and self.goal != "—":
+            self.met = False
+            return self
         if self.goal == "—" or target is None:
             self.met = None
             return self

@@ -195,7 +195,7 @@ def connection_rate(exe: Path, port: int, count: int, rounds: int, fig: BomberFi
     with c_server(exe, port):
         for r in range(rounds):
             # Alternate who goes first, so a drift of the machine hits both.
-            for who in (("c", "bomber") if r % 2 == 0 else ("bomber", "c")):
+            for who in ("c", "bomber") if r % 2 == 0 else ("bomber", "c"):
                 if who == "c":
                     fig.c_loop.append(run_c_loop(exe, port, count))
                 else:

@@ -1,0 +1,294 @@
+"""`make bench`: every performance figure of tcplab, each against a peer.
+
+    python -m bench            # the full table, under 10 minutes on 2 cores
+    python -m bench --quick    # fewer repetitions and smaller sizes
+    python -m bench --tiny     # a smoke run: every row, tiny sizes (tests)
+
+Prints one table at the end and writes bench/out/latest.json and
+bench/out/latest.md (paste the latter into docs/bench.md). Every value has
+a peer measured in the same invocation, alternating, medians of several:
+the machine is shared and noisy, so only ratios mean something.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from bench.common import OUT, Row, build_c, build_go, failed_row, log, machine
+
+
+@dataclass(frozen=True)
+class Config:
+    mode: str
+    budget_s: float  # the background 10M replay is stopped at this point
+    rate_count: int
+    rate_rounds: int
+    probe_rounds: int
+    lab_count: int
+    lab_rounds: int
+    levels: list[tuple[int, int]]
+    level_s: float
+    bus_batches: int
+    bus_rounds: int
+    corr_events: int
+    corr_rounds: int
+    big_events: int
+    corr_sizes: list[int]
+    mux_sizes: list[int]
+    mux_s: float
+
+
+def config(mode: str) -> Config:
+    from bench.rates import LEVELS
+
+    if mode == "tiny":
+        return Config(
+            "tiny", 300, 2000, 1, 1, 2000, 1, [(1, 2000), (1, 0)], 0.5, 50, 1, 5000, 1,
+            100_000, [200, 1000], [50, 200], 2,
+        )  # fmt: skip
+    if mode == "quick":
+        return Config(
+            "quick", 420, 10000, 3, 2, 10000, 2, LEVELS, 1.5, 500, 2, 50_000, 1,
+            10_000_000, [1000, 10_000, 100_000], [1000, 5000, 10_000], 4,
+        )  # fmt: skip
+    return Config(
+        "full", 540, 20000, 5, 3, 20000, 3, LEVELS, 2.0, 1000, 3, 100_000, 2,
+        10_000_000, [1000, 10_000, 100_000], [1000, 5000, 10_000], 5,
+    )  # fmt: skip
+
+
+PORTS = {"rate": 19431, "probes": 19432, "onset": 19433, "c10k": 19434}
+
+
+class Runner:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.rows: list[Row] = []
+        self.details: dict[str, Any] = {}
+        self.started = time.monotonic()
+
+    def section(
+        self, name: str, fn: Callable[[], list[Row]], fallback: list[tuple[str, str, str, str]]
+    ) -> None:
+        """Run one section; if it breaks, its rows still appear, marked."""
+        log(f"{name} ({time.monotonic() - self.started:.0f} s in)")
+        try:
+            self.rows += fn()
+        except Exception as e:
+            traceback.print_exc()
+            why = f"{type(e).__name__}: {e}"[:300]
+            self.rows += [failed_row(k, name, m, u, g, why) for k, m, u, g in fallback]
+
+    def run(self) -> int:
+        from bench.c10k import c10k
+        from bench.pipeline import BigReplay, bus_capacity, correlator_scaling
+        from bench.pipeline import correlator_throughput as corr_tp
+        from bench.rates import (
+            BomberFigures,
+            connection_rate,
+            full_lab,
+            loss_onset,
+            loss_row,
+            probe_overhead,
+        )
+
+        cfg = self.cfg
+        c_exe = build_c()
+        try:
+            go_exe: Path | None = build_go()
+        except Exception as e:
+            log(f"the Go client could not be built: {e}")
+            go_exe = None
+        big = BigReplay(cfg.big_events, self.started + cfg.budget_s)
+        big.start()
+        fig = BomberFigures()
+
+        def lab() -> list[Row]:
+            row, self.details["lab"] = full_lab(cfg.lab_count, cfg.lab_rounds, fig)
+            return [row]
+
+        def onset() -> list[Row]:
+            row, self.details["loss_onset"] = loss_onset(
+                c_exe, PORTS["onset"], cfg.levels, cfg.level_s, fig
+            )
+            return [row]
+
+        rate = "conn/s"
+        self.section(
+            "Connection rate",
+            lambda: [connection_rate(c_exe, PORTS["rate"], cfg.rate_count, cfg.rate_rounds, fig)],
+            [("conn_rate", "bomber vs C connect loop", rate, ">= 0.95")],
+        )
+        self.section(
+            "Observation overhead",
+            lambda: [probe_overhead(c_exe, PORTS["probes"], cfg.rate_count, cfg.probe_rounds, fig)],
+            [("probe_overhead", "bomber with probes / without", rate, ">= 0.95")],
+        )
+        self.section(
+            "Observation overhead",
+            lab,
+            [("lab_overhead", "bomber under the full lab / alone", rate, ">= 0.90")],
+        )
+        self.section(
+            "Event loss",
+            onset,
+            [("loss_onset", "loss-free event rate vs bomber's", "events/s", ">= 2.0")],
+        )
+        self.rows.append(loss_row(fig))
+        bomber_events = sorted(fig.event_rates)[len(fig.event_rates) // 2] if fig.event_rates else 0
+        self.section(
+            "Pipeline capacity",
+            lambda: bus_capacity(cfg.bus_batches, cfg.bus_rounds, bomber_events),
+            [
+                ("bus_capacity", "EventSender -> Hub vs raw", "events/s", "—"),
+                ("bus_vs_bomber", "bus capacity vs bomber events/s", "events/s", "—"),
+            ],
+        )
+        self.section(
+            "Pipeline capacity",
+            lambda: [corr_tp(cfg.corr_events, cfg.corr_rounds)],
+            [("correlator_replay", "correlator replay vs read", "events/s", "—")],
+        )
+        n = cfg.mux_sizes[-1]
+        self.section(
+            "C10k",
+            lambda: c10k(go_exe, PORTS["c10k"], cfg.mux_sizes, cfg.mux_s),
+            [
+                ("c10k_held", "multiplexer connections held", "connections", f">= {n}"),
+                ("c10k_rss", "multiplexer RSS per connection", "KB/conn", "<= 1.0"),
+                ("c10k_threads", "multiplexer threads", "threads", "<= 2"),
+            ]
+            + [
+                (f"mux_scale_{i + 1}", f"multiplexer at {s}", "KB/conn", "<= 1.0")
+                for i, s in enumerate(cfg.mux_sizes)
+            ],
+        )
+        self.section(
+            "Scaling",
+            lambda: correlator_scaling(cfg.corr_sizes),
+            [
+                (f"correlator_scale_{i + 1}", f"correlator at {s} held", "events/s", "—")
+                for i, s in enumerate(cfg.corr_sizes)
+            ],
+        )
+        log(f"waiting for the {cfg.big_events:,}-event replay (stops at the budget)")
+        self.rows.append(big.row())
+        # Rows in the issue's order, whatever order the sections ran in.
+        order = ["Connection rate", "Observation overhead", "Event loss", "Pipeline capacity"]
+        order += ["C10k", "Scaling"]
+        self.rows.sort(key=lambda r: order.index(r.section) if r.section in order else 99)
+        for r in self.rows:
+            r.judge()
+        return self.report()
+
+    def report(self) -> int:
+        took = time.monotonic() - self.started
+        meta = {
+            "date": datetime.now().astimezone().isoformat(timespec="seconds"),
+            "machine": machine(),
+            "mode": self.cfg.mode,
+            "seconds": round(took),
+            "load_before": self.details.get("load_before"),
+        }
+        OUT.mkdir(exist_ok=True)
+        data = {**meta, "rows": [r.as_dict() for r in self.rows], "details": self.details}
+        (OUT / "latest.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
+        md = markdown(meta, self.rows)
+        (OUT / "latest.md").write_text(md)
+        print(text_table(meta, self.rows))
+        print(f"\nwritten: {OUT / 'latest.json'}, {OUT / 'latest.md'}")
+        return 0
+
+
+# --------------------------------------------------------------------------- output
+
+
+def fmt(x: float | None) -> str:
+    if x is None or x != x:  # None or NaN
+        return "—"
+    if abs(x) >= 1000:
+        return f"{x:,.0f}"
+    if abs(x) >= 10:
+        return f"{x:.1f}"
+    return f"{x:.2f}"
+
+
+def goal_text(r: Row) -> str:
+    return "—" if r.goal == "—" else f"{r.goal_on} {r.goal}"
+
+
+def met_text(r: Row) -> str:
+    if r.value is None:
+        return "not measured"
+    return {True: "yes", False: "NO", None: "—"}[r.met]
+
+
+def cells(r: Row) -> list[str]:
+    peer = f"{fmt(r.peer)} ({r.peer_label})" if r.peer is not None else "—"
+    ratio = fmt(r.ratio) if r.ratio is not None else "—"
+    return [r.measure, f"{fmt(r.value)} {r.unit}", peer, ratio, goal_text(r), met_text(r)]
+
+
+def header(meta: dict[str, Any]) -> str:
+    m = meta["machine"]
+    return (
+        f"{meta['date']}, mode {meta['mode']}, {meta['seconds']} s; "
+        f"{m['nproc']} cores, kernel {m['kernel']}, {m['cpu']}"
+    )
+
+
+def text_table(meta: dict[str, Any], rows: list[Row]) -> str:
+    out = [f"\ntcplab bench: {header(meta)}", ""]
+    section = ""
+    for r in rows:
+        if r.section != section:
+            section = r.section
+            out.append(f"== {section}")
+        c = cells(r)
+        out.append(f"  {c[0]}")
+        out.append(f"      value {c[1]} | peer {c[2]} | ratio {c[3]} | goal {c[4]} | met {c[5]}")
+        if r.note:
+            out.append(f"      {r.note}")
+    missed = [r.key for r in rows if r.met is False or r.value is None]
+    out.append("")
+    out.append(f"goals missed or not measured: {', '.join(missed) if missed else 'none'}")
+    return "\n".join(out)
+
+
+def markdown(meta: dict[str, Any], rows: list[Row]) -> str:
+    out = [f"Measured {header(meta)}.", ""]
+    out.append("| section | measure | value | peer | ratio | goal | met | note |")
+    out.append("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        c = [x.replace("|", "/") for x in cells(r)]
+        note = r.note.replace("|", "/")
+        out.append(f"| {r.section} | {' | '.join(c)} | {note} |")
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--quick", action="store_const", const="quick", dest="mode")
+    g.add_argument("--tiny", action="store_const", const="tiny", dest="mode")
+    args = p.parse_args(argv)
+    if os.geteuid() != 0:
+        print("python -m bench: error: run as root (sudo make bench): probes and namespaces")
+        return 2
+    runner = Runner(config(args.mode or "full"))
+    runner.details["load_before"] = os.getloadavg()
+    return runner.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
