@@ -31,7 +31,7 @@ BPF_TABLE("lru_hash", u64, struct accept_args, inflight, 16384);
 static __always_inline void on_enter(s32 lfd, u64 upeer, u8 syscall)
 {
     u64 id = bpf_get_current_pid_tgid();
-    if (is_self(id >> 32) || !pid_ok(id >> 32))
+    if (!process_ok(id >> 32))
         return;
     struct accept_args a = {};
     a.ts = bpf_ktime_get_ns();

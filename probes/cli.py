@@ -106,8 +106,9 @@ def watch(
 ) -> None:
     """Run the probes alone against any process and print kernel events.
 
-    Ports filter TCP state changes; pids filter all three probes. Ctrl-C
-    stops; the counts of events and drops go to stderr at the end.
+    Ports filter TCP state changes; pids filter all three probes (with
+    ports but no pid, accept and epoll stay quiet: they have no ports).
+    Ctrl-C stops; the counts of events and drops go to stderr at the end.
     """
     if duration is not None and duration <= 0:
         raise click.BadParameter("give a positive number of seconds", param_hint="--duration")

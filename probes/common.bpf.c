@@ -86,6 +86,19 @@ static __always_inline int pid_ok(u32 tgid)
     return filter_pids.lookup(&tgid) != 0;
 }
 
+/* For accept and epoll, which have no ports to compare: with a pid filter,
+ * the pids decide; with only port filters, nothing passes (the user asked
+ * for some connections only, and these events cannot tell which); with no
+ * filter, everything but the reader itself. */
+static __always_inline int process_ok(u32 tgid)
+{
+    if (is_self(tgid))
+        return 0;
+    if (cfg_on(CFG_PIDS))
+        return filter_pids.lookup(&tgid) != 0;
+    return !cfg_on(CFG_LPORTS) && !cfg_on(CFG_RPORTS) && !cfg_on(CFG_PORTS);
+}
+
 static __always_inline int ports_ok(u16 lport, u16 rport)
 {
     if (cfg_on(CFG_LPORTS) && !filter_lports.lookup(&lport))

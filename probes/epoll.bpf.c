@@ -39,7 +39,7 @@ BPF_HASH(ready_hist, struct hist_key, u64, 16384);
 static __always_inline void on_enter(s32 epfd, s32 maxevents, s32 timeout_ms, u8 syscall)
 {
     u64 id = bpf_get_current_pid_tgid();
-    if (is_self(id >> 32) || !pid_ok(id >> 32))
+    if (!process_ok(id >> 32))
         return;
     struct epoll_args a = {};
     a.ts = bpf_ktime_get_ns();

@@ -357,8 +357,9 @@ DECODERS: dict[str, Callable[[dict[str, Any]], Event]] = {
 class Filters:
     """What to trace; an empty set means everything.
 
-    pids filter all probes (tcp_state by the on-CPU pid, then by socket);
-    ports filter tcp_state only: accept and epoll have no ports to compare.
+    pids filter all probes (tcp_state by the on-CPU pid, then by socket).
+    Ports filter tcp_state; accept and epoll have no ports to compare, so
+    with port filters and no pid filter they report nothing.
     """
 
     pids: set[int] = field(default_factory=set)
