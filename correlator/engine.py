@@ -568,7 +568,7 @@ class Correlator:
                 "timeouts": 0,
                 "ready_total": 0,
                 "ready": ExactHistogram(),
-                "tids": set(),
+                "tids": {},  # tid -> calls: ZeroMQ's own I/O thread waits in epoll too
                 "wait": Log2Histogram(),
             }
         st["calls"] += 1
@@ -581,8 +581,10 @@ class Correlator:
         else:
             st["ready"].add(ready)
             st["ready_total"] += ready
-        if len(st["tids"]) < MAX_TIDS:
-            st["tids"].add(ev.get("tid"))
+        tids = st["tids"]
+        tid = ev.get("tid")
+        if tid in tids or len(tids) < MAX_TIDS:
+            tids[tid] = tids.get(tid, 0) + 1
         st["wait"].add(int(ev.get("dur_ns") or 0))
         row = {
             "ts": ts,

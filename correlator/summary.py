@@ -85,6 +85,7 @@ def epoll_view(c: Correlator) -> dict[int, dict[str, Any]]:
                 "timeouts": e["timeouts"],
                 "errors": e["errors"],
                 "threads": len(e["tids"]),
+                "busiest_thread_calls": max(e["tids"].values(), default=0),
                 "median_ready": ready.median(),
                 "max_ready": max(ready.counts) if ready.counts else 0,
                 "ready": ready.as_dict(),
@@ -109,6 +110,7 @@ def epoll_view(c: Correlator) -> dict[int, dict[str, Any]]:
             "timeouts": hist[0] if hist else 0,
             "errors": e["errors"] if e else 0,
             "threads": len(e["tids"]) if e else 0,
+            "busiest_thread_calls": max(e["tids"].values(), default=0) if e else 0,
             "median_ready": median,
             "max_ready": (1 << top) - 1 if top else 0,
             "ready": {
@@ -118,6 +120,23 @@ def epoll_view(c: Correlator) -> dict[int, dict[str, Any]]:
                 "counts": {str(1 << (i - 1)): n for i, n in enumerate(hist) if i and n},
             },
         }
+    return out
+
+
+def _epoll_by_actor(c: Correlator, ep: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """epoll figures per actor name (an actor may run several processes)."""
+    out: dict[str, dict[str, Any]] = {}
+    for pid, e in ep.items():
+        name = c.pid_actor.get(pid) or f"pid{pid}"
+        a = out.setdefault(name, {"calls": 0, "threads": 0, "processes": 0, "timeouts": 0,
+                                  "median_ready": 0, "max_ready": 0, "connections_held": 0})
+        a["calls"] += e["calls"]
+        a["threads"] += e["threads"]
+        a["processes"] += 1
+        a["timeouts"] += e["timeouts"]
+        a["median_ready"] = max(a["median_ready"], e["median_ready"])
+        a["max_ready"] = max(a["max_ready"], e["max_ready"])
+        a["connections_held"] += c.conns_by_owner_max.get(pid, 0)
     return out
 
 
@@ -144,6 +163,7 @@ def counts(c: Correlator) -> dict[str, Any]:
             "errors": sum(e["errors"] for e in ep.values()),
             "processes": len(ep),
         },
+        "epoll_by_actor": _epoll_by_actor(c, ep),
         "states_peak": c.observer_series.peak(),
         "kernel_events": {
             "tcp_state": c.n.get("kernel.tcp_state", 0),
@@ -259,14 +279,17 @@ def diagnose(
             continue
         served = c.conns_by_owner_max.get(pid, 0)
         what = (
-            f"served {_plural(served, 'connection')} at once" if served else "waited in epoll"
+            f"held {_plural(served, 'connection')} at once" if served else "waited in epoll"
         )
         threads = _plural(e["threads"], "thread") + " of " if e["threads"] else ""
         approx = "at most " if e["source"] != "events" else ""
+        note = ""
+        if e["threads"] > 1 and e["busiest_thread_calls"]:
+            note = f" ({e['busiest_thread_calls']} by the busiest thread)"
         out.append(
             f"{threads}{_who(c.pid_actor.get(pid), pid)} {what}: "
-            f"{e['calls']} epoll_wait calls, median {approx}{e['median_ready']} ready per "
-            f"wake-up (max {approx}{e['max_ready']}, {e['timeouts']} returned empty)."
+            f"{e['calls']} epoll_wait calls{note}, median {approx}{e['median_ready']} "
+            f"ready per wake-up (max {approx}{e['max_ready']}, {e['timeouts']} returned empty)."
         )
 
     o = cnt["outcomes"]
@@ -323,10 +346,13 @@ def diagnose(
         out.append("No event was lost: no kernel drops, no corrupt frames, no sequence gaps.")
 
     if cov["app_connections"] or cov["kernel_events"]:
-        a, k = cov["app_connections_pct"], cov["kernel_events_pct"]
+        a, k = (
+            f"{p}%" if p is not None else "n/a"
+            for p in (cov["app_connections_pct"], cov["kernel_events_pct"])
+        )
         out.append(
-            f"Coverage: {a if a is not None else 'n/a'}% of application connections matched "
-            f"their kernel transitions; {k if k is not None else 'n/a'}% of kernel events "
+            f"Coverage: {a} of application connections matched "
+            f"their kernel transitions; {k} of kernel events "
             "have an owner"
             + (f" ({cov['kernel_events_outside_lab']} events of processes outside the lab "
                "left out)." if cov["kernel_events_outside_lab"] else ".")

@@ -346,9 +346,12 @@ def test_epoll_wakeups_are_summarised_per_process(tmp_path: Path) -> None:
         ep["calls"], ep["median_ready"], ep["threads"], ep["timeouts"], ep["max_ready"]
     )
     assert (
-        "2 threads of multiplexer pid 500 waited in epoll: 6 epoll_wait calls, median 2 "
-        "ready per wake-up (max 9, 1 returned empty)." in run.summary["diagnosis"]
+        "2 threads of multiplexer pid 500 waited in epoll: 6 epoll_wait calls (3 by the "
+        "busiest thread), median 2 ready per wake-up (max 9, 1 returned empty)."
+        in run.summary["diagnosis"]
     )
+    by_actor = run.summary["counts"]["epoll_by_actor"]["multiplexer"]
+    assert (6, 2, 1) == (by_actor["calls"], by_actor["threads"], by_actor["processes"])
 
 
 def test_in_kernel_epoll_histogram_stands_in_for_switched_off_events(tmp_path: Path) -> None:
