@@ -71,8 +71,9 @@ PORTS = {"rate": 19431, "probes": 19432, "onset": 19433, "c10k": 19434}
 
 
 class Runner:
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, out: Path = OUT) -> None:
         self.cfg = cfg
+        self.out = out
         self.rows: list[Row] = []
         self.details: dict[str, Any] = {}
         self.started = time.monotonic()
@@ -200,13 +201,12 @@ class Runner:
             "seconds": round(took),
             "load_before": self.details.get("load_before"),
         }
-        OUT.mkdir(exist_ok=True)
+        self.out.mkdir(parents=True, exist_ok=True)
         data = {**meta, "rows": [r.as_dict() for r in self.rows], "details": self.details}
-        (OUT / "latest.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
-        md = markdown(meta, self.rows)
-        (OUT / "latest.md").write_text(md)
+        (self.out / "latest.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
+        (self.out / "latest.md").write_text(markdown(meta, self.rows))
         print(text_table(meta, self.rows))
-        print(f"\nwritten: {OUT / 'latest.json'}, {OUT / 'latest.md'}")
+        print(f"\nwritten: {self.out / 'latest.json'}, {self.out / 'latest.md'}")
         return 0
 
 
@@ -281,11 +281,12 @@ def main(argv: list[str] | None = None) -> int:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--quick", action="store_const", const="quick", dest="mode")
     g.add_argument("--tiny", action="store_const", const="tiny", dest="mode")
+    p.add_argument("--out", type=Path, default=OUT, help="where latest.json/.md go")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         print("python -m bench: error: run as root (sudo make bench): probes and namespaces")
         return 2
-    runner = Runner(config(args.mode or "full"))
+    runner = Runner(config(args.mode or "full"), args.out)
     runner.details["load_before"] = os.getloadavg()
     return runner.run()
 

@@ -387,7 +387,8 @@ def loss_onset(
                 sess.settle()
                 s1 = sess.fresh_stats().get("programs", {})
                 received = sum(sess.received.values()) - got0
-                drops = sum(int(s1[k]["drops"]) - int(s0.get(k, {}).get("drops", 0)) for k in s1)
+                by_probe = {k: int(s1[k]["drops"]) - int(s0.get(k, {}).get("drops", 0)) for k in s1}
+                drops = sum(by_probe.values())
                 conns = sum(int(p.stdout.read().split()[1]) for p in loops if p.stdout)
                 step = {
                     "loops": n,
@@ -397,6 +398,7 @@ def loss_onset(
                     "offered_per_s": round((received + drops) / secs),
                     "received": received,
                     "drops": drops,
+                    "drops_by_probe": {k: v for k, v in by_probe.items() if v},
                 }
                 log(f"loss onset: {step}")
                 steps.append(step)

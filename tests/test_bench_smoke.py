@@ -1,0 +1,69 @@
+"""`python -m bench --tiny`: the runner produces every row with real numbers.
+
+Not a performance test: the figures are not compared with their goals here
+(timings never decide a test); only that each measurement ran and the
+table, JSON and markdown hold all of it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ROWS = [
+    "conn_rate",
+    "probe_overhead",
+    "lab_overhead",
+    "loss_onset",
+    "loss_full_speed",
+    "bus_capacity",
+    "bus_vs_bomber",
+    "correlator_replay",
+    "correlator_peak_rss",
+    "c10k_held",
+    "c10k_rss",
+    "c10k_threads",
+    "mux_scale_1",
+    "mux_scale_2",
+    "correlator_scale_1",
+    "correlator_scale_2",
+]
+
+
+def finite(x: object) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+@pytest.mark.slow
+@pytest.mark.root
+@pytest.mark.bpf
+@pytest.mark.netns
+@pytest.mark.timeout(600)
+def test_tiny_bench_has_every_row_with_numbers(tmp_path: Path) -> None:
+    """Every row is there, measured, with a finite value, peer and ratio."""
+    out = subprocess.run(
+        [sys.executable, "-m", "bench", "--tiny", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=540,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    data = json.loads((tmp_path / "latest.json").read_text())
+    rows = {r["key"]: r for r in data["rows"]}
+    assert ROWS == [k for k in ROWS if k in rows], f"missing rows: {set(ROWS) - set(rows)}"
+    for key in ROWS:
+        r = rows[key]
+        assert finite(r["value"]), f"{key}: {r['note']}"
+        assert finite(r["peer"]) and finite(r["ratio"]), f"{key}: {r}"
+        assert r["met"] in (True, False, None)
+    assert {"nproc", "kernel", "cpu"} <= set(data["machine"])
+    md = (tmp_path / "latest.md").read_text()
+    assert all(rows[k]["measure"].replace("|", "/") in md for k in ROWS)
+    assert "goals missed or not measured" in out.stdout
