@@ -111,9 +111,7 @@ class Conn:
     def set_owner(self, actor: str | None, pid: int, fd: int | None, via: str) -> None:
         # The first real owner fact wins; later ones only fill gaps. A guess
         # (the on-CPU pid, the listener's owner) gives way to a real fact.
-        if self.owner_pid is None or (
-            self.owner_via in _GUESSES and via not in _GUESSES
-        ):
+        if self.owner_pid is None or (self.owner_via in _GUESSES and via not in _GUESSES):
             if self.owner_pid != pid:
                 self.owner_actor = self.owner_fd = None
             self.owner_pid, self.owner_via = pid, via
@@ -216,9 +214,7 @@ class Correlator:
         for name, info in (self.meta.get("actors") or {}).items():
             if isinstance(info, dict) and isinstance(info.get("pid"), int):
                 self.pid_actor[info["pid"]] = name
-        phases = [
-            p for p in self.meta.get("phases") or [] if isinstance(p, dict) and "name" in p
-        ]
+        phases = [p for p in self.meta.get("phases") or [] if isinstance(p, dict) and "name" in p]
         phases.sort(key=lambda p: p.get("start_mono_ns") or 0)
         self.phase_names = [str(p["name"]) for p in phases]
         self.phase_starts = [int(p.get("start_mono_ns") or 0) for p in phases]
@@ -342,9 +338,7 @@ class Correlator:
         # A backlogged ring buffer can suddenly lag far more than before: the
         # margin keeps a quiet stream's guess well behind its sender's clock.
         margin = self.cfg.lag_margin_ns
-        marks = [
-            max(seen, env[st[0]] - lag[st] - margin) for st, seen in self.stream_seen.items()
-        ]
+        marks = [max(seen, env[st[0]] - lag[st] - margin) for st, seen in self.stream_seen.items()]
         by_senders = min(marks) if marks else self.arrival_ns
         return max(by_senders, self.arrival_ns - self.cfg.window_ns) - self.cfg.slack_ns
 
@@ -428,9 +422,7 @@ class Correlator:
         if new == "CLOSE":
             self._close(conn, ts)
 
-    def _open(
-        self, sk: int, ts: int, old: str, new: str, ev: dict[str, Any], cpu_pid: int
-    ) -> Conn:
+    def _open(self, sk: int, ts: int, old: str, new: str, ev: dict[str, Any], cpu_pid: int) -> Conn:
         if new == "LISTEN":
             role = "listener"
         elif new == "SYN_SENT":
@@ -483,8 +475,12 @@ class Correlator:
             return
         if not (sport and dport):
             return  # SYN_SENT before the ephemeral port is chosen
-        t = (norm_addr(str(ev.get("saddr"))), int(sport), norm_addr(str(ev.get("daddr"))),
-             int(dport))
+        t = (
+            norm_addr(str(ev.get("saddr"))),
+            int(sport),
+            norm_addr(str(ev.get("daddr"))),
+            int(dport),
+        )
         conn.addr4 = t
         self.by_tuple.setdefault(t, []).append(conn)
         if conn.role == "passive":
@@ -632,9 +628,7 @@ class Correlator:
                 row[k] = v
         self._emit(ts, row, None)
 
-    def _find_conn(
-        self, ts: int, event: str, rec: dict[str, Any], fd: int | None
-    ) -> Conn | None:
+    def _find_conn(self, ts: int, event: str, rec: dict[str, Any], fd: int | None) -> Conn | None:
         laddr, lport = rec.get("laddr"), rec.get("lport")
         raddr, rport = rec.get("raddr"), rec.get("rport")
         pid = rec.get("pid")
@@ -833,7 +827,8 @@ class Correlator:
             return "open_at_end"
         last = conn.last_old
         if conn.peer_wait is not None and conn.peer_wait.outcome in (
-            "stuck_close_wait", "never_accepted"
+            "stuck_close_wait",
+            "never_accepted",
         ):
             return "stuck_fin_wait2"
         if last == "SYN_SENT":
@@ -871,8 +866,8 @@ class Correlator:
                 self._stuck_cw.add((t[2], t[3], t[0], t[1]))
             elif outcome == "stuck_fin_wait2" and t is not None:
                 self._stuck_fw2.add(t)
-            elif outcome == "failed_connect" and t is None and conn.error in (
-                None, "EADDRNOTAVAIL"
+            elif (
+                outcome == "failed_connect" and t is None and conn.error in (None, "EADDRNOTAVAIL")
             ):
                 # No source port was ever chosen: inet_hash_connect found none.
                 self.no_port_failures += 1
@@ -938,8 +933,15 @@ class Correlator:
         if tw_end is not None and conn.end_ns is not None:
             # Not a tracepoint state: the timewait socket that took over waits
             # in FIN_WAIT2 for the peer's FIN (its close), or to the run's end.
-            states.append({"state": "FIN_WAIT2", "start_ns": conn.end_ns,
-                           "dur_ns": tw_end - conn.end_ns, "cpu_pid": None, "timewait": True})
+            states.append(
+                {
+                    "state": "FIN_WAIT2",
+                    "start_ns": conn.end_ns,
+                    "dur_ns": tw_end - conn.end_ns,
+                    "cpu_pid": None,
+                    "timewait": True,
+                }
+            )
         t = conn.addr4
         return {  # one lifecycle
             "id": conn.id,

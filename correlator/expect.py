@@ -31,7 +31,7 @@ def parse_expectation(expr: object) -> list[tuple[str, float]]:
     """Parse one leaf into (operator, number) pairs; raise ExpectationError."""
     if isinstance(expr, bool) or not isinstance(expr, str | int | float):
         raise ExpectationError(
-            f"expectation {expr!r} is not a comparison: write e.g. \">=100\", \">0\" or \"==0\""
+            f'expectation {expr!r} is not a comparison: write e.g. ">=100", ">0" or "==0"'
         )
     if isinstance(expr, int | float):
         return [("==", float(expr))]
@@ -40,8 +40,8 @@ def parse_expectation(expr: object) -> list[tuple[str, float]]:
         m = _TERM.match(part)
         if not m:
             raise ExpectationError(
-                f"expectation {expr!r} is not a comparison: write e.g. \">=100\", "
-                "\">0\", \"==0\" or \">=10 and <20\""
+                f'expectation {expr!r} is not a comparison: write e.g. ">=100", '
+                '">0", "==0" or ">=10 and <20"'
             )
         terms.append((m.group(1) or "==", float(m.group(2))))
     return terms
@@ -51,7 +51,7 @@ def flatten(expected: object, prefix: str = "") -> list[tuple[str, object]]:
     """The leaves of an expected tree as (dotted path, expression)."""
     if not isinstance(expected, dict):
         if not prefix:
-            raise ExpectationError("\"expected\" must be a mapping of count names to comparisons")
+            raise ExpectationError('"expected" must be a mapping of count names to comparisons')
         return [(prefix, expected)]
     out: list[tuple[str, object]] = []
     for key, value in expected.items():

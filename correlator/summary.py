@@ -128,8 +128,18 @@ def _epoll_by_actor(c: Correlator, ep: dict[int, dict[str, Any]]) -> dict[str, A
     out: dict[str, dict[str, Any]] = {}
     for pid, e in ep.items():
         name = c.pid_actor.get(pid) or f"pid{pid}"
-        a = out.setdefault(name, {"calls": 0, "threads": 0, "processes": 0, "timeouts": 0,
-                                  "median_ready": 0, "max_ready": 0, "connections_held": 0})
+        a = out.setdefault(
+            name,
+            {
+                "calls": 0,
+                "threads": 0,
+                "processes": 0,
+                "timeouts": 0,
+                "median_ready": 0,
+                "max_ready": 0,
+                "connections_held": 0,
+            },
+        )
         a["calls"] += e["calls"]
         a["threads"] += e["threads"]
         a["processes"] += 1
@@ -192,7 +202,10 @@ def losses(c: Correlator, rec: RecordingStats, meta: dict[str, Any]) -> dict[str
 
 
 def diagnose(
-    c: Correlator, cnt: dict[str, Any], cov: dict[str, Any], loss: dict[str, Any],
+    c: Correlator,
+    cnt: dict[str, Any],
+    cov: dict[str, Any],
+    loss: dict[str, Any],
     meta: dict[str, Any],
 ) -> list[str]:
     """Plain sentences, most important first, each built from the data."""
@@ -226,10 +239,7 @@ def diagnose(
         climb = f"TIME_WAIT climbed to {peak_tw} and " if peak_tw else ""
         how = ""
         if logged != seen:
-            how = (
-                f"; the kernel saw {seen} connects end without a port, "
-                f"the actors logged {logged}"
-            )
+            how = f"; the kernel saw {seen} connects end without a port, the actors logged {logged}"
         out.append(
             f"{climb}connect() failed {no_ports} times with EADDRNOTAVAIL "
             f"(ephemeral ports exhausted){how}."
@@ -278,9 +288,7 @@ def diagnose(
         if not e["calls"]:
             continue
         served = c.conns_by_owner_max.get(pid, 0)
-        what = (
-            f"held {_plural(served, 'connection')} at once" if served else "waited in epoll"
-        )
+        what = f"held {_plural(served, 'connection')} at once" if served else "waited in epoll"
         threads = _plural(e["threads"], "thread") + " of " if e["threads"] else ""
         approx = "at most " if e["source"] != "events" else ""
         note = ""
@@ -354,8 +362,12 @@ def diagnose(
             f"Coverage: {a} of application connections matched "
             f"their kernel transitions; {k} of kernel events "
             "have an owner"
-            + (f" ({cov['kernel_events_outside_lab']} events of processes outside the lab "
-               "left out)." if cov["kernel_events_outside_lab"] else ".")
+            + (
+                f" ({cov['kernel_events_outside_lab']} events of processes outside the lab "
+                "left out)."
+                if cov["kernel_events_outside_lab"]
+                else "."
+            )
         )
     return out
 
@@ -390,8 +402,9 @@ def build_summary(c: Correlator, rec: RecordingStats, meta: dict[str, Any]) -> d
     if expectations:
         held = sum(1 for e in expectations if e["held"])
         line = f"{held} of {len(expectations)} expectations held"
-        failed = [f"{e['path']} {e['expect']} (got {e['actual']})" for e in expectations
-                  if not e["held"]]
+        failed = [
+            f"{e['path']} {e['expect']} (got {e['actual']})" for e in expectations if not e["held"]
+        ]
         diagnosis.append(line + (": failed " + ", ".join(failed) if failed else "") + ".")
     return {
         "scenario": meta.get("scenario"),
@@ -433,8 +446,7 @@ def _plot_data(c: Correlator) -> dict[str, Any]:
             str(pid): {"actor": c.pid_actor.get(pid), **e} for pid, e in epoll_view(c).items()
         },
         "accept": {
-            str(pid): {"actor": c.pid_actor.get(pid), **per}
-            for pid, per in lab_accepts(c).items()
+            str(pid): {"actor": c.pid_actor.get(pid), **per} for pid, per in lab_accepts(c).items()
         },
         "phases": [
             {"name": n, "t": round((s - t0) / 1e9, 6)}

@@ -163,41 +163,92 @@ class Lab:
         return n
 
     def state(
-        self, ts: int, sk: int, old: str, new: str, local: tuple[str, int],
-        remote: tuple[str, int], cpu_pid: int, comm: str = "",
+        self,
+        ts: int,
+        sk: int,
+        old: str,
+        new: str,
+        local: tuple[str, int],
+        remote: tuple[str, int],
+        cpu_pid: int,
+        comm: str = "",
     ) -> None:
-        self.w.kernel({
-            "type": "tcp_state", "ts": ts, "skaddr": sk, "cpu_pid": cpu_pid,
-            "cpu_tid": cpu_pid, "cpu_comm": comm or ("swapper/0" if cpu_pid == 0 else "py"),
-            "family": 2, "saddr": local[0], "sport": local[1], "daddr": remote[0],
-            "dport": remote[1], "old": old, "new": new,
-        })
+        self.w.kernel(
+            {
+                "type": "tcp_state",
+                "ts": ts,
+                "skaddr": sk,
+                "cpu_pid": cpu_pid,
+                "cpu_tid": cpu_pid,
+                "cpu_comm": comm or ("swapper/0" if cpu_pid == 0 else "py"),
+                "family": 2,
+                "saddr": local[0],
+                "sport": local[1],
+                "daddr": remote[0],
+                "dport": remote[1],
+                "old": old,
+                "new": new,
+            }
+        )
 
     def log(self, actor: Actor, ts: int, event: str, **fields: Any) -> None:
-        rec = {"event": event, "actor": actor.name, "pid": actor.pid, "mono_ns": ts,
-               "wall": ts / 1e9, "level": "info"}
+        rec = {
+            "event": event,
+            "actor": actor.name,
+            "pid": actor.pid,
+            "mono_ns": ts,
+            "wall": ts / 1e9,
+            "level": "info",
+        }
         rec.update(fields)
         self.w.app(rec)
 
     def accept_event(
-        self, ts: int, server: Actor, fd: int, peer: tuple[str, int] = ("", 0), errno: int = 0,
+        self,
+        ts: int,
+        server: Actor,
+        fd: int,
+        peer: tuple[str, int] = ("", 0),
+        errno: int = 0,
         tid: int | None = None,
     ) -> None:
-        self.w.kernel({
-            "type": "accept", "ts": ts, "pid": server.pid, "tid": tid or server.pid,
-            "comm": server.name, "syscall": "accept4", "lfd": 3, "fd": fd, "errno": errno,
-            "family": 2 if peer[1] else 0, "peer_addr": peer[0], "peer_port": peer[1],
-            "dur_ns": 2 * US,
-        })
+        self.w.kernel(
+            {
+                "type": "accept",
+                "ts": ts,
+                "pid": server.pid,
+                "tid": tid or server.pid,
+                "comm": server.name,
+                "syscall": "accept4",
+                "lfd": 3,
+                "fd": fd,
+                "errno": errno,
+                "family": 2 if peer[1] else 0,
+                "peer_addr": peer[0],
+                "peer_port": peer[1],
+                "dur_ns": 2 * US,
+            }
+        )
 
     def epoll_event(
         self, ts: int, actor: Actor, tid: int, ready: int, timeout_ms: int = -1
     ) -> None:
-        self.w.kernel({
-            "type": "epoll", "ts": ts, "pid": actor.pid, "tid": tid, "comm": actor.name,
-            "syscall": "epoll_wait", "epfd": 3, "maxevents": 1024, "timeout_ms": timeout_ms,
-            "ready": ready, "errno": 0, "dur_ns": 50 * US,
-        })
+        self.w.kernel(
+            {
+                "type": "epoll",
+                "ts": ts,
+                "pid": actor.pid,
+                "tid": tid,
+                "comm": actor.name,
+                "syscall": "epoll_wait",
+                "epfd": 3,
+                "maxevents": 1024,
+                "timeout_ms": timeout_ms,
+                "ready": ready,
+                "errno": 0,
+                "dur_ns": 50 * US,
+            }
+        )
 
     # -- episodes -------------------------------------------------------------
 
@@ -208,8 +259,14 @@ class Lab:
         return sk
 
     def connect(
-        self, ts: int, client: Actor, server: Actor, cport: int, sport: int,
-        accept: bool = True, log_accept: bool = True,
+        self,
+        ts: int,
+        client: Actor,
+        server: Actor,
+        cport: int,
+        sport: int,
+        accept: bool = True,
+        log_accept: bool = True,
     ) -> Pair:
         """Handshake on loopback; the server's accept4 and both app records."""
         csk, ssk = self.skaddr(ts), self.skaddr(ts)
@@ -219,16 +276,25 @@ class Lab:
         self.state(ts + 10 * US, ssk, "LISTEN", "SYN_RECV", s, c, irq)
         self.state(ts + 20 * US, csk, "SYN_SENT", "ESTABLISHED", c, s, irq)
         cfd = self.fd(client)
-        self.log(client, ts + 25 * US, "connect", fd=cfd, laddr=c[0], lport=c[1], raddr=s[0],
-                 rport=s[1])
+        self.log(
+            client, ts + 25 * US, "connect", fd=cfd, laddr=c[0], lport=c[1], raddr=s[0], rport=s[1]
+        )
         self.state(ts + 30 * US, ssk, "SYN_RECV", "ESTABLISHED", s, c, irq)
         sfd = -1
         if accept:
             sfd = self.fd(server)
             self.accept_event(ts + 40 * US, server, sfd, c)
             if log_accept:
-                self.log(server, ts + 45 * US, "accept", fd=sfd, laddr=s[0], lport=s[1],
-                         raddr=c[0], rport=c[1])
+                self.log(
+                    server,
+                    ts + 45 * US,
+                    "accept",
+                    fd=sfd,
+                    laddr=s[0],
+                    lport=s[1],
+                    raddr=c[0],
+                    rport=c[1],
+                )
         return Pair(client, server, csk, ssk, cport, sport, cfd, sfd)
 
     def client_close(
@@ -240,8 +306,9 @@ class Lab:
         c, s = (p.client.addr, p.cport), (p.server.addr, p.sport)
         irq = self.irq_pid
         self.state(ts, p.csk, "ESTABLISHED", "FIN_WAIT1", c, s, p.client.pid)
-        self.log(p.client, ts + 5 * US, "close", fd=p.cfd, laddr=c[0], lport=c[1], raddr=s[0],
-                 rport=s[1])
+        self.log(
+            p.client, ts + 5 * US, "close", fd=p.cfd, laddr=c[0], lport=c[1], raddr=s[0], rport=s[1]
+        )
         self.state(ts + 10 * US, p.ssk, "ESTABLISHED", "CLOSE_WAIT", s, c, irq)
         self.state(ts + 20 * US, p.csk, "FIN_WAIT1", "FIN_WAIT2", c, s, irq)
         self.state(ts + 22 * US, p.csk, "FIN_WAIT2", "CLOSE", c, s, irq)
@@ -269,25 +336,46 @@ class Lab:
         self.free(p.ssk, ts + 10 * US)
 
     def failed_connect(
-        self, ts: int, client: Actor, dest: tuple[str, int], error: str = "EADDRNOTAVAIL",
+        self,
+        ts: int,
+        client: Actor,
+        dest: tuple[str, int],
+        error: str = "EADDRNOTAVAIL",
         errno: int = 99,
     ) -> None:
         """No port left: CLOSE->SYN_SENT->CLOSE with sport 0, in the caller's context."""
         sk = self.skaddr(ts)
         self.state(ts, sk, "CLOSE", "SYN_SENT", (client.addr, 0), dest, client.pid)
         self.state(ts + 2 * US, sk, "SYN_SENT", "CLOSE", (client.addr, 0), dest, client.pid)
-        self.log(client, ts + 5 * US, "connect_failed", fd=self.fd(client), raddr=dest[0],
-                 rport=dest[1], errno=errno, error=error, level="warning")
+        self.log(
+            client,
+            ts + 5 * US,
+            "connect_failed",
+            fd=self.fd(client),
+            raddr=dest[0],
+            rport=dest[1],
+            errno=errno,
+            error=error,
+            level="warning",
+        )
         self.free(sk, ts + 2 * US)
 
     def refused(self, ts: int, client: Actor, dest: tuple[str, int], cport: int) -> None:
         """Nobody listens: the SYN is answered by RST, connect() gets ECONNREFUSED."""
         sk = self.skaddr(ts)
         self.state(ts, sk, "CLOSE", "SYN_SENT", (client.addr, 0), dest, client.pid)
-        self.state(ts + 10 * US, sk, "SYN_SENT", "CLOSE", (client.addr, cport), dest,
-                   self.irq_pid)
-        self.log(client, ts + 15 * US, "connect_failed", fd=self.fd(client), raddr=dest[0],
-                 rport=dest[1], errno=111, error="ECONNREFUSED", level="warning")
+        self.state(ts + 10 * US, sk, "SYN_SENT", "CLOSE", (client.addr, cport), dest, self.irq_pid)
+        self.log(
+            client,
+            ts + 15 * US,
+            "connect_failed",
+            fd=self.fd(client),
+            raddr=dest[0],
+            rport=dest[1],
+            errno=111,
+            error="ECONNREFUSED",
+            level="warning",
+        )
         self.free(sk, ts + 10 * US)
 
     def accept_failed(self, ts: int, server: Actor, errno: int, error: str) -> None:
@@ -295,8 +383,11 @@ class Lab:
         self.log(server, ts + 5 * US, "accept_failed", errno=errno, error=error, level="error")
 
     def observer(self, ts: int, states: dict[str, int], fds: dict[str, int] | None = None) -> None:
-        self.w.stats("actor:observer", {"source": "observer", "mono_ns": ts, "states": states,
-                                         "fds": fds or {}}, ts)
+        self.w.stats(
+            "actor:observer",
+            {"source": "observer", "mono_ns": ts, "states": states, "fds": fds or {}},
+            ts,
+        )
 
     def probe_stats(self, ts: int, programs: dict[str, dict[str, int]]) -> None:
         self.w.stats("probes", {"source": "probes", "programs": programs}, ts)

@@ -13,12 +13,6 @@ from correlator.summary import build_summary
 from reports.html import write_html
 from reports.writers import RunSink, TraceWriter
 
-OUTPUTS = ("events.jsonl", "connections.jsonl", "summary.json", "report.html", "trace.json")
-
-
-def _replace(tmp: Path, final: Path) -> None:
-    os.replace(tmp, final)
-
 
 def build_reports(run_dir: Path, config: CorrelatorConfig | None = None) -> dict[str, Any]:
     """Correlate the run's recording and write every output; return the summary.
@@ -51,7 +45,7 @@ def build_reports(run_dir: Path, config: CorrelatorConfig | None = None) -> dict
     shifted = [[t + offset_s, v] for t, v in plots["kernel_states"]]
     trace.counters("TCP states (tracepoint, live sockets)", shifted)
     trace.close()
-    _replace(run_dir / "trace.json.tmp", run_dir / "trace.json")
+    os.replace(run_dir / "trace.json.tmp", run_dir / "trace.json")
     summary["outputs"] = {
         "events": sink.n_events,
         "connections": sink.n_connections,

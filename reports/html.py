@@ -66,7 +66,7 @@ def _svg(fig: Figure) -> str:
     plt.close(fig)
     text = buf.getvalue()
     # Drop the XML prolog and doctype: inline SVG in HTML starts at <svg.
-    return text[text.index("<svg"):]
+    return text[text.index("<svg") :]
 
 
 def _fmt_ns(ns: float) -> str:
@@ -79,8 +79,7 @@ def _fmt_ns(ns: float) -> str:
 def plot_states(points: list[list[Any]], phases: list[dict[str, Any]], title: str) -> str | None:
     if not points:
         return None
-    names = sorted({k for _, vals in points for k in vals},
-                   key=lambda s: (s != "TIME_WAIT", s))
+    names = sorted({k for _, vals in points for k in vals}, key=lambda s: (s != "TIME_WAIT", s))
     fig, ax = plt.subplots(figsize=(10, 3.6))
     ts = [p[0] for p in points]
     drawn = 0
@@ -89,14 +88,26 @@ def plot_states(points: list[list[Any]], phases: list[dict[str, Any]], title: st
         if not any(ys):
             continue
         # Dashes as well as colours: equal counts would hide each other.
-        ax.plot(ts, ys, label=name, color=STATE_COLORS.get(name),
-                linewidth=2.4 if name == "TIME_WAIT" else 1.6,
-                linestyle=("-", "--", ":", "-.")[drawn % 4])
+        ax.plot(
+            ts,
+            ys,
+            label=name,
+            color=STATE_COLORS.get(name),
+            linewidth=2.4 if name == "TIME_WAIT" else 1.6,
+            linestyle=("-", "--", ":", "-.")[drawn % 4],
+        )
         drawn += 1
     for ph in phases:
         ax.axvline(ph["t"], color="#999", linestyle="--", linewidth=0.8)
-        ax.text(ph["t"], 1.0, f" {ph['name']}", transform=ax.get_xaxis_transform(),
-                va="top", fontsize=8, color="#555")
+        ax.text(
+            ph["t"],
+            1.0,
+            f" {ph['name']}",
+            transform=ax.get_xaxis_transform(),
+            va="top",
+            fontsize=8,
+            color="#555",
+        )
     ax.set_xlabel("seconds since start")
     ax.set_ylabel("sockets")
     ax.set_title(title)
@@ -113,8 +124,11 @@ def plot_fds(points: list[list[Any]], actors: dict[str, str]) -> str | None:
         return None
     fig, ax = plt.subplots(figsize=(10, 2.8))
     for pid in pids:
-        ax.plot([p[0] for p in points], [p[1].get(pid, 0) for p in points],
-                label=f"{actors.get(pid, 'pid')} {pid}")
+        ax.plot(
+            [p[0] for p in points],
+            [p[1].get(pid, 0) for p in points],
+            label=f"{actors.get(pid, 'pid')} {pid}",
+        )
     ax.set_xlabel("seconds since start")
     ax.set_ylabel("open fds")
     ax.set_title("Open file descriptors per process (observer)")
@@ -134,8 +148,13 @@ def plot_lifetimes(lifetimes: dict[str, dict[str, Any]]) -> str | None:
         ys = [0] * len(bounds)
         for b, n in h["buckets"].items():
             ys[idx[int(b)]] = n
-        ax.bar(range(len(bounds)), ys, bottom=bottom, label=f"{outcome} ({h['count']})",
-               color=OUTCOME_COLORS.get(outcome))
+        ax.bar(
+            range(len(bounds)),
+            ys,
+            bottom=bottom,
+            label=f"{outcome} ({h['count']})",
+            color=OUTCOME_COLORS.get(outcome),
+        )
         bottom = [a + b for a, b in zip(bottom, ys, strict=True)]
     ax.set_xticks(range(len(bounds)))
     ax.set_xticklabels([f"<{_fmt_ns(b)}" for b in bounds], rotation=45, fontsize=7)
@@ -165,9 +184,13 @@ def plot_epoll(epoll: dict[str, dict[str, Any]]) -> str | None:
     width = 0.8 / len(shown)
     for i, (pid, e) in enumerate(shown):
         xs = [b + i * width for b in range(top + 1)]
-        ax.bar(xs, [bins[pid].get(b, 0) for b in range(top + 1)], width=width,
-               label=f"{e.get('actor') or 'pid'} {pid}: {e['calls']} calls, "
-                     f"median {e['ready']['median']}")
+        ax.bar(
+            xs,
+            [bins[pid].get(b, 0) for b in range(top + 1)],
+            width=width,
+            label=f"{e.get('actor') or 'pid'} {pid}: {e['calls']} calls, "
+            f"median {e['ready']['median']}",
+        )
     ax.set_xticks([b + 0.4 - width / 2 for b in range(top + 1)])
     ax.set_xticklabels(labels, rotation=30, fontsize=8)
     ax.set_yscale("log")
@@ -237,8 +260,7 @@ def _loss_rows(s: dict[str, Any]) -> list[tuple[Any, ...]]:
     rows.append(("recording", "bytes skipped", rec["skipped_bytes"]))
     rows.append(("recording", "sequence gaps in the recording", rec["gap_count"]))
     rows.append(("recording", "truncated last frame", "yes" if rec["truncated_tail"] else "no"))
-    rows.append(("correlator", "events too late to sort in time order (kept)",
-                 loss["late_events"]))
+    rows.append(("correlator", "events too late to sort in time order (kept)", loss["late_events"]))
     for k, v in sorted(loss["unusable"].items()):
         rows.append(("correlator", f"unusable items: {k.split('.', 1)[1]}", v))
     return rows
@@ -248,15 +270,19 @@ def render(s: dict[str, Any]) -> str:
     cnt = s["counts"]
     plots = s["plots"]
     cov = s["coverage"]
-    parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8>"
-             f"<title>tcplab: {_e(s.get('scenario') or 'run')}</title>"
-             f"<style>{CSS}</style></head><body>"]
+    parts = [
+        f"<!doctype html><html lang=en><head><meta charset=utf-8>"
+        f"<title>tcplab: {_e(s.get('scenario') or 'run')}</title>"
+        f"<style>{CSS}</style></head><body>"
+    ]
     parts.append(f"<h1>tcplab run: {_e(s.get('scenario') or 'unnamed')}</h1>")
     sub = s.get("description") or ""
     r = s["rates"]
-    parts.append(f"<p class=sub>{_e(sub)} — {r['duration_s']} s, "
-                 f"{cnt['connections']} connections, "
-                 f"{sum(cnt['kernel_events'].values())} kernel events</p>")
+    parts.append(
+        f"<p class=sub>{_e(sub)} — {r['duration_s']} s, "
+        f"{cnt['connections']} connections, "
+        f"{sum(cnt['kernel_events'].values())} kernel events</p>"
+    )
 
     parts.append("<h2>What happened</h2><div class=diag><ul>")
     parts += [f"<li>{_e(line)}</li>" for line in s["diagnosis"]]
@@ -266,30 +292,53 @@ def render(s: dict[str, Any]) -> str:
         parts.append("<h2>Expected kernel signature</h2>")
         rows = []
         for e in s["expectations"]:
-            mark = '<span class=ok>held</span>' if e["held"] else '<span class=bad>FAILED</span>'
-            rows.append(f"<tr><td>{_e(e['path'])}</td><td>{_e(e['expect'])}</td>"
-                        f"<td class=n>{_e(e['actual'])}</td><td>{mark}"
-                        f"{' ' + _e(e['error']) if e.get('error') else ''}</td></tr>")
-        parts.append("<table><tr><th>count</th><th>expected</th><th>actual</th><th></th></tr>"
-                     + "".join(rows) + "</table>")
+            mark = "<span class=ok>held</span>" if e["held"] else "<span class=bad>FAILED</span>"
+            rows.append(
+                f"<tr><td>{_e(e['path'])}</td><td>{_e(e['expect'])}</td>"
+                f"<td class=n>{_e(e['actual'])}</td><td>{mark}"
+                f"{' ' + _e(e['error']) if e.get('error') else ''}</td></tr>"
+            )
+        parts.append(
+            "<table><tr><th>count</th><th>expected</th><th>actual</th><th></th></tr>"
+            + "".join(rows)
+            + "</table>"
+        )
 
     parts.append("<h2>Outcomes</h2>")
-    parts.append(_table([(k, v) for k, v in cnt["outcomes"].items() if v] or [("none", 0)],
-                        ("outcome", "connections")))
+    parts.append(
+        _table(
+            [(k, v) for k, v in cnt["outcomes"].items() if v] or [("none", 0)],
+            ("outcome", "connections"),
+        )
+    )
     if cnt["errors"]:
         parts.append(_table(list(cnt["errors"].items()), ("error reported by the app", "count")))
 
-    svg = plot_states(plots["observer_states"], plots["phases"],
-                      "TCP state counts over time (observer, TIME_WAIT included)")
+    svg = plot_states(
+        plots["observer_states"],
+        plots["phases"],
+        "TCP state counts over time (observer, TIME_WAIT included)",
+    )
     if svg is None:
-        svg = plot_states(plots["kernel_states"], plots["phases"],
-                          "Live sockets per state from the tracepoint (no TIME_WAIT: the "
-                          "kernel does not report it)")
+        svg = plot_states(
+            plots["kernel_states"],
+            plots["phases"],
+            "Live sockets per state from the tracepoint (no TIME_WAIT: the "
+            "kernel does not report it)",
+        )
     plot_list = [
         ("State counts over time", svg),
-        ("Open file descriptors", plot_fds(plots["fds"], {
-            str(v.get("pid")): k for k, v in (s.get("actors") or {}).items()
-            if isinstance(v, dict)})),
+        (
+            "Open file descriptors",
+            plot_fds(
+                plots["fds"],
+                {
+                    str(v.get("pid")): k
+                    for k, v in (s.get("actors") or {}).items()
+                    if isinstance(v, dict)
+                },
+            ),
+        ),
         ("Connection lifetimes", plot_lifetimes(plots["lifetimes_ns"])),
         ("epoll_wait ready counts", plot_epoll(plots["epoll"])),
         ("accept4 results", plot_accept(plots["accept"])),
@@ -305,31 +354,59 @@ def render(s: dict[str, Any]) -> str:
     parts.append(_table(_loss_rows(s), ("where", "what", "count")))
 
     parts.append("<h2>Coverage</h2>")
-    parts.append(_table([
-        ("application connections matched with kernel transitions",
-         f"{cov['app_connections_matched']} / {cov['app_connections']}",
-         f"{cov['app_connections_pct']}%"),
-        ("kernel events with an owner", f"{cov['kernel_events_owned']} / {cov['kernel_events']}",
-         f"{cov['kernel_events_pct']}%"),
-        ("accept4/epoll_wait events of processes outside the lab (not counted)",
-         cov["kernel_events_outside_lab"], ""),
-        ("kernel connections with an owner",
-         f"{cov['kernel_connections_owned']} / {cov['kernel_connections']}",
-         f"{cov['kernel_connections_pct']}%"),
-    ], ("what", "matched", "share")))
+    parts.append(
+        _table(
+            [
+                (
+                    "application connections matched with kernel transitions",
+                    f"{cov['app_connections_matched']} / {cov['app_connections']}",
+                    f"{cov['app_connections_pct']}%",
+                ),
+                (
+                    "kernel events with an owner",
+                    f"{cov['kernel_events_owned']} / {cov['kernel_events']}",
+                    f"{cov['kernel_events_pct']}%",
+                ),
+                (
+                    "accept4/epoll_wait events of processes outside the lab (not counted)",
+                    cov["kernel_events_outside_lab"],
+                    "",
+                ),
+                (
+                    "kernel connections with an owner",
+                    f"{cov['kernel_connections_owned']} / {cov['kernel_connections']}",
+                    f"{cov['kernel_connections_pct']}%",
+                ),
+            ],
+            ("what", "matched", "share"),
+        )
+    )
 
     if s.get("actors"):
         parts.append("<h2>Actors</h2>")
-        parts.append(_table([
-            (name, a.get("role"), a.get("pid"), a.get("exit_code"),
-             "crashed" if a.get("crashed") else "")
-            for name, a in s["actors"].items() if isinstance(a, dict)
-        ], ("actor", "role", "pid", "exit code", "")))
-    parts.append("<p class=note>Files: events.jsonl (timeline), connections.jsonl "
-                 "(lifecycles), summary.json (all figures), trace.json (open in "
-                 "ui.perfetto.dev). State events carry cpu_pid (whoever was on the CPU) "
-                 "and owner (joined from accept4 and the actors' logs): the owner is "
-                 "the real one.</p></body></html>")
+        parts.append(
+            _table(
+                [
+                    (
+                        name,
+                        a.get("role"),
+                        a.get("pid"),
+                        a.get("exit_code"),
+                        "crashed" if a.get("crashed") else "",
+                    )
+                    for name, a in s["actors"].items()
+                    if isinstance(a, dict)
+                ],
+                ("actor", "role", "pid", "exit code", ""),
+            )
+        )
+    parts.append(
+        "<p class=note>Files: events.jsonl (timeline), connections.jsonl "
+        "(lifecycles), summary.json (all figures), trace.json (open in "
+        "ui.perfetto.dev). State events carry cpu_pid (whoever was on the CPU) "
+        "and owner (joined from accept4 and the actors' logs): the owner is "
+        "the real one.</p></body></html>"
+    )
     return "\n".join(parts)
 
 

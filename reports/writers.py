@@ -47,9 +47,7 @@ class TraceWriter:
         owner = row.get("owner") or {}
         pid: int = owner["pid"] if isinstance(owner.get("pid"), int) else 0
         if pid not in self.pids:
-            self.pids[pid] = (
-                f"{owner.get('actor') or 'pid'} {pid}" if pid else "unowned sockets"
-            )
+            self.pids[pid] = f"{owner.get('actor') or 'pid'} {pid}" if pid else "unowned sockets"
         tid = row["id"]
         if row["kind"] == "listener":
             label = f"#{tid} listen {row['laddr']}:{row['lport']}"
@@ -58,25 +56,38 @@ class TraceWriter:
         else:
             dest = row.get("dest") or ["?", "?"]
             label = f"#{tid} (no port) -> {dest[0]}:{dest[1]}"
-        self._put({"ph": "M", "name": "thread_name", "pid": pid, "tid": tid,
-                   "args": {"name": f"{label} [{row['outcome']}]"}})
+        self._put(
+            {
+                "ph": "M",
+                "name": "thread_name",
+                "pid": pid,
+                "tid": tid,
+                "args": {"name": f"{label} [{row['outcome']}]"},
+            }
+        )
         for st in row["states"]:
-            self._put({
-                "ph": "X", "cat": "tcp", "pid": pid, "tid": tid,
-                "name": st["state"] + (" (timewait socket)" if st.get("timewait") else ""),
-                "ts": self._us(st["start_ns"]), "dur": round(st["dur_ns"] / 1000, 3),
-                "args": {"cpu_pid": st["cpu_pid"], "outcome": row["outcome"]},
-            })
+            self._put(
+                {
+                    "ph": "X",
+                    "cat": "tcp",
+                    "pid": pid,
+                    "tid": tid,
+                    "name": st["state"] + (" (timewait socket)" if st.get("timewait") else ""),
+                    "ts": self._us(st["start_ns"]),
+                    "dur": round(st["dur_ns"] / 1000, 3),
+                    "args": {"cpu_pid": st["cpu_pid"], "outcome": row["outcome"]},
+                }
+            )
 
     def counters(self, name: str, points: list[list[Any]], pid: int = 0) -> None:
         for t, values in points:
-            self._put({"ph": "C", "name": name, "pid": pid, "ts": round(t * 1e6, 3),
-                       "args": values})
+            self._put(
+                {"ph": "C", "name": name, "pid": pid, "ts": round(t * 1e6, 3), "args": values}
+            )
 
     def close(self, t0_matches_series: bool = True) -> None:
         for pid, name in self.pids.items():
-            self._put({"ph": "M", "name": "process_name", "pid": pid,
-                       "args": {"name": name}})
+            self._put({"ph": "M", "name": "process_name", "pid": pid, "args": {"name": name}})
         self.f.write("\n]}\n")
         self.f.close()
 

@@ -89,8 +89,11 @@ def test_echo_lifecycle_both_sides(tmp_path: Path) -> None:
     assert 3 == len(client) == len(server)
     # The last FIN_WAIT2 is the timewait socket's, waiting for the server's FIN.
     assert [
-        ("SYN_SENT", False), ("ESTABLISHED", False), ("FIN_WAIT1", False),
-        ("FIN_WAIT2", False), ("FIN_WAIT2", True),
+        ("SYN_SENT", False),
+        ("ESTABLISHED", False),
+        ("FIN_WAIT1", False),
+        ("FIN_WAIT2", False),
+        ("FIN_WAIT2", True),
     ] == [(s["state"], s.get("timewait", False)) for s in client[0]["states"]]
     assert ["SYN_RECV", "ESTABLISHED", "CLOSE_WAIT", "LAST_ACK"] == [
         s["state"] for s in server[0]["states"]
@@ -109,9 +112,7 @@ def test_state_durations_follow_the_timestamps(tmp_path: Path) -> None:
     # Lab.connect / client_close: SYN_SENT at +0, ESTABLISHED at +20us,
     # FIN_WAIT1 at +500us, FIN_WAIT2 at +520us, CLOSE at +522us (a timewait
     # socket takes over, in FIN_WAIT2 until the server closes at +560us).
-    assert [20_000, 480_000, 20_000, 2_000, 38_000] == [
-        s["dur_ns"] for s in client["states"]
-    ]
+    assert [20_000, 480_000, 20_000, 2_000, 38_000] == [s["dur_ns"] for s in client["states"]]
     assert 522_000 == client["duration_ns"]
 
 
@@ -309,21 +310,33 @@ def test_coverage_is_exact_on_a_partly_observed_run(tmp_path: Path) -> None:
             p = lab.connect(T0 + (i + 1) * MS, CLIENT, SERVER, 44000 + i, 8080)
             lab.client_close(T0 + (i + 1) * MS + MS // 2, p)
         # One app connect the probe never saw.
-        lab.log(CLIENT, T0 + 5 * MS, "connect", fd=9, laddr="127.0.0.1", lport=44500,
-                raddr="127.0.0.1", rport=8080)
+        lab.log(
+            CLIENT,
+            T0 + 5 * MS,
+            "connect",
+            fd=9,
+            laddr="127.0.0.1",
+            lport=44500,
+            raddr="127.0.0.1",
+            rport=8080,
+        )
         # Kernel events of a socket nobody in the lab logged or accepted,
         # all in softirq context: 2 events without an owner.
-        lab.state(T0 + 6 * MS, 0xDEAD, "ESTABLISHED", "FIN_WAIT1", ("10.0.0.1", 5555),
-                  ("10.0.0.2", 80), 0)
-        lab.state(T0 + 7 * MS, 0xDEAD, "FIN_WAIT1", "CLOSE", ("10.0.0.1", 5555),
-                  ("10.0.0.2", 80), 0)
+        lab.state(
+            T0 + 6 * MS, 0xDEAD, "ESTABLISHED", "FIN_WAIT1", ("10.0.0.1", 5555), ("10.0.0.2", 80), 0
+        )
+        lab.state(
+            T0 + 7 * MS, 0xDEAD, "FIN_WAIT1", "CLOSE", ("10.0.0.1", 5555), ("10.0.0.2", 80), 0
+        )
 
     meta = {"actors": {"server": {"pid": 100}, "client": {"pid": 200}}, "started_mono_ns": T0}
     run = replay(tmp_path, script, meta=meta)
     cov = run.summary["coverage"]
     # 2 connects + 2 accepts matched, 1 connect unmatched.
     assert (5, 4, 80.0) == (
-        cov["app_connections"], cov["app_connections_matched"], cov["app_connections_pct"]
+        cov["app_connections"],
+        cov["app_connections_matched"],
+        cov["app_connections_pct"],
     )
     # Owned: 1 listen + 2 * 10 state events + 2 accept events; 2 orphan events.
     assert (25, 23) == (cov["kernel_events"], cov["kernel_events_owned"])
@@ -343,7 +356,11 @@ def test_epoll_wakeups_are_summarised_per_process(tmp_path: Path) -> None:
     run = replay(tmp_path, script, meta={"actors": {"multiplexer": {"pid": 500}}})
     ep = run.summary["counts"]["epoll"]
     assert (6, 2, 2, 1, 9) == (
-        ep["calls"], ep["median_ready"], ep["threads"], ep["timeouts"], ep["max_ready"]
+        ep["calls"],
+        ep["median_ready"],
+        ep["threads"],
+        ep["timeouts"],
+        ep["max_ready"],
     )
     assert (
         "2 threads of multiplexer pid 500 waited in epoll: 6 epoll_wait calls (3 by the "
@@ -360,9 +377,15 @@ def test_in_kernel_epoll_histogram_stands_in_for_switched_off_events(tmp_path: P
 
     def script(lab: Lab) -> None:
         # slot 0: 4 empty returns; slot 1: 1 ready x 10; slot 3: 4..7 ready x 30
-        lab.w.stats("probes", {"source": "probes", "programs": {},
-                               "epoll_hist": [{"pid": 500, "ready_log2": [4, 10, 0, 30],
-                                               "blocked_ns_log2": []}]}, T0)
+        lab.w.stats(
+            "probes",
+            {
+                "source": "probes",
+                "programs": {},
+                "epoll_hist": [{"pid": 500, "ready_log2": [4, 10, 0, 30], "blocked_ns_log2": []}],
+            },
+            T0,
+        )
 
     run = replay(tmp_path, script, meta={})
     ep = run.summary["counts"]["epoll"]
@@ -374,14 +397,16 @@ def test_probe_drops_and_observer_samples_reach_the_summary(tmp_path: Path) -> N
 
     def script(lab: Lab) -> None:
         lab.probe_stats(T0, {"tcp_state": {"events": 10, "drops": 1}})
-        lab.probe_stats(T0 + MS, {"tcp_state": {"events": 20, "drops": 3},
-                                  "accept": {"events": 5, "drops": 0}})
+        lab.probe_stats(
+            T0 + MS, {"tcp_state": {"events": 20, "drops": 3}, "accept": {"events": 5, "drops": 0}}
+        )
 
     run = replay(tmp_path, script)
     assert {"tcp_state": 3, "accept": 0} == run.summary["losses"]["kernel_drops"]
     assert 3 == run.summary["counts"]["lost"]["kernel_drops"]
-    assert any(d.startswith("Losses: the kernel dropped 3 events") for d in
-               run.summary["diagnosis"])
+    assert any(
+        d.startswith("Losses: the kernel dropped 3 events") for d in run.summary["diagnosis"]
+    )
 
 
 def test_phases_get_their_own_counts_and_expectations(tmp_path: Path) -> None:
@@ -398,11 +423,16 @@ def test_phases_get_their_own_counts_and_expectations(tmp_path: Path) -> None:
     meta = {
         "actors": ACTORS,
         "started_mono_ns": T0,
-        "phases": [{"name": "bomb", "start_mono_ns": T0, "end_mono_ns": T0 + 9 * MS},
-                   {"name": "pooled", "start_mono_ns": T0 + 9 * MS, "end_mono_ns": T0 + 99 * MS}],
-        "expected": {"phases": {"bomb": {"errors": {"EADDRNOTAVAIL": ">0"}},
-                                "pooled": {"errors": {"EADDRNOTAVAIL": "==0"},
-                                           "outcomes": {"time_wait": 2}}}},
+        "phases": [
+            {"name": "bomb", "start_mono_ns": T0, "end_mono_ns": T0 + 9 * MS},
+            {"name": "pooled", "start_mono_ns": T0 + 9 * MS, "end_mono_ns": T0 + 99 * MS},
+        ],
+        "expected": {
+            "phases": {
+                "bomb": {"errors": {"EADDRNOTAVAIL": ">0"}},
+                "pooled": {"errors": {"EADDRNOTAVAIL": "==0"}, "outcomes": {"time_wait": 2}},
+            }
+        },
     }
     run = replay(tmp_path, script, meta=meta)
     phases = run.summary["counts"]["phases"]
@@ -447,7 +477,9 @@ def test_syscall_events_of_processes_outside_the_lab_are_left_out(tmp_path: Path
     run = replay(tmp_path, script)
     cov = run.summary["coverage"]
     assert (1, 1, 2) == (
-        cov["kernel_events"], cov["kernel_events_owned"], cov["kernel_events_outside_lab"]
+        cov["kernel_events"],
+        cov["kernel_events_owned"],
+        cov["kernel_events_outside_lab"],
     )
     assert {} == run.summary["counts"]["accept"]
     assert 1 == run.summary["counts"]["epoll"]["calls"]
@@ -482,8 +514,11 @@ def test_sockets_closed_only_by_teardown_count_as_stuck(tmp_path: Path) -> None:
             # The leaker is killed at +1s, after the phases ended at +500ms.
             lab.client_close(T0 + (i + 1) * MS + MS // 2, p, server_delay_ns=1_000 * MS)
 
-    meta = {"actors": ACTORS, "started_mono_ns": T0,
-            "phases": [{"name": "hold", "start_mono_ns": T0, "end_mono_ns": T0 + 500 * MS}]}
+    meta = {
+        "actors": ACTORS,
+        "started_mono_ns": T0,
+        "phases": [{"name": "hold", "start_mono_ns": T0, "end_mono_ns": T0 + 500 * MS}],
+    }
     run = replay(tmp_path, script, meta=meta)
     assert {"stuck_close_wait": 3, "stuck_fin_wait2": 3} == run.outcomes()
     assert run.summary["diagnosis"][0].endswith("their peers wait in FIN_WAIT_2 (3 of them).")
@@ -536,8 +571,9 @@ def test_failures_seen_by_the_kernel_but_logged_only_sometimes(tmp_path: Path) -
             lab.state(t + 400_000, sk, "SYN_SENT", "CLOSE", ("127.0.0.1", 0), dest, BOMBER.pid)
             lab.free(sk, t + 400_000)
             if i % 5 == 0:  # a rate-limited log, without the destination
-                lab.log(BOMBER, t + 401_000, "connect_failed", fd=12, errno=99,
-                        error="EADDRNOTAVAIL")
+                lab.log(
+                    BOMBER, t + 401_000, "connect_failed", fd=12, errno=99, error="EADDRNOTAVAIL"
+                )
 
     run = replay(tmp_path, script)
     assert {"EADDRNOTAVAIL": 10} == run.summary["counts"]["kernel_errors"]
@@ -566,8 +602,10 @@ def test_interleaved_probe_streams_with_a_sudden_backlog_stay_in_order(tmp_path:
     def send(probe: str, ts: list[int], sent: int) -> None:
         nonlocal seq
         seq += 1
-        evs = [{"type": probe, "ts": t, "pid": 100, "tid": 100, "fd": -1, "errno": 11,
-                "ready": 1} for t in ts]
+        evs = [
+            {"type": probe, "ts": t, "pid": 100, "tid": 100, "fd": -1, "errno": 11, "ready": 1}
+            for t in ts
+        ]
         corr.feed(Envelope(Kind.KERNEL, "probes", seq, sent, {"probe": probe, "events": evs}))
 
     # epoll keeps up (10 ms behind); accept starts in step, then its buffer

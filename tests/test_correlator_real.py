@@ -53,7 +53,9 @@ def test_real_echo_run_attributes_peer_context_transitions(tmp_path: Path) -> No
     assert syn_recv
     for r in syn_recv:
         assert (pids["server"], "accept4", False) == (
-            r["owner"]["pid"], r["owner"]["via"], r["cpu_is_owner"]
+            r["owner"]["pid"],
+            r["owner"]["via"],
+            r["cpu_is_owner"],
         )
     assert any(r["cpu_pid"] == pids["client"] for r in syn_recv)
 

@@ -17,8 +17,26 @@ from correlator.recording import RecordingReader, read_run_meta, recording_path
 
 def frames(n: int) -> list[bytes]:
     return [
-        encode(Envelope(Kind.LOG, "actor:a", i + 1, 1000 + i, {"records": [{"event": "x",
-               "actor": "a", "pid": 1, "mono_ns": 1000 + i, "wall": 0.0, "level": "info"}]}))
+        encode(
+            Envelope(
+                Kind.LOG,
+                "actor:a",
+                i + 1,
+                1000 + i,
+                {
+                    "records": [
+                        {
+                            "event": "x",
+                            "actor": "a",
+                            "pid": 1,
+                            "mono_ns": 1000 + i,
+                            "wall": 0.0,
+                            "level": "info",
+                        }
+                    ]
+                },
+            )
+        )
         for i in range(n)
     ]
 
@@ -86,8 +104,9 @@ def test_a_truncated_last_frame_is_reported(tmp_path: Path) -> None:
 
 @settings(max_examples=60, deadline=None)
 @given(st.integers(min_value=0, max_value=10_000), st.integers(min_value=0, max_value=255))
-def test_any_single_byte_damage_never_raises(tmp_path_factory: pytest.TempPathFactory,
-                                             pos: int, value: int) -> None:
+def test_any_single_byte_damage_never_raises(
+    tmp_path_factory: pytest.TempPathFactory, pos: int, value: int
+) -> None:
     """Whatever byte is damaged, the reader finishes, and at least every frame
     not touching the damage is still read."""
     fs = frames(20)
@@ -122,9 +141,18 @@ def test_run_json_is_optional_but_must_be_json(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("expr", "actual", "held"),
-    [(">=100", 100, True), (">=100", 99, False), (">0", 1, True), (">0", 0, False),
-     ("==0", 0, True), ("<5", 5, False), ("!=3", 4, True), (7, 7, True),
-     (">=10 and <20", 15, True), (">=10 and <20", 20, False)],
+    [
+        (">=100", 100, True),
+        (">=100", 99, False),
+        (">0", 1, True),
+        (">0", 0, False),
+        ("==0", 0, True),
+        ("<5", 5, False),
+        ("!=3", 4, True),
+        (7, 7, True),
+        (">=10 and <20", 15, True),
+        (">=10 and <20", 20, False),
+    ],
 )
 def test_expectation_comparisons(expr: object, actual: int, held: bool) -> None:
     """Each comparison holds exactly when the count satisfies it."""

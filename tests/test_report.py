@@ -39,19 +39,32 @@ def make_run(run_dir: Path, n: int = 40, leak: int = 5) -> None:
     lab.accept_failed(T0 + (n + leak + 2) * MS, LEAKER, 24, "EMFILE")
     lab.probe_stats(T0 + (n + leak + 3) * MS, {"tcp_state": {"events": 500, "drops": 2}})
     w.close()
-    write_run_json(run_dir, {
-        "scenario": "report-test",
-        "description": "echo clients and a leaker",
-        "started_mono_ns": T0,
-        "ended_mono_ns": T0 + (n + leak + 5) * MS,
-        "actors": {a.name: {"role": a.name, "pid": a.pid, "exit_code": 0, "crashed": False}
-                   for a in (SERVER, CLIENT, LEAKER)},
-        "phases": [{"name": "run", "start_mono_ns": T0, "end_mono_ns": T0 + 99 * MS}],
-        "bus": {"frames": 10, "rejected": {}, "rejected_samples": [], "gaps": [], "senders": {}},
-        "expected": {"outcomes": {"time_wait": f">={n}", "stuck_close_wait": f"=={leak}"},
-                     "accept": {"EMFILE": ">0"}},
-        "interrupted": False,
-    })
+    write_run_json(
+        run_dir,
+        {
+            "scenario": "report-test",
+            "description": "echo clients and a leaker",
+            "started_mono_ns": T0,
+            "ended_mono_ns": T0 + (n + leak + 5) * MS,
+            "actors": {
+                a.name: {"role": a.name, "pid": a.pid, "exit_code": 0, "crashed": False}
+                for a in (SERVER, CLIENT, LEAKER)
+            },
+            "phases": [{"name": "run", "start_mono_ns": T0, "end_mono_ns": T0 + 99 * MS}],
+            "bus": {
+                "frames": 10,
+                "rejected": {},
+                "rejected_samples": [],
+                "gaps": [],
+                "senders": {},
+            },
+            "expected": {
+                "outcomes": {"time_wait": f">={n}", "stuck_close_wait": f"=={leak}"},
+                "accept": {"EMFILE": ">0"},
+            },
+            "interrupted": False,
+        },
+    )
 
 
 def jsonl(path: Path) -> list[dict[str, Any]]:
@@ -67,8 +80,7 @@ def run_dir(tmp_path: Path) -> Path:
 def test_build_reports_writes_every_output(run_dir: Path) -> None:
     """One call writes all five outputs and returns the summary it saved."""
     summary = build_reports(run_dir)
-    for name in ("events.jsonl", "connections.jsonl", "summary.json", "report.html",
-                 "trace.json"):
+    for name in ("events.jsonl", "connections.jsonl", "summary.json", "report.html", "trace.json"):
         assert (run_dir / name).stat().st_size > 0, name
     assert json.loads((run_dir / "summary.json").read_text()) == json.loads(
         json.dumps(summary, default=str)
@@ -88,8 +100,9 @@ def test_jsonl_outputs_hold_the_timeline_and_the_lifecycles(run_dir: Path) -> No
     assert summary["outputs"]["events"] == len(events)
     assert [e["ts"] for e in events] == sorted(e["ts"] for e in events)
     states = [e for e in events if e["type"] == "tcp_state"]
-    assert all({"cpu_pid", "owner", "cpu_is_owner", "conn", "phase", "t"} <= e.keys()
-               for e in states)
+    assert all(
+        {"cpu_pid", "owner", "cpu_is_owner", "conn", "phase", "t"} <= e.keys() for e in states
+    )
     assert 2 * 45 + 2 == len(conns)
     assert {"run"} == {c["phase"] for c in conns}
 
@@ -147,7 +160,7 @@ def test_damaged_recording_still_reports_and_counts_the_damage(tmp_path: Path) -
     rec = tmp_path / "recording.msgpack"
     data = bytearray(rec.read_bytes())
     mid = len(data) // 2
-    data[mid:mid + 8] = b"\xc1" * 8
+    data[mid : mid + 8] = b"\xc1" * 8
     rec.write_bytes(bytes(data))
     summary = build_reports(tmp_path)
     assert 1 == summary["losses"]["recording"]["corrupt_frames"]
@@ -161,9 +174,10 @@ def test_an_empty_run_still_gets_a_report(tmp_path: Path) -> None:
     w = RecordingWriter(tmp_path / "recording.msgpack")
     w.stats("actor:server", {"source": "server", "accepted": 0}, T0)
     w.close()
-    write_run_json(tmp_path, {"actors": {"server": {"pid": 1, "crashed": True,
-                                                    "exit_code": -9}},
-                              "interrupted": True})
+    write_run_json(
+        tmp_path,
+        {"actors": {"server": {"pid": 1, "crashed": True, "exit_code": -9}}, "interrupted": True},
+    )
     summary = build_reports(tmp_path)
     assert 0 == summary["counts"]["connections"]
     assert "Actor server crashed (exit code -9)." in summary["diagnosis"]
@@ -191,11 +205,22 @@ def test_report_renders_in_headless_chromium(run_dir: Path) -> None:
     shot = run_dir / "shot.png"
     with tempfile.TemporaryDirectory() as profile:
         subprocess.run(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
-             "--disable-background-networking", "--disable-component-update",
-             "--no-first-run", f"--user-data-dir={profile}", f"--screenshot={shot}",
-             "--window-size=1200,3000", (run_dir / "report.html").as_uri()],
-            check=True, capture_output=True, timeout=120,
+            [
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+                f"--user-data-dir={profile}",
+                f"--screenshot={shot}",
+                "--window-size=1200,3000",
+                (run_dir / "report.html").as_uri(),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
         )
     from matplotlib.image import imread
 
