@@ -35,6 +35,9 @@ TRACEFS_ROOTS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 # kprobe to attach at all; neither exists with CONFIG_KPROBES off.
 KPROBE_PMU = Path("/sys/bus/event_source/devices/kprobe")
 RINGBUF_SINCE = (5, 8)
+# Read rings from their mmap (fast, see RingReader) only where the CPU's
+# memory ordering makes that safe without barriers; else bcc's reader.
+MMAP_READER = platform.machine() in ("x86_64", "amd64")
 # tcp_state sees ~10 events per connection; at ~18k connections/s that is
 # ~14 MB/s, so 4 MiB rides out a ~250 ms stall of the reader.
 RING_PAGES = {"tcp_state": 1024, "accept": 1024, "epoll": 1024}
@@ -393,10 +396,11 @@ class RingReader:
     page 1 the producer position, then the data pages, mapped twice in a row
     so a record that wraps is still contiguous. Each record starts with an
     8-byte header: u32 length with a busy bit (still being written: stop
-    there) and a discard bit (skip it), u32 page offset. x86-64 and arm64
-    order 8-byte aligned loads and stores enough for this single reader:
-    the header is read before the record and the new consumer position is
-    written after.
+    there) and a discard bit (skip it), u32 page offset. It relies on x86-64
+    ordering loads with loads and stores with stores (TSO): the header is
+    read before the record, the consumer position written after. Weaker
+    CPUs (arm64) need barriers Python cannot issue, so there the loader
+    keeps bcc's reader (see MMAP_READER).
     """
 
     BUSY = 1 << 31
@@ -486,7 +490,7 @@ class Probe:
         event_class = _get_event_class(table)
         record, names = struct_of(event_class)
         self._callback, self._names = callback, names
-        if self.delivery == "ringbuf":
+        if self.delivery == "ringbuf" and MMAP_READER:
             capacity = RING_PAGES[self.name] * mmap.PAGESIZE
             self.ring = RingReader(table.map_fd, capacity, record)
             return
@@ -502,6 +506,10 @@ class Probe:
             callback(name, decode(raw))
             return 0
 
+        if self.delivery == "ringbuf":
+            table.open_ring_buffer(on_event)
+            return
+
         def on_lost(count: int) -> None:
             self.lost += count
 
@@ -512,7 +520,10 @@ class Probe:
 
     def drain(self, timeout_ms: int = 0) -> None:
         if self.ring is None:
-            self.bpf.perf_buffer_poll(timeout=timeout_ms)
+            if self.delivery == "ringbuf":
+                self.bpf.ring_buffer_consume()
+            else:
+                self.bpf.perf_buffer_poll(timeout=timeout_ms)
             return
         assert self._callback is not None
         callback, decode, name, names = self._callback, self._decode, self.name, self._names
