@@ -24,3 +24,10 @@ provision:
 
 lint: provision
 	$(BIN)/ruff check . && $(BIN)/mypy actors bus correlator lab probes reports orchestrator.py
+
+# The probe tests on a second kernel (Debian 12's 6.1, which has kprobes) in a
+# qemu VM that the project builds, caches in /var/cache/tcplab and boots
+# itself: docs/kernels.md. KERNEL picks scripts/kernels/$(KERNEL).conf.
+KERNEL ?= debian12
+test-kernels:
+	bash scripts/test-kernels.sh --kernel $(KERNEL)
