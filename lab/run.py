@@ -133,11 +133,14 @@ class LabRun:
 
     def _start_actors(self) -> None:
         self.phase = "starting actors"
+        # One at a time, in the scenario's order: an actor sets up before it
+        # says ready (a server listens, a pool connects), so a pool listed
+        # after its server finds it listening.
         for a in self.scenario.actors:
             argv = self.ns.command(self._python(f"actors.{a.role}", a.name, a.args))
             self.sup.spawn(a.name, a.role, argv)
+            self._wait_ready([a.name], ACTOR_READY_S)
         names = [a.name for a in self.scenario.actors]
-        self._wait_ready(names, ACTOR_READY_S)
         # Now the pids are known: the probes' syscall programs trace only the
         # lab's processes, and the observer counts their open fds.
         pids = [self.sup.processes[n].pid for n in names]
