@@ -143,10 +143,11 @@ def child(run_dir: Path, mode: str) -> None:
 def measure(run_dir: Path, mode: str) -> dict[str, Any]:
     out = subprocess.run(
         [sys.executable, __file__, "--child", str(run_dir), mode],
-        check=True,
         capture_output=True,
         text=True,
     )
+    if out.returncode != 0:
+        raise SystemExit(f"replay of {run_dir} ({mode}) failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
