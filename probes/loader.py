@@ -253,61 +253,96 @@ def _comm(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode(errors="replace")
 
 
-# The decoders take the record's fields by name (from RingReader or, on the
-# perf path, from bcc's ctypes class) and return the bus/records.py shape.
-# They run once per event at up to ~150k events/s: keep them flat.
-def decode_tcp_state(r: dict[str, Any]) -> Event:
-    family = r["family"]
-    return {
-        "type": "tcp_state",
-        "ts": r["ts"],
-        "skaddr": r["skaddr"],
-        "cpu_pid": r["pid"],
-        "cpu_tid": r["tid"],
-        "cpu_comm": _comm(r["comm"]),
-        "family": family,
-        "saddr": _addr(family, r["saddr"]),
-        "sport": r["sport"],
-        "daddr": _addr(family, r["daddr"]),
-        "dport": r["dport"],
-        "old": _STATE_NAMES[r["oldstate"]],
-        "new": _STATE_NAMES[r["newstate"]],
-    }
+Record = tuple[Any, ...]
+Decoder = Callable[[Record], Event]
 
 
-def decode_accept(r: dict[str, Any]) -> Event:
-    return {
-        "type": "accept",
-        "ts": r["ts"],
-        "pid": r["pid"],
-        "tid": r["tid"],
-        "comm": _comm(r["comm"]),
-        "syscall": ACCEPT_SYSCALLS[r["syscall"]],
-        "lfd": r["lfd"],
-        "fd": r["fd"],
-        "errno": r["err"],
-        "family": r["family"],
-        "peer_addr": _addr(r["family"], r["peer_addr"]),
-        "peer_port": r["peer_port"],
-        "dur_ns": r["dur_ns"],
-    }
+def _at(names: list[str], *wanted: str) -> list[int]:
+    """Positions of fields in a record; a field renamed in events.h fails here, at start."""
+    return [names.index(n) for n in wanted]
 
 
-def decode_epoll(r: dict[str, Any]) -> Event:
-    return {
-        "type": "epoll",
-        "ts": r["ts"],
-        "pid": r["pid"],
-        "tid": r["tid"],
-        "comm": _comm(r["comm"]),
-        "syscall": EPOLL_SYSCALLS[r["syscall"]],
-        "epfd": r["epfd"],
-        "maxevents": r["maxevents"],
-        "timeout_ms": r["timeout_ms"],
-        "ready": r["ready"],
-        "errno": r["err"],
-        "dur_ns": r["dur_ns"],
-    }
+# Each decoder is built from the field names of the record (which come from
+# the C definition, see struct_of) and turns one record tuple into the
+# bus/records.py shape. They run once per event at up to ~150k events/s:
+# positions are resolved once, the per-event work is flat indexing.
+def tcp_state_decoder(names: list[str]) -> Decoder:
+    ts, sk, pid, tid, comm, fam, sa, sp, da, dp, old, new = _at(
+        names, "ts", "skaddr", "pid", "tid", "comm", "family",
+        "saddr", "sport", "daddr", "dport", "oldstate", "newstate",
+    )  # fmt: skip
+    states, addr, name = _STATE_NAMES, _addr, _comm
+
+    def decode(v: Record) -> Event:
+        family = v[fam]
+        return {
+            "type": "tcp_state",
+            "ts": v[ts],
+            "skaddr": v[sk],
+            "cpu_pid": v[pid],
+            "cpu_tid": v[tid],
+            "cpu_comm": name(v[comm]),
+            "family": family,
+            "saddr": addr(family, v[sa]),
+            "sport": v[sp],
+            "daddr": addr(family, v[da]),
+            "dport": v[dp],
+            "old": states[v[old]],
+            "new": states[v[new]],
+        }
+
+    return decode
+
+
+def accept_decoder(names: list[str]) -> Decoder:
+    ts, pid, tid, comm, sc, lfd, fd, err, fam, pa, pp, dur = _at(
+        names, "ts", "pid", "tid", "comm", "syscall", "lfd", "fd", "err",
+        "family", "peer_addr", "peer_port", "dur_ns",
+    )  # fmt: skip
+
+    def decode(v: Record) -> Event:
+        return {
+            "type": "accept",
+            "ts": v[ts],
+            "pid": v[pid],
+            "tid": v[tid],
+            "comm": _comm(v[comm]),
+            "syscall": ACCEPT_SYSCALLS[v[sc]],
+            "lfd": v[lfd],
+            "fd": v[fd],
+            "errno": v[err],
+            "family": v[fam],
+            "peer_addr": _addr(v[fam], v[pa]),
+            "peer_port": v[pp],
+            "dur_ns": v[dur],
+        }
+
+    return decode
+
+
+def epoll_decoder(names: list[str]) -> Decoder:
+    ts, pid, tid, comm, sc, epfd, maxev, tmo, ready, err, dur = _at(
+        names, "ts", "pid", "tid", "comm", "syscall", "epfd", "maxevents",
+        "timeout_ms", "ready", "err", "dur_ns",
+    )  # fmt: skip
+
+    def decode(v: Record) -> Event:
+        return {
+            "type": "epoll",
+            "ts": v[ts],
+            "pid": v[pid],
+            "tid": v[tid],
+            "comm": _comm(v[comm]),
+            "syscall": EPOLL_SYSCALLS[v[sc]],
+            "epfd": v[epfd],
+            "maxevents": v[maxev],
+            "timeout_ms": v[tmo],
+            "ready": v[ready],
+            "errno": v[err],
+            "dur_ns": v[dur],
+        }
+
+    return decode
 
 
 # ctypes scalar types bcc uses for event fields -> struct codes.
@@ -346,10 +381,10 @@ def struct_of(cls: Any) -> tuple[struct.Struct, list[str]]:
     return struct.Struct(fmt), names
 
 
-DECODERS: dict[str, Callable[[dict[str, Any]], Event]] = {
-    "tcp_state": decode_tcp_state,
-    "accept": decode_accept,
-    "epoll": decode_epoll,
+DECODERS: dict[str, Callable[[list[str]], Decoder]] = {
+    "tcp_state": tcp_state_decoder,
+    "accept": accept_decoder,
+    "epoll": epoll_decoder,
 }
 
 
@@ -406,12 +441,13 @@ class RingReader:
     BUSY = 1 << 31
     DISCARD = 1 << 30
     HDR = 8
+    HEADER_FIELD = "_ringbuf_len"  # the name read() gives the header's length
 
     def __init__(self, map_fd: int, capacity: int, record: struct.Struct) -> None:
         page = mmap.PAGESIZE
         self.capacity = capacity
         self.mask = capacity - 1
-        self.record = record
+        self._with_header = struct.Struct("=I4x" + record.format.lstrip("=@<>!"))
         self._cons = mmap.mmap(
             map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0
         )
@@ -427,21 +463,26 @@ class RingReader:
         return int(prod - cons)
 
     def read(self) -> list[tuple[Any, ...]]:
-        """Every committed record not yet consumed, in order; then consume them."""
+        """Every committed record not yet consumed, in order; then consume them.
+
+        Each tuple starts with the record's header length (see HEADER_FIELD).
+        """
         cons = struct.unpack_from("=Q", self._cons, 0)[0]
         prod = struct.unpack_from("=Q", self._data, 0)[0]
         self.peak = max(self.peak, prod - cons)
         out = []
-        unpack_hdr, unpack_rec = struct.Struct("=I").unpack_from, self.record.unpack_from
+        # Header and record in one unpack: the busy bit is checked before
+        # the tuple is kept, so a half-written record is never used.
+        unpack = self._with_header.unpack_from
         data, base, mask = self._data, self._page, self.mask
         busy, discard = self.BUSY, self.DISCARD
         while cons < prod:
-            off = base + (cons & mask)
-            length = unpack_hdr(data, off)[0]
+            values = unpack(data, base + (cons & mask))
+            length = values[0]
             if length & busy:
                 break
             if not length & discard:
-                out.append(unpack_rec(data, off + self.HDR))
+                out.append(values)
             cons += ((length & ~(busy | discard)) + self.HDR + 7) & ~7
         struct.pack_into("=Q", self._cons, 0, cons)
         return out
@@ -467,9 +508,8 @@ class Probe:
         self.bpf = BPF(text=text, cflags=cflags(self.name, mode, delivery))
         self.attached: list[Hook] = []
         self.ring: RingReader | None = None
-        self._decode = DECODERS[self.name]
+        self._decode: Decoder | None = None
         self._callback: Callback | None = None
-        self._names: list[str] = []
         self.lost = 0  # perf buffer only: records the kernel overwrote
         self._table: Any = None
 
@@ -489,12 +529,14 @@ class Probe:
         table = self._table = self.bpf[b"events"]
         event_class = _get_event_class(table)
         record, names = struct_of(event_class)
-        self._callback, self._names = callback, names
+        decode = self._decode = DECODERS[self.name](names)
+        self._callback = callback
         if self.delivery == "ringbuf" and MMAP_READER:
             capacity = RING_PAGES[self.name] * mmap.PAGESIZE
             self.ring = RingReader(table.map_fd, capacity, record)
+            self._decode = DECODERS[self.name]([RingReader.HEADER_FIELD, *names])
             return
-        name, decode = self.name, self._decode
+        name = self.name
         arrays = {n for n, c in event_class._fields_ if issubclass(c, ctypes.Array)}
 
         def on_event(_ctx: Any, data: Any, _size: int) -> int:
@@ -502,7 +544,7 @@ class Probe:
             # bcc's cleanup, which a closure holding it would outlive.
             assert self._table is not None
             e = self._table.event(data)
-            raw = {n: bytes(getattr(e, n)) if n in arrays else getattr(e, n) for n in names}
+            raw = tuple(bytes(getattr(e, n)) if n in arrays else getattr(e, n) for n in names)
             callback(name, decode(raw))
             return 0
 
@@ -525,12 +567,12 @@ class Probe:
             else:
                 self.bpf.perf_buffer_poll(timeout=timeout_ms)
             return
-        assert self._callback is not None
-        callback, decode, name, names = self._callback, self._decode, self.name, self._names
+        assert self._callback is not None and self._decode is not None
+        callback, decode, name = self._callback, self._decode, self.name
         # One read per call, so that a flood cannot starve the caller's loop;
         # what is left keeps the (level-triggered) ring fd readable.
         for values in self.ring.read():
-            callback(name, decode(dict(zip(names, values, strict=True))))
+            callback(name, decode(values))
 
     def counters(self) -> dict[str, int]:
         values = self.bpf[b"counters"]
