@@ -25,6 +25,7 @@ from probes.loader import (
 )
 
 
+@pytest.mark.root  # tracefs is readable by root only
 def test_plan_prefers_tracepoints_where_the_kernel_has_them(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
