@@ -95,7 +95,6 @@ class Conn:
     actions: list[tuple[int, str]] = field(default_factory=list)
     action_counts: dict[str, int] = field(default_factory=dict)
     outcome: str | None = None
-    matched_app: bool = False
     close_seen: bool = True
     stuck_in: str | None = None  # CLOSE_WAIT / FIN_WAIT2 held past the last phase
     # An orphaned active closer leaves FIN_WAIT2 for a timewait socket at once
@@ -678,7 +677,6 @@ class Correlator:
             conn.actions.append((ts, event))
         if event in _SOCKET_ACTIONS:
             conn.set_owner(actor, pid, fd, f"app:{event}")
-            conn.matched_app = True
         elif conn.owner_pid is None:
             conn.set_owner(actor, pid, fd, f"app:{event}")
         if event == "accept":
@@ -973,6 +971,8 @@ class Correlator:
             "app_closed": conn.app_closed,
             "error": conn.error,
             "app": dict(conn.action_counts),
+            # The first app actions in order, [ts_ns, event] (capped).
+            "actions": [list(a) for a in conn.actions],
             "phase": self._phase(conn.start_ns),
         }
 

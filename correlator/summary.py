@@ -339,6 +339,12 @@ def diagnose(
         )
     if r["gap_count"]:
         lost.append(f"{r['gap_count']} sequence gaps in the recording")
+    incomplete = sorted(s for s, v in r["senders"].items() if not v["complete"])
+    if incomplete:
+        lost.append(
+            f"{_plural(len(incomplete), 'sender')} without a complete stream up to its eof "
+            f"({', '.join(incomplete[:5])}{', ...' if len(incomplete) > 5 else ''})"
+        )
     if loss["kernel_close_not_seen"]:
         lost.append(
             f"{loss['kernel_close_not_seen']} sockets were reused before their closing "

@@ -260,6 +260,14 @@ def _loss_rows(s: dict[str, Any]) -> list[tuple[Any, ...]]:
     rows.append(("recording", "bytes skipped", rec["skipped_bytes"]))
     rows.append(("recording", "sequence gaps in the recording", rec["gap_count"]))
     rows.append(("recording", "truncated last frame", "yes" if rec["truncated_tail"] else "no"))
+    incomplete = [s for s, v in rec["senders"].items() if not v["complete"]]
+    rows.append(
+        (
+            "recording",
+            "senders without a complete stream up to their eof",
+            ", ".join(incomplete) or 0,
+        )
+    )
     rows.append(("correlator", "events too late to sort in time order (kept)", loss["late_events"]))
     for k, v in sorted(loss["unusable"].items()):
         rows.append(("correlator", f"unusable items: {k.split('.', 1)[1]}", v))

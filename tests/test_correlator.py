@@ -101,6 +101,9 @@ def test_echo_lifecycle_both_sides(tmp_path: Path) -> None:
     assert {"actor": "client", "pid": 200, "fd": 4, "via": "app:connect"} == client[0]["owner"]
     assert {"actor": "server", "pid": 100, "fd": 4, "via": "accept4"} == server[0]["owner"]
     assert {"connect": 1, "close": 1} == client[0]["app"]
+    # Lab: connect logged 25us after the SYN, close 5us after FIN_WAIT1 (+500us).
+    t = T0 + MS
+    assert [[t + 25_000, "connect"], [t + 505_000, "close"]] == client[0]["actions"]
     assert {"accept": 1, "peer_close": 1, "close": 1} == server[0]["app"]
     assert 1 == len([c for c in run.sink.conns if c["kind"] == "listener"])
 
