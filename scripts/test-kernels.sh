@@ -123,15 +123,16 @@ release=$(sed -n 's/^kernel_release=//p' "$image/manifest")
 # --- the share: the working tree, what to run, where results go ----------------
 stage=$(mktemp -d /tmp/tcplab-vm.XXXXXX)
 trap 'rm -f "$deps"; rm -rf "$stage"' EXIT
-mkdir -p "$stage/src" "$stage/out"
+mkdir -p "$stage/out"
 # Tracked and untracked-but-not-ignored files: what a commit of this tree would
-# hold, without the host's venv and caches.
+# hold, without the host's venv and caches. One tar file, because many small
+# reads over 9p are slow under emulation.
 if git -C "$repo" rev-parse --git-dir >/dev/null 2>&1; then
     (cd "$repo" && git ls-files -z -co --exclude-standard -- . ':!:.vagrant' |
-        tar --null -T - --ignore-failed-read -cf - 2>/dev/null) | tar -C "$stage/src" -xf -
+        tar --null -T - --ignore-failed-read -cf "$stage/src.tar" 2>/dev/null)
 else
     tar -C "$repo" --exclude=.venv --exclude=.git --exclude=.vagrant --exclude=runs \
-        --exclude=__pycache__ -cf - . | tar -C "$stage/src" -xf -
+        --exclude=__pycache__ -cf "$stage/src.tar" .
 fi
 install -m 755 "$kdir/guest.sh" "$stage/guest.sh"
 printf '%s\n' "${pytest_args[@]}" >"$stage/tests.args"
@@ -146,7 +147,7 @@ vm_rc=0
 # The root image is opened with snapshot=on: the VM's writes go to a temporary
 # overlay, so the cached image stays pristine for the next run.
 nice -n 10 timeout -k 10 "$timeout_s" qemu-system-x86_64 \
-    -accel "$accel" -cpu max -smp "$cpus" -m "$mem" \
+    -accel "$accel" -cpu "${TCPLAB_VM_CPU:-max}" -smp "$cpus" -m "$mem" \
     -nodefaults -no-user-config -display none -no-reboot \
     -serial stdio -monitor none \
     -kernel "$image/vmlinuz" -initrd "$image/initrd.gz" \
@@ -166,17 +167,21 @@ if [ ! -f "$logs/done" ]; then
 fi
 status=0
 rc_of() { cat "$logs/$1.rc" 2>/dev/null || echo 1; }
-say "kprobe self-check: $(tail -n 1 "$logs/kprobe-check.log")"
-[ "$(rc_of kprobe-check)" -eq 0 ] || status=1
-say "tcplab doctor (exit $(rc_of doctor)):"
-sed 's/^/    /' "$logs/doctor.log"
-[ "$(rc_of doctor)" -eq 0 ] || { [ "$status" -ne 0 ] || status=$(rc_of doctor); }
 for mode in "${modes[@]}"; do
-    rc=$(rc_of "pytest-$mode")
-    say "TCPLAB_ATTACH=$mode: pytest exit $rc"
+    # doctor: its kprobe line, its real attach (self-check) and the plan.
+    say "TCPLAB_ATTACH=$mode tcplab doctor: exit $(rc_of "doctor-$mode")"
+    { grep -E '^\[..\] (kprobes|self-check):|^\[(!!|--)\]|^ +fix:' "$logs/doctor-$mode.log" || true; } | sed 's/^/    /'
+    sed -n '/^attach plan:/,$p' "$logs/doctor-$mode.log" | sed 's/^/    /'
+    rc=$(rc_of "doctor-$mode")
+    [ "$rc" -eq 0 ] || [ "$status" -ne 0 ] || status=$rc
+    say "TCPLAB_ATTACH=$mode pytest: exit $(rc_of "pytest-$mode")"
     # -ra's short summary (failures, errors, skips) and the final count line.
-    sed -n '/short test summary info/,$p' "$logs/pytest-$mode.log" | sed 's/^/    /'
-    grep -q 'short test summary info' "$logs/pytest-$mode.log" || tail -n 1 "$logs/pytest-$mode.log" | sed 's/^/    /'
+    if grep -q 'short test summary info' "$logs/pytest-$mode.log"; then
+        sed -n '/short test summary info/,$p' "$logs/pytest-$mode.log" | sed 's/^/    /'
+    else
+        tail -n 1 "$logs/pytest-$mode.log" | sed 's/^/    /'
+    fi
+    rc=$(rc_of "pytest-$mode")
     [ "$rc" -eq 0 ] || [ "$status" -ne 0 ] || status=$rc
 done
 say "logs in $logs"

@@ -1,10 +1,11 @@
 #!/bin/bash
 # PID 1 of the test VM (started by the initramfs from the 9p share that
 # test-kernels.sh prepared):
-#   /mnt/tcplab/src        a copy of the working tree
+#   /mnt/tcplab/src.tar    the working tree (one file: many small reads over
+#                          9p under emulation take tens of seconds)
 #   /mnt/tcplab/tests.args the pytest arguments, one per line
 #   /mnt/tcplab/modes      the attach modes to run, one per line
-#   /mnt/tcplab/out/       results for the host: kprobe-check.log, doctor.log,
+#   /mnt/tcplab/out/       results for the host: doctor-<mode>.log and .rc,
 #                          pytest-<mode>.log and .rc, then `done`
 # No `set -e`: whatever fails, the results written so far must reach the host
 # and the VM must power off, or the host only sees its time limit expire.
@@ -22,7 +23,8 @@ poweroff_now() {
 }
 trap poweroff_now EXIT
 
-step() { printf '\n=== tcplab-vm: %s\n' "$*"; }
+# Elapsed seconds since boot on each step: under emulation, where time goes.
+step() { printf '\n=== tcplab-vm [%ss]: %s\n' "$(cut -d. -f1 /proc/uptime)" "$*"; }
 
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -43,27 +45,24 @@ grep -q '^CONFIG_KPROBES=y' "/boot/config-$(uname -r)" && echo "CONFIG_KPROBES=y
 
 # The project runs from a local copy: imports over 9p under software
 # emulation are slow, and the tests may write next to their files.
-cp -a "$share/src" /root/tcplab
+mkdir -p /root/tcplab && tar -C /root/tcplab -xf "$share/src.tar"
 cd /root/tcplab || exit 1
+mapfile -t args <"$share/tests.args"
+mapfile -t modes <"$share/modes"
 step "installing tcplab from the working tree (offline, dependencies already in the image)"
 pip install -q --no-index --no-deps --no-build-isolation -e . 2>&1 | tail -n 5
 
-step "kprobe self-check: a BCC kprobe on tcp_set_state sees a loopback connection"
-python scripts/kernels/kprobe_check.py 2>&1 | tee "$out/kprobe-check.log"
-echo "${PIPESTATUS[0]}" >"$out/kprobe-check.rc"
-
-step "tcplab doctor"
-tcplab doctor 2>&1 | tee "$out/doctor.log"
-echo "${PIPESTATUS[0]}" >"$out/doctor.rc"
-
-mapfile -t args <"$share/tests.args"
-while read -r mode; do
-    [ -n "$mode" ] || continue
+for mode in "${modes[@]}"; do
+    # doctor loads and attaches tcp_state in this mode and prints the attach
+    # plan: proof that the mode really works on this kernel, before the tests.
+    step "TCPLAB_ATTACH=$mode tcplab doctor"
+    TCPLAB_ATTACH=$mode tcplab doctor 2>&1 | tee "$out/doctor-$mode.log"
+    echo "${PIPESTATUS[0]}" >"$out/doctor-$mode.rc"
     step "pytest with TCPLAB_ATTACH=$mode: ${args[*]}"
     TCPLAB_ATTACH=$mode TCPLAB_REQUIRE_BPF=1 \
-        python -m pytest -ra -p no:cacheprovider "${args[@]}" 2>&1 | tee "$out/pytest-$mode.log"
+        python -m pytest -ra --durations=10 -p no:cacheprovider "${args[@]}" 2>&1 | tee "$out/pytest-$mode.log"
     echo "${PIPESTATUS[0]}" >"$out/pytest-$mode.rc"
-done <"$share/modes"
+done
 
 echo done >"$out/done"
 step "finished"
