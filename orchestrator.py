@@ -56,11 +56,11 @@ def run(scenario: tuple[str, ...], runs_dir: Path, view: str | None) -> None:
         lab = LabRun(s, RunOptions(runs_dir=runs_dir, view=view))
         try:
             run_dir = lab.execute()
+            summary = build_reports(run_dir)
         except Exception as e:  # a run that breaks still leaves its directory
-            click.echo(f"tcplab: {s.name}: {e}", err=True)
+            click.echo(f"tcplab: {s.name}: {e} (see {lab.run_dir})", err=True)
             failed.append(s.name)
             continue
-        summary = build_reports(run_dir)
         _print_outcome(s.name, run_dir, summary, view)
         if lab.interrupted:
             break
@@ -84,9 +84,13 @@ def _print_outcome(name: str, run_dir: Path, summary: dict, view: str) -> None: 
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 def report(run_dir: Path) -> None:
     """Rebuild every output of RUN_DIR from its raw recording."""
+    from correlator.errors import ReportError
     from reports import build_reports
 
-    summary = build_reports(run_dir)
+    try:
+        summary = build_reports(run_dir)
+    except ReportError as e:
+        raise click.ClickException(str(e)) from None
     _print_outcome(run_dir.name, run_dir, summary, "text")
 
 
