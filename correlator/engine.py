@@ -17,6 +17,7 @@ import bisect
 import errno as errno_mod
 import heapq
 import itertools
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,6 +60,23 @@ class Sink(Protocol):
 
 def errno_name(num: int) -> str:
     return errno_mod.errorcode.get(num, f"errno{num}")
+
+
+def numeric_tree(body: dict[Any, Any]) -> dict[str, Any]:
+    """The numeric leaves of a STATS body, nesting kept, booleans as 0/1.
+
+    Counts are what expectations compare; strings and lists are not, and a
+    NaN or infinity would make summary.json invalid JSON.
+    """
+    out: dict[str, Any] = {}
+    for k, v in body.items():
+        if isinstance(v, bool):
+            out[str(k)] = int(v)
+        elif isinstance(v, int) or (isinstance(v, float) and math.isfinite(v)):
+            out[str(k)] = v
+        elif isinstance(v, dict):
+            out[str(k)] = numeric_tree(v)
+    return out
 
 
 def norm_addr(addr: str) -> str:
@@ -253,7 +271,14 @@ class Correlator:
         self.observer_series = Series(self.cfg.series_cap)
         self.fd_series = Series(self.cfg.series_cap)
         self.probe_programs: dict[str, dict[str, int]] = {}
-        self.actor_stats: dict[str, dict[str, Any]] = {}
+        # Each actor's last progress report (its STATS body's numeric leaves),
+        # and per phase the last one sent before that phase ended.
+        self.progress: dict[str, dict[str, Any]] = {}
+        self._progress_ts: dict[str, int] = {}
+        self.phase_ends: list[int | None] = [
+            p["end_mono_ns"] if isinstance(p.get("end_mono_ns"), int) else None for p in phases
+        ]
+        self.phase_progress: dict[str, dict[str, tuple[int, dict[str, Any]]]] = {}
         # pid -> the epoll probe's in-kernel log2 histogram of ready counts
         # (running totals); the only epoll data when per-call events are off.
         self.epoll_kernel_hist: dict[int, list[int]] = {}
@@ -747,9 +772,23 @@ class Correlator:
                     if isinstance(ready, list):
                         self.epoll_kernel_hist[h["pid"]] = [int(x) for x in ready]
         else:
-            self.actor_stats[f"{body['source']}@{env.sender}"] = {
-                k: v for k, v in body.items() if isinstance(v, int | float | str)
-            }
+            self._on_progress(str(body["source"]), ts, body)
+
+    def _on_progress(self, actor: str, ts: int, body: dict[str, Any]) -> None:
+        # Senders deliver their own reports in order, but be safe against a
+        # late batch: the newest report by time wins.
+        if ts < self._progress_ts.get(actor, ts):
+            return
+        tree = numeric_tree(body)
+        self.progress[actor] = tree
+        self._progress_ts[actor] = ts
+        for name, end in zip(self.phase_names, self.phase_ends, strict=True):
+            if end is not None and ts > end:
+                continue
+            per = self.phase_progress.setdefault(name, {})
+            old = per.get(actor)
+            if old is None or old[0] <= ts:
+                per[actor] = (ts, tree)
 
     def _sample(self, ts: int) -> None:
         if ts >= self._next_sample:

@@ -156,6 +156,9 @@ def counts(c: Correlator) -> dict[str, Any]:
         for k, v in per.items():
             accept[k] = accept.get(k, 0) + v
     ep = epoll_view(c)
+    phases = {name: dict(node) for name, node in c.phase_counts.items()}
+    for name, last in c.phase_progress.items():
+        phases.setdefault(name, {})["progress"] = {a: t for a, (_, t) in sorted(last.items())}
     return {
         "connections": c.n.get("connections", 0),
         "listeners": c.n.get("listeners", 0),
@@ -182,7 +185,9 @@ def counts(c: Correlator) -> dict[str, Any]:
         },
         "app": dict(sorted(c.app_events.items())),
         "max_live_sockets": c.max_live,
-        "phases": c.phase_counts,
+        # Each actor's own counters, from its last progress report.
+        "progress": dict(sorted(c.progress.items())),
+        "phases": phases,
     }
 
 

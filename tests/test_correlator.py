@@ -445,6 +445,55 @@ def test_phases_get_their_own_counts_and_expectations(tmp_path: Path) -> None:
     assert run.summary["expectations_held"] is True
 
 
+def test_actor_progress_reports_become_counts(tmp_path: Path) -> None:
+    """Each actor's last STATS body is a count tree (numbers only, nesting kept,
+    booleans as 0/1), overall and as it stood when each phase ended."""
+
+    def script(lab: Lab) -> None:
+        lab.observer(T0, {"TIME_WAIT": 0})
+        for i, (t, attempts) in enumerate(((5, 900), (9, 1500), (50, 2100))):
+            body = {
+                "source": "bomber",
+                "attempts": attempts,
+                "failed": {"EADDRNOTAVAIL": 10 * i},
+                "per_s": 12.5,
+                "done": i == 2,
+                "mode": "bomb",
+                "ports": [1, 2],
+            }
+            lab.w.stats("actor:bomber", body, T0 + t * MS)
+        lab.w.stats("actor:server", {"source": "server", "open": 3, "accepted": 7}, T0 + 20 * MS)
+
+    meta = {
+        "actors": ACTORS,
+        "started_mono_ns": T0,
+        "phases": [
+            {"name": "bomb", "start_mono_ns": T0, "end_mono_ns": T0 + 10 * MS},
+            {"name": "pooled", "start_mono_ns": T0 + 10 * MS, "end_mono_ns": T0 + 99 * MS},
+        ],
+        "expected": {
+            "progress": {"bomber": {"attempts": ">2000", "failed": {"EADDRNOTAVAIL": 20}}},
+            "phases": {"bomb": {"progress": {"bomber": {"attempts": "<2000"}}}},
+        },
+    }
+    run = replay(tmp_path, script, meta=meta)
+    counts = run.summary["counts"]
+    assert {
+        "bomber": {
+            "attempts": 2100,
+            "failed": {"EADDRNOTAVAIL": 20},
+            "per_s": 12.5,
+            "done": 1,
+        },
+        "server": {"open": 3, "accepted": 7},
+    } == counts["progress"]
+    assert {
+        "bomber": {"attempts": 1500, "failed": {"EADDRNOTAVAIL": 10}, "per_s": 12.5, "done": 0}
+    } == counts["phases"]["bomb"]["progress"]
+    assert counts["progress"] == counts["phases"]["pooled"]["progress"]
+    assert [True, True, True] == [e["held"] for e in run.summary["expectations"]]
+
+
 def test_memory_is_bounded_by_live_connections(tmp_path: Path) -> None:
     """Thousands of sequential connections never hold more than a handful of
     sockets, reorder entries or pending rows at once."""
