@@ -95,7 +95,7 @@ class EchoServer:
         self.conns[sock.fileno()] = conn
         self.sel.register(sock, selectors.EVENT_READ, conn)
         self.accepted += 1
-        self.rt.log.info("accept", **conn.fields)
+        self.rt.sock_log("accept", **conn.fields)
 
     def handle(self, conn: Conn, mask: int) -> None:
         if mask & selectors.EVENT_WRITE:
@@ -105,13 +105,13 @@ class EchoServer:
         try:
             data = conn.sock.recv(65536)
         except ConnectionError as e:
-            self.rt.log.info("peer_close", how="reset", **conn.fields, **error_fields(e))
+            self.rt.sock_log("peer_close", how="reset", **conn.fields, **error_fields(e))
             self.close(conn)
             return
         except BlockingIOError:
             return
         if not data:
-            self.rt.log.info("peer_close", how="fin", echoes=conn.echoes, **conn.fields)
+            self.rt.sock_log("peer_close", how="fin", echoes=conn.echoes, **conn.fields)
             self.close(conn)
             return
         conn.inbuf += data
@@ -121,9 +121,9 @@ class EchoServer:
             conn.outbuf += PREFIX + line
             conn.echoes += 1
             self.echoed += 1
-            self.rt.log.info("echo", bytes=len(line), **conn.fields)
+            self.rt.sock_log("echo", bytes=len(line), **conn.fields)
         if len(conn.inbuf) > MAX_LINE:
-            self.rt.log.warning("line_too_long", bytes=len(conn.inbuf), **conn.fields)
+            self.rt.sock_log("line_too_long", "warning", bytes=len(conn.inbuf), **conn.fields)
             self.close(conn)
             return
         self.flush(conn)
@@ -134,7 +134,7 @@ class EchoServer:
         except BlockingIOError:
             sent = 0
         except ConnectionError as e:
-            self.rt.log.info("peer_close", how="reset", **conn.fields, **error_fields(e))
+            self.rt.sock_log("peer_close", how="reset", **conn.fields, **error_fields(e))
             self.close(conn)
             return
         del conn.outbuf[:sent]
@@ -146,7 +146,7 @@ class EchoServer:
         self.conns.pop(conn.sock.fileno(), None)
         conn.sock.close()
         self.closed += 1
-        self.rt.log.info("close", **conn.fields)
+        self.rt.sock_log("close", **conn.fields)
 
     def shutdown(self) -> None:
         for conn in list(self.conns.values()):
@@ -162,6 +162,9 @@ def serve(args: argparse.Namespace) -> int:
     raise_nofile()  # an echo server for C10k needs more than the default 1024
     lsock = listen(args.host, args.port, args.backlog)
     rt = Runtime("server", args)
+    # Per-connection records take the lean path; run alone, a person still
+    # sees each one on stderr, as the seed's server printed them.
+    rt.sock_log.echo = not rt.attached and not args.quiet
     host, port = lsock.getsockname()[:2]
     rt.log.info("listen", fd=lsock.fileno(), laddr=host, lport=port, backlog=args.backlog)
     server = EchoServer(rt, lsock)

@@ -123,7 +123,10 @@ class LabRun:
             self.recorder.append(frame)
 
     def _python(self, module: str, name: str, args: list[str]) -> list[str]:
-        return [sys.executable, "-m", module, *args, *self.endpoints.as_args(), "--name", name]
+        # --quiet: every record goes to the bus; stderr (logs/NAME.log) keeps
+        # what is not a record, such as a traceback, not a second copy.
+        return [sys.executable, "-m", module, *args, *self.endpoints.as_args(), "--name", name,
+                "--quiet"]
 
     def _start_probes(self) -> None:
         self.phase = "attaching probes"
