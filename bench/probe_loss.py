@@ -98,8 +98,8 @@ def bomb(port: int, seconds: float, procs: int, probes: ProbeSet | None, rate: f
 
 
 def _counter(received: Counter[str]) -> Callable[[str, Any], None]:
-    def count(name: str, _event: Any) -> None:
-        received[name] += 1
+    def count(name: str, events: list[Any]) -> None:
+        received[name] += len(events)
 
     return count
 

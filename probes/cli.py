@@ -123,8 +123,8 @@ def watch(
     out = sys.stdout
     pending: list[Event] = []
 
-    def show(_probe: str, e: Event) -> None:
-        pending.append(e)
+    def show(_probe: str, events: list[Event]) -> None:
+        pending.extend(events)
 
     def flush() -> None:
         # Each probe has its own ring: merge what one poll brought by time.

@@ -189,7 +189,7 @@ def self_check(plan: AttachPlan) -> Check:
         seen: list[dict[str, object]] = []
         probes = ProbeSet(plan, ["tcp_state"], Filters(ports={port}))
         try:
-            probes.start(lambda _p, e: seen.append(e))
+            probes.start(lambda _p, events: seen.extend(events))
             srv.listen()
             cli = socket.create_connection(("127.0.0.1", port))
             conn, _ = srv.accept()

@@ -22,7 +22,7 @@ import socket
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,10 @@ RING_PAGES = {"tcp_state": 1024, "accept": 1024, "epoll": 1024}
 SYSCALL_PREFIXES = ("__x64_sys_", "__arm64_sys_", "__s390x_sys_", "__riscv_sys_", "sys_")
 
 Event = dict[str, Any]
-Callback = Callable[[str, Event], None]
+# Called with a probe's name and the events one drain of its channel
+# brought, in order: one call per run, not per event, which at ~150k
+# events/s is a cost of its own.
+Callback = Callable[[str, list[Event]], None]
 
 
 class ProbeError(RuntimeError):
@@ -231,14 +234,44 @@ def make_plan(attach: str | None = None, delivery: str | None = None) -> AttachP
 # --------------------------------------------------------------------------- decoding
 
 
-@lru_cache(maxsize=4096)
-def _addr(family: int, raw: bytes) -> str:
+def _addr_text(family: int, raw: bytes) -> str:
     if family == socket.AF_INET:
         return socket.inet_ntop(socket.AF_INET, raw[:4])
     if family == socket.AF_INET6:
         return socket.inet_ntop(socket.AF_INET6, raw)
     return ""
 
+
+def _comm_text(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode(errors="replace")
+
+
+class _Memo(dict[Any, Any]):
+    """A conversion remembered per distinct input: `memo[raw]`.
+
+    A lab run sees a handful of addresses and command names over ~150k
+    events/s, so a plain dict lookup (no Python call on a hit, unlike
+    lru_cache) replaces nearly every inet_ntop and decode. Cleared when
+    full, so that a machine-wide `tcplab watch` cannot grow it forever.
+    """
+
+    LIMIT = 4096
+
+    def __init__(self, convert: Callable[[Any], Any]) -> None:
+        super().__init__()
+        self.convert = convert
+
+    def __missing__(self, key: Any) -> Any:
+        if len(self) >= self.LIMIT:
+            self.clear()
+        value = self[key] = self.convert(key)
+        return value
+
+
+# family -> raw 16 bytes -> text. Keyed by family first: the same bytes are a
+# different address in AF_INET (first 4 bytes) and AF_INET6.
+_ADDRS = _Memo(lambda family: _Memo(partial(_addr_text, family)))
+_COMMS = _Memo(_comm_text)
 
 # u8 state -> name; numbers a newer kernel adds come out as digits.
 _STATE_NAMES = tuple(TCP_STATES[n] if n < len(TCP_STATES) else str(n) for n in range(256))
@@ -248,13 +281,9 @@ ACCEPT_SYSCALLS = ("accept", "accept4")
 EPOLL_SYSCALLS = ("epoll_wait", "epoll_pwait", "epoll_pwait2")
 
 
-@lru_cache(maxsize=4096)
-def _comm(raw: bytes) -> str:
-    return raw.split(b"\0", 1)[0].decode(errors="replace")
-
-
 Record = tuple[Any, ...]
-Decoder = Callable[[Record], Event]
+# Records in, bus/records.py dicts out, a whole run of records per call.
+Decoder = Callable[[Iterable[Record]], list[Event]]
 
 
 def _at(names: list[str], *wanted: str) -> list[int]:
@@ -263,33 +292,37 @@ def _at(names: list[str], *wanted: str) -> list[int]:
 
 
 # Each decoder is built from the field names of the record (which come from
-# the C definition, see struct_of) and turns one record tuple into the
-# bus/records.py shape. They run once per event at up to ~150k events/s:
-# positions are resolved once, the per-event work is flat indexing.
+# the C definition, see struct_of) and turns record tuples into the
+# bus/records.py shape. They run at up to ~150k events/s in a process that
+# gets half a core: positions are resolved once, and the per-event work is
+# one dict display inside a list comprehension (no function call per
+# event), flat indexing, and dict lookups for the conversions.
 def tcp_state_decoder(names: list[str]) -> Decoder:
     ts, sk, pid, tid, comm, fam, sa, sp, da, dp, old, new = _at(
         names, "ts", "skaddr", "pid", "tid", "comm", "family",
         "saddr", "sport", "daddr", "dport", "oldstate", "newstate",
     )  # fmt: skip
-    states, addr, name = _STATE_NAMES, _addr, _comm
+    states, addrs, comms = _STATE_NAMES, _ADDRS, _COMMS
 
-    def decode(v: Record) -> Event:
-        family = v[fam]
-        return {
-            "type": "tcp_state",
-            "ts": v[ts],
-            "skaddr": v[sk],
-            "cpu_pid": v[pid],
-            "cpu_tid": v[tid],
-            "cpu_comm": name(v[comm]),
-            "family": family,
-            "saddr": addr(family, v[sa]),
-            "sport": v[sp],
-            "daddr": addr(family, v[da]),
-            "dport": v[dp],
-            "old": states[v[old]],
-            "new": states[v[new]],
-        }
+    def decode(records: Iterable[Record]) -> list[Event]:
+        return [
+            {
+                "type": "tcp_state",
+                "ts": v[ts],
+                "skaddr": v[sk],
+                "cpu_pid": v[pid],
+                "cpu_tid": v[tid],
+                "cpu_comm": comms[v[comm]],
+                "family": v[fam],
+                "saddr": addrs[v[fam]][v[sa]],
+                "sport": v[sp],
+                "daddr": addrs[v[fam]][v[da]],
+                "dport": v[dp],
+                "old": states[v[old]],
+                "new": states[v[new]],
+            }
+            for v in records
+        ]
 
     return decode
 
@@ -299,23 +332,27 @@ def accept_decoder(names: list[str]) -> Decoder:
         names, "ts", "pid", "tid", "comm", "syscall", "lfd", "fd", "err",
         "family", "peer_addr", "peer_port", "dur_ns",
     )  # fmt: skip
+    syscalls, addrs, comms = ACCEPT_SYSCALLS, _ADDRS, _COMMS
 
-    def decode(v: Record) -> Event:
-        return {
-            "type": "accept",
-            "ts": v[ts],
-            "pid": v[pid],
-            "tid": v[tid],
-            "comm": _comm(v[comm]),
-            "syscall": ACCEPT_SYSCALLS[v[sc]],
-            "lfd": v[lfd],
-            "fd": v[fd],
-            "errno": v[err],
-            "family": v[fam],
-            "peer_addr": _addr(v[fam], v[pa]),
-            "peer_port": v[pp],
-            "dur_ns": v[dur],
-        }
+    def decode(records: Iterable[Record]) -> list[Event]:
+        return [
+            {
+                "type": "accept",
+                "ts": v[ts],
+                "pid": v[pid],
+                "tid": v[tid],
+                "comm": comms[v[comm]],
+                "syscall": syscalls[v[sc]],
+                "lfd": v[lfd],
+                "fd": v[fd],
+                "errno": v[err],
+                "family": v[fam],
+                "peer_addr": addrs[v[fam]][v[pa]],
+                "peer_port": v[pp],
+                "dur_ns": v[dur],
+            }
+            for v in records
+        ]
 
     return decode
 
@@ -325,22 +362,26 @@ def epoll_decoder(names: list[str]) -> Decoder:
         names, "ts", "pid", "tid", "comm", "syscall", "epfd", "maxevents",
         "timeout_ms", "ready", "err", "dur_ns",
     )  # fmt: skip
+    syscalls, comms = EPOLL_SYSCALLS, _COMMS
 
-    def decode(v: Record) -> Event:
-        return {
-            "type": "epoll",
-            "ts": v[ts],
-            "pid": v[pid],
-            "tid": v[tid],
-            "comm": _comm(v[comm]),
-            "syscall": EPOLL_SYSCALLS[v[sc]],
-            "epfd": v[epfd],
-            "maxevents": v[maxev],
-            "timeout_ms": v[tmo],
-            "ready": v[ready],
-            "errno": v[err],
-            "dur_ns": v[dur],
-        }
+    def decode(records: Iterable[Record]) -> list[Event]:
+        return [
+            {
+                "type": "epoll",
+                "ts": v[ts],
+                "pid": v[pid],
+                "tid": v[tid],
+                "comm": comms[v[comm]],
+                "syscall": syscalls[v[sc]],
+                "epfd": v[epfd],
+                "maxevents": v[maxev],
+                "timeout_ms": v[tmo],
+                "ready": v[ready],
+                "errno": v[err],
+                "dur_ns": v[dur],
+            }
+            for v in records
+        ]
 
     return decode
 
@@ -419,35 +460,59 @@ CFG_PIDS, CFG_LPORTS, CFG_RPORTS, CFG_PORTS, CFG_EPOLL_AGG_ONLY, CFG_SELF_PID = 
 CNT_EVENTS, CNT_DROPS = 0, 1
 
 
+def _leading(values: list[int], value: int) -> int:
+    """How many of `values`, from the first, equal `value`."""
+    if values.count(value) == len(values):  # the usual case, at C speed
+        return len(values)
+    return next(i for i, v in enumerate(values) if v != value)
+
+
 class RingReader:
-    """Consume a BPF ring buffer straight from its mmap, many records per call.
+    """Consume a BPF ring buffer straight from its mmap, in runs of records.
 
     bcc (libbpf underneath) calls back into Python once per record through
     ctypes, which costs microseconds per event: at a bomber's ~150k state
     events/s on 2 shared cores that reader fell behind and the ring filled
-    (measured: 6-15% lost). This reader walks the same memory with
-    struct.unpack_from, per the ring buffer's stable ABI (>= 5.8,
-    kernel/bpf/ringbuf.c): page 0 holds the consumer position (we write it),
-    page 1 the producer position, then the data pages, mapped twice in a row
-    so a record that wraps is still contiguous. Each record starts with an
-    8-byte header: u32 length with a busy bit (still being written: stop
-    there) and a discard bit (skip it), u32 page offset. It relies on x86-64
-    ordering loads with loads and stores with stores (TSO): the header is
-    read before the record, the consumer position written after. Weaker
-    CPUs (arm64) need barriers Python cannot issue, so there the loader
-    keeps bcc's reader (see MMAP_READER).
+    (measured: 6-15% lost). This reader walks the same memory per the ring
+    buffer's stable ABI (>= 5.8, kernel/bpf/ringbuf.c): page 0 holds the
+    consumer position (we write it), page 1 the producer position, then the
+    data pages, mapped twice in a row so that a run of records that wraps is
+    still contiguous. Each record starts with an 8-byte header: u32 length
+    with a busy bit (reserved, still being written: stop there) and a
+    discard bit (skip it), u32 page offset; records are 8-byte aligned.
+
+    Every program submits exactly one struct per record
+    (events.ringbuf_output(e, sizeof(*e), ...)), so records sit at a fixed
+    stride and a whole run decodes with one struct.iter_unpack: the
+    per-record Python work is the decoder's dict, nothing else. The lengths
+    of all pending records are read first (one strided memoryview copy),
+    and only the leading run whose lengths say "committed, not discarded,
+    our size" is decoded; anything else is handled one record at a time.
+
+    It relies on x86-64 ordering loads with loads and stores with stores
+    (TSO): every header is read before the records it vouches for, the
+    consumer position written after them. Weaker CPUs (arm64) need barriers
+    Python cannot issue, so there the loader keeps bcc's reader (see
+    MMAP_READER).
     """
 
     BUSY = 1 << 31
     DISCARD = 1 << 30
     HDR = 8
-    HEADER_FIELD = "_ringbuf_len"  # the name read() gives the header's length
+    HEADER_FIELD = "_ringbuf_len"  # the name of the header's length in the decoder's tuples
 
-    def __init__(self, map_fd: int, capacity: int, record: struct.Struct) -> None:
+    def __init__(self, map_fd: int, capacity: int, record: struct.Struct, decode: Decoder) -> None:
         page = mmap.PAGESIZE
         self.capacity = capacity
         self.mask = capacity - 1
-        self._with_header = struct.Struct("=I4x" + record.format.lstrip("=@<>!"))
+        self.length = record.size  # the header's length field of a record of ours
+        self.stride = (self.HDR + record.size + 7) & ~7
+        # Header (length, page offset), the record, the padding to 8 bytes:
+        # iter_unpack walks a run with it, header length first in each tuple.
+        tail = self.stride - self.HDR - record.size
+        self.run = struct.Struct("=I4x" + record.format.lstrip("=@<>!") + f"{tail}x")
+        self.decode = decode  # given the tuples of a run, HEADER_FIELD first in each
+        self.skipped = 0  # records committed with another size: not ours, counted as drops
         self._cons = mmap.mmap(
             map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0
         )
@@ -462,30 +527,37 @@ class RingReader:
         cons = struct.unpack_from("=Q", self._cons, 0)[0]
         return int(prod - cons)
 
-    def read(self) -> list[tuple[Any, ...]]:
-        """Every committed record not yet consumed, in order; then consume them.
-
-        Each tuple starts with the record's header length (see HEADER_FIELD).
-        """
+    def read(self) -> list[Event]:
+        """Every committed record not yet consumed, decoded, in order; then consume them."""
         cons = struct.unpack_from("=Q", self._cons, 0)[0]
         prod = struct.unpack_from("=Q", self._data, 0)[0]
         self.peak = max(self.peak, prod - cons)
-        out = []
-        # Header and record in one unpack: the busy bit is checked before
-        # the tuple is kept, so a half-written record is never used.
-        unpack = self._with_header.unpack_from
-        data, base, mask = self._data, self._page, self.mask
-        busy, discard = self.BUSY, self.DISCARD
-        while cons < prod:
-            values = unpack(data, base + (cons & mask))
-            length = values[0]
-            if length & busy:
-                break
-            if not length & discard:
-                out.append(values)
-            cons += ((length & ~(busy | discard)) + self.HDR + 7) & ~7
+        out: list[Event] = []
+        stride, ours, base, mask = self.stride, self.length, self._page, self.mask
+        # The kernel may only reuse this memory once the consumer position
+        # moves past it (below), so decoding straight from the view is safe.
+        with memoryview(self._data) as data:
+            while cons < prod:
+                start = base + (cons & mask)
+                n = (prod - cons) // stride
+                lengths = data[start : start + n * stride].cast("I")[:: stride // 4].tolist()
+                run = _leading(lengths, ours)
+                if run:
+                    out += self.decode_run(data[start : start + run * stride])
+                    cons += run * stride
+                    continue
+                length = struct.unpack_from("=I", data, start)[0]
+                if length & self.BUSY:
+                    break
+                if not length & self.DISCARD:
+                    self.skipped += 1
+                cons += ((length & ~(self.BUSY | self.DISCARD)) + self.HDR + 7) & ~7
         struct.pack_into("=Q", self._cons, 0, cons)
         return out
+
+    def decode_run(self, buf: memoryview) -> list[Event]:
+        """Decode a buffer of whole committed records of ours, back to back."""
+        return self.decode(self.run.iter_unpack(buf))
 
     def close(self) -> None:
         self._cons.close()
@@ -508,7 +580,8 @@ class Probe:
         self.bpf = BPF(text=text, cflags=cflags(self.name, mode, delivery))
         self.attached: list[Hook] = []
         self.ring: RingReader | None = None
-        self._decode: Decoder | None = None
+        self._decode: Decoder | None = None  # bcc's readers only: see open()
+        self._pending: list[Record] = []
         self._callback: Callback | None = None
         self.lost = 0  # perf buffer only: records the kernel overwrote
         self._table: Any = None
@@ -529,25 +602,29 @@ class Probe:
         table = self._table = self.bpf[b"events"]
         event_class = _get_event_class(table)
         record, names = struct_of(event_class)
-        decode = self._decode = DECODERS[self.name](names)
         self._callback = callback
         if self.delivery == "ringbuf" and MMAP_READER:
             capacity = RING_PAGES[self.name] * mmap.PAGESIZE
-            self.ring = RingReader(table.map_fd, capacity, record)
-            self._decode = DECODERS[self.name]([RingReader.HEADER_FIELD, *names])
+            decode = DECODERS[self.name]([RingReader.HEADER_FIELD, *names])
+            self.ring = RingReader(table.map_fd, capacity, record, decode)
             return
-        name = self.name
+        decode = DECODERS[self.name](names)
         arrays = {n for n, c in event_class._fields_ if issubclass(c, ctypes.Array)}
+        pending = self._pending
 
         def on_event(_ctx: Any, data: Any, _size: int) -> int:
             # Through self, not the table: close() drops the table before
             # bcc's cleanup, which a closure holding it would outlive.
             assert self._table is not None
             e = self._table.event(data)
-            raw = tuple(bytes(getattr(e, n)) if n in arrays else getattr(e, n) for n in names)
-            callback(name, decode(raw))
+            pending.append(
+                tuple(bytes(getattr(e, n)) if n in arrays else getattr(e, n) for n in names)
+            )
             return 0
 
+        # bcc calls on_event once per record, inside the poll/consume call in
+        # drain(); the records are decoded together once that returns.
+        self._decode = decode
         if self.delivery == "ringbuf":
             table.open_ring_buffer(on_event)
             return
@@ -555,29 +632,34 @@ class Probe:
         def on_lost(count: int) -> None:
             self.lost += count
 
-        table.open_perf_buffer(on_event, page_cnt=RING_PAGES[name] // 4, lost_cb=on_lost)
+        table.open_perf_buffer(on_event, page_cnt=RING_PAGES[self.name] // 4, lost_cb=on_lost)
 
     def ring_fd(self) -> int | None:
         return self.bpf[b"events"].map_fd if self.delivery == "ringbuf" else None
 
     def drain(self, timeout_ms: int = 0) -> None:
-        if self.ring is None:
+        assert self._callback is not None
+        if self.ring is not None:
+            # One read per call, so that a flood cannot starve the caller's
+            # loop; what is left keeps the (level-triggered) ring fd readable.
+            events = self.ring.read()
+        else:
             if self.delivery == "ringbuf":
                 self.bpf.ring_buffer_consume()
             else:
                 self.bpf.perf_buffer_poll(timeout=timeout_ms)
-            return
-        assert self._callback is not None and self._decode is not None
-        callback, decode, name = self._callback, self._decode, self.name
-        # One read per call, so that a flood cannot starve the caller's loop;
-        # what is left keeps the (level-triggered) ring fd readable.
-        for values in self.ring.read():
-            callback(name, decode(values))
+            assert self._decode is not None
+            events = self._decode(self._pending)
+            self._pending.clear()
+        if events:
+            self._callback(self.name, events)
 
     def counters(self) -> dict[str, int]:
         values = self.bpf[b"counters"]
         events = sum(values[ctypes.c_int(CNT_EVENTS)])
         drops = sum(values[ctypes.c_int(CNT_DROPS)]) + self.lost
+        if self.ring is not None:
+            drops += self.ring.skipped
         return {"events": int(events), "drops": int(drops)}
 
     def set_filters(self, f: Filters) -> None:

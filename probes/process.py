@@ -93,14 +93,14 @@ class Batcher:
         self.since: dict[str, float] = {}
         self.sent = 0
 
-    def add(self, probe: str, event: Event) -> None:
-        # Called from inside the ring buffer drain: only queue here; sending
-        # (which may raise) happens in the main loop.
+    def add(self, probe: str, events: list[Event]) -> None:
+        # Called from inside the drain with each run of events: only queue
+        # here; sending (which may raise) happens in the main loop.
         batch = self.pending.get(probe)
         if batch is None:
             batch = self.pending[probe] = []
             self.since[probe] = time.monotonic()
-        batch.append(event)
+        batch += events
 
     def ship(self, force: bool = False) -> None:
         now = time.monotonic()

@@ -90,7 +90,7 @@ def test_fallback_readers_deliver_events(monkeypatch: pytest.MonkeyPatch, delive
     got: list[dict[str, object]] = []
     probes = ProbeSet(plan, ["tcp_state"], Filters(ports={port}))
     try:
-        probes.start(lambda _p, e: got.append(e))
+        probes.start(lambda _p, events: got.extend(events))
         srv.listen()
         cli = socket.create_connection(("127.0.0.1", port))
         conn, _ = srv.accept()
