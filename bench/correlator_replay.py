@@ -90,6 +90,56 @@ def gen_stream(run_dir: Path, events: int) -> int:
     return n
 
 
+def gen_bomb(run_dir: Path, events: int) -> int:
+    """A port bomb's shape: connect/close pairs with failed connects between
+    them, the server's epoll wake-ups, observer samples and progress reports."""
+    w = RecordingWriter(run_dir / "recording.msgpack")
+    lab = Lab(w)
+    lab.listen(T0, SERVER, 8080)
+    bomber = Actor("bomber", 400)
+    observer_at = stats_at = t = T0 + 1000 * US
+    per_conn = 17  # 10 state events, accept4, epoll_wait, 5 app records
+    n = events // per_conn
+    attempts = failed = 0
+    for i in range(n):
+        p = lab.connect(t, bomber, SERVER, 10000 + i % 50000, 8080)
+        lab.epoll_event(t + 35 * US, SERVER, SERVER.pid, 1 + i % 3)
+        lab.client_close(t + 100 * US, p)
+        attempts += 1
+        if i % 4 == 3:
+            # Three failures per four connects: no port left for a while.
+            for k in range(3):
+                lab.failed_connect(t + (200 + 10 * k) * US, bomber, ("127.0.0.1", 8080))
+            failed += 3
+            attempts += 3
+        t += 300 * US
+        if t >= observer_at:
+            lab.observer(t, {"TIME_WAIT": min(i, 28000), "ESTABLISHED": 1}, {"100": 5})
+            observer_at = t + 100_000 * US
+        if t >= stats_at:
+            body = {
+                "source": "bomber",
+                "attempts": attempts,
+                "connected": i + 1,
+                "failed": {"EADDRNOTAVAIL": failed},
+                "per_s": 3333.3,
+            }
+            w.stats("actor:bomber", body, t)
+            stats_at = t + 1_000_000 * US
+    w.close()
+    write_run_json(
+        run_dir,
+        {
+            "scenario": f"bomb-{events}",
+            "started_mono_ns": T0,
+            "ended_mono_ns": t,
+            "actors": {"server": {"pid": 100}, "bomber": {"pid": 400}},
+            "phases": [{"name": "bomb", "start_mono_ns": T0, "end_mono_ns": t}],
+        },
+    )
+    return n
+
+
 class NullSink:
     def __init__(self) -> None:
         self.events = 0
@@ -155,6 +205,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--held", default="1000,10000,100000")
     ap.add_argument("--events", default="1000000")
+    ap.add_argument("--bomb", default="300000", help="events of the port-bomb shape")
     ap.add_argument("--child", nargs=2, metavar=("RUN_DIR", "MODE"))
     ap.add_argument("--keep", action="store_true", help="keep bench/out/ recordings")
     args = ap.parse_args()
@@ -166,6 +217,7 @@ def main() -> None:
         ("held", gen_held, int(n)) for n in args.held.split(",") if n
     ]
     cases += [("stream", gen_stream, int(n)) for n in args.events.split(",") if n]
+    cases += [("bomb", gen_bomb, int(n)) for n in args.bomb.split(",") if n]
     print(
         f"{'case':<18}{'mode':<11}{'items':>11}{'s':>8}{'items/s':>10}"
         f"{'rss base':>10}{'rss peak':>10}{'growth':>9}{'live max':>10}{'heap max':>10}"

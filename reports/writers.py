@@ -6,13 +6,56 @@ import json
 from pathlib import Path
 from typing import IO, Any
 
+import orjson
+
 # Perfetto stays usable up to a few tens of thousands of tracks; beyond that
 # the trace keeps the first ones and the summary says how many were left out.
 MAX_TRACE_CONNECTIONS = 20_000
 
 
 # One encoder reused: json.dumps would build it again for every line.
-_dumps = json.JSONEncoder(separators=(",", ":"), default=str, check_circular=False).encode
+_json = json.JSONEncoder(separators=(",", ":"), default=str, check_circular=False).encode
+# Types orjson would write its own way go to `default` (str), as with json.
+# Keys other than strings make orjson raise: json writes those lines.
+_OPTS = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+
+
+def dumps(obj: Any) -> bytes:
+    """Compact JSON, exactly as json.JSONEncoder writes it, about ten times faster."""
+    try:
+        out = orjson.dumps(obj, default=str, option=_OPTS)
+    except (orjson.JSONEncodeError, TypeError):
+        return _json(obj).encode()  # an int beyond 64 bits, a lone surrogate
+    # Where orjson's text differs from json's: non-ASCII and DEL (json escapes
+    # them) and floats below 1e-4 (json: 1e-05, orjson: 0.00001 or 1e-7). Such
+    # a line is encoded by json instead, so every file stays byte for byte what
+    # json wrote; a false alarm (say "e-" in a string) only costs time.
+    if out.isascii() and b"e-" not in out and b"0.0000" not in out and b"\x7f" not in out:
+        return out
+    return _json(obj).encode()
+
+
+def _us_round(ns: int) -> float:
+    """round(ns / 1000, 3), skipping round() where it cannot change the value
+    (a whole number of ns in µs is exact to the ns below 2**42 µs)."""
+    if -(10**15) < ns < 10**15:
+        return ns / 1000
+    return round(ns / 1000, 3)
+
+
+def _event_line(row: dict[str, Any]) -> bytes:
+    line = dumps(row)
+    # orjson writes NaN and infinities as null (json: NaN), so a row with more
+    # nulls than None values may hold one, or a None nested deeper (an owner
+    # without an fd): either way json writes it. Only the probes' and actors'
+    # own fields can carry a NaN; the correlator's never do.
+    nones = list(row.values()).count(None)
+    owner = row.get("owner")
+    if type(owner) is dict:
+        nones += list(owner.values()).count(None)
+    if line.count(b"null") == nones:
+        return line
+    return _json(row).encode()
 
 
 class TraceWriter:
@@ -23,8 +66,8 @@ class TraceWriter:
     """
 
     def __init__(self, path: Path, t0_ns: int, max_connections: int = MAX_TRACE_CONNECTIONS):
-        self.f: IO[str] = open(path, "w")
-        self.f.write('{"displayTimeUnit":"ms","traceEvents":[\n')
+        self.f: IO[bytes] = open(path, "wb", buffering=1 << 20)
+        self.f.write(b'{"displayTimeUnit":"ms","traceEvents":[\n')
         self.t0 = t0_ns
         self.first = True
         self.max_connections = max_connections
@@ -33,10 +76,10 @@ class TraceWriter:
         self.pids: dict[int, str] = {}
 
     def _us(self, ns: int) -> float:
-        return round((ns - self.t0) / 1000, 3)
+        return _us_round(ns - self.t0)
 
     def _put(self, ev: dict[str, Any]) -> None:
-        self.f.write(("" if self.first else ",\n") + _dumps(ev))
+        self.f.write((b"" if self.first else b",\n") + dumps(ev))
         self.first = False
 
     def connection(self, row: dict[str, Any]) -> None:
@@ -74,7 +117,7 @@ class TraceWriter:
                     "tid": tid,
                     "name": st["state"] + (" (timewait socket)" if st.get("timewait") else ""),
                     "ts": self._us(st["start_ns"]),
-                    "dur": round(st["dur_ns"] / 1000, 3),
+                    "dur": _us_round(st["dur_ns"]),
                     "args": {"cpu_pid": st["cpu_pid"], "outcome": row["outcome"]},
                 }
             )
@@ -88,7 +131,7 @@ class TraceWriter:
     def close(self, t0_matches_series: bool = True) -> None:
         for pid, name in self.pids.items():
             self._put({"ph": "M", "name": "process_name", "pid": pid, "args": {"name": name}})
-        self.f.write("\n]}\n")
+        self.f.write(b"\n]}\n")
         self.f.close()
 
 
@@ -96,21 +139,33 @@ class RunSink:
     """The correlator's sink: events.jsonl, connections.jsonl and the trace."""
 
     def __init__(self, run_dir: Path, trace: TraceWriter) -> None:
-        self.events: IO[str] = open(run_dir / "events.jsonl", "w", buffering=1 << 20)
-        self.conns: IO[str] = open(run_dir / "connections.jsonl", "w", buffering=1 << 20)
+        self.events: IO[bytes] = open(run_dir / "events.jsonl", "wb", buffering=1 << 20)
+        self.conns: IO[bytes] = open(run_dir / "connections.jsonl", "wb", buffering=1 << 20)
         self.trace = trace
+        self._lines: list[bytes] = []
         self.n_events = 0
         self.n_connections = 0
 
     def event(self, row: dict[str, Any]) -> None:
-        self.events.write(_dumps(row) + "\n")
+        lines = self._lines
+        lines.append(_event_line(row))
         self.n_events += 1
+        if len(lines) >= 1024:
+            self._flush()
+
+    def _flush(self) -> None:
+        # One write per thousand lines instead of one per line.
+        if self._lines:
+            self._lines.append(b"")
+            self.events.write(b"\n".join(self._lines))
+            self._lines.clear()
 
     def connection(self, row: dict[str, Any]) -> None:
-        self.conns.write(_dumps(row) + "\n")
+        self.conns.write(dumps(row) + b"\n")
         self.n_connections += 1
         self.trace.connection(row)
 
     def close(self) -> None:
+        self._flush()
         self.events.close()
         self.conns.close()
