@@ -6,7 +6,9 @@
    unpaced, against a loopback accept-and-close server while all three probes are attached and
    drained by this process (tcp_state filtered to the server's port). For
    each load: connections/s, tcp_state events/s, events expected (10 per
-   connection), received, and drops counted in the kernel.
+   connection), received, drops counted in the kernel, and this process's
+   CPU time per event received (read + decode, plus msgpack with --pack:
+   what `python -m probes` spends per event before ZeroMQ).
 2. Overhead: the single bomber's rate with the probes attached divided by
    its rate without, runs alternating side by side, medians.
 
@@ -25,7 +27,10 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from bus.schema import Envelope, Kind, encode
+from probes import loader
 from probes.loader import Filters, ProbeSet, make_plan
+from probes.process import BATCH_MAX
 
 SERVER = r"""
 import socket, sys
@@ -97,20 +102,26 @@ def bomb(port: int, seconds: float, procs: int, probes: ProbeSet | None, rate: f
     return sum(int(b.communicate()[0]) for b in bombers)
 
 
-def _counter(received: Counter[str]) -> Callable[[str, Any], None]:
+def _counter(received: Counter[str], pack: bool) -> Callable[[str, list[Any]], None]:
     def count(name: str, events: list[Any]) -> None:
         received[name] += len(events)
+        if pack:
+            # The probe process's msgpack work, KERNEL batches of BATCH_MAX
+            # (probes/process.py Batcher), without the ZeroMQ send.
+            for i in range(0, len(events), BATCH_MAX):
+                body = {"probe": name, "events": events[i : i + BATCH_MAX]}
+                encode(Envelope(Kind.KERNEL, "probes", 0, 0, body))
 
     return count
 
 
-def loss(port: int, seconds: float, rates: list[float]) -> list[dict[str, Any]]:
+def loss(port: int, seconds: float, rates: list[float], pack: bool) -> list[dict[str, Any]]:
     rows = []
     for rate in rates:
         received: Counter[str] = Counter()
         probes = ProbeSet(make_plan(), filters=Filters(ports={port}))
-        probes.start(_counter(received))
-        t0 = time.monotonic()
+        probes.start(_counter(received, pack))
+        t0, cpu0 = time.monotonic(), time.process_time()
         conns = bomb(port, seconds, 1, probes, rate)
         elapsed = time.monotonic() - t0
         deadline = time.monotonic() + 5
@@ -119,6 +130,7 @@ def loss(port: int, seconds: float, rates: list[float]) -> list[dict[str, Any]]:
             if time.monotonic() > deadline:
                 break
             probes.poll(0.05)
+        cpu = time.process_time() - cpu0
         stats = probes.stats()["programs"]
         probes.close()
         rows.append(
@@ -132,6 +144,7 @@ def loss(port: int, seconds: float, rates: list[float]) -> list[dict[str, Any]]:
                 "drops": {n: s["drops"] for n, s in stats.items()},
                 "ring_peak": stats["tcp_state"]["ring_peak"],
                 "other_events": received["accept"] + received["epoll"],
+                "cpu_us_per_event": cpu / max(1, sum(received.values())) * 1e6,
             }
         )
     return rows
@@ -160,19 +173,27 @@ def main() -> int:
         help="connections/s to try, 0 = unpaced",
     )
     ap.add_argument("--reader-nice", type=int, default=0, help="nice value of the reader")
+    ap.add_argument("--pack", action="store_true", help="also msgpack the events, as the process")
+    ap.add_argument("--ring-pages", type=int, help="tcp_state ring size in pages (power of 2)")
+    ap.add_argument("--no-overhead", action="store_true", help="skip the overhead pairs")
     args = ap.parse_args()
+    if args.ring_pages:
+        loader.RING_PAGES["tcp_state"] = args.ring_pages
     os.setpriority(os.PRIO_PROCESS, 0, args.reader_nice)
     server, port = start_server()
     try:
         print(f"plan: {make_plan().describe()}")
         print("loss (all three probes attached, tcp_state filtered to the server port):")
-        for r in loss(port, args.seconds, args.rates):
+        for r in loss(port, args.seconds, args.rates, args.pack):
             print(
                 f"  target={r['target']} {r['conn_per_s']:8.0f} conn/s "
                 f"{r['state_events_per_s']:8.0f} state events/s  expected={r['expected']} "
                 f"received={r['received']} submitted={r['submitted']} drops={r['drops']} "
-                f"ring_peak={r['ring_peak']}B accept+epoll events={r['other_events']}"
+                f"ring_peak={r['ring_peak']}B accept+epoll events={r['other_events']} "
+                f"reader_cpu={r['cpu_us_per_event']:.2f}us/event"
             )
+        if args.no_overhead:
+            return 0
         without, with_probes = overhead(port, args.seconds, args.pairs)
         ratio = statistics.median(with_probes) / statistics.median(without)
         print(f"bomber conn/s without probes: {[round(x) for x in without]}")

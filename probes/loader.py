@@ -39,8 +39,19 @@ RINGBUF_SINCE = (5, 8)
 # memory ordering makes that safe without barriers; else bcc's reader.
 MMAP_READER = platform.machine() in ("x86_64", "amd64")
 # tcp_state sees ~10 events per connection; at ~18k connections/s that is
-# ~14 MB/s, so 4 MiB rides out a ~250 ms stall of the reader.
-RING_PAGES = {"tcp_state": 1024, "accept": 1024, "epoll": 1024}
+# ~15 MB/s of 88-byte records. On 2 shared cores the reader was measured
+# descheduled for up to 1.2 s at a time (its whole process, at any nice
+# value), which 4 MiB (~250 ms) did not ride out: 32 MiB (~2 s) does. It costs
+# 32 MiB of kernel memory per probe process and nothing per event.
+RING_PAGES = {"tcp_state": 8192, "accept": 1024, "epoll": 1024}
+# At most this much is decoded per read, so that a full ring cannot hold the
+# caller's loop (heartbeats, commands) for long; what is left is read at
+# the next poll, which then does not wait (see ProbeSet.poll).
+READ_MAX_BYTES = 4 << 20
+# A ring still holding this much after a drain is behind: at full bomber speed
+# a 20 ms poll interval brings ~300 KB, so 1 MiB left means the reader lost
+# ground (it was descheduled, or the ring held more than READ_MAX_BYTES).
+BEHIND_BYTES = 1 << 20
 SYSCALL_PREFIXES = ("__x64_sys_", "__arm64_sys_", "__s390x_sys_", "__riscv_sys_", "sys_")
 
 Event = dict[str, Any]
@@ -528,12 +539,14 @@ class RingReader:
         return int(prod - cons)
 
     def read(self) -> list[Event]:
-        """Every committed record not yet consumed, decoded, in order; then consume them."""
+        """The committed records not yet consumed (up to READ_MAX_BYTES), decoded, in
+        order; then consume them."""
         cons = struct.unpack_from("=Q", self._cons, 0)[0]
         prod = struct.unpack_from("=Q", self._data, 0)[0]
         self.peak = max(self.peak, prod - cons)
-        out: list[Event] = []
         stride, ours, base, mask = self.stride, self.length, self._page, self.mask
+        prod = min(prod, cons + READ_MAX_BYTES // stride * stride)
+        out: list[Event] = []
         # The kernel may only reuse this memory once the consumer position
         # moves past it (below), so decoding straight from the view is safe.
         with memoryview(self._data) as data:
@@ -546,10 +559,15 @@ class RingReader:
                     out += self.decode_run(data[start : start + run * stride])
                     cons += run * stride
                     continue
+                # One record that cannot start a run: busy, discarded, of
+                # another size, or ours with the read's cap inside it (which
+                # records of another size before it can cause).
                 length = struct.unpack_from("=I", data, start)[0]
                 if length & self.BUSY:
                     break
-                if not length & self.DISCARD:
+                if length == ours:
+                    out += self.decode_run(data[start : start + stride])
+                elif not length & self.DISCARD:
                     self.skipped += 1
                 cons += ((length & ~(self.BUSY | self.DISCARD)) + self.HDR + 7) & ~7
         struct.pack_into("=Q", self._cons, 0, cons)
@@ -764,6 +782,7 @@ class ProbeSet:
         self.probes: dict[str, Probe] = {}
         self._epoll = select.epoll()
         self._by_fd: dict[int, Probe] = {}
+        self._behind = False
         try:
             for n in wanted:
                 p = Probe(plan.probes[n], plan.delivery)
@@ -797,10 +816,15 @@ class ProbeSet:
         if self.plan.delivery == "ringbuf":
             # The programs submit without waking us (TCPLAB_RB_FLAGS), so the
             # wait is a plain sleep unless an fd happens to be ready; every
-            # ring is drained after it either way.
-            self._epoll.poll(timeout_s)
+            # ring is drained after it either way. No sleep while a ring is
+            # behind: a reader starved of CPU for a while catches up first.
+            if not self._behind:
+                self._epoll.poll(timeout_s)
             for p in self.probes.values():
                 p.drain()
+            self._behind = any(
+                p.ring is not None and p.ring.used() >= BEHIND_BYTES for p in self.probes.values()
+            )
         else:
             per_probe_ms = max(1, int(timeout_s * 1000 / max(1, len(self.probes))))
             for p in self.probes.values():

@@ -8,8 +8,13 @@ running it for real, since perf buffers work on this kernel too.
 
 from __future__ import annotations
 
+import mmap
+import os
 import socket
+import struct
 import time
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -19,6 +24,7 @@ from probes.loader import (
     Filters,
     ProbeError,
     ProbeSet,
+    RingReader,
     kprobe_functions,
     make_plan,
     verify_kprobe_variant,
@@ -106,3 +112,74 @@ def test_fallback_readers_deliver_events(monkeypatch: pytest.MonkeyPatch, delive
     assert sum(e["new"] == "CLOSE" for e in got) == 3
     assert (stats["events"], stats["drops"]) == (len(got), 0)
     assert "ring_used" not in stats  # only the mmap reader measures occupancy
+
+
+class FakeRing:
+    """A file laid out like a BPF ring buffer map's mmap (consumer page,
+    producer page, data), written the way the kernel writes it, for
+    RingReader to read. The data is not mapped twice, so records must not wrap."""
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self.page = mmap.PAGESIZE
+        self.fd = os.memfd_create("fake-ring")
+        os.ftruncate(self.fd, 2 * self.page + 2 * capacity)
+        self.map = mmap.mmap(self.fd, 2 * self.page + 2 * capacity)
+        self.capacity = capacity
+        self.prod = 0
+
+    def add(self, value: int, length: int = 8, flags: int = 0) -> int:
+        """Append a record holding `value` (as a u64) with the given header length."""
+        at = self.prod
+        offset = 2 * self.page + at
+        struct.pack_into("=II", self.map, offset, length | flags, 0)
+        self.map[offset + 8 : offset + 8 + length] = struct.pack("=Q", value).ljust(length, b"\0")
+        self.prod += (length + 8 + 7) & ~7
+        struct.pack_into("=Q", self.map, self.page, self.prod)
+        return at
+
+    def commit(self, at: int) -> None:
+        struct.pack_into("=I", self.map, 2 * self.page + at, 8)
+
+    def consumed(self) -> int:
+        return int(struct.unpack_from("=Q", self.map, 0)[0])
+
+    def close(self) -> None:
+        self.map.close()
+        os.close(self.fd)
+
+
+@pytest.fixture
+def fake_ring() -> Iterator[FakeRing]:
+    ring = FakeRing()
+    yield ring
+    ring.close()
+
+
+def test_ring_reader_decodes_runs_and_steps_over_what_is_not_a_record_of_ours(
+    fake_ring: FakeRing, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Committed records come out in order, header length first; a discarded
+    record is skipped silently, one of another size is skipped and counted; a
+    busy one stops the read until it is committed; reads stop at the cap."""
+    monkeypatch.setattr(loader, "READ_MAX_BYTES", 4 * 16)
+    # Records as they are unpacked (tuples), standing in for event dicts.
+    as_is: Any = list
+    reader = RingReader(fake_ring.fd, fake_ring.capacity, struct.Struct("=Q"), as_is)
+    for v in range(3):
+        fake_ring.add(v)
+    fake_ring.add(99, flags=RingReader.DISCARD)
+    fake_ring.add(98, length=20)
+    fake_ring.add(3)
+    busy = fake_ring.add(4, flags=RingReader.BUSY)
+    fake_ring.add(5)
+    try:
+        assert reader.read() == [(8, 0), (8, 1), (8, 2)]  # the cap: 4 records' bytes
+        assert reader.read() == [(8, 3)]  # then stops at the busy record
+        assert fake_ring.consumed() == busy
+        assert reader.read() == []
+        fake_ring.commit(busy)
+        assert reader.read() == [(8, 4), (8, 5)]
+        assert fake_ring.consumed() == fake_ring.prod
+        assert reader.skipped == 1
+    finally:
+        reader.close()
