@@ -12,11 +12,16 @@
 #   scripts/test-kernels.sh [--kernel NAME] [--rebuild] [--timeout S] [-- PYTEST_ARGS...]
 #     --kernel NAME  scripts/kernels/NAME.conf (default: debian12)
 #     --rebuild      rebuild the cached image even though its inputs did not change
-#     --timeout S    wall-clock limit for the VM run (default 1800)
+#     --timeout S    wall-clock limit for the VM run (default 2400: a hang guard;
+#                    a warm run takes about 20 minutes)
 #     PYTEST_ARGS    instead of the probe tests (tests/test_probe*.py)
 # Environment: TCPLAB_VM_CPUS (2), TCPLAB_VM_MEM (2048 MiB), TCPLAB_VM_ACCEL
 # (tcg), TCPLAB_CACHE (/var/cache/tcplab), TCPLAB_DEBIAN_MIRROR.
 set -euo pipefail
+
+# All in a function, read whole before it runs: bash reads a script as it
+# goes, so editing this file during a 20-minute run would change the run.
+main() {
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 kdir=$repo/scripts/kernels
@@ -25,14 +30,14 @@ started=$SECONDS
 die() { printf 'test-kernels: error: %s\n' "$*" >&2; exit 2; }
 say() { printf 'test-kernels: %s\n' "$*"; }
 
-kernel=debian12 rebuild=0 timeout_s=1800
+kernel=debian12 rebuild=0 timeout_s=2400
 pytest_args=()
 while [ $# -gt 0 ]; do
     case $1 in
         --kernel) [ $# -ge 2 ] || die "--kernel needs a name (one of: $(cd "$kdir" && ls ./*.conf | sed 's|./||; s|\.conf||' | tr '\n' ' '))"
                   kernel=$2; shift 2 ;;
         --rebuild) rebuild=1; shift ;;
-        --timeout) [[ ${2:-} =~ ^[0-9]+$ ]] || die "--timeout needs a number of seconds, e.g. --timeout 1800"
+        --timeout) [[ ${2:-} =~ ^[0-9]+$ ]] || die "--timeout needs a number of seconds, e.g. --timeout 2400"
                    timeout_s=$2; shift 2 ;;
         --) shift; pytest_args=("$@"); break ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -40,6 +45,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 
+[[ $kernel =~ ^[A-Za-z0-9_.-]+$ ]] || die "--kernel '$kernel': give the name of a file in $kdir without .conf"
 conf=$kdir/$kernel.conf
 [ -f "$conf" ] || die "no kernel definition $conf: pick one of $(cd "$kdir" && ls ./*.conf | sed 's|./||; s|\.conf||' | tr '\n' ' ')"
 [ "$(id -u)" -eq 0 ] || die "run as root (sudo make test-kernels): building the root filesystem needs debootstrap and chroot"
@@ -147,7 +153,7 @@ vm_rc=0
 # The root image is opened with snapshot=on: the VM's writes go to a temporary
 # overlay, so the cached image stays pristine for the next run.
 nice -n 10 timeout -k 10 "$timeout_s" qemu-system-x86_64 \
-    -accel "$accel" -cpu "${TCPLAB_VM_CPU:-max}" -smp "$cpus" -m "$mem" \
+    -accel "$accel" -cpu max -smp "$cpus" -m "$mem" \
     -nodefaults -no-user-config -display none -no-reboot \
     -serial stdio -monitor none \
     -kernel "$image/vmlinuz" -initrd "$image/initrd.gz" \
@@ -187,3 +193,6 @@ done
 say "logs in $logs"
 [ "$status" -eq 0 ] && say "PASSED on $release" || say "FAILED on $release (exit $status)"
 exit "$status"
+}
+
+main "$@"
