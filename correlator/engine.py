@@ -189,15 +189,17 @@ def _row_keys(typ: str) -> _RowKeys:
 # A reorder entry: (ts, arrival tie, handler or None for an unknown probe, body).
 Entry = tuple[int, int, Any, Any]
 _TS = operator.itemgetter(0)
+_TS_TIE = operator.itemgetter(0, 1)
 
 
 class Reorderer:
     """Puts items from many senders back in time order within a bounded window.
 
-    Each batch goes in as one run sorted by (time, arrival); a heap of the
-    runs' heads merges them. That releases items in exactly the order one heap
-    of every item would, (time, arrival), at a fraction of the cost: a batch
-    is mostly in order already, and whole stretches of it are released at once.
+    Each batch goes in as one run sorted by (time, arrival); a heap orders the
+    runs by their first item. Releasing takes from each run the stretch the
+    watermark passed and sorts those stretches together, which timsort does
+    in C by merging them: exactly the (time, arrival) order one heap of every
+    item would give, at a fraction of the cost.
 
     Items wait until the watermark passes them. An item older than what was
     already released is 'late': it is still delivered (next), and counted,
@@ -230,35 +232,31 @@ class Reorderer:
             self.max_held = self._held
 
     def pop_until(self, watermark: int) -> list[Entry]:
-        out: list[Entry] = []
         heap = self._heap
+        parts: list[list[Entry]] = []
+        rest: list[list[Any]] = []
         while heap and heap[0][0] <= watermark:
-            top = heap[0]
+            top = heapq.heappop(heap)
             run: list[Entry] = top[2]
             i = top[3]
-            if len(heap) == 1:
-                j = bisect.bisect_right(run, watermark, lo=i, key=_TS)
-            else:
-                # Take from this run up to the next run's head.
-                nxt = heap[1] if len(heap) == 2 or heap[1] < heap[2] else heap[2]
-                nts, ntie = nxt[0], nxt[1]
-                if watermark < nts:
-                    j = bisect.bisect_right(run, watermark, lo=i, key=_TS)
-                else:
-                    j = bisect.bisect_left(run, nts, lo=i, key=_TS)
-                    while j < len(run) and run[j][0] == nts and run[j][1] < ntie:
-                        j += 1
-            out.extend(run[i:j])
-            if j == len(run):
-                heapq.heappop(heap)
-            else:
+            j = bisect.bisect_right(run, watermark, lo=i, key=_TS)
+            parts.append(run[i:j] if i or j < len(run) else run)
+            if j < len(run):
                 head = run[j]
                 top[0], top[1], top[3] = head[0], head[1], j
-                heapq.heapreplace(heap, top)
-        if out:
-            self._held -= len(out)
-            if out[-1][0] > self.released_ns:
-                self.released_ns = out[-1][0]
+                rest.append(top)  # its head is past the mark: not again this time
+        for top in rest:
+            heapq.heappush(heap, top)
+        if not parts:
+            return []
+        if len(parts) == 1:
+            out = parts[0]
+        else:
+            out = list(itertools.chain.from_iterable(parts))
+            out.sort(key=_TS_TIE)
+        self._held -= len(out)
+        if out[-1][0] > self.released_ns:
+            self.released_ns = out[-1][0]
         return out
 
     def drain(self) -> list[Entry]:
@@ -454,15 +452,16 @@ class Correlator:
 
     def _run(self, entries: list[Entry]) -> None:
         """Process released entries in time order: the one hot loop."""
+        if not entries:
+            return
+        if self.first_ns is None:
+            self.first_ns = entries[0][0]
         grace = self.cfg.grace_ns
         settle = self.settle
+        now = self.now_ns  # == last_ns: the newest time processed
         for ts, _, handler, body in entries:
-            if ts > self.now_ns:
-                self.now_ns = ts
-            if self.first_ns is None:
-                self.first_ns = ts
-            if ts > self.last_ns:
-                self.last_ns = ts
+            if ts > now:
+                now = self.now_ns = self.last_ns = ts
             if handler is None:
                 self.n["rejected.unknown_probe"] = self.n.get("rejected.unknown_probe", 0) + 1
                 continue
@@ -470,8 +469,8 @@ class Correlator:
             if ts >= self._next_sample:
                 self.kernel_series.add(ts, {k: v for k, v in self.live_states.items() if v})
                 self._next_sample = ts + self.cfg.sample_ns
-            if settle and settle[0][0] <= self.now_ns - grace:
-                self._settle(self.now_ns - grace)
+            if settle and settle[0][0] <= now - grace:
+                self._settle(now - grace)
 
     # ---- kernel: TCP state --------------------------------------------------
 
@@ -513,7 +512,14 @@ class Correlator:
                 and conn.state_ns <= end < ts
             ):
                 conn.stuck_in = conn.state
-            self._state_leave(conn, ts)
+            st = conn.state
+            live_states = self.live_states
+            if st != "CLOSE" and st in live_states:
+                live_states[st] -= 1
+            hist = self.state_time.get(st)
+            if hist is None:
+                hist = self.state_time[st] = Log2Histogram()
+            hist.add(ts - conn.state_ns)
         if conn.addr4 is None:
             self._learn_tuple(conn, ev)
         if len(conn.transitions) < MAX_TRANSITIONS:
@@ -537,6 +543,11 @@ class Correlator:
             "dport": ev.get("dport"),
             "cpu_pid": cpu_pid,
             "cpu_comm": ev.get("cpu_comm"),
+            # Filled in when the row is written; made here so the dict never grows.
+            "t": None,
+            "phase": None,
+            "owner": None,
+            "cpu_is_owner": None,
         }
         settle = self.settle
         settle.append((ts, row, conn))
@@ -909,6 +920,7 @@ class Correlator:
         pid_actor = self.pid_actor
         sink_event = self.sink.event
         phase_lo, phase_hi, phase = self._phase_span
+        states = owned = 0  # tcp_state rows written, and those with an owner
         while q and q[0][0] <= until:
             ts, row, conn = q.popleft()
             if row is None:
@@ -921,19 +933,22 @@ class Correlator:
                 self._finish_conn(conn, at_end=False)
                 phase_lo, phase_hi, phase = self._phase_span
                 continue
-            row["t"] = seconds(ts - t0) if t0 else None
+            if t0:
+                d = ts - t0
+                row["t"] = d / 1e9 if -_EXACT_NS < d < _EXACT_NS else seconds(d)
+            else:
+                row["t"] = None
             if not phase_lo <= ts < phase_hi:
                 self._phase(ts)
                 phase_lo, phase_hi, phase = self._phase_span
             row["phase"] = phase
             if conn is not None:
-                owner = conn.owner_dict()
+                owner = conn.owner_cache or conn.owner_dict()
                 row["owner"] = owner
                 row["cpu_is_owner"] = owner is not None and row.get("cpu_pid") == owner["pid"]
-                n["coverage.kernel_tcp_state"] = n.get("coverage.kernel_tcp_state", 0) + 1
+                states += 1
                 if owner is not None:
-                    k = "coverage.kernel_tcp_state_owned"
-                    n[k] = n.get(k, 0) + 1
+                    owned += 1
             elif row["src"] == "kernel":
                 # accept4 and epoll_wait run in the caller's context: their pid is
                 # real. A pid that is no actor's (the orchestrator's own ZeroMQ
@@ -951,6 +966,11 @@ class Correlator:
                         k = keys[2]
                         n[k] = n.get(k, 0) + 1
             sink_event(row)
+        if states:
+            n["coverage.kernel_tcp_state"] = n.get("coverage.kernel_tcp_state", 0) + states
+        if owned:
+            k = "coverage.kernel_tcp_state_owned"
+            n[k] = n.get(k, 0) + owned
 
     def _outcome(self, conn: Conn, at_end: bool) -> str:
         seen_accepts = self.n.get("kernel.accept", 0) or self.app_events.get("accept", 0)

@@ -19,11 +19,12 @@ class Log2Histogram:
         self.max = 0
 
     def add(self, value: int) -> None:
-        b = max(value, 0).bit_length()
+        b = value.bit_length() if value > 0 else 0
         self.buckets[b] = self.buckets.get(b, 0) + 1
         self.count += 1
         self.total += value
-        self.max = max(self.max, value)
+        if value > self.max:
+            self.max = value
 
     def quantile(self, q: float) -> int:
         """Upper bound of the bucket holding the q-quantile (0 when empty)."""

@@ -44,17 +44,21 @@ def _us_round(ns: int) -> float:
 
 
 def _event_line(row: dict[str, Any]) -> bytes:
-    line = dumps(row)
-    # orjson writes NaN and infinities as null (json: NaN), so a row with more
-    # nulls than None values may hold one, or a None nested deeper (an owner
-    # without an fd): either way json writes it. Only the probes' and actors'
-    # own fields can carry a NaN; the correlator's never do.
-    nones = list(row.values()).count(None)
-    owner = row.get("owner")
-    if type(owner) is dict:
-        nones += list(owner.values()).count(None)
-    if line.count(b"null") == nones:
-        return line
+    """dumps() for a timeline row, one more check: orjson writes NaN and
+    infinities as null (json: NaN), so a row with more nulls than None values
+    may hold one, or a None nested deeper (an owner without an fd): either way
+    json writes it. Only the probes' and actors' own fields can carry a NaN."""
+    try:
+        line = orjson.dumps(row, default=str, option=_OPTS)
+    except (orjson.JSONEncodeError, TypeError):
+        return _json(row).encode()
+    if line.isascii() and b"e-" not in line and b"0.0000" not in line and b"\x7f" not in line:
+        nones = list(row.values()).count(None)
+        owner = row.get("owner")
+        if type(owner) is dict:
+            nones += list(owner.values()).count(None)
+        if line.count(b"null") == nones:
+            return line
     return _json(row).encode()
 
 
