@@ -111,7 +111,7 @@ key=$(cat "$conf" "$kdir/build-image.sh" "$kdir/initrd-init.sh" "$deps" | sha256
 image=$cache/$kernel-$key
 if [ "$rebuild" -eq 1 ] || [ ! -f "$image/rootfs.ext4" ]; then
     build_start=$SECONDS
-    say "building the $kernel image (cold: about 10 minutes) into $image"
+    say "building the $kernel image (3-4 minutes, network needed) into $image"
     rm -rf "$image.new"
     bash "$kdir/build-image.sh" "$conf" "$deps" "$image.new"
     rm -rf "$image"
