@@ -40,9 +40,9 @@ RINGBUF_SINCE = (5, 8)
 MMAP_READER = platform.machine() in ("x86_64", "amd64")
 # tcp_state sees ~10 events per connection; at ~18k connections/s that is
 # ~15 MB/s of 88-byte records. On 2 shared cores the reader was measured
-# descheduled for up to 1.2 s at a time (its whole process, at any nice
-# value), which 4 MiB (~250 ms) did not ride out: 32 MiB (~2 s) does. It costs
-# 32 MiB of kernel memory per probe process and nothing per event.
+# descheduled for 100-190 ms at a time, once 1.2 s (at nice -5 too), which
+# 4 MiB (~250 ms) did not ride out: 32 MiB (~2 s) does. It costs 32 MiB of
+# kernel memory per probe process and nothing per event.
 RING_PAGES = {"tcp_state": 8192, "accept": 1024, "epoll": 1024}
 # At most this much is decoded per read, so that a full ring cannot hold the
 # caller's loop (heartbeats, commands) for long; what is left is read at
