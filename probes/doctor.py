@@ -46,7 +46,13 @@ class Check:
 
 
 def headers_release(build: Path) -> str | None:
-    for f in (build / "include/config/kernel.release", build / "include/generated/utsrelease.h"):
+    """The `uname -r` a kernel built from these headers reports: UTS_RELEASE.
+
+    utsrelease.h comes first because distributions rewrite kernel.release:
+    Debian's 6.1.0-56-amd64 headers hold "6.1.192" there but UTS_RELEASE
+    "6.1.0-56-amd64", which is what the running kernel reports.
+    """
+    for f in (build / "include/generated/utsrelease.h", build / "include/config/kernel.release"):
         try:
             text = f.read_text().strip()
         except OSError:

@@ -59,8 +59,14 @@ for mode in "${modes[@]}"; do
     TCPLAB_ATTACH=$mode tcplab doctor 2>&1 | tee "$out/doctor-$mode.log"
     echo "${PIPESTATUS[0]}" >"$out/doctor-$mode.rc"
     step "pytest with TCPLAB_ATTACH=$mode: ${args[*]}"
-    TCPLAB_ATTACH=$mode TCPLAB_REQUIRE_BPF=1 \
-        python -m pytest -ra --durations=10 -p no:cacheprovider "${args[@]}" 2>&1 | tee "$out/pytest-$mode.log"
+    # Software emulation runs everything about 10x slower (clang compiling BPF
+    # against kernel headers most): the tests scale their deadlines by
+    # TCPLAB_TEST_SLOW. pytest-timeout's 300 s per test (pyproject) becomes
+    # 900 s, not 3000: a hung test must fail by itself well inside the host's
+    # 2400 s guard on the whole VM, or no result of either mode comes back.
+    TCPLAB_ATTACH=$mode TCPLAB_REQUIRE_BPF=1 TCPLAB_TEST_SLOW=10 \
+        python -m pytest -ra --durations=10 -p no:cacheprovider --timeout=900 "${args[@]}" 2>&1 |
+        tee "$out/pytest-$mode.log"
     echo "${PIPESTATUS[0]}" >"$out/pytest-$mode.rc"
 done
 
