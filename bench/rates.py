@@ -314,8 +314,8 @@ def full_lab(count: int, rounds: int, fig: BomberFigures) -> tuple[Row, dict[str
                     if last_run is not None:
                         shutil.rmtree(last_run, ignore_errors=True)
                     last_run = lab.execute()
-                    done = lab.tally.progress.get("bomber", {})
-                    if not done.get("done"):
+                    done = lab.tally.finished.get("bomber")
+                    if done is None:
                         raise BenchError(f"the lab's bomber did not finish: see {last_run}")
                     lab_rates.append(float(done["per_s"]))
                     ledger = lab.hub.events_ledger

@@ -50,6 +50,9 @@ class Tally:
     kernel_drops: int = 0
     states: dict[str, int] = field(default_factory=dict)
     progress: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Final reports of actors that said their work is done: kept apart from
+    # `progress`, which the next periodic report (without `done`) replaces.
+    finished: dict[str, dict[str, Any]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
     def add(self, env: Envelope) -> None:
@@ -68,6 +71,8 @@ class Tally:
                 self.kernel_drops = sum(int(p.get("drops", 0)) for p in programs.values())
             else:
                 self.progress[source] = body
+                if body.get("done"):
+                    self.finished[source] = body
 
 
 class LabRun:
@@ -200,7 +205,7 @@ class LabRun:
 
     def _done(self, name: str) -> bool:
         """The actor finished its work (said so in its progress), or ended."""
-        return bool(self.tally.progress.get(name, {}).get("done")) or self._ended(name)
+        return name in self.tally.finished or self._ended(name)
 
     def _ended(self, name: str) -> bool:
         """The actor said eof or its process is gone: nothing more will come."""
