@@ -20,6 +20,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -417,6 +418,10 @@ def test_counters_count_every_event_and_no_drops(collector: Collector) -> None:
         c = socket.create_connection(("127.0.0.1", port))
         s, _ = srv.accept()
         c.close()
+        # The FIN is in before the child closes: a child closing first (seen
+        # under emulation, where loopback delivery can lag) closes
+        # simultaneously, through other states.
+        assert s.recv(1) == b""
         s.close()
     srv.close()
     collector.wait(closes(101), "every close")
@@ -452,6 +457,7 @@ def test_ring_wraps_around_without_losing_or_garbling_records(
             c = socket.create_connection(("127.0.0.1", port))
             s, _ = srv.accept()
             c.close()
+            assert s.recv(1) == b""  # as in test_counters: no simultaneous close
             s.close()
             if i % 300 == 0:
                 probes.poll(0)
@@ -465,13 +471,10 @@ def test_ring_wraps_around_without_losing_or_garbling_records(
     assert stats["drops"] == 0
     per_conn, per_listener = len(expected(CLIENT + SERVER_CHILD)), len(expected(LISTENER))
     assert len(events) == stats["events"] == per_conn * n + per_listener
-    per_socket: dict[int, list[tuple[str, str]]] = {}
-    for e in events:
-        per_socket.setdefault(e["skaddr"], []).append((e["old"], e["new"]))
-    # Addresses of freed sockets are reused: count whole lifecycles instead.
-    flat = [t for seq in per_socket.values() for t in seq]
-    assert flat.count(("CLOSE", "SYN_SENT")) == n
-    assert flat.count(("LAST_ACK", "CLOSE")) == n
+    # Every lifecycle whole: each transition of a connection n times, the
+    # listener's once (addresses of freed sockets are reused, so count them).
+    lifecycles = Counter(expected(CLIENT + SERVER_CHILD) * n + expected(LISTENER))
+    assert Counter((e["old"], e["new"]) for e in events) == lifecycles
     assert [e["ts"] for e in events] == sorted(e["ts"] for e in events)
 
 
@@ -574,8 +577,10 @@ def test_fast_decoder_gives_exactly_the_dicts_of_bccs_own_decoding(
     srv6 = socket.create_server(("::1", 0), family=socket.AF_INET6)
     cli6 = socket.create_connection(("::1", srv6.getsockname()[1]))
     child6, _ = srv6.accept()
-    for s in (cli6, child6, srv6):
-        s.close()
+    cli6.close()
+    assert child6.recv(1) == b""  # no simultaneous close: the transitions are fixed
+    child6.close()
+    srv6.close()
 
     def everything(evs: list[Event]) -> bool:
         return (
