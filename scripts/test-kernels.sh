@@ -13,7 +13,7 @@
 #     --kernel NAME  scripts/kernels/NAME.conf (default: debian12)
 #     --rebuild      rebuild the cached image even though its inputs did not change
 #     --timeout S    wall-clock limit for the VM run (default 2400: a hang guard;
-#                    a warm run takes about 20 minutes)
+#                    a warm run takes about 16 minutes)
 #     PYTEST_ARGS    instead of the probe tests (tests/test_probe*.py)
 # Environment: TCPLAB_VM_CPUS (2), TCPLAB_VM_MEM (2048 MiB), TCPLAB_VM_ACCEL
 # (tcg), TCPLAB_CACHE (/var/cache/tcplab), TCPLAB_DEBIAN_MIRROR.
