@@ -12,6 +12,7 @@ import argparse
 import selectors
 import socket
 from dataclasses import dataclass, field
+from typing import Any
 
 from actors import runtime
 from actors.runtime import Runtime, UsageError, error_fields, raise_nofile, sock_fields
@@ -23,7 +24,7 @@ MAX_LINE = 64 * 1024  # a client that never sends a newline must not grow us for
 @dataclass
 class Conn:
     sock: socket.socket
-    fields: dict[str, object]
+    fields: dict[str, Any]
     inbuf: bytearray = field(default_factory=bytearray)
     outbuf: bytearray = field(default_factory=bytearray)
     echoes: int = 0
