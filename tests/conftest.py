@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from bus.endpoints import Endpoints, ipc_endpoints, make_run_dir
+from bus.transport import Hub
 
 REQUIRE = os.environ.get("TCPLAB_REQUIRE_BPF") == "1"
 GUARDED = ("root", "bpf", "netns")
@@ -57,3 +61,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
 def pytest_report_header(config: pytest.Config) -> str:
     mode = "required (skips fail)" if REQUIRE else "optional (skipped when missing)"
     return f"tcplab: root/bpf/netns tests {mode}; euid={os.geteuid()}"
+
+
+@pytest.fixture
+def endpoints(tmp_path: Path) -> Endpoints:
+    """A private bus directory (mode 0700) for one test."""
+    return ipc_endpoints(make_run_dir(str(tmp_path)))
+
+
+@pytest.fixture
+def hub(endpoints: Endpoints) -> Iterator[Hub]:
+    """The orchestrator's end of the bus; its sockets close with linger 0."""
+    h = Hub(endpoints.events, endpoints.control, heartbeat_s=0.1)
+    yield h
+    h.close()

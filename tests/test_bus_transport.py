@@ -8,13 +8,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import zmq
 
-from bus.endpoints import Endpoints, ipc_endpoints, make_run_dir
+from bus.endpoints import Endpoints
 from bus.schema import Envelope, Gap, Kind, Sequencer, encode
 from bus.transport import BusError, Channel, EventSender, Hub
 
@@ -46,16 +45,6 @@ while True:
 """
 
 
-@pytest.fixture
-def endpoints(tmp_path: Path) -> Endpoints:
-    return ipc_endpoints(make_run_dir(str(tmp_path)))
-
-
-@pytest.fixture
-def hub(endpoints: Endpoints) -> Iterator[Hub]:
-    h = Hub(endpoints.events, endpoints.control, heartbeat_s=0.1)
-    yield h
-    h.close()
 
 
 @pytest.fixture

@@ -11,12 +11,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bus.endpoints import Endpoints, ipc_endpoints, make_run_dir
+from bus.endpoints import Endpoints
 from bus.schema import Envelope, Kind
 from bus.transport import Channel, Hub
 
@@ -30,16 +29,6 @@ DEADLINE_S = 30.0 * SLOW
 OUR_PROGRAMS = ("tp_", "kp_")
 
 
-@pytest.fixture
-def endpoints(tmp_path: Path) -> Endpoints:
-    return ipc_endpoints(make_run_dir(str(tmp_path)))
-
-
-@pytest.fixture
-def hub(endpoints: Endpoints) -> Iterator[Hub]:
-    h = Hub(endpoints.events, endpoints.control, heartbeat_s=0.2)
-    yield h
-    h.close()  # closes its sockets with linger 0
 
 
 @pytest.fixture
