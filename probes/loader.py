@@ -726,30 +726,6 @@ def cflags(name: str, mode: str, delivery: str) -> list[str]:
     return flags
 
 
-def kprobe_functions(name: str) -> list[str]:
-    """The BPF functions of a probe's kprobe variant (for load-only checks)."""
-    if name == "tcp_state":
-        return ["kp_tcp_set_state"]
-    fns: list[str] = []
-    for _call, enter_fn, exit_fn in KPROBE_SYSCALLS[name]:
-        fns += [f for f in (enter_fn, exit_fn) if f not in fns]
-    return fns
-
-
-def verify_kprobe_variant(name: str, delivery: str = "ringbuf") -> list[str]:
-    """Compile a probe's kprobe variant and load every function through the
-    verifier without attaching it. Returns the loaded function names."""
-    from bcc import BPF
-
-    b = BPF(text=program_text(name).encode(), cflags=cflags(name, "kprobe", delivery))
-    try:
-        for fn in kprobe_functions(name):
-            b.load_func(fn.encode(), BPF.KPROBE)
-        return kprobe_functions(name)
-    finally:
-        b.cleanup()
-
-
 class ProbeSet:
     """Every attachable probe, compiled once, drained together."""
 

@@ -14,6 +14,8 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # no display: render to SVG only
+# Element ids from a fixed salt and no date: the same run gives the same page.
+matplotlib.rcParams["svg.hashsalt"] = "tcplab"
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
@@ -62,7 +64,7 @@ def _e(x: Any) -> str:
 
 def _svg(fig: Figure) -> str:
     buf = io.StringIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight")
+    fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
     plt.close(fig)
     text = buf.getvalue()
     # Drop the XML prolog and doctype: inline SVG in HTML starts at <svg.

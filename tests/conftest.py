@@ -36,7 +36,21 @@ def _missing(marker: str) -> str | None:
     return None
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "needs(program): runs `program` (a skip without it, a failure under TCPLAB_REQUIRE_BPF=1)",
+    )
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
+    for mark in item.iter_markers("needs"):
+        program = mark.args[0]
+        if shutil.which(program) is None:
+            reason = f"{program} is not installed: run `sudo scripts/provision.sh`"
+            if REQUIRE:
+                pytest.fail(f"TCPLAB_REQUIRE_BPF=1 and this test cannot run: {reason}", False)
+            pytest.skip(reason)
     for marker in GUARDED:
         if item.get_closest_marker(marker) is None:
             continue

@@ -45,8 +45,6 @@ while True:
 """
 
 
-
-
 @pytest.fixture
 def spawn(endpoints: Endpoints) -> Iterator[list[subprocess.Popen[bytes]]]:
     procs: list[subprocess.Popen[bytes]] = []

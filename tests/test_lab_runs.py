@@ -94,8 +94,9 @@ def _probe_programs() -> set[int]:
 
     CI runs tests one at a time, so a probe program loaded during the test
     and still there after it is ours."""
-    out = subprocess.run(["bpftool", "-j", "prog", "list"], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(
+        ["bpftool", "-j", "prog", "list"], capture_output=True, text=True, check=True
+    )
     return {p["id"] for p in json.loads(out.stdout) if str(p.get("name", "")).startswith("tp_")}
 
 
@@ -104,9 +105,20 @@ def test_ctrl_c_mid_run_records_and_leaves_nothing_behind(tmp_path: Path) -> Non
     namespace, BPF program or bus socket of the run remains."""
     before = _probe_programs()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", "run", "bomb", "--json", "--runs-dir",
-         str(tmp_path)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "orchestrator",
+            "run",
+            "bomb",
+            "--json",
+            "--runs-dir",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     assert proc.stdout is not None
     # The JSON view prints a status line a second: interrupt once the bomb runs.

@@ -29,8 +29,6 @@ DEADLINE_S = 30.0 * SLOW
 OUR_PROGRAMS = ("tp_", "kp_")
 
 
-
-
 @pytest.fixture
 def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
     started: list[subprocess.Popen[bytes]] = []

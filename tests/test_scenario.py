@@ -29,13 +29,19 @@ def test_unknown_scenario_names_the_known_ones() -> None:
     ("text", "message"),
     [
         ("name = 'x'\nsummary = 's'\nactors = []\nphases = []\n", "at least one phase"),
-        ("name = 'x'\nsummary = 's'\nactors = [{name='a', role='wizard'}]\nphases = []\n",
-         "role 'wizard'"),
-        ("name = 'x'\nsummary = 's'\nactors = []\n"
-         "phases = [{name='p', duration_s=1, commands=[{actor='ghost', name='start'}]}]\n",
-         "no actor named 'ghost'"),
-        ("name = 'x'\nsummary = 's'\nactors = []\nphases = [{name='p', duration_s=0}]\n",
-         "duration_s"),
+        (
+            "name = 'x'\nsummary = 's'\nactors = [{name='a', role='wizard'}]\nphases = []\n",
+            "role 'wizard'",
+        ),
+        (
+            "name = 'x'\nsummary = 's'\nactors = []\n"
+            "phases = [{name='p', duration_s=1, commands=[{actor='ghost', name='start'}]}]\n",
+            "no actor named 'ghost'",
+        ),
+        (
+            "name = 'x'\nsummary = 's'\nactors = []\nphases = [{name='p', duration_s=0}]\n",
+            "duration_s",
+        ),
         ("name = \n", "x.toml"),
     ],
 )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.skipif(shutil.which("vagrant") is None, reason="vagrant is not installed here")
+@pytest.mark.needs("vagrant")
 def test_vagrant_validate_passes() -> None:
     out = subprocess.run(
         ["vagrant", "validate"], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
