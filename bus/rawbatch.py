@@ -1,0 +1,303 @@
+"""Raw kernel records on the bus: the KERNEL_RAW batch body and its decoding.
+
+The probe process ships what the BPF programs write into their ring
+buffers as it is: the bytes of N records of one C struct from
+probes/events.h, back to back, with a description of that struct's layout
+(field names, numpy formats, offsets, record size). The description is
+derived from the ctypes class bcc parses out of events.h (probes/layout.py),
+so the C struct stays the one definition; it travels with every batch, so a
+recording decodes offline, from any batch on, without bcc.
+
+    body = {"probe": "tcp_state", "layout": Layout, "records": bytes}
+
+Decoding is vectorised: `decode_batch(body)` is one `np.frombuffer` over the
+records with the layout's structured dtype (memoized by the layout's id),
+whose field names are those of events.h (ts, skaddr, pid, ..., oldstate,
+newstate, saddr, daddr for tcp_state_event). `events(probe, records)` turns
+such an array into the dicts of bus/records.py (`tcplab watch`, the dict
+correlator); addresses and command names are converted once per distinct
+value, not per record.
+
+Pure code: numpy and the standard library only, so that the correlator and
+`tcplab report` read a recording on a machine without bcc.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import socket
+from collections.abc import Callable, Mapping
+from typing import Any, TypedDict
+
+import numpy as np
+
+from bus.records import TCP_STATES
+
+# The syscall numbering of accept_event.syscall and epoll_call_event.syscall:
+# the position in these tuples. probes/program.py hands them to the C code as
+# -D flags (TCPLAB_SYS_ACCEPT4=1, ...), so this is their one definition.
+ACCEPT_SYSCALLS = ("accept", "accept4")
+EPOLL_SYSCALLS = ("epoll_wait", "epoll_pwait", "epoll_pwait2")
+
+# The numpy formats a layout may use: little- or big-endian integers, byte
+# strings (char arrays), opaque bytes, and fixed-size arrays of those. Never
+# objects: a description comes from the wire.
+_FORMAT = re.compile(r"(\(\d{1,4},\))?([<>|][ui][1248]|\|S\d{1,4}|\|V\d{1,4})")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+MAX_ITEMSIZE = 4096
+# A lab run sees three layouts; a hostile sender could invent more.
+_MEMO_LIMIT = 64
+
+
+class RawBatchError(ValueError):
+    """A KERNEL_RAW body that cannot be decoded; the message says why."""
+
+
+class Layout(TypedDict):
+    """One C struct's layout, as numpy describes a structured dtype."""
+
+    id: str  # a hash of the other fields: the key receivers memoize the dtype by
+    names: list[str]
+    formats: list[str]
+    offsets: list[int]
+    itemsize: int
+
+
+def _digest(names: Any, formats: Any, offsets: Any, itemsize: Any) -> str:
+    text = json.dumps([names, formats, offsets, itemsize], separators=(",", ":"))
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def make_layout(names: list[str], formats: list[str], offsets: list[int], itemsize: int) -> Layout:
+    """A layout with its id; raises RawBatchError where numpy would not take it."""
+    layout = Layout(
+        id=_digest(names, formats, offsets, itemsize),
+        names=list(names),
+        formats=list(formats),
+        offsets=list(offsets),
+        itemsize=itemsize,
+    )
+    _build_dtype(layout)
+    return layout
+
+
+# id -> (the description it was checked against, its dtype)
+_DTYPES: dict[str, tuple[tuple[Any, ...], np.dtype[Any]]] = {}
+
+
+def dtype_of(layout: Mapping[str, Any]) -> np.dtype[Any]:
+    """The structured dtype a layout describes: built and checked against its id
+    once, then memoized by id (a batch costs a lookup and a list comparison)."""
+    if not isinstance(layout, Mapping):
+        raise RawBatchError("layout is not a map")
+    key = layout.get("id")
+    desc = (
+        layout.get("names"),
+        layout.get("formats"),
+        layout.get("offsets"),
+        layout.get("itemsize"),
+    )
+    known = _DTYPES.get(key) if isinstance(key, str) else None
+    if known is not None and known[0] == desc:
+        return known[1]
+    dt = _build_dtype(layout)
+    if key != _digest(*desc):
+        raise RawBatchError(f"layout id {key!r} is not the hash of its description")
+    if len(_DTYPES) >= _MEMO_LIMIT:
+        _DTYPES.clear()
+    _DTYPES[key] = (desc, dt)
+    return dt
+
+
+def _build_dtype(layout: Mapping[str, Any]) -> np.dtype[Any]:
+    names, formats = layout.get("names"), layout.get("formats")
+    offsets, itemsize = layout.get("offsets"), layout.get("itemsize")
+    if not (
+        isinstance(names, list)
+        and isinstance(formats, list)
+        and isinstance(offsets, list)
+        and len(names) == len(formats) == len(offsets) > 0
+    ):
+        raise RawBatchError("layout needs names, formats and offsets: lists of one length")
+    if type(itemsize) is not int or not 0 < itemsize <= MAX_ITEMSIZE:
+        raise RawBatchError(f"layout itemsize {itemsize!r} is not 1..{MAX_ITEMSIZE}")
+    for n, f, o in zip(names, formats, offsets, strict=True):
+        if not (isinstance(n, str) and _NAME.fullmatch(n)):
+            raise RawBatchError(f"layout field name {n!r} is not an identifier")
+        if not (isinstance(f, str) and _FORMAT.fullmatch(f)):
+            raise RawBatchError(f"layout field {n} has format {f!r}: not a plain scalar")
+        if type(o) is not int or o < 0:
+            raise RawBatchError(f"layout field {n} has offset {o!r}")
+    try:
+        dt = np.dtype(
+            {"names": names, "formats": formats, "offsets": offsets, "itemsize": itemsize}
+        )
+    except (ValueError, TypeError) as e:
+        raise RawBatchError(f"layout is not a valid record: {e}") from None
+    fields: Mapping[str, Any] = dt.fields or {}
+    if any(o + fields[n][0].itemsize > itemsize for n, o in zip(names, offsets, strict=True)):
+        raise RawBatchError("layout has a field beyond the record's size")
+    return dt
+
+
+def make_body(probe: str, layout: Layout, records: bytes) -> dict[str, Any]:
+    """The KERNEL_RAW body for `records`: whole records of `layout`, back to back."""
+    return {"probe": probe, "layout": layout, "records": records}
+
+
+def decode_batch(body: Mapping[str, Any]) -> np.ndarray:
+    """A KERNEL_RAW body as a numpy structured array, one row per record, with
+    the field names of events.h. A view of the body's bytes (read-only): copy
+    it to keep it beyond the body. Raises RawBatchError."""
+    records = body.get("records")
+    if not isinstance(records, bytes | bytearray | memoryview):
+        raise RawBatchError("records is not bytes")
+    dt = dtype_of(body.get("layout"))  # type: ignore[arg-type]
+    if len(records) % dt.itemsize:
+        raise RawBatchError(f"{len(records)} bytes are not whole records of {dt.itemsize}")
+    return np.frombuffer(records, dtype=dt)
+
+
+def count(body: Mapping[str, Any]) -> int:
+    """How many records a (valid) KERNEL_RAW body holds, without decoding it."""
+    return len(body["records"]) // int(body["layout"]["itemsize"])
+
+
+# ---------------------------------------------------------------- columns
+
+
+def _per_distinct(values: np.ndarray, convert: Callable[[Any], str]) -> list[str]:
+    """convert() applied once per distinct value, the results spread back."""
+    if values.size == 0:
+        return []
+    uniq, inverse = np.unique(values, return_inverse=True)
+    texts = np.array([convert(v) for v in uniq.tolist()], dtype=object)
+    out: list[str] = texts[inverse.reshape(-1)].tolist()
+    return out
+
+
+def _addr(key: tuple[int, bytes]) -> str:
+    family, raw = key
+    if family == socket.AF_INET:
+        return socket.inet_ntop(socket.AF_INET, raw[:4])
+    if family == socket.AF_INET6:
+        return socket.inet_ntop(socket.AF_INET6, raw[:16])
+    return ""
+
+
+def addr_text(family: np.ndarray, addr: np.ndarray) -> list[str]:
+    """Text addresses ("127.0.0.1", "::1", "" for other families) of a family
+    column and a column of 16-byte address images (u8[16] in events.h)."""
+    key = np.empty(len(family), dtype=[("family", "<u2"), ("addr", "V16")])
+    key["family"] = family
+    key["addr"] = (
+        np.ascontiguousarray(addr, dtype=np.uint8).reshape(len(family), 16).view("V16")[:, 0]
+    )
+    return _per_distinct(key, lambda k: _addr((k[0], bytes(k[1]))))
+
+
+def comm_text(comm: np.ndarray) -> list[str]:
+    """Command names of a char[16] column, cut at the first NUL as the kernel ends them."""
+    return _per_distinct(comm, lambda raw: raw.split(b"\0", 1)[0].decode(errors="replace"))
+
+
+# u8 state -> name; numbers a newer kernel adds come out as digits.
+_STATE_NAMES = np.array(
+    [TCP_STATES[n] if n < len(TCP_STATES) else str(n) for n in range(256)], dtype=object
+)
+
+
+def state_names(states: np.ndarray) -> list[str]:
+    out: list[str] = _STATE_NAMES[states.astype(np.intp)].tolist()
+    return out
+
+
+def _names(table: tuple[str, ...], codes: np.ndarray) -> list[str]:
+    names = np.array(list(table) + [str(n) for n in range(len(table), 256)], dtype=object)
+    out: list[str] = names[codes.astype(np.intp)].tolist()
+    return out
+
+
+def state_balance(records: np.ndarray) -> np.ndarray:
+    """Per TCP state number (256 slots), the sockets that entered it minus
+    those that left it in these tcp_state records: summed over batches, how
+    many sockets are in each state now, of those the probes saw change."""
+    new = np.bincount(records["newstate"], minlength=256)
+    old = np.bincount(records["oldstate"], minlength=256)
+    out: np.ndarray = new - old
+    return out
+
+
+# ---------------------------------------------------------------- dicts
+
+
+def events(probe: str, records: np.ndarray) -> list[dict[str, Any]]:
+    """The records of one batch as bus/records.py dicts (TcpStateEvent,
+    AcceptEvent, EpollEvent), built column by column."""
+    r = records
+    if probe == "tcp_state":
+        cols = {
+            "ts": r["ts"].tolist(),
+            "skaddr": r["skaddr"].tolist(),
+            "cpu_pid": r["pid"].tolist(),
+            "cpu_tid": r["tid"].tolist(),
+            "cpu_comm": comm_text(r["comm"]),
+            "family": r["family"].tolist(),
+            "saddr": addr_text(r["family"], r["saddr"]),
+            "sport": r["sport"].tolist(),
+            "daddr": addr_text(r["family"], r["daddr"]),
+            "dport": r["dport"].tolist(),
+            "old": state_names(r["oldstate"]),
+            "new": state_names(r["newstate"]),
+        }
+    elif probe == "accept":
+        cols = {
+            "ts": r["ts"].tolist(),
+            "pid": r["pid"].tolist(),
+            "tid": r["tid"].tolist(),
+            "comm": comm_text(r["comm"]),
+            "syscall": _names(ACCEPT_SYSCALLS, r["syscall"]),
+            "lfd": r["lfd"].tolist(),
+            "fd": r["fd"].tolist(),
+            "errno": r["err"].tolist(),
+            "family": r["family"].tolist(),
+            "peer_addr": addr_text(r["family"], r["peer_addr"]),
+            "peer_port": r["peer_port"].tolist(),
+            "dur_ns": r["dur_ns"].tolist(),
+        }
+    elif probe == "epoll":
+        cols = {
+            "ts": r["ts"].tolist(),
+            "pid": r["pid"].tolist(),
+            "tid": r["tid"].tolist(),
+            "comm": comm_text(r["comm"]),
+            "syscall": _names(EPOLL_SYSCALLS, r["syscall"]),
+            "epfd": r["epfd"].tolist(),
+            "maxevents": r["maxevents"].tolist(),
+            "timeout_ms": r["timeout_ms"].tolist(),
+            "ready": r["ready"].tolist(),
+            "errno": r["err"].tolist(),
+            "dur_ns": r["dur_ns"].tolist(),
+        }
+    else:
+        raise RawBatchError(f"unknown probe {probe!r}: tcp_state, accept or epoll")
+    keys = ["type", *cols]
+    return [
+        dict(zip(keys, row, strict=True))
+        for row in zip([probe] * len(r), *cols.values(), strict=True)
+    ]
+
+
+def batch_events(body: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A KERNEL_RAW body's records as bus/records.py dicts. Raises RawBatchError."""
+    probe = body.get("probe")
+    if not isinstance(probe, str):
+        raise RawBatchError("probe is not a string")
+    try:
+        return events(probe, decode_batch(body))
+    except (ValueError, KeyError) as e:  # a field events.h must have is missing
+        if isinstance(e, RawBatchError):
+            raise
+        raise RawBatchError(f"{probe} records lack a field: {e}") from None

@@ -1,0 +1,204 @@
+"""bus/rawbatch.py without bcc: raw records packed here by hand, the way the
+C compiler lays out probes/events.h, decode to the expected columns and dicts.
+
+The layouts below are written from the C structs (offsets by the C rules:
+each field at a multiple of its size); the real programs' layouts come
+from bcc's parsed struct and are checked against bcc's own decoding in
+tests/test_probe_kernel.py.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from typing import Any
+
+import numpy as np
+import pytest
+
+from bus.rawbatch import (
+    RawBatchError,
+    batch_events,
+    count,
+    decode_batch,
+    dtype_of,
+    make_body,
+    make_layout,
+    state_balance,
+)
+
+# struct tcp_state_event: u64 ts, u64 skaddr, u32 pid, u32 tid, char comm[16],
+# u16 family, u16 sport, u16 dport, u8 oldstate, u8 newstate, u8 saddr[16], u8 daddr[16].
+TCP_STATE = make_layout(
+    ["ts", "skaddr", "pid", "tid", "comm", "family", "sport", "dport", "oldstate", "newstate",
+     "saddr", "daddr"],
+    ["<u8", "<u8", "<u4", "<u4", "|S16", "<u2", "<u2", "<u2", "|u1", "|u1", "(16,)|u1",
+     "(16,)|u1"],
+    [0, 8, 16, 20, 24, 40, 42, 44, 46, 47, 48, 64],
+    80,
+)  # fmt: skip
+TCP_STATE_PACK = struct.Struct("<QQII16sHHHBB16s16s")
+
+# struct accept_event: u64 ts, u64 dur_ns, u32 pid, u32 tid, char comm[16], s32 lfd,
+# s32 fd, s32 err, u16 family, u16 peer_port, u8 peer_addr[16], u8 syscall, u8 pad[7].
+ACCEPT = make_layout(
+    ["ts", "dur_ns", "pid", "tid", "comm", "lfd", "fd", "err", "family", "peer_port",
+     "peer_addr", "syscall", "pad"],
+    ["<u8", "<u8", "<u4", "<u4", "|S16", "<i4", "<i4", "<i4", "<u2", "<u2", "(16,)|u1", "|u1",
+     "(7,)|u1"],
+    [0, 8, 16, 20, 24, 40, 44, 48, 52, 54, 56, 72, 73],
+    80,
+)  # fmt: skip
+ACCEPT_PACK = struct.Struct("<QQII16siiiHH16sB7x")
+
+# struct epoll_call_event: u64 ts, u64 dur_ns, u32 pid, u32 tid, char comm[16],
+# s32 epfd, s32 maxevents, s32 timeout_ms, s32 ready, s32 err, u8 syscall, u8 pad[3].
+EPOLL = make_layout(
+    ["ts", "dur_ns", "pid", "tid", "comm", "epfd", "maxevents", "timeout_ms", "ready", "err",
+     "syscall", "pad"],
+    ["<u8", "<u8", "<u4", "<u4", "|S16", "<i4", "<i4", "<i4", "<i4", "<i4", "|u1", "(3,)|u1"],
+    [0, 8, 16, 20, 24, 40, 44, 48, 52, 56, 60, 61],
+    64,
+)  # fmt: skip
+EPOLL_PACK = struct.Struct("<QQII16siiiiiB3x")
+
+V6_LOOP = socket.inet_pton(socket.AF_INET6, "::1")
+V4_LOOP = socket.inet_aton("127.0.0.1").ljust(16, b"\0")
+V4_OTHER = socket.inet_aton("198.18.0.2").ljust(16, b"\0")
+
+
+def test_tcp_state_records_decode_to_columns_and_dicts() -> None:
+    """Every field, IPv4 and IPv6, a command name with bytes after its NUL,
+    and a state number this build does not know (a newer kernel's)."""
+    raw = b"".join(
+        [
+            TCP_STATE_PACK.pack(10, 0xFFFF8881, 7, 8, b"python", 2, 0, 8080, 7, 2, V4_LOOP,
+                                V4_LOOP),
+            TCP_STATE_PACK.pack(11, 0xFFFF8882, 0, 0, b"swapper/1\0junk", 10, 5001, 22, 1, 4,
+                                V6_LOOP, V6_LOOP),
+            TCP_STATE_PACK.pack(12, 0xFFFF8881, 7, 9, b"python", 2, 40000, 8080, 2, 99,
+                                V4_OTHER, V4_LOOP),
+        ]
+    )  # fmt: skip
+    body = make_body("tcp_state", TCP_STATE, raw)
+    records = decode_batch(body)
+    assert count(body) == len(records) == 3
+    assert records["ts"].tolist() == [10, 11, 12]
+    assert records["newstate"].tolist() == [2, 4, 99]
+    assert records["saddr"][2, :4].tolist() == [198, 18, 0, 2]
+    assert batch_events(body) == [
+        {"type": "tcp_state", "ts": 10, "skaddr": 0xFFFF8881, "cpu_pid": 7, "cpu_tid": 8,
+         "cpu_comm": "python", "family": 2, "saddr": "127.0.0.1", "sport": 0,
+         "daddr": "127.0.0.1", "dport": 8080, "old": "CLOSE", "new": "SYN_SENT"},
+        {"type": "tcp_state", "ts": 11, "skaddr": 0xFFFF8882, "cpu_pid": 0, "cpu_tid": 0,
+         "cpu_comm": "swapper/1", "family": 10, "saddr": "::1", "sport": 5001,
+         "daddr": "::1", "dport": 22, "old": "ESTABLISHED", "new": "FIN_WAIT1"},
+        {"type": "tcp_state", "ts": 12, "skaddr": 0xFFFF8881, "cpu_pid": 7, "cpu_tid": 9,
+         "cpu_comm": "python", "family": 2, "saddr": "198.18.0.2", "sport": 40000,
+         "daddr": "127.0.0.1", "dport": 8080, "old": "SYN_SENT", "new": "99"},
+    ]  # fmt: skip
+
+
+def test_accept_and_epoll_records_decode_to_dicts() -> None:
+    accept = make_body(
+        "accept",
+        ACCEPT,
+        ACCEPT_PACK.pack(5, 1000, 42, 43, b"server", 3, 7, 0, 10, 5555, V6_LOOP, 1)
+        + ACCEPT_PACK.pack(6, 20, 42, 43, b"server", 3, -1, 11, 0, 0, bytes(16), 0),
+    )
+    assert batch_events(accept) == [
+        {"type": "accept", "ts": 5, "pid": 42, "tid": 43, "comm": "server",
+         "syscall": "accept4", "lfd": 3, "fd": 7, "errno": 0, "family": 10,
+         "peer_addr": "::1", "peer_port": 5555, "dur_ns": 1000},
+        {"type": "accept", "ts": 6, "pid": 42, "tid": 43, "comm": "server",
+         "syscall": "accept", "lfd": 3, "fd": -1, "errno": 11, "family": 0,
+         "peer_addr": "", "peer_port": 0, "dur_ns": 20},
+    ]  # fmt: skip
+    epoll = make_body(
+        "epoll", EPOLL, EPOLL_PACK.pack(9, 200_000_000, 50, 51, b"mux", 4, 16, -1, 3, 0, 2)
+    )
+    assert batch_events(epoll) == [
+        {"type": "epoll", "ts": 9, "pid": 50, "tid": 51, "comm": "mux",
+         "syscall": "epoll_pwait2", "epfd": 4, "maxevents": 16, "timeout_ms": -1,
+         "ready": 3, "errno": 0, "dur_ns": 200_000_000},
+    ]  # fmt: skip
+
+
+def test_an_empty_batch_decodes_to_nothing() -> None:
+    body = make_body("tcp_state", TCP_STATE, b"")
+    assert len(decode_batch(body)) == 0
+    assert batch_events(body) == []
+
+
+def test_state_balance_counts_sockets_per_state() -> None:
+    """Entered minus left per state: one socket now ESTABLISHED, one in FIN_WAIT2."""
+    steps = [(7, 2), (2, 1), (7, 2), (2, 1), (1, 4), (4, 5)]  # CLOSE->SYN_SENT->ESTABLISHED ...
+    raw = b"".join(
+        TCP_STATE_PACK.pack(i, 1, 0, 0, b"", 2, 0, 0, old, new, V4_LOOP, V4_LOOP)
+        for i, (old, new) in enumerate(steps)
+    )
+    balance = state_balance(decode_batch(make_body("tcp_state", TCP_STATE, raw)))
+    assert {n: int(v) for n, v in enumerate(balance) if v} == {7: -2, 1: 1, 5: 1}
+
+
+def test_the_layout_id_is_the_memo_key_and_is_checked() -> None:
+    """The same description gives the same id and dtype; a changed description
+    under a known id is refused on first sight of that id."""
+    again = make_layout(TCP_STATE["names"], TCP_STATE["formats"], TCP_STATE["offsets"], 80)
+    assert again["id"] == TCP_STATE["id"]
+    assert dtype_of(again) is dtype_of(TCP_STATE)
+    forged: dict[str, Any] = dict(EPOLL, itemsize=72, id="0123456789abcdef")
+    with pytest.raises(RawBatchError, match="not the hash of its description"):
+        dtype_of(forged)
+    assert dtype_of(EPOLL).itemsize == 64
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"records": b"\0" * 81}, "81 bytes are not whole records of 80"),
+        ({"records": "text"}, "records is not bytes"),
+        ({"layout": "x"}, "layout is not a map"),
+        ({"probe": 3}, "probe is not a string"),
+        ({"probe": "tcp_probe"}, "unknown probe 'tcp_probe'"),
+        ({"layout": {**TCP_STATE, "formats": ["O"] * 12}}, "not a plain scalar"),
+        ({"layout": {**TCP_STATE, "itemsize": 60}}, "not a valid record|beyond"),
+        ({"layout": {**TCP_STATE, "names": ["ts"]}}, "lists of one length"),
+        ({"layout": {**TCP_STATE, "itemsize": 10**9}}, "is not 1..4096"),
+    ],
+)
+def test_bad_bodies_raise_one_error_type(change: dict[str, Any], reason: str) -> None:
+    body = {**make_body("tcp_state", TCP_STATE, b"\0" * 80), **change}
+    with pytest.raises(RawBatchError, match=reason):
+        batch_events(body)
+
+
+def test_a_layout_without_a_field_the_probe_needs_is_refused() -> None:
+    thin = make_layout(["ts"], ["<u8"], [0], 8)
+    with pytest.raises(RawBatchError, match="tcp_state records lack a field"):
+        batch_events(make_body("tcp_state", thin, b"\0" * 16))
+
+
+def test_decoded_columns_are_numpy_views_of_the_batch() -> None:
+    """No per-record copy: the array reads the body's bytes."""
+    raw = TCP_STATE_PACK.pack(1, 2, 3, 4, b"x", 2, 5, 6, 7, 2, V4_LOOP, V4_LOOP)
+    records = decode_batch(make_body("tcp_state", TCP_STATE, raw))
+    assert isinstance(records, np.ndarray) and records.base is not None
+    assert records.dtype.names is not None and records.dtype.names[:2] == ("ts", "skaddr")
+
+
+def test_layout_of_a_ctypes_class_as_bcc_builds_it() -> None:
+    """probes/layout.py reads the ctypes class bcc makes of events.h (the
+    same type() call, its char and u8 arrays) into the layout stated above."""
+    import ctypes as ct
+
+    from probes.layout import layout_of
+
+    fields = [
+        ("ts", ct.c_ulonglong), ("skaddr", ct.c_ulonglong), ("pid", ct.c_uint),
+        ("tid", ct.c_uint), ("comm", ct.c_char * 16), ("family", ct.c_ushort),
+        ("sport", ct.c_ushort), ("dport", ct.c_ushort), ("oldstate", ct.c_ubyte),
+        ("newstate", ct.c_ubyte), ("saddr", ct.c_ubyte * 16), ("daddr", ct.c_ubyte * 16),
+    ]  # fmt: skip
+    cls = type("", (ct.Structure,), {"_fields_": fields})
+    assert layout_of(cls) == TCP_STATE
