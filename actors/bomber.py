@@ -27,6 +27,7 @@ from typing import Any
 
 from actors import runtime
 from actors.runtime import Runtime, UsageError, error_fields, parse_hostport, sock_fields
+from lab.link import LAB_NET
 
 LAB_PREFIX = "tcplab-"
 # Failure records per errno per second; the rest are only counted (STATS
@@ -55,8 +56,19 @@ def _local_addresses() -> set[str]:
         return {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr()}
 
 
+def _lab_link_peers() -> list[ipaddress.IPv4Network]:
+    """Subnets in 198.18.0.0/15 (a lab link's range) of this namespace's addresses."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        nets = [ipaddress.ip_interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}").network
+                for a in ipr.get_addr(family=socket.AF_INET)]
+    return [n for n in nets if isinstance(n, ipaddress.IPv4Network) and n.subnet_of(LAB_NET)]
+
+
 def check_target(host: str) -> None:
-    """Refuse anything but loopback or an address of this lab namespace."""
+    """Refuse anything but loopback, an address of this lab namespace, or
+    the far end of its lab link (198.18.0.0/15, on a subnet of this host)."""
     try:
         addr = ipaddress.ip_address(host)
     except ValueError:
@@ -66,6 +78,8 @@ def check_target(host: str) -> None:
     if addr.is_loopback:
         return
     if _in_lab_namespace() and str(addr) in _local_addresses():
+        return
+    if _in_lab_namespace() and any(addr in net for net in _lab_link_peers()):
         return
     raise UsageError(
         f"refusing to bomb {host}: a port bomb is an attack outside loopback; "

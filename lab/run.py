@@ -23,6 +23,7 @@ from typing import Any
 from bus.endpoints import ipc_endpoints, make_run_dir
 from bus.schema import Envelope, Kind
 from bus.transport import BusError, Channel, Hub
+from lab.hostlab import HostLab
 from lab.live import LiveView
 from lab.netns import LabNamespace, clean_stale
 from lab.recording import Recorder, write_meta
@@ -85,6 +86,7 @@ class LabRun:
         self.phases: list[dict[str, Any]] = []
         self.interrupted = False
         self.phase = "setup"
+        self.hostlab = HostLab(scenario) if scenario.hosts else None
 
     # -- signals ---------------------------------------------------------------
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
@@ -95,6 +97,8 @@ class LabRun:
 
     # -- the run ---------------------------------------------------------------
     def execute(self) -> Path:
+        if self.hostlab is not None:
+            self.hostlab.check()  # before anything is made: one line if the kernel cannot
         self.run_dir.mkdir(parents=True, exist_ok=False)
         self.started_wall = time.time()
         self.started_mono_ns = time.monotonic_ns()
@@ -109,6 +113,8 @@ class LabRun:
         self.view = LiveView(self, self.options.view)
         try:
             self.ns.create()
+            if self.hostlab is not None:
+                self.hostlab.create()
             with self.view:
                 self._start_probes()
                 self._start_actors()
@@ -145,7 +151,8 @@ class LabRun:
         # says ready (a server listens, a pool connects), so a pool listed
         # after its server finds it listening.
         for a in self.scenario.actors:
-            argv = self.ns.command(self._python(f"actors.{a.role}", a.name, a.args))
+            ns = self.hostlab.namespace(a.host) if self.hostlab and a.host else self.ns
+            argv = ns.command(self._python(f"actors.{a.role}", a.name, a.args))
             self.sup.spawn(a.name, a.role, argv)
             self._wait_ready([a.name], ACTOR_READY_S)
         names = [a.name for a in self.scenario.actors]
@@ -191,6 +198,8 @@ class LabRun:
             self.phase = phase.name
             self.phase_started = time.monotonic()
             start_ns = time.monotonic_ns()
+            if self.hostlab is not None:
+                self.hostlab.reshape(phase.link)
             for c in phase.commands:
                 self._command(c.actor, c.name, c.args)
             while not self.interrupted:
@@ -258,6 +267,8 @@ class LabRun:
         self.hub.close()
         self.recorder.close()
         self.ns.destroy()
+        if self.hostlab is not None:
+            self.hostlab.destroy()
         shutil.rmtree(bus_dir, ignore_errors=True)
         write_meta(self.run_dir, self.meta())
 
@@ -271,6 +282,7 @@ class LabRun:
             "started_mono_ns": self.started_mono_ns,
             "ended_mono_ns": time.monotonic_ns(),
             "namespace": {"name": self.ns.name, "sysctls": s.sysctls},
+            **({"lab": self.hostlab.describe()} if self.hostlab else {}),
             "actors": {n: p.describe() for n, p in self.sup.processes.items()},
             "phases": self.phases,
             "bus": self.hub.events_ledger.summary(),

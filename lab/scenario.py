@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from correlator.expect import ExpectationError, validate
+from lab.hosts import HostSpec
+from lab.link import LinkSpec
+from lab.topology import TopologyError, parse_hosts, parse_link, parse_phase_link
 
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
 ROLES = ("server", "client", "bomber", "leaker", "multiplexer", "observer")
@@ -27,6 +30,7 @@ class ActorSpec:
     name: str
     role: str
     args: list[str] = field(default_factory=list)
+    host: str | None = None  # a [lab.hosts] name; None: the one lab namespace
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,8 @@ class Phase:
     # End the phase early once every actor listed here has said eof
     # (e.g. clients that finished their work).
     until_done: list[str] = field(default_factory=list)
+    # host -> shaping knobs changed on that host's link egress as the phase starts.
+    link: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,8 @@ class Scenario:
     actors: list[ActorSpec]
     phases: list[Phase]
     expected: dict[str, Any]
+    hosts: list[HostSpec] = field(default_factory=list)
+    link: LinkSpec | None = None
 
     @property
     def duration_s(self) -> float:
@@ -83,12 +91,26 @@ def load(path: Path) -> Scenario:
             name=_need(a, "name", str, f"{where} actors[{i}]"),
             role=_need(a, "role", str, f"{where} actors[{i}]"),
             args=[str(x) for x in a.get("args", [])],
+            host=a.get("host"),
         )
         if spec.role not in ROLES:
             raise ScenarioError(f"{where}: actor {spec.name!r} has role {spec.role!r}; "
                                 f"roles are {', '.join(ROLES)}")
         actors.append(spec)
     names = {a.name for a in actors}
+    lab = data.get("lab", {})
+    try:
+        hosts = parse_hosts(lab.get("hosts", {}), f"{where} [lab.hosts]")
+        link = parse_link(lab["link"], hosts, f"{where} [lab.link]") if "link" in lab else None
+    except TopologyError as e:
+        raise ScenarioError(str(e)) from None
+    for a in actors:
+        if hosts and a.host not in {h.name for h in hosts}:
+            raise ScenarioError(f"{where}: actor {a.name!r} needs `host = ` one of "
+                                f"{', '.join(h.name for h in hosts)}")
+        if not hosts and a.host is not None:
+            raise ScenarioError(f"{where}: actor {a.name!r} names host {a.host!r} but the "
+                                "scenario declares no [lab.hosts]")
     if len(names) != len(actors):
         raise ScenarioError(f"{where}: actor names must be unique")
     phases = []
@@ -105,7 +127,11 @@ def load(path: Path) -> Scenario:
         duration = p.get("duration_s")
         if not isinstance(duration, int | float) or duration <= 0:
             raise ScenarioError(f"{pw}: `duration_s` must be a positive number of seconds")
-        phases.append(Phase(_need(p, "name", str, pw), float(duration), commands, until))
+        try:
+            change = parse_phase_link(p["link"], link, pw) if "link" in p else {}
+        except TopologyError as e:
+            raise ScenarioError(str(e)) from None
+        phases.append(Phase(_need(p, "name", str, pw), float(duration), commands, until, change))
     if not phases:
         raise ScenarioError(f"{where}: a scenario needs at least one phase")
     expected = dict(data.get("expected", {}))
@@ -113,7 +139,6 @@ def load(path: Path) -> Scenario:
         validate(expected)
     except ExpectationError as e:
         raise ScenarioError(f"{where}: [expected] {e}") from None
-    lab = data.get("lab", {})
     return Scenario(
         name=name,
         summary=_need(data, "summary", str, where),
@@ -124,6 +149,8 @@ def load(path: Path) -> Scenario:
         actors=actors,
         phases=phases,
         expected=expected,
+        hosts=hosts,
+        link=link,
     )
 
 

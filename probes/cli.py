@@ -42,6 +42,11 @@ def doctor(no_self_check: bool) -> None:
     click.echo("attach plan:")
     for line in plan.describe():
         click.echo(f"  {line}")
+    from lab.shaping import support
+
+    click.echo("lab link shaping:")
+    for knob, how in support().items():
+        click.echo(f"  {knob}: {how or 'not on this kernel (needs netem: `modprobe sch_netem`)'}")
     selfcheck_failed = any(c.name == "self-check" and not c.ok for c in results)
     if not plan.usable() or selfcheck_failed:
         raise click.ClickException("no probe can attach on this machine: see the fixes above")

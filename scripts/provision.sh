@@ -33,7 +33,7 @@ command -v apt-get >/dev/null || die "apt-get not found: tcplab provisions Debia
 # bcc comes from the distribution: python3-bpfcc is the real bcc binding
 # (PyPI's "bcc" is an unrelated package).
 packages=(bpfcc-tools python3-bpfcc libbpfcc iproute2 python3-venv python3-pip
-          bpftool build-essential chromium golang-go)
+          bpftool build-essential chromium golang-go tcpdump)
 if [ -r /etc/os-release ] && grep -q '^ID=ubuntu' /etc/os-release; then
     # Ubuntu ships bpftool inside linux-tools and chromium as a snap.
     packages=("${packages[@]/bpftool/linux-tools-common}")

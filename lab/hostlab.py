@@ -1,0 +1,72 @@
+"""A scenario's hosts and their link, made, changed and removed as one.
+
+What lab/run.py asks of a two-host lab: check that the kernel can shape the
+link as the scenario wants (before anything is made), make the namespaces
+and the link, say in which namespace an actor runs, change the shaping when
+a phase says so, and remove everything at the end.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lab.hosts import Hosts
+from lab.link import Link
+from lab.netns import LabNamespace
+from lab.scenario import Scenario
+from lab.shaping import check_supported
+from lab.topology import phase_shapes
+
+
+class HostLab:
+    def __init__(self, scenario: Scenario) -> None:
+        self.scenario = scenario
+        self.hosts = Hosts(scenario.name, scenario.hosts)
+        spec = scenario.link
+        changes = [p.link for p in scenario.phases if p.link]
+        self.link = Link(spec, self.hosts.names(), shaped=bool(changes)) if spec else None
+        self.shapes = phase_shapes(spec, changes) if spec else []
+
+    def check(self) -> None:
+        """Raise ShapingError (one line) if this kernel cannot shape as asked."""
+        check_supported(self.shapes)
+
+    def create(self) -> HostLab:
+        self.hosts.create()
+        try:
+            if self.link is not None:
+                self.link.create()
+        except BaseException:
+            self.destroy()
+            raise
+        return self
+
+    def namespace(self, host: str) -> LabNamespace:
+        return self.hosts[host]
+
+    def reshape(self, change: dict[str, dict[str, float]]) -> None:
+        if self.link is not None and change:
+            self.link.reshape(change)
+
+    def describe(self) -> dict[str, Any]:
+        """What run.json keeps: namespaces, addresses, shaping and drop counts."""
+        out: dict[str, Any] = {
+            "hosts": {h: {"namespace": ns.name, "sysctls": ns.sysctls}
+                      for h, ns in self.hosts.namespaces.items()},
+        }
+        if self.link is not None:
+            spec = self.link.spec
+            out["link"] = {
+                "hosts": list(spec.hosts),
+                "addresses": {h: self.link.address(h) for h in spec.hosts},
+                "mtu": spec.mtu,
+                "offloads": self.link.offloads,
+                "egress": {h: vars(s) for h, s in self.link.shaper.shapes.items()},
+                "drops": self.link.shaper.counters(),
+            }
+        return out
+
+    def destroy(self) -> None:
+        if self.link is not None:
+            self.link.destroy()
+        self.hosts.destroy()
