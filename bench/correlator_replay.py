@@ -25,7 +25,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from correlator.synthetic import Actor, Lab, RecordingWriter, write_run_json  # noqa: E402
+from tests.synthetic import Actor, Lab, RecordingWriter, write_run_json  # noqa: E402
 
 T0 = 10_000_000_000
 US = 1_000

@@ -5,7 +5,7 @@
     python -m bench.pipeline replay RUN_DIR MODE         (child: read | correlate)
 
 Children run in their own process so that timing and peak RSS are theirs
-alone. The synthetic recordings come from correlator/synthetic.py through
+alone. The synthetic recordings come from tests/synthetic.py through
 the generators in bench/correlator_replay.py.
 """
 

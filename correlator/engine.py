@@ -698,7 +698,9 @@ class Correlator:
                 "timeouts": 0,
                 "ready_total": 0,
                 "ready": ExactHistogram(),
-                "tids": {},  # tid -> calls: ZeroMQ's own I/O thread waits in epoll too
+                # tid -> [calls, returned empty, max ready, comm]: ZeroMQ's
+                # own threads wait in epoll too, and say so in their names.
+                "tids": {},
                 "wait": Log2Histogram(),
             }
         st["calls"] += 1
@@ -713,8 +715,15 @@ class Correlator:
             st["ready_total"] += ready
         tids = st["tids"]
         tid = ev.get("tid")
-        if tid in tids or len(tids) < MAX_TIDS:
-            tids[tid] = tids.get(tid, 0) + 1
+        per = tids.get(tid)
+        if per is None and len(tids) < MAX_TIDS:
+            per = tids[tid] = [0, 0, 0, str(ev.get("comm") or "")]
+        if per is not None:
+            per[0] += 1
+            if ready > per[2]:
+                per[2] = ready
+            elif ready == 0 and not ev.get("errno"):
+                per[1] += 1
         st["wait"].add(int(ev.get("dur_ns") or 0))
         row = {
             "ts": ts,

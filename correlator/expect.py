@@ -79,8 +79,17 @@ def lookup(counts: dict[str, Any], path: str) -> float | None:
     return node
 
 
-def check(expected: object, counts: dict[str, Any]) -> list[dict[str, Any]]:
-    """Evaluate every leaf against the counts; a bad leaf is reported, not raised."""
+def check(
+    expected: object,
+    counts: dict[str, Any],
+    unknown: Callable[[str], str | None] | None = None,
+) -> list[dict[str, Any]]:
+    """Evaluate every leaf against the counts; a bad leaf is reported, not raised.
+
+    Each entry's "status" is "held", "failed" or "unknown"; "held" is True,
+    False or None (unknown). `unknown(path)` gives the reason a count cannot
+    be judged (the data it needs is missing), or None when it can.
+    """
     if not expected:
         return []
     results = []
@@ -90,12 +99,28 @@ def check(expected: object, counts: dict[str, Any]) -> list[dict[str, Any]]:
         try:
             terms = parse_expectation(expr)
         except ExpectationError as e:
-            entry.update(held=False, error=str(e))
+            entry.update(status="failed", held=False, error=str(e))
             results.append(entry)
             continue
+        why = unknown(path) if unknown else None
         if actual is None:
-            entry.update(held=False, error=f"{path} is not a count in this report")
+            entry.update(status="failed", held=False, error=f"{path} is not a count in this report")
+        elif why:
+            entry.update(status="unknown", held=None, why=why)
         else:
-            entry["held"] = all(_OPS[op](actual, num) for op, num in terms)
+            held = all(_OPS[op](actual, num) for op, num in terms)
+            entry.update(status="held" if held else "failed", held=held)
         results.append(entry)
     return results
+
+
+def overall(results: list[dict[str, Any]]) -> str | None:
+    """One word for them all: "failed" if any failed, else "unknown" if any
+    is unknown, else "held"; None without expectations."""
+    if not results:
+        return None
+    statuses = {e["status"] for e in results}
+    for word in ("failed", "unknown"):
+        if word in statuses:
+            return word
+    return "held"

@@ -37,6 +37,8 @@ class RecordingStats:
     corrupt_frames: int = 0  # damaged regions, each counted once and skipped
     skipped_bytes: int = 0
     truncated_tail: bool = False
+    # The newest envelope time read: where a recording cut short ends.
+    last_mono_ns: int | None = None
     ledger: BusLedger = field(default_factory=BusLedger)
 
     def summary(self) -> dict[str, Any]:
@@ -115,6 +117,9 @@ class RecordingReader:
                     if env is None:
                         break
                     self.stats.frames += 1
+                    last = self.stats.last_mono_ns
+                    if last is None or env.mono_ns > last:
+                        self.stats.last_mono_ns = env.mono_ns
                     offset = end
                     yield env
                 if offset >= size:

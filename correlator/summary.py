@@ -2,11 +2,99 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from correlator.engine import OUTCOMES, Correlator
-from correlator.expect import check
+from correlator.expect import check, overall
 from correlator.recording import RecordingStats
+
+# The roots of summary["counts"] that come from the probes (the kernel view);
+# the others come from the actors (logs, their own counters, the observer).
+KERNEL_COUNTS = frozenset(
+    {
+        "connections",
+        "listeners",
+        "outcomes",
+        "kernel_errors",
+        "accept",
+        "epoll",
+        "epoll_by_actor",
+        "kernel_events",
+        "max_live_sockets",
+        "coverage",
+        "lost",
+    }
+)
+# libzmq (4.3+) names its background threads ZMQbg/IO/<n> and ZMQbg/Reaper:
+# they wait in epoll too, for the bus, not for the actor's connections.
+ZMQ_THREAD_PREFIX = "ZMQbg/"
+
+
+@dataclass
+class Horizon:
+    """How far the figures reach, in seconds from the run's start: the whole
+    run, or up to where the kernel view ended (the probe process died) or
+    where the recording was cut short."""
+
+    run_s: float
+    kernel_ended_s: float | None = None
+    kernel_why: str | None = None
+    recording_ends_s: float | None = None
+    recording_why: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.kernel_ended_s is None and self.recording_ends_s is None
+
+    def kernel_until(self) -> tuple[float, str] | None:
+        """Where kernel data ends, and what ended: None if it covers the run."""
+        ends = []
+        if self.kernel_ended_s is not None:
+            ends.append((self.kernel_ended_s, "the kernel view ended"))
+        if self.recording_ends_s is not None:
+            ends.append((self.recording_ends_s, "the recording ends"))
+        return min(ends) if ends else None
+
+    def judge(self, path: str, phase_end_s: dict[str, float]) -> str | None:
+        """Why the count at `path` cannot be judged, or None when it can: its
+        data reaches past where the kernel view or the recording ends."""
+        parts = path.split(".")
+        if parts[0] == "phases" and len(parts) > 2:
+            end, root = phase_end_s.get(parts[1], self.run_s), parts[2]
+        else:
+            end, root = self.run_s, parts[0]
+        if self.recording_ends_s is not None and end > self.recording_ends_s:
+            return f"the recording ends at {self.recording_ends_s:g} s"
+        if root in KERNEL_COUNTS and self.kernel_ended_s is not None and end > self.kernel_ended_s:
+            return f"the kernel view ended at {self.kernel_ended_s:g} s"
+        return None
+
+
+def horizon(
+    c: Correlator, rec: RecordingStats, meta: dict[str, Any], t0: int, duration_s: float
+) -> Horizon:
+    def at(ns: int) -> float:
+        return round(max(ns - t0, 0) / 1e9, 3)
+
+    h = Horizon(run_s=round(duration_s, 3))
+    for info in (meta.get("actors") or {}).values():
+        if isinstance(info, dict) and info.get("role") == "probes" and info.get("crashed"):
+            ended = info.get("ended_mono_ns")
+            h.kernel_ended_s = at(ended) if isinstance(ended, int) else at(c.last_ns)
+            h.kernel_why = f"the probe process crashed (exit code {info.get('exit_code')})"
+    # run.json says how many bytes the orchestrator wrote: a shorter file lost
+    # its end, even when it was cut between two frames.
+    written = (meta.get("recording") or {}).get("bytes")
+    missing = written - rec.bytes if isinstance(written, int) and rec.bytes < written else 0
+    if rec.truncated_tail or missing:
+        h.recording_ends_s = at(rec.last_mono_ns) if rec.last_mono_ns is not None else 0.0
+        h.recording_why = (
+            f"{missing} of its {written} bytes are missing at the end"
+            if missing
+            else "its last frame is cut off"
+        )
+    return h
 
 
 def _pct(num: int, den: int) -> float | None:
@@ -68,6 +156,15 @@ def lab_accepts(c: Correlator) -> dict[int, dict[str, int]]:
     return {pid: per for pid, per in c.accepts.items() if in_lab(c, pid)}
 
 
+def _by_thread(tids: dict[Any, list[Any]]) -> list[dict[str, Any]]:
+    """Each thread's epoll_wait figures, busiest first."""
+    rows = [
+        {"tid": tid, "comm": comm, "calls": calls, "timeouts": empty, "max_ready": top}
+        for tid, (calls, empty, top, comm) in tids.items()
+    ]
+    return sorted(rows, key=lambda r: (-r["calls"], str(r["tid"])))
+
+
 def epoll_view(c: Correlator) -> dict[int, dict[str, Any]]:
     """Per lab pid: epoll_wait figures from per-call events, or from the probe's
     in-kernel histogram when that saw more calls (per-call events switched off)."""
@@ -85,7 +182,8 @@ def epoll_view(c: Correlator) -> dict[int, dict[str, Any]]:
                 "timeouts": e["timeouts"],
                 "errors": e["errors"],
                 "threads": len(e["tids"]),
-                "busiest_thread_calls": max(e["tids"].values(), default=0),
+                "busiest_thread_calls": max((t[0] for t in e["tids"].values()), default=0),
+                "by_thread": _by_thread(e["tids"]),
                 "median_ready": ready.median(),
                 "max_ready": max(ready.counts) if ready.counts else 0,
                 "ready": ready.as_dict(),
@@ -110,7 +208,8 @@ def epoll_view(c: Correlator) -> dict[int, dict[str, Any]]:
             "timeouts": hist[0] if hist else 0,
             "errors": e["errors"] if e else 0,
             "threads": len(e["tids"]) if e else 0,
-            "busiest_thread_calls": max(e["tids"].values(), default=0) if e else 0,
+            "busiest_thread_calls": max((t[0] for t in e["tids"].values()), default=0) if e else 0,
+            "by_thread": _by_thread(e["tids"]) if e else [],
             "median_ready": median,
             "max_ready": (1 << top) - 1 if top else 0,
             "ready": {
@@ -206,53 +305,140 @@ def losses(c: Correlator, rec: RecordingStats, meta: dict[str, Any]) -> dict[str
     }
 
 
+def _counters(c: Correlator, error: str) -> dict[str, int]:
+    """Each actor's own count of `error` (its progress report's failed.<error>)."""
+    out = {}
+    for actor, tree in c.progress.items():
+        failed = tree.get("failed")
+        n = failed.get(error) if isinstance(failed, dict) else None
+        if isinstance(n, int | float) and n:
+            out[actor] = int(n)
+    return out
+
+
+def _own_calls(e: dict[str, Any]) -> int:
+    """epoll_wait calls of the process's own threads (all, without per-thread data)."""
+    threads = e.get("by_thread")
+    if e["source"] != "events" or not threads:
+        return int(e["calls"])
+    return sum(t["calls"] for t in threads if not t["comm"].startswith(ZMQ_THREAD_PREFIX))
+
+
+def _epoll_sentence(c: Correlator, pid: int, e: dict[str, Any]) -> str:
+    """Who waited in epoll and which of its threads did: an actor's own
+    threads are named, ZeroMQ's bus threads only counted."""
+    served = c.conns_by_owner_max.get(pid, 0)
+    who = _who(c.pid_actor.get(pid), pid)
+    held = f"held {_plural(served, 'connection')} at once" if served else "waited in epoll"
+    threads = e.get("by_thread") or []
+    if e["source"] != "events" or not threads:
+        approx = "at most " if e["source"] != "events" else ""
+        return (
+            f"{who} {held}: {e['calls']} epoll_wait calls, median {approx}{e['median_ready']} "
+            f"ready per wake-up (max {approx}{e['max_ready']}, {e['timeouts']} returned empty)."
+        )
+    own = [t for t in threads if not t["comm"].startswith(ZMQ_THREAD_PREFIX)]
+    zmq = [t for t in threads if t["comm"].startswith(ZMQ_THREAD_PREFIX)]
+
+    def figures(t: dict[str, Any]) -> str:
+        return (
+            f"{t['comm'] or 'thread'} (tid {t['tid']}): {_plural(t['calls'], 'epoll_wait call')}, "
+            f"up to {t['max_ready']} ready per wake-up, {t['timeouts']} returned empty"
+        )
+
+    if len(own) == 1:
+        wait = "and waited for them in one thread" if served else "in one thread"
+        s = f"{who} {held} {wait}, {figures(own[0])}"
+    else:
+        n = len(own)
+        wait = f"; {n} of its threads waited in epoll" if served else f" in {n} threads"
+        s = f"{who} {held}{wait}: " + "; ".join(figures(t) for t in own[:3])
+        if len(own) > 3:
+            s += f"; {len(own) - 3} more"
+    if zmq:
+        calls = sum(t["calls"] for t in zmq)
+        s += f" (ZeroMQ's {_plural(len(zmq), 'bus thread')} made {_plural(calls, 'more call')})"
+    return s + "."
+
+
 def diagnose(
     c: Correlator,
     cnt: dict[str, Any],
     cov: dict[str, Any],
     loss: dict[str, Any],
     meta: dict[str, Any],
+    h: Horizon | None = None,
 ) -> list[str]:
-    """Plain sentences, most important first, each built from the data."""
+    """Plain sentences, most important first, each built from the data.
+
+    Where the kernel view or the recording ends early (`h`), that comes
+    first, and no sentence claims the absence of something from the part
+    that is missing."""
+    h = h or Horizon(run_s=0.0)
     out: list[str] = []
+    kernel_cut = h.kernel_until()
+    # "until 3.2 s, where the kernel view ended, " or "" for a whole run.
+    until = f"until {kernel_cut[0]:g} s, where {kernel_cut[1]}, " if kernel_cut else ""
+    if h.kernel_ended_s is not None:
+        out.append(
+            f"The kernel view ended {h.kernel_ended_s:g} s into the {h.run_s:g} s run: "
+            f"{h.kernel_why}. Kernel figures cover only those {h.kernel_ended_s:g} s."
+        )
+    if h.recording_ends_s is not None:
+        out.append(
+            f"The recording ends {h.recording_ends_s:g} s into the {h.run_s:g} s run "
+            f"({h.recording_why}): every figure covers only that part."
+        )
+
     by_outcome: dict[str, list[tuple[str, int, str, int]]] = {}
     for (outcome, actor, pid, role), n in c.outcome_owner.items():
         by_outcome.setdefault(outcome, []).append((actor, pid, role, n))
     for v in by_outcome.values():
         v.sort(key=lambda x: -x[3])
 
+    as_of = f" (as of {kernel_cut[0]:g} s, where {kernel_cut[1]})" if kernel_cut else ""
     for actor, pid, role, n in by_outcome.get("stuck_close_wait", []):
         how = "accepted and never closed" if role == "passive" else "the peer closed, it never did"
         s = f"{_plural(n, 'socket')} stuck in CLOSE_WAIT, owned by {_who(actor, pid)}: {how}"
         if c.peers_of_stuck:
             s += f"; their peers wait in FIN_WAIT_2 ({c.peers_of_stuck} of them)"
-        out.append(s + ".")
+        out.append(s + as_of + ".")
     fw2 = cnt["outcomes"]["stuck_fin_wait2"]
     if fw2 and not c.peers_of_stuck:
         for actor, pid, _role, n in by_outcome.get("stuck_fin_wait2", []):
             out.append(
                 f"{_plural(n, 'socket')} stuck in FIN_WAIT_2, owned by {_who(actor, pid)}: "
-                "they closed, the peer never did."
+                f"they closed, the peer never did{as_of}."
             )
 
     peak_tw = cnt["states_peak"].get("TIME_WAIT")
     logged = cnt["errors"].get("EADDRNOTAVAIL", 0)
     seen = c.no_port_failures
-    no_ports = max(logged, seen)
+    counters = _counters(c, "EADDRNOTAVAIL")
+    counted = sum(counters.values())
+    no_ports = max(logged, seen, counted)
     tw = cnt["outcomes"]["time_wait"]
     if no_ports:
         climb = f"TIME_WAIT climbed to {peak_tw} and " if peak_tw else ""
-        how = ""
-        if logged != seen:
-            how = f"; the kernel saw {seen} connects end without a port, the actors logged {logged}"
+        # Actors log a sample of their failures; their own counters count all.
+        sources = []
+        if seen or not kernel_cut:
+            sources.append(f"the kernel saw {seen} connects end without a port")
+        if counters:
+            sources += [f"{a}'s own counter says {n}" for a, n in sorted(counters.items())]
+        elif logged:
+            sources.append(f"the actors logged {logged}")
         out.append(
             f"{climb}connect() failed {no_ports} times with EADDRNOTAVAIL "
-            f"(ephemeral ports exhausted){how}."
+            f"(ephemeral ports exhausted): {' and '.join(sources)}."
         )
+        ends = _phase_end_s(meta, c)
         for name, ph in c.phase_counts.items():
             failed_here = ph.get("errors", {}).get("EADDRNOTAVAIL") or ph.get(
                 "kernel_errors", {}
             ).get("EADDRNOTAVAIL")
+            if kernel_cut and ends.get(name, h.run_s) > kernel_cut[0]:
+                continue  # part of this phase is missing: no claim of absence
             if ph.get("connections") and not failed_here:
                 peak = ph.get("states_peak", {}).get("TIME_WAIT")
                 tail = f", TIME_WAIT peaked at {peak}" if peak is not None else ""
@@ -264,7 +450,7 @@ def diagnose(
         peak = f" (at most {peak_tw} at once)" if peak_tw else ""
         out.append(
             f"{_plural(tw, 'connection')} closed actively and left a TIME_WAIT socket{peak}; "
-            "no connect() failed for lack of ports."
+            f"{until}no connect() failed for lack of ports."
         )
 
     for pid, per in sorted(lab_accepts(c).items()):
@@ -287,23 +473,14 @@ def diagnose(
                     f"{_who(actor, pid)} (from its log): the process hit its open-file limit."
                 )
 
-    # The busiest few; the plot and summary.json have every process.
-    busiest = sorted(epoll_view(c).items(), key=lambda kv: -kv[1]["calls"])[:3]
-    for pid, e in busiest:
-        if not e["calls"]:
-            continue
-        served = c.conns_by_owner_max.get(pid, 0)
-        what = f"held {_plural(served, 'connection')} at once" if served else "waited in epoll"
-        threads = _plural(e["threads"], "thread") + " of " if e["threads"] else ""
-        approx = "at most " if e["source"] != "events" else ""
-        note = ""
-        if e["threads"] > 1 and e["busiest_thread_calls"]:
-            note = f" ({e['busiest_thread_calls']} by the busiest thread)"
-        out.append(
-            f"{threads}{_who(c.pid_actor.get(pid), pid)} {what}: "
-            f"{e['calls']} epoll_wait calls{note}, median {approx}{e['median_ready']} "
-            f"ready per wake-up (max {approx}{e['max_ready']}, {e['timeouts']} returned empty)."
-        )
+    # The busiest few by the calls of their own threads (ZeroMQ's bus threads
+    # wait in epoll in every actor); the plot and summary.json have them all.
+    busiest = sorted(
+        ((pid, e, _own_calls(e)) for pid, e in epoll_view(c).items()), key=lambda x: -x[2]
+    )[:3]
+    for pid, e, own_calls in busiest:
+        if own_calls:
+            out.append(_epoll_sentence(c, pid, e))
 
     o = cnt["outcomes"]
     if o["clean"]:
@@ -314,25 +491,39 @@ def diagnose(
     if o["refused"]:
         out.append(f"{_plural(o['refused'], 'connect')} refused (SYN answered by RST).")
     if o["reset"]:
-        out.append(f"{_plural(o['reset'], 'connection')} ended by a reset (-> CLOSE abruptly).")
+        out.append(f"{_plural(o['reset'], 'socket')} ended by a reset (-> CLOSE abruptly).")
     if o["never_accepted"]:
+        never = f"was not accepted by {kernel_cut[0]:g} s" if kernel_cut else "never accepted"
         out.append(
             f"{_plural(o['never_accepted'], 'connection')} completed the handshake "
-            "but the application never accepted them (they waited in the accept queue)."
+            f"but the application {never} them (they waited in the accept queue)."
         )
     other_fail = o["failed_connect"] - seen
     if other_fail > 0:
         out.append(f"{_plural(other_fail, 'connect')} failed before leaving SYN_SENT.")
     if o["open_at_end"]:
-        out.append(f"{_plural(o['open_at_end'], 'connection')} still open when the run ended.")
+        if kernel_cut:
+            out.append(
+                f"{_plural(o['open_at_end'], 'socket')} open at {kernel_cut[0]:g} s, where "
+                f"{kernel_cut[1]}: what became of them is not known."
+            )
+        else:
+            out.append(f"{_plural(o['open_at_end'], 'socket')} still open when the run ended.")
 
     for name, info in (meta.get("actors") or {}).items():
-        if isinstance(info, dict) and info.get("crashed"):
-            out.append(f"Actor {name} crashed (exit code {info.get('exit_code')}).")
+        if not isinstance(info, dict) or not info.get("crashed"):
+            continue
+        if info.get("role") == "probes":
+            continue  # said first, with what it means for the figures
+        out.append(f"Actor {name} crashed (exit code {info.get('exit_code')}).")
     if meta.get("interrupted"):
         out.append("The run was interrupted: the figures cover what was recorded until then.")
 
     lost = []
+    if h.kernel_ended_s is not None:
+        lost.append(f"the kernel view ended at {h.kernel_ended_s:g} s of {h.run_s:g} s")
+    if h.recording_ends_s is not None:
+        lost.append(f"the recording ends at {h.recording_ends_s:g} s ({h.recording_why})")
     if loss["kernel_drops_total"]:
         parts = ", ".join(f"{k}: {v}" for k, v in loss["kernel_drops"].items() if v)
         lost.append(f"the kernel dropped {loss['kernel_drops_total']} events ({parts})")
@@ -369,8 +560,13 @@ def diagnose(
             f"{p}%" if p is not None else "n/a"
             for p in (cov["app_connections_pct"], cov["kernel_events_pct"])
         )
+        watched = ""
+        if kernel_cut and h.run_s:
+            share = round(100 * kernel_cut[0] / h.run_s, 1)
+            part = "the kernel view" if h.kernel_ended_s == kernel_cut[0] else "the recording"
+            watched = f" {part} covers {kernel_cut[0]:g} s of the {h.run_s:g} s run ({share}%);"
         out.append(
-            f"Coverage: {a} of application connections matched "
+            f"Coverage:{watched} {a} of application connections matched "
             f"their kernel transitions; {k} of kernel events "
             "have an owner"
             + (
@@ -380,6 +576,16 @@ def diagnose(
                 else "."
             )
         )
+    return out
+
+
+def _phase_end_s(meta: dict[str, Any], c: Correlator) -> dict[str, float]:
+    """Each phase's end in seconds from the run's start (run.json's phases)."""
+    t0 = c.t0 or (c.first_ns or 0)
+    out = {}
+    for p in meta.get("phases") or []:
+        if isinstance(p, dict) and isinstance(p.get("end_mono_ns"), int):
+            out[str(p.get("name"))] = round((p["end_mono_ns"] - t0) / 1e9, 3)
     return out
 
 
@@ -397,26 +603,35 @@ def build_summary(c: Correlator, rec: RecordingStats, meta: dict[str, Any]) -> d
     }
     started, ended = meta.get("started_mono_ns"), meta.get("ended_mono_ns")
     if isinstance(started, int) and isinstance(ended, int) and ended > started:
-        duration_s = (ended - started) / 1e9
+        t0, duration_s = started, (ended - started) / 1e9
     elif c.first_ns is not None and c.last_ns > c.first_ns:
-        duration_s = (c.last_ns - c.first_ns) / 1e9
+        t0, duration_s = c.first_ns, (c.last_ns - c.first_ns) / 1e9
     else:
-        duration_s = 0.0
+        t0, duration_s = c.first_ns or 0, 0.0
     k_total = sum(cnt["kernel_events"].values())
     rates = {
         "duration_s": round(duration_s, 3),
         "kernel_events_per_s": round(k_total / duration_s, 1) if duration_s else None,
         "connections_per_s": round(cnt["connections"] / duration_s, 1) if duration_s else None,
     }
-    expectations = check(meta.get("expected"), cnt)
-    diagnosis = diagnose(c, cnt, cov, loss, meta)
+    h = horizon(c, rec, meta, t0, duration_s)
+    phase_ends = _phase_end_s(meta, c)
+    expectations = check(meta.get("expected"), cnt, lambda path: h.judge(path, phase_ends))
+    diagnosis = diagnose(c, cnt, cov, loss, meta, h)
     if expectations:
-        held = sum(1 for e in expectations if e["held"])
+        held = sum(1 for e in expectations if e["status"] == "held")
         line = f"{held} of {len(expectations)} expectations held"
+        unknown = [e["path"] for e in expectations if e["status"] == "unknown"]
+        if unknown:
+            why = next(e["why"] for e in expectations if e["status"] == "unknown")
+            line += f"; {len(unknown)} unknown ({why}): {', '.join(unknown)}"
         failed = [
-            f"{e['path']} {e['expect']} (got {e['actual']})" for e in expectations if not e["held"]
+            f"{e['path']} {e['expect']} (got {e['actual']})"
+            for e in expectations
+            if e["status"] == "failed"
         ]
-        diagnosis.append(line + (": failed " + ", ".join(failed) if failed else "") + ".")
+        diagnosis.append(line + ("; failed " + ", ".join(failed) if failed else "") + ".")
+    status = overall(expectations)
     return {
         "scenario": meta.get("scenario"),
         "description": meta.get("description"),
@@ -426,7 +641,12 @@ def build_summary(c: Correlator, rec: RecordingStats, meta: dict[str, Any]) -> d
         "phases": meta.get("phases") or [],
         "diagnosis": diagnosis,
         "expectations": expectations,
-        "expectations_held": all(e["held"] for e in expectations) if expectations else None,
+        # "held", "failed" (any failed) or "unknown" (none failed, some could
+        # not be judged: their data is missing); None without expectations.
+        "expectations_status": status,
+        "expectations_held": {"held": True, "failed": False}.get(status or ""),
+        "horizon": asdict(h) | {"complete": h.complete},
+        "sockets": sockets(c),
         "counts": cnt,
         "rates": rates,
         "coverage": cov,
@@ -437,6 +657,21 @@ def build_summary(c: Correlator, rec: RecordingStats, meta: dict[str, Any]) -> d
             "settle_max_held": c.max_settle,
         },
         "plots": _plot_data(c),
+    }
+
+
+def sockets(c: Correlator) -> dict[str, int]:
+    """Sockets by side: on loopback both ends of a connection are in the lab,
+    so `connections` counts each connection twice."""
+    by_role: dict[str, int] = {}
+    for (_outcome, _actor, _pid, role), n in c.outcome_owner.items():
+        by_role[role] = by_role.get(role, 0) + n
+    return {
+        "total": sum(by_role.values()),
+        "connect": by_role.get("active", 0),
+        "server_side": by_role.get("passive", 0),
+        "unknown_side": by_role.get("unknown", 0),
+        "listeners": c.n.get("listeners", 0),
     }
 
 

@@ -53,6 +53,8 @@ h1{font-size:1.6em;margin-bottom:.2em} h2{margin-top:1.6em;border-bottom:1px sol
 table{border-collapse:collapse;margin:.5em 0} td,th{border:1px solid #ddd;padding:.25em .6em;
 text-align:left} th{background:#f4f4f4} td.n{text-align:right;font-variant-numeric:tabular-nums}
 .ok{color:#1a7f37;font-weight:bold} .bad{color:#c0392b;font-weight:bold}
+.unk{color:#8a6d00;font-weight:bold}
+.cut{background:#fdecea;border-left:5px solid #c0392b;padding:.6em 1.2em}
 .plot{margin:.5em 0 1.5em} .plot svg{max-width:100%;height:auto}
 .note{color:#666;font-size:.92em}
 """
@@ -288,11 +290,27 @@ def render(s: dict[str, Any]) -> str:
     parts.append(f"<h1>tcplab run: {_e(s.get('scenario') or 'unnamed')}</h1>")
     sub = s.get("description") or ""
     r = s["rates"]
+    # Both ends of a loopback connection are lab sockets: count sockets by side.
+    so = s.get("sockets") or {}
+    sides = f"{so.get('connect', 0)} opened by connect(), {so.get('server_side', 0)} server side"
+    if so.get("unknown_side"):
+        sides += f", {so['unknown_side']} of unknown side"
     parts.append(
         f"<p class=sub>{_e(sub)} — {r['duration_s']} s, "
-        f"{cnt['connections']} connections, "
+        f"{so.get('total', cnt['connections'])} sockets ({sides}), "
         f"{sum(cnt['kernel_events'].values())} kernel events</p>"
     )
+    hz = s.get("horizon") or {}
+    if hz.get("kernel_ended_s") is not None:
+        parts.append(
+            f"<p class=cut>The kernel view ended at {hz['kernel_ended_s']:g} s of "
+            f"{hz['run_s']:g} s: {_e(hz['kernel_why'])}.</p>"
+        )
+    if hz.get("recording_ends_s") is not None:
+        parts.append(
+            f"<p class=cut>The recording ends at {hz['recording_ends_s']:g} s of "
+            f"{hz['run_s']:g} s: {_e(hz['recording_why'])}.</p>"
+        )
 
     parts.append("<h2>What happened</h2><div class=diag><ul>")
     parts += [f"<li>{_e(line)}</li>" for line in s["diagnosis"]]
@@ -302,11 +320,15 @@ def render(s: dict[str, Any]) -> str:
         parts.append("<h2>Expected kernel signature</h2>")
         rows = []
         for e in s["expectations"]:
-            mark = "<span class=ok>held</span>" if e["held"] else "<span class=bad>FAILED</span>"
+            mark = {
+                "held": "<span class=ok>held</span>",
+                "unknown": "<span class=unk>unknown</span>",
+            }.get(e.get("status", ""), "<span class=bad>FAILED</span>")
+            note = e.get("error") or e.get("why")
             rows.append(
                 f"<tr><td>{_e(e['path'])}</td><td>{_e(e['expect'])}</td>"
                 f"<td class=n>{_e(e['actual'])}</td><td>{mark}"
-                f"{' ' + _e(e['error']) if e.get('error') else ''}</td></tr>"
+                f"{' ' + _e(note) if note else ''}</td></tr>"
             )
         parts.append(
             "<table><tr><th>count</th><th>expected</th><th>actual</th><th></th></tr>"
@@ -318,7 +340,7 @@ def render(s: dict[str, Any]) -> str:
     parts.append(
         _table(
             [(k, v) for k, v in cnt["outcomes"].items() if v] or [("none", 0)],
-            ("outcome", "connections"),
+            ("outcome", "sockets"),
         )
     )
     if cnt["errors"]:

@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from synthetic import Actor, Lab, RecordingWriter
 
 from correlator.engine import Correlator, CorrelatorConfig
 from correlator.recording import RecordingReader
 from correlator.summary import build_summary
-from correlator.synthetic import Actor, Lab, RecordingWriter
 
 T0 = 1_000_000_000
 MS = 1_000_000
@@ -229,7 +229,8 @@ def test_port_exhaustion_diagnosis_uses_the_observer_peak(tmp_path: Path) -> Non
     assert 28000 == run.summary["counts"]["states_peak"]["TIME_WAIT"]
     assert (
         "TIME_WAIT climbed to 28000 and connect() failed 3 times with EADDRNOTAVAIL "
-        "(ephemeral ports exhausted)." in run.summary["diagnosis"]
+        "(ephemeral ports exhausted): the kernel saw 3 connects end without a port and "
+        "the actors logged 3." in run.summary["diagnosis"]
     )
 
 
@@ -349,12 +350,14 @@ def test_coverage_is_exact_on_a_partly_observed_run(tmp_path: Path) -> None:
 
 def test_epoll_wakeups_are_summarised_per_process(tmp_path: Path) -> None:
     """epoll_wait exits become a per-process histogram of ready counts, with
-    the median and the threads that waited."""
+    the median and the threads that waited; the sentence names the actor's
+    own thread and only counts ZeroMQ's bus thread."""
     mux = Actor("multiplexer", 500)
 
     def script(lab: Lab) -> None:
         for i, ready in enumerate([1, 2, 2, 3, 9, 0]):
-            lab.epoll_event(T0 + i * MS, mux, 501 + i % 2, ready)
+            comm = "ZMQbg/IO/0" if i % 2 else None
+            lab.epoll_event(T0 + i * MS, mux, 501 + i % 2, ready, comm=comm)
 
     run = replay(tmp_path, script, meta={"actors": {"multiplexer": {"pid": 500}}})
     ep = run.summary["counts"]["epoll"]
@@ -365,10 +368,11 @@ def test_epoll_wakeups_are_summarised_per_process(tmp_path: Path) -> None:
         ep["timeouts"],
         ep["max_ready"],
     )
+    # Thread 501 made calls 0, 2, 4 (ready 1, 2, 9); ZeroMQ's 502 made 1, 3, 5.
     assert (
-        "2 threads of multiplexer pid 500 waited in epoll: 6 epoll_wait calls (3 by the "
-        "busiest thread), median 2 ready per wake-up (max 9, 1 returned empty)."
-        in run.summary["diagnosis"]
+        "multiplexer pid 500 waited in epoll in one thread, multiplexer (tid 501): "
+        "3 epoll_wait calls, up to 9 ready per wake-up, 0 returned empty "
+        "(ZeroMQ's 1 bus thread made 3 more calls)." in run.summary["diagnosis"]
     )
     by_actor = run.summary["counts"]["epoll_by_actor"]["multiplexer"]
     assert (6, 2, 1) == (by_actor["calls"], by_actor["threads"], by_actor["processes"])
@@ -633,12 +637,35 @@ def test_failures_seen_by_the_kernel_but_logged_only_sometimes(tmp_path: Path) -
         run.summary["coverage"]["app_connect_failed"]
     )
     assert (
-        "connect() failed 10 times with EADDRNOTAVAIL (ephemeral ports exhausted); the kernel "
-        "saw 10 connects end without a port, the actors logged 2." in run.summary["diagnosis"]
+        "connect() failed 10 times with EADDRNOTAVAIL (ephemeral ports exhausted): the kernel "
+        "saw 10 connects end without a port and the actors logged 2." in run.summary["diagnosis"]
     )
     matched = [r["conn"] for r in run.sink.events if r["type"] == "connect_failed"]
     failed = [c["id"] for c in run.conns]
     assert [failed[0], failed[5]] == matched
+
+
+def test_port_failures_are_told_with_the_actors_own_counter_not_its_log_samples(
+    tmp_path: Path,
+) -> None:
+    """The bomber logs a sample of its failures but counts them all in its
+    progress reports: the sentence gives the kernel's count and the counter,
+    never the sampled log records as if they were the actor's count."""
+
+    def script(lab: Lab) -> None:
+        for i in range(10):
+            lab.failed_connect(T0 + i * MS, BOMBER, ("127.0.0.1", 8080), log=i % 5 == 0)
+        body = {"source": "bomber", "attempts": 10, "failed": {"EADDRNOTAVAIL": 10}}
+        lab.w.stats("bomber", body, T0 + 20 * MS)
+
+    run = replay(tmp_path, script)
+    assert 2 == run.summary["counts"]["errors"]["EADDRNOTAVAIL"]  # the log's samples
+    assert (
+        "connect() failed 10 times with EADDRNOTAVAIL (ephemeral ports exhausted): the kernel "
+        "saw 10 connects end without a port and bomber's own counter says 10."
+        in run.summary["diagnosis"]
+    )
+    assert not any("logged" in d for d in run.summary["diagnosis"])
 
 
 def test_interleaved_probe_streams_with_a_sudden_backlog_stay_in_order(tmp_path: Path) -> None:

@@ -165,7 +165,16 @@ def test_run_json_is_optional_but_must_be_json(tmp_path: Path) -> None:
 def test_expectation_comparisons(expr: object, actual: int, held: bool) -> None:
     """Each comparison holds exactly when the count satisfies it."""
     out = check({"outcomes": {"time_wait": expr}}, {"outcomes": {"time_wait": actual}})
-    assert [{"path": "outcomes.time_wait", "expect": expr, "actual": actual, "held": held}] == out
+    status = "held" if held else "failed"
+    assert [
+        {
+            "path": "outcomes.time_wait",
+            "expect": expr,
+            "actual": actual,
+            "held": held,
+            "status": status,
+        }
+    ] == out
 
 
 def test_missing_counts_are_zero_and_bad_expressions_are_reported() -> None:

@@ -344,7 +344,7 @@ def test_accept_of_an_ipv6_peer_reports_its_address(
 def test_nonblocking_accept_on_empty_queue_is_eagain(
     collector: Collector, workers: list[Worker]
 ) -> None:
-    """The seed's strace proof of non-blocking I/O: accept4 returns EAGAIN at once."""
+    """Non-blocking I/O as strace shows it: accept4 on an empty queue returns EAGAIN at once."""
     w = Worker("eagain")
     workers.append(w)
     collector.reset(Filters(pids={w.pid}))

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from synthetic import Actor, Lab, RecordingWriter, write_run_json
 
 from correlator.errors import NoRecordingError
-from correlator.synthetic import Actor, Lab, RecordingWriter, write_run_json
 from reports import build_reports
 
 TCPLAB = str(Path(sys.executable).with_name("tcplab"))
@@ -22,8 +22,18 @@ MS = 1_000_000
 SERVER, CLIENT, LEAKER = Actor("server", 100), Actor("client", 200), Actor("leaker", 300)
 
 
-def make_run(run_dir: Path, n: int = 40, leak: int = 5) -> None:
-    w = RecordingWriter(run_dir / "recording.msgpack", batch=64, app_batch=8)
+def make_run(
+    run_dir: Path,
+    n: int = 40,
+    leak: int = 5,
+    kernel_until_ns: int | None = None,
+    meta: dict[str, Any] | None = None,
+) -> None:
+    """A run of n echo connections and a leak; `kernel_until_ns`: the probe
+    process died then (no kernel event after it); `meta` updates run.json."""
+    w = RecordingWriter(
+        run_dir / "recording.msgpack", batch=64, app_batch=8, kernel_until_ns=kernel_until_ns
+    )
     lab = Lab(w)
     lab.listen(T0, SERVER, 8080)
     lab.listen(T0, LEAKER, 9090)
@@ -64,7 +74,8 @@ def make_run(run_dir: Path, n: int = 40, leak: int = 5) -> None:
                 "accept": {"EMFILE": ">0"},
             },
             "interrupted": False,
-        },
+        }
+        | (meta or {}),
     )
 
 
@@ -196,6 +207,60 @@ def test_an_empty_run_still_gets_a_report(tmp_path: Path) -> None:
     assert any(d.startswith("The run was interrupted") for d in summary["diagnosis"])
     assert "no data in this run" in (tmp_path / "report.html").read_text()
     assert [] == jsonl(tmp_path / "events.jsonl")
+
+
+def test_probe_death_ends_the_kernel_view_and_the_report_says_so(tmp_path: Path) -> None:
+    """The probe process crashed 20 ms into a 50 ms run: the report says when
+    the kernel view ended, coverage counts the application connections it
+    missed, expectations on kernel counts are unknown (those on the actors'
+    own records still judged), and nothing is claimed about what came after."""
+    died = T0 + 20 * MS + MS // 4  # connection 19 has connected, not closed
+    actors = {
+        "probes": {"role": "probes", "pid": 50, "exit_code": -9, "crashed": True},
+        "server": {"role": "server", "pid": SERVER.pid, "exit_code": 0, "crashed": False},
+        "client": {"role": "client", "pid": CLIENT.pid, "exit_code": 0, "crashed": False},
+        "leaker": {"role": "leaker", "pid": LEAKER.pid, "exit_code": 0, "crashed": False},
+    }
+    actors["probes"]["ended_mono_ns"] = died
+    expected = {
+        "outcomes": {"time_wait": ">=40", "stuck_close_wait": "==5"},
+        "accept": {"EMFILE": ">0"},
+        "app": {"connect": ">=40"},
+    }
+    make_run(tmp_path, kernel_until_ns=died, meta={"actors": actors, "expected": expected})
+    s = build_reports(tmp_path)
+    assert s["horizon"]["kernel_ended_s"] == 0.02
+    assert s["diagnosis"][0] == (
+        "The kernel view ended 0.02 s into the 0.05 s run: the probe process crashed "
+        "(exit code -9). Kernel figures cover only those 0.02 s."
+    )
+    status = {e["path"]: e["status"] for e in s["expectations"]}
+    assert status == {
+        "outcomes.time_wait": "unknown",
+        "outcomes.stuck_close_wait": "unknown",
+        "accept.EMFILE": "unknown",
+        "app.connect": "held",
+    }
+    assert (s["expectations_status"], s["expectations_held"]) == ("unknown", None)
+    assert s["diagnosis"][-1] == (
+        "1 of 4 expectations held; 3 unknown (the kernel view ended at 0.02 s): "
+        "outcomes.time_wait, outcomes.stuck_close_wait, accept.EMFILE."
+    )
+    # 45 connects logged, 20 of them before the kernel view ended.
+    cov = s["coverage"]
+    assert (cov["app_connections"], cov["app_connections_matched"]) == (90, 40)
+    (coverage,) = [d for d in s["diagnosis"] if d.startswith("Coverage:")]
+    assert coverage.startswith(
+        "Coverage: the kernel view covers 0.02 s of the 0.05 s run (40.0%); 44.44% of "
+    )
+    assert (
+        "2 sockets open at 0.02 s, where the kernel view ended: what became of them "
+        "is not known." in s["diagnosis"]
+    )
+    assert not [d for d in s["diagnosis"] if "still open when the run ended" in d]
+    page = (tmp_path / "report.html").read_text()
+    assert "The kernel view ended at 0.02 s of 0.05 s: the probe process crashed" in page
+    assert "<span class=unk>unknown</span> the kernel view ended at 0.02 s" in page
 
 
 def test_no_recording_is_a_clear_error(tmp_path: Path) -> None:

@@ -1,7 +1,9 @@
 """Synthetic recordings: what the orchestrator would record for a scripted lab.
 
-Used by the tests (small exact cases) and by bench/ (millions of events,
-streamed to disk so the generator itself stays small). The kernel sequences
+A test helper, not part of the product: the tests import it as `synthetic`
+(small exact cases), bench/ as `tests.synthetic` (millions of events,
+streamed to disk so the generator itself stays small). It writes frames
+with bus.schema.encode, the orchestrator's own encoder. The kernel sequences
 follow what inet_sock_set_state reports on loopback: the client's
 CLOSE->SYN_SENT carries sport 0, the server's child appears as
 LISTEN->SYN_RECV, the active closer ends FIN_WAIT2->CLOSE (a timewait socket
@@ -69,8 +71,11 @@ class RecordingWriter:
         batch: int = 1000,
         app_batch: int = 50,
         linger_ns: int = 20_000_000,
+        kernel_until_ns: int | None = None,
     ) -> None:
         self.f: IO[bytes] = open(path, "wb")
+        # The probe process died then: no kernel event after it, no eof.
+        self.kernel_until_ns = kernel_until_ns
         self.batch = batch
         self.app_batch = app_batch
         self.linger_ns = linger_ns
@@ -110,6 +115,8 @@ class RecordingWriter:
                 self._flush(k)
 
     def kernel(self, ev: dict[str, Any]) -> None:
+        if self.kernel_until_ns is not None and ev["ts"] > self.kernel_until_ns:
+            return
         self.kernel_events += 1
         self._add(Kind.KERNEL, "probes", ev["type"], ev, ev["ts"])
 
@@ -129,6 +136,8 @@ class RecordingWriter:
             self._flush(key)
         if eof:
             for sender in list(self.seq):
+                if sender == "probes" and self.kernel_until_ns is not None:
+                    continue
                 self._send(Kind.EOF, sender, {"last_seq": self.seq[sender] + 1}, self.now)
         self.f.close()
 
@@ -231,7 +240,13 @@ class Lab:
         )
 
     def epoll_event(
-        self, ts: int, actor: Actor, tid: int, ready: int, timeout_ms: int = -1
+        self,
+        ts: int,
+        actor: Actor,
+        tid: int,
+        ready: int,
+        timeout_ms: int = -1,
+        comm: str | None = None,
     ) -> None:
         self.w.kernel(
             {
@@ -239,7 +254,7 @@ class Lab:
                 "ts": ts,
                 "pid": actor.pid,
                 "tid": tid,
-                "comm": actor.name,
+                "comm": comm or actor.name,
                 "syscall": "epoll_wait",
                 "epfd": 3,
                 "maxevents": 1024,
@@ -342,22 +357,25 @@ class Lab:
         dest: tuple[str, int],
         error: str = "EADDRNOTAVAIL",
         errno: int = 99,
+        log: bool = True,
     ) -> None:
-        """No port left: CLOSE->SYN_SENT->CLOSE with sport 0, in the caller's context."""
+        """No port left: CLOSE->SYN_SENT->CLOSE with sport 0, in the caller's
+        context; `log=False`: the actor logged no record of it (a sample)."""
         sk = self.skaddr(ts)
         self.state(ts, sk, "CLOSE", "SYN_SENT", (client.addr, 0), dest, client.pid)
         self.state(ts + 2 * US, sk, "SYN_SENT", "CLOSE", (client.addr, 0), dest, client.pid)
-        self.log(
-            client,
-            ts + 5 * US,
-            "connect_failed",
-            fd=self.fd(client),
-            raddr=dest[0],
-            rport=dest[1],
-            errno=errno,
-            error=error,
-            level="warning",
-        )
+        if log:
+            self.log(
+                client,
+                ts + 5 * US,
+                "connect_failed",
+                fd=self.fd(client),
+                raddr=dest[0],
+                rport=dest[1],
+                errno=errno,
+                error=error,
+                level="warning",
+            )
         self.free(sk, ts + 2 * US)
 
     def refused(self, ts: int, client: Actor, dest: tuple[str, int], cport: int) -> None:
