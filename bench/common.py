@@ -1,20 +1,26 @@
-"""What the bench sections share: the result row, builds, peers, helpers.
+"""What the bench sections share: the result row, paired runs and their
+spread, the idle spinners, builds, peers, helpers.
 
 Every figure in the table is a ratio against a peer measured in the same
-invocation (alternating runs, medians), because this 2-core machine is shared
-and noisy: an absolute figure alone would say more about the neighbours
-than about tcplab.
+invocation, because this 2-core machine is shared and noisy: an absolute
+figure alone would say more about the neighbours than about tcplab. The two
+arms run as pairs, back to back, who goes first alternating; a row's ratio
+is the median of its paired ratios and the table shows their spread
+(min-max) and how many pairs. A spread wider than SPREAD_LIMIT either way
+of the median makes `paired()` add pairs (bounded) until the last ones
+agree; a row that never settles is marked noisy, not hidden.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +31,10 @@ ROOT = HERE.parent
 BUILD = HERE / "build"  # git-ignored: compiled peers
 OUT = HERE / "out"  # git-ignored: results, recordings, run directories
 PY = sys.executable
+
+# A row is steady when every paired ratio of its window is within this
+# fraction of their median (the issue's "±10%").
+SPREAD_LIMIT = 0.10
 
 
 class BenchError(RuntimeError):
@@ -47,11 +57,24 @@ class Row:
     goal_on: str = "ratio"  # "ratio" or "value"
     met: bool | None = None  # None: no goal, or could not be measured
     note: str = ""
+    # Raw figures per arm. With two lists of equal length, the first is the
+    # value's arm and the second the peer's, paired by index (one round each).
     runs: dict[str, list[float]] = field(default_factory=dict)
     incomplete: bool = False  # measured only part of the way: the goal cannot be met
+    ratios: list[float] = field(default_factory=list)  # the paired ratios `ratio` is the median of
+    pairs_run: int = 0  # pairs measured in all (>= len(ratios) when the window slid)
+    noisy: bool = False  # the paired ratios never came within SPREAD_LIMIT of their median
 
     def judge(self) -> Row:
-        """Fill `ratio` (when both figures exist) and `met` from `goal`."""
+        """Fill `ratio` (median of the paired ratios, else value / peer), the
+        spread, and `met` from `goal`."""
+        if not self.ratios:
+            self.ratios = paired_ratios(self.runs)
+            self.pairs_run = self.pairs_run or len(self.ratios)
+        if self.ratios:
+            self.noisy = not steady(self.ratios)
+            if self.ratio is None:
+                self.ratio = median(self.ratios)
         if self.ratio is None and self.value is not None and self.peer:
             self.ratio = self.value / self.peer
         target = self.ratio if self.goal_on == "ratio" else self.value
@@ -69,6 +92,10 @@ class Row:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def spread(self) -> tuple[float, float] | None:
+        return (min(self.ratios), max(self.ratios)) if self.ratios else None
+
 
 def failed_row(key: str, section: str, measure: str, unit: str, goal: str, why: str) -> Row:
     """A row whose measurement broke: shown, never silently left out."""
@@ -77,6 +104,118 @@ def failed_row(key: str, section: str, measure: str, unit: str, goal: str, why: 
 
 def median(xs: list[float]) -> float:
     return float(statistics.median(xs)) if xs else float("nan")
+
+
+# --------------------------------------------------------------------------- pairs and spread
+
+
+def paired_ratios(runs: dict[str, list[float]]) -> list[float]:
+    """value / peer per round, from a row's `runs` (see Row.runs); [] when
+    the runs are not two paired arms."""
+    arms = list(runs.values())
+    if len(arms) != 2 or len(arms[0]) != len(arms[1]):
+        return []
+    return [v / p for v, p in zip(arms[0], arms[1], strict=True) if p]
+
+
+def steady(ratios: list[float], limit: float = SPREAD_LIMIT) -> bool:
+    """Every ratio within `limit` of their median, either way."""
+    mid = median(ratios)
+    return bool(ratios) and all(abs(r / mid - 1) <= limit for r in ratios)
+
+
+@dataclass
+class Pairs:
+    """Paired runs of two arms: value[i] and peer[i] ran back to back."""
+
+    value: list[float] = field(default_factory=list)
+    peer: list[float] = field(default_factory=list)
+    window: int = 0  # how many of the last pairs the row reports
+
+    def last(self) -> tuple[list[float], list[float]]:
+        n = self.window or len(self.value)
+        return self.value[-n:], self.peer[-n:]
+
+    @property
+    def ratios(self) -> list[float]:
+        vs, ps = self.last()
+        return [v / p for v, p in zip(vs, ps, strict=True) if p]
+
+    def row(
+        self,
+        key: str,
+        section: str,
+        measure: str,
+        unit: str,
+        peer_label: str,
+        names: tuple[str, str],
+        **kw: Any,
+    ) -> Row:
+        """The table row: medians of the window, its paired ratios, every run kept."""
+        vs, ps = self.last()
+        return Row(
+            key, section, measure, median(vs), unit, median(ps), peer_label,
+            runs={names[0]: self.value, names[1]: self.peer},
+            ratios=self.ratios, pairs_run=len(self.value), **kw,
+        )  # fmt: skip
+
+
+def paired(
+    value: Callable[[], float],
+    peer: Callable[[], float],
+    pairs: int,
+    extra: int,
+    deadline: float | None = None,
+) -> Pairs:
+    """`pairs` rounds of both arms, who goes first alternating; then, while
+    the last `pairs` ratios are not steady, one more round, at most `extra`
+    more (and none after `deadline`, a time.monotonic() value). The window
+    slides: a burst of the neighbours' load leaves it, it is not averaged in."""
+    out = Pairs(window=pairs)
+    for r in range(pairs + extra):
+        if r >= pairs and (steady(out.ratios) or (deadline and time.monotonic() > deadline)):
+            break
+        if r >= pairs:
+            log(f"spread {min(out.ratios):.2f}-{max(out.ratios):.2f} is wider than "
+                f"±{SPREAD_LIMIT:.0%}: one more pair")  # fmt: skip
+        if r % 2 == 0:
+            out.value.append(value())
+            out.peer.append(peer())
+        else:
+            out.peer.append(peer())
+            out.value.append(value())
+    return out
+
+
+# --------------------------------------------------------------------------- idle conditions
+
+
+IDLE_SPINNER = """
+import os
+os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+while True:
+    pass
+"""
+
+
+@contextmanager
+def idle_spinners() -> Iterator[None]:
+    """One SCHED_IDLE busy loop per CPU while the block runs.
+
+    On this VM a connect loop on loopback runs 1.25-1.6x faster when the
+    other core is busy than when it idles (waking an idle vCPU is slow),
+    and an attached tracer keeps a core busy: without this, "with probes /
+    without" compares a busy machine with an idle one. A SCHED_IDLE task
+    runs only when nothing else wants the CPU, so both arms see cores that
+    never idle and lose (almost) nothing to the spinners.
+    """
+    procs = [subprocess.Popen([PY, "-c", IDLE_SPINNER]) for _ in range(os.cpu_count() or 1)]
+    try:
+        yield
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGKILL)
+            p.wait()
 
 
 def log(msg: str) -> None:

@@ -7,11 +7,15 @@ bounded by a count and a time.
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +33,7 @@ from bench.common import (
     gated,
     log,
     median,
+    paired,
     py_server,
     release,
     stop,
@@ -190,26 +195,23 @@ class BomberFigures:
     loss: Loss = field(default_factory=Loss)
 
 
-def connection_rate(exe: Path, port: int, count: int, rounds: int, fig: BomberFigures) -> Row:
+def connection_rate(
+    exe: Path, port: int, count: int, rounds: int, extra: int, fig: BomberFigures
+) -> Row:
     """The bomber alone vs the minimal C loop, both to the C server."""
     with c_server(exe, port):
-        for r in range(rounds):
-            # Alternate who goes first, so a drift of the machine hits both.
-            for who in ("c", "bomber") if r % 2 == 0 else ("bomber", "c"):
-                if who == "c":
-                    fig.c_loop.append(run_c_loop(exe, port, count))
-                else:
-                    fig.alone.append(run_bomber(port, count))
-    return Row(
+        runs = paired(lambda: run_bomber(port, count), lambda: run_c_loop(exe, port, count),
+                      rounds, extra)  # fmt: skip
+    fig.alone += runs.value
+    fig.c_loop += runs.peer
+    return runs.row(
         "conn_rate",
         "Connection rate",
         "bomber vs minimal C connect()/close() loop (to a C accept server)",
-        median(fig.alone),
         "conn/s",
-        median(fig.c_loop),
         "C loop",
+        ("bomber", "c_loop"),
         goal=">= 0.95",
-        runs={"bomber": fig.alone, "c_loop": fig.c_loop},
     )
 
 
@@ -239,30 +241,26 @@ def bomber_with_probes(server_pid: int, port: int, count: int, fig: BomberFigure
     return rate
 
 
-def probe_overhead(exe: Path, port: int, count: int, rounds: int, fig: BomberFigures) -> Row:
-    """The bomber with the probes attached vs without, alternating."""
-    without: list[float] = []
+def probe_overhead(
+    exe: Path, port: int, count: int, rounds: int, extra: int, fig: BomberFigures
+) -> Row:
+    """The bomber with the probes attached vs without, in pairs."""
     with c_server(exe, port) as srv:
-        for r in range(rounds):
-            for attached in (False, True) if r % 2 == 0 else (True, False):
-                if attached:
-                    fig.with_probes.append(bomber_with_probes(srv.pid, port, count, fig))
-                else:
-                    without.append(run_bomber(port, count))
-    return Row(
+        runs = paired(lambda: bomber_with_probes(srv.pid, port, count, fig),
+                      lambda: run_bomber(port, count), rounds, extra)  # fmt: skip
+    fig.with_probes += runs.value
+    return runs.row(
         "probe_overhead",
         "Observation overhead",
         "bomber with probes attached (python -m probes -> bus -> hub) / without",
-        median(fig.with_probes),
         "conn/s",
-        median(without),
         "without probes",
+        ("with", "without"),
         goal=">= 0.95",
         note=(
             f"{median(fig.events_per_conn):.1f} kernel events per connection, "
             f"{median(fig.event_rates):,.0f} events/s"
         ),
-        runs={"with": fig.with_probes, "without": without},
     )
 
 
@@ -278,9 +276,86 @@ def wait_in_namespace(ns: Any, port: int) -> None:
         raise BenchError(f"the server in {ns.name} did not listen on {port}")
 
 
-def full_lab(count: int, rounds: int, fig: BomberFigures) -> tuple[Row, dict[str, Any]]:
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+SAMPLE_S = 0.05  # the CPU a process spends after its last sample is not counted
+
+
+def cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a process so far (None when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    # utime and stime are fields 14 and 15 of stat; field 3 is fields[0] here.
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+class CpuSampler:
+    """CPU seconds (user + system) of some processes, by name, sampled from
+    /proc while they run, and of this process (the lab's hub) when asked.
+
+    CPU per connection is far steadier than connections/s on a shared
+    machine: it says what each part of the lab costs, whatever the
+    neighbours do. Processes are sampled every SAMPLE_S until they exit.
+    """
+
+    def __init__(self, pids: Callable[[], dict[str, int]], this_process: str = "") -> None:
+        self.pids = pids
+        self.this_process = this_process
+        self.base: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self._self0 = time.process_time()
+        self._sample()  # long-lived processes count from here
+        self.base = dict(self.cpu)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        for name, pid in self.pids().items():
+            used = cpu_s(pid)
+            if used is not None:  # gone: its last sample stands
+                self.cpu[name] = used
+
+    def _run(self) -> None:
+        while not self._stop.wait(SAMPLE_S):
+            self._sample()
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        used = {k: v - self.base.get(k, 0.0) for k, v in self.cpu.items()}
+        if self.this_process:
+            used[self.this_process] = time.process_time() - self._self0
+        return used
+
+
+RECORDS_OFF = HERE / "records_off"  # a sitecustomize that drops the actors' per-connection records
+
+
+@contextmanager
+def records_off() -> Iterator[None]:
+    """Python processes started inside the block drop their per-connection
+    records at the source (bench/records_off/sitecustomize.py): the lab run
+    minus what those records cost the actors, the bus and the orchestrator."""
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(RECORDS_OFF), before]))
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = before
+
+
+def full_lab(
+    count: int, rounds: int, extra: int, fig: BomberFigures
+) -> tuple[list[Row], dict[str, Any]]:
     """The bomber under LabRun (probes, hub, recording; then correlation)
-    vs the same server and bomber alone in a namespace of their own."""
+    vs the same server and bomber alone in a namespace of their own; and the
+    same lab with the actors' per-connection records dropped vs alone."""
     from lab.netns import LabNamespace
     from lab.run import LabRun, RunOptions
     from lab.scenario import load
@@ -296,67 +371,132 @@ def full_lab(count: int, rounds: int, fig: BomberFigures) -> tuple[Row, dict[str
     scenario = dataclasses.replace(base, actors=actors)
     runs_dir = OUT / "runs"
     shutil.rmtree(runs_dir, ignore_errors=True)
-    lab_rates: list[float] = []
-    alone: list[float] = []
-    last_run: Path | None = None
+    last_run: list[Path] = []
     lab_loss = Loss()
+    records: list[int] = []  # LOG records the hub received per lab run with records on
+    # CPU microseconds per connection, by process, per run: alone, in the lab
+    # with the records, without them.
+    cpu: dict[str, list[dict[str, float]]] = {"alone": [], "lab": [], "lab_no_records": []}
+
+    def in_lab(with_records: bool = True) -> float:
+        lab = LabRun(scenario, RunOptions(runs_dir=runs_dir, view="quiet"))
+        for old in last_run:
+            shutil.rmtree(old, ignore_errors=True)
+
+        def lab_pids() -> dict[str, int]:
+            sup = getattr(lab, "sup", None)  # made by execute()
+            return {n: p.pid for n, p in (sup.processes if sup else {}).items()}
+
+        sampler = CpuSampler(lab_pids, "orchestrator")
+        try:
+            if with_records:
+                run_dir = lab.execute()
+            else:
+                with records_off():
+                    run_dir = lab.execute()
+        finally:
+            used = sampler.stop()
+        arm = "lab" if with_records else "lab_no_records"
+        cpu[arm].append({k: v * 1e6 / count for k, v in used.items()})
+        last_run[:] = [run_dir]
+        done = lab.tally.finished.get("bomber")
+        if done is None:
+            raise BenchError(f"the lab's bomber did not finish: see {run_dir}")
+        ledger = lab.hub.events_ledger
+        lab_loss.add(
+            Loss(
+                drops=lab.tally.kernel_drops,
+                gaps=len(ledger.gaps),
+                rejected=sum(ledger.rejected.values()),
+            )
+        )
+        if with_records:
+            records.append(lab.tally.log_records)
+        time.sleep(0.5)  # let the namespace go before the next run
+        return float(done["per_s"])
+
     ns = LabNamespace("benchpeer").create()
     try:
-        with py_server(8080, netns=ns.command([])):
+        with py_server(8080, netns=ns.command([])) as server:
             wait_in_namespace(ns, 8080)
-            for r in range(rounds):
-                for in_lab in (True, False) if r % 2 == 0 else (False, True):
-                    if not in_lab:
-                        out = ns.run(bomber_argv(8080, count), capture_output=True, timeout=120)
-                        alone.append(bomber_rate(out.stderr))
-                        continue
-                    lab = LabRun(scenario, RunOptions(runs_dir=runs_dir, view="quiet"))
-                    if last_run is not None:
-                        shutil.rmtree(last_run, ignore_errors=True)
-                    last_run = lab.execute()
-                    done = lab.tally.finished.get("bomber")
-                    if done is None:
-                        raise BenchError(f"the lab's bomber did not finish: see {last_run}")
-                    lab_rates.append(float(done["per_s"]))
-                    ledger = lab.hub.events_ledger
-                    lab_loss.add(
-                        Loss(
-                            drops=lab.tally.kernel_drops,
-                            gaps=len(ledger.gaps),
-                            rejected=sum(ledger.rejected.values()),
-                        )
-                    )
-                    time.sleep(0.5)  # let the namespace go before the next run
+
+            def alone() -> float:
+                with tempfile.TemporaryFile("w+") as err:
+                    bomber = subprocess.Popen(ns.command(bomber_argv(8080, count)), stderr=err)
+                    sampler = CpuSampler(lambda: {"server": server.pid, "bomber": bomber.pid})
+                    try:
+                        bomber.wait(timeout=120)
+                    finally:
+                        stop(bomber)
+                        used = sampler.stop()
+                    cpu["alone"].append({k: v * 1e6 / count for k, v in used.items()})
+                    err.seek(0)
+                    return bomber_rate(err.read())
+
+            full = paired(in_lab, alone, rounds, extra)
+            # The correlation below replays a run with records: keep that one.
+            lean = paired(lambda: in_lab(with_records=False), alone, rounds, extra)
+            in_lab()
     finally:
         ns.destroy()
     fig.loss.add(lab_loss)
     # Correlation happens after the run (reports.build_reports): it cannot
     # slow the bomber, but it is part of the lab, so it runs and is timed.
-    assert last_run is not None
     t = time.perf_counter()
-    summary = build_reports(last_run)
+    summary = build_reports(last_run[0])
     secs = time.perf_counter() - t
     items = int(summary["outputs"]["events"])
     cov = summary.get("coverage", {})
     lost = summary.get("counts", {}).get("lost", {})
-    row = Row(
+    with_rows = full.row(
         "lab_overhead",
         "Observation overhead",
         "bomber under the full lab (LabRun: probes, orchestrator, recording) / alone, "
         "same server, both in a namespace",
-        median(lab_rates),
         "conn/s",
-        median(alone),
         "alone in a namespace",
+        ("lab", "alone"),
         goal=">= 0.90",
         note=(
             f"correlation of the last run: {items:,} events in {secs:.1f} s; "
             f"coverage app {cov.get('app_connections_pct')}%, "
-            f"kernel {cov.get('kernel_events_pct')}%; losses {lost}"
+            f"kernel {cov.get('kernel_events_pct')}%; losses {lost}; "
+            f"app records received per run {records}"
         ),
-        runs={"lab": lab_rates, "alone": alone},
     )
-    return row, {"correlate_s": secs, "items": items, "summary_lost": lost}
+    share = records_share(median(full.ratios), median(lean.ratios))
+    alone_cpu, on, off = (cpu_text(cpu[k]) for k in ("alone", "lab", "lab_no_records"))
+    without_rows = lean.row(
+        "lab_records",
+        "Observation overhead",
+        "bomber under the full lab with the actors' per-connection records dropped at the "
+        "source / alone (what the records cost: the difference to the row above)",
+        "conn/s",
+        "alone in a namespace",
+        ("lab_no_records", "alone"),
+        note=(
+            f"the records' share of the lab's slowdown: {share}; CPU µs per connection "
+            f"(medians): alone {alone_cpu}; lab with records {on}; without {off}"
+        ),
+    )
+    details = {"correlate_s": secs, "items": items, "summary_lost": lost, "cpu_us_per_conn": cpu}
+    return [with_rows, without_rows], details
+
+
+def cpu_text(runs: list[dict[str, float]]) -> str:
+    """ "41 (server 14, bomber 12, probes 9, orchestrator 6)": medians per process."""
+    names = sorted({k for r in runs for k in r}, key=lambda k: -median([r.get(k, 0) for r in runs]))
+    each = {k: median([r.get(k, 0.0) for r in runs]) for k in names}
+    total = median([sum(r.values()) for r in runs])
+    return f"{total:.0f} (" + ", ".join(f"{k} {v:.0f}" for k, v in each.items()) + ")"
+
+
+def records_share(with_records: float, without: float) -> str:
+    """How much of the lab's slowdown (1 - ratio) goes when the records go."""
+    slowdown = 1 - with_records
+    if slowdown <= 0:
+        return "none (no slowdown to explain)"
+    return f"{(without - with_records) / slowdown:.0%} ({1 - without:.2f} of {slowdown:.2f} remain)"
 
 
 # Load levels for the loss onset: (C connect loops, conn/s each; 0 = flat out).

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ ROWS = [
     "conn_rate",
     "probe_overhead",
     "lab_overhead",
+    "lab_records",
     "loss_onset",
     "loss_full_speed",
     "bus_capacity",
@@ -63,7 +65,14 @@ def test_tiny_bench_has_every_row_with_numbers(tmp_path: Path) -> None:
         assert finite(r["value"]), f"{key}: {r['note']}"
         assert finite(r["peer"]) and finite(r["ratio"]), f"{key}: {r}"
         assert r["met"] in (True, False, None)
+        # Paired rows carry the ratios their ratio is the median of.
+        if r["ratios"]:
+            assert r["ratio"] == pytest.approx(statistics.median(r["ratios"]))
+            assert r["pairs_run"] >= len(r["ratios"])
+    for key in ("conn_rate", "probe_overhead", "lab_overhead", "lab_records"):
+        assert rows[key]["ratios"], f"{key} is not a paired row"
     assert {"nproc", "kernel", "cpu"} <= set(data["machine"])
     md = (tmp_path / "latest.md").read_text()
     assert all(rows[k]["measure"].replace("|", "/") in md for k in ROWS)
     assert "goals missed or not measured" in out.stdout
+    assert "spread (pairs)" in md and "SCHED_IDLE" in md
