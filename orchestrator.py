@@ -1,25 +1,24 @@
 """tcplab's command line.
 
 Stays thin: `run` hands a scenario to lab.run.LabRun and the recording to
-reports.build_reports; `watch` and `doctor` come from probes.cli.
+reports.build_reports; `watch` and `doctor` come from probes.cli. Every
+command ends with an exit code from lab.exitcodes.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
+from lab.exitcodes import CommandError, Exit, need_root, run_exit
 from lab.scenario import ScenarioError, available, find
 
-
-def _need_root(what: str) -> None:
-    if os.geteuid() != 0:
-        raise click.ClickException(
-            f"{what} needs root (sudo): the eBPF probes and the lab's network namespace need it"
-        )
+ROOT_WHY = "the eBPF probes and the lab's network namespace need it"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -30,7 +29,11 @@ def cli() -> None:
 @cli.command("list")
 def list_scenarios() -> None:
     """Show the scenarios, one line each."""
-    for s in available():
+    try:
+        scenarios = available()
+    except ScenarioError as e:
+        raise CommandError(str(e)) from None
+    for s in scenarios:
         click.echo(f"{s.name:<10} {s.summary}")
 
 
@@ -40,58 +43,110 @@ def list_scenarios() -> None:
               show_default=True, help="Where run directories are written.")
 @click.option("--quiet", "view", flag_value="quiet", help="No live view.")
 @click.option("--json", "view", flag_value="json", help="One JSON status line a second.")
-def run(scenario: tuple[str, ...], runs_dir: Path, view: str | None) -> None:
-    """Run SCENARIO (a name from `tcplab list`, a .toml path, or `all`)."""
-    from lab.run import LabRun, RunOptions
-    from reports import build_reports
+@click.pass_context
+def run(ctx: click.Context, scenario: tuple[str, ...], runs_dir: Path, view: str | None) -> None:
+    """Run SCENARIO (a name from `tcplab list`, a .toml path, or `all`).
 
-    _need_root("tcplab run")
+    Exits with the worst code of its runs (see the README's exit codes)."""
+    from lab.run import LabRun, RunOptions
+    from lab.shaping import ShapingError
+
+    need_root("tcplab run", ROOT_WHY)
     try:
         chosen = available() if scenario == ("all",) else [find(s) for s in scenario]
     except ScenarioError as e:
-        raise click.ClickException(str(e)) from None
+        raise CommandError(str(e)) from None
     view = view or ("live" if sys.stderr.isatty() else "quiet")
-    failed = []
+    worst = Exit.OK
     for s in chosen:
         lab = LabRun(s, RunOptions(runs_dir=runs_dir, view=view))
         try:
             run_dir = lab.execute()
-            summary = build_reports(run_dir)
-        except Exception as e:  # a run that breaks still leaves its directory
-            click.echo(f"tcplab: {s.name}: {e} (see {lab.run_dir})", err=True)
-            failed.append(s.name)
+        except ShapingError as e:  # the kernel cannot shape as asked: nothing was made
+            click.echo(f"tcplab: {s.name}: {e}", err=True)
+            worst = max(worst, Exit.USAGE)
             continue
-        _print_outcome(s.name, run_dir, summary, view)
+        except OSError as e:  # not even a run directory could be made
+            click.echo(f"tcplab: {s.name}: {e}", err=True)
+            worst = max(worst, Exit.CRASHED)
+            continue
+        if lab.teardown_errors:
+            click.echo(f"tcplab: {s.name}: teardown: {'; '.join(lab.teardown_errors)}", err=True)
+        lab.view.note("building report…")
+        summary = _build(run_dir, s.name)
+        code = run_exit(lab.meta(), summary)
+        _print_outcome(s.name, run_dir, lab.meta(), summary, view, code)
+        worst = max(worst, code)
         if lab.interrupted:
             break
-    if failed:
-        raise click.ClickException(f"runs that failed: {', '.join(failed)}")
+    ctx.exit(int(worst))
 
 
-def _print_outcome(name: str, run_dir: Path, summary: dict, view: str) -> None:  # type: ignore[type-arg]
-    if view == "json":
-        import json
-
-        click.echo(json.dumps({"scenario": name, "run_dir": str(run_dir), "summary": summary}))
-        return
-    click.echo(f"\n== {name}: {run_dir}")
-    for line in summary.get("diagnosis", []):
-        click.echo(f"  {line}")
-    click.echo(f"  report: {run_dir / 'report.html'}")
-
-
-@cli.command()
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-def report(run_dir: Path) -> None:
-    """Rebuild every output of RUN_DIR from its raw recording."""
+def _build(run_dir: Path, name: str) -> dict[str, Any] | None:
+    """The run's summary, or None with one line saying why there is none."""
     from correlator.errors import ReportError
     from reports import build_reports
 
     try:
+        return build_reports(run_dir)
+    except (ReportError, OSError) as e:
+        click.echo(f"tcplab: {name}: no report: {e}", err=True)
+        return None
+
+
+def _print_outcome(
+    name: str, run_dir: Path, meta: dict[str, Any], summary: dict[str, Any] | None, view: str,
+    code: Exit,
+) -> None:
+    crashed = {n: a for n, a in meta.get("actors", {}).items() if a.get("crashed")}
+    if view == "json":
+        click.echo(json.dumps({"scenario": name, "run_dir": str(run_dir), "exit_code": int(code),
+                               "errors": meta.get("errors", []), "summary": summary}))
+        return
+    click.echo(f"\n== {name}: {run_dir}")
+    for line in (summary or {}).get("diagnosis", []):
+        click.echo(f"  {line}")
+    for error in meta.get("errors", []):
+        click.echo(f"  ! {error}")
+    for actor, a in crashed.items():
+        click.echo(f"  ! {actor} exited with code {a['exit_code']}; the end of its log:")
+        for line in a.get("last_lines", []):
+            click.echo(f"      {line}")
+    if summary is not None:
+        click.echo(f"  report: {run_dir / 'report.html'}")
+    click.echo(f"  exit code {int(code)} ({code.name.lower().replace('_', ' ')})")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.pass_context
+def report(ctx: click.Context, run_dir: Path) -> None:
+    """Rebuild every output of RUN_DIR from its raw recording.
+
+    Exits with the run's own code (see the README's exit codes)."""
+    from correlator.errors import ReportError
+    from correlator.recording import read_run_meta
+    from reports import build_reports
+
+    if not run_dir.is_dir():
+        raise CommandError(f"{run_dir} is not a run directory: give one of runs/<time>-<scenario>")
+    if not os.access(run_dir, os.W_OK):
+        raise CommandError(
+            f"cannot write the outputs in {run_dir} (owned by another user): run "
+            f"`sudo tcplab report {run_dir}`, or copy the run directory and report on the copy"
+        )
+    try:
         summary = build_reports(run_dir)
+        meta = read_run_meta(run_dir)
     except ReportError as e:
-        raise click.ClickException(str(e)) from None
-    _print_outcome(run_dir.name, run_dir, summary, "text")
+        raise CommandError(str(e)) from None
+    except PermissionError as e:
+        raise CommandError(
+            f"{e.filename}: permission denied: run `sudo tcplab report {run_dir}`"
+        ) from None
+    code = run_exit(meta, summary)
+    _print_outcome(run_dir.name, run_dir, meta, summary, "text", code)
+    ctx.exit(int(code))
 
 
 def _add_probe_commands() -> None:

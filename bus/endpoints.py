@@ -28,11 +28,25 @@ class Endpoints:
         return ["--events", self.events, "--control", self.control]
 
 
+BUS_DIR_PREFIX = "tcplab-bus-"
+
+
 def make_run_dir(parent: str | None = None) -> Path:
-    """A fresh directory for the run's sockets, readable by its owner only."""
-    path = Path(tempfile.mkdtemp(prefix="tcplab-bus-", dir=parent))
+    """A fresh directory for the run's sockets, readable by its owner only.
+
+    Named tcplab-bus-<pid>-*: the pid tells a later run whether the process
+    that made it is gone (lab.stale sweeps those)."""
+    path = Path(tempfile.mkdtemp(prefix=f"{BUS_DIR_PREFIX}{os.getpid()}-", dir=parent))
     os.chmod(path, 0o700)
     return path
+
+
+def bus_dir_owner(path: Path) -> int | None:
+    """The pid in a bus directory's name, or None for any other name."""
+    if not path.name.startswith(BUS_DIR_PREFIX):
+        return None
+    pid = path.name[len(BUS_DIR_PREFIX) :].split("-", 1)[0]
+    return int(pid) if pid.isdigit() else None
 
 
 def ipc_endpoints(run_dir: Path) -> Endpoints:

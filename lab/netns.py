@@ -37,7 +37,7 @@ def _owner_pid(name: str) -> int | None:
     return int(parts[0]) if parts and parts[0].isdigit() else None
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -47,12 +47,12 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def clean_stale() -> list[str]:
+def clean_stale_namespaces() -> list[str]:
     """Remove lab namespaces whose orchestrator is gone (after a crash)."""
     removed = []
     for name in netns.listnetns():
         pid = _owner_pid(name) if name.startswith(PREFIX) else None
-        if pid is not None and pid != os.getpid() and not _alive(pid):
+        if pid is not None and pid != os.getpid() and not pid_alive(pid):
             netns.remove(name)
             removed.append(name)
     return removed

@@ -5,7 +5,7 @@ until every program is attached, or the first connections go unseen), then
 the actors, then the phases; on the way out the actors stop first, so the
 probes still see their last transitions, then the probes, then a final drain
 of the bus. Ctrl-C and SIGTERM take the same way out, so whatever arrived is
-recorded and nothing is left behind.
+recorded, nothing new starts, and nothing is left behind.
 """
 
 from __future__ import annotations
@@ -14,26 +14,32 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bus.endpoints import ipc_endpoints, make_run_dir
+from bus.endpoints import Endpoints, ipc_endpoints, make_run_dir
 from bus.schema import Envelope, Kind
 from bus.transport import BusError, Channel, Hub
 from lab.hostlab import HostLab
 from lab.live import LiveView
-from lab.netns import LabNamespace, clean_stale
+from lab.netns import LabNamespace, NamespaceError
 from lab.recording import Recorder, write_meta
 from lab.scenario import Scenario
+from lab.shaping import ShapingError
+from lab.stale import clean_stale
 from lab.supervisor import Supervisor
 
 PROBES = "probes"
 PROBE_READY_S = 90.0  # BPF compilation takes seconds per program on 2 cores
 ACTOR_READY_S = 30.0
 EOF_WAIT_S = 10.0
+# Errors that end a run early but are no bug: recorded in run.json, and the
+# run still tears down and writes what it can.
+RUN_ERRORS = (BusError, OSError, NamespaceError, ShapingError)
 
 
 @dataclass
@@ -55,9 +61,14 @@ class Tally:
     # `progress`, which the next periodic report (without `done`) replaces.
     finished: dict[str, dict[str, Any]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    # The probes' clock at their last frame: the kernel view is known
+    # complete up to here, whatever happens to the probe process later.
+    probes_last_mono_ns: int | None = None
 
     def add(self, env: Envelope) -> None:
         body = env.body
+        if env.sender == PROBES:
+            self.probes_last_mono_ns = env.mono_ns
         if env.kind is Kind.LOG:
             self.log_records += len(body["records"])
         elif env.kind is Kind.KERNEL:
@@ -66,7 +77,10 @@ class Tally:
         elif env.kind is Kind.STATS:
             source = body["source"]
             if source == "observer":
-                self.states = dict(body.get("states", {}))
+                # The observer's progress reports carry no states: they must
+                # not blank the table until the next sample.
+                if "states" in body:
+                    self.states = dict(body["states"])
             elif source == PROBES:
                 programs = body.get("programs", {})
                 self.kernel_drops = sum(int(p.get("drops", 0)) for p in programs.values())
@@ -76,66 +90,123 @@ class Tally:
                     self.finished[source] = body
 
 
+def unique_run_dir(runs_dir: Path, name: str) -> Path:
+    """A new directory runs/<time>-<name>, -2, -3, ... when that second is taken.
+
+    mkdir is the arbiter, so two runs started at once (even by two processes)
+    never share a directory."""
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    base = f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{name}"
+    for n in range(1, 1000):
+        path = runs_dir / (base if n == 1 else f"{base}-{n}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"{runs_dir}: 999 runs of {name} in one second")
+
+
 class LabRun:
     def __init__(self, scenario: Scenario, options: RunOptions) -> None:
         self.scenario = scenario
         self.options = options
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        self.run_dir = options.runs_dir / f"{stamp}-{scenario.name}"
+        # Until execute() makes it: where the run directory will go.
+        self.run_dir = options.runs_dir / f"<time>-{scenario.name}"
         self.tally = Tally()
         self.phases: list[dict[str, Any]] = []
         self.interrupted = False
+        # The run broke (a crash of the probes, the bus or the disk): it stops
+        # early, and its exit code says so.
+        self.failed = False
+        self.teardown_errors: list[str] = []
         self.phase = "setup"
+        self.started_wall = time.time()
+        self.started_mono_ns = time.monotonic_ns()
+        self.phases_started_mono_ns: int | None = None
+        self._stopping_probes = False
+        self.ns = LabNamespace(scenario.name, scenario.sysctls)
         self.hostlab = HostLab(scenario) if scenario.hosts else None
+        self.sup = Supervisor(self.run_dir / "logs")
+        self.view = LiveView(options.view, scenario.name, scenario.duration_s)
+        self.bus_dir: Path | None = None
+        self.endpoints: Endpoints | None = None
+        self._hub: Hub | None = None
+        self._recorder: Recorder | None = None
+
+    @property
+    def hub(self) -> Hub:
+        if self._hub is None:
+            raise BusError("the run's bus is not open")
+        return self._hub
 
     # -- signals ---------------------------------------------------------------
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         # No exception from a signal handler: the loop notices the flag and
         # takes the ordinary way out, which records and cleans up.
+        if not self.interrupted:
+            self.tally.errors.append(
+                f"interrupted by {signal.Signals(signum).name} during {self.phase}"
+            )
         self.interrupted = True
-        self.tally.errors.append(f"interrupted by {signal.Signals(signum).name}")
+
+    @property
+    def halted(self) -> bool:
+        """Nothing new may start: interrupted, or the run broke."""
+        return self.interrupted or self.failed
 
     # -- the run ---------------------------------------------------------------
     def execute(self) -> Path:
+        """Run the scenario; ShapingError (one line) before anything is made
+        if this kernel cannot shape its link as asked."""
         if self.hostlab is not None:
-            self.hostlab.check()  # before anything is made: one line if the kernel cannot
-        self.run_dir.mkdir(parents=True, exist_ok=False)
+            self.hostlab.check()
+        self.run_dir = unique_run_dir(self.options.runs_dir, self.scenario.name)
+        self.sup.log_dir = self.run_dir / "logs"
         self.started_wall = time.time()
         self.started_mono_ns = time.monotonic_ns()
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        clean_stale()
-        self.ns = LabNamespace(self.scenario.name, self.scenario.sysctls)
-        self.bus_dir = bus_dir = make_run_dir()
-        self.endpoints = ipc_endpoints(bus_dir)
-        self.recorder = Recorder(self.run_dir)
-        self.hub = Hub(self.endpoints.events, self.endpoints.control, record=self._record)
-        self.sup = Supervisor(self.run_dir / "logs")
-        self.view = LiveView(self, self.options.view)
         try:
+            clean_stale()
+            self.bus_dir = make_run_dir()
+            self.endpoints = ipc_endpoints(self.bus_dir)
+            self._recorder = Recorder(self.run_dir)
+            self._hub = Hub(self.endpoints.events, self.endpoints.control, record=self._record)
             self.ns.create()
             if self.hostlab is not None:
                 self.hostlab.create()
             with self.view:
-                self._start_probes()
-                self._start_actors()
-                self._run_phases()
-                self._stop()
-        except (BusError, OSError) as e:
-            self.tally.errors.append(str(e))
-            raise
+                try:
+                    self._start_probes()
+                    self._start_actors()
+                    self._run_phases()
+                finally:
+                    self._stop()
+        except RUN_ERRORS as e:
+            self._fail(str(e))
         finally:
-            self._teardown(bus_dir)
+            self._teardown()
             for s, handler in previous.items():
                 signal.signal(s, handler)
         return self.run_dir
 
+    def _fail(self, error: str) -> None:
+        self.failed = True
+        self.tally.errors.append(error)
+
     def _record(self, channel: Channel, frame: bytes) -> None:
-        if channel is Channel.EVENTS:
-            self.recorder.append(frame)
+        if channel is Channel.EVENTS and self._recorder is not None:
+            try:
+                self._recorder.append(frame)
+            except OSError as e:
+                raise OSError(
+                    e.errno, f"cannot write the recording in {self.run_dir}: {e.strerror}"
+                ) from e
 
     def _python(self, module: str, name: str, args: list[str]) -> list[str]:
         # --quiet: every record goes to the bus; stderr (logs/NAME.log) keeps
         # what is not a record, such as a traceback, not a second copy.
+        assert self.endpoints is not None
         return [sys.executable, "-m", module, *args, *self.endpoints.as_args(), "--name", name,
                 "--quiet"]
 
@@ -146,15 +217,21 @@ class LabRun:
         self._wait_ready([PROBES], PROBE_READY_S)
 
     def _start_actors(self) -> None:
+        if self.halted:
+            return
         self.phase = "starting actors"
         # One at a time, in the scenario's order: an actor sets up before it
         # says ready (a server listens, a pool connects), so a pool listed
         # after its server finds it listening.
         for a in self.scenario.actors:
+            if self.halted:
+                return
             ns = self.hostlab.namespace(a.host) if self.hostlab and a.host else self.ns
             argv = ns.command(self._python(f"actors.{a.role}", a.name, a.args))
             self.sup.spawn(a.name, a.role, argv)
             self._wait_ready([a.name], ACTOR_READY_S)
+        if self.halted:
+            return
         names = [a.name for a in self.scenario.actors]
         # Now the pids are known: the probes' syscall programs trace only the
         # lab's processes, and the observer counts their open fds.
@@ -166,7 +243,7 @@ class LabRun:
 
     def _wait_ready(self, names: list[str], timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
-        while not self.interrupted:
+        while not self.halted:
             missing = [n for n in names if not self._is_ready(n)]
             if not missing:
                 return
@@ -192,18 +269,20 @@ class LabRun:
         return bool(ack.body["ok"])
 
     def _run_phases(self) -> None:
+        if self.halted:
+            return
+        self.phases_started_mono_ns = time.monotonic_ns()
         for phase in self.scenario.phases:
-            if self.interrupted:
+            if self.halted:
                 break
             self.phase = phase.name
-            self.phase_started = time.monotonic()
             start_ns = time.monotonic_ns()
             if self.hostlab is not None:
                 self.hostlab.reshape(phase.link)
             for c in phase.commands:
                 self._command(c.actor, c.name, c.args)
-            while not self.interrupted:
-                if time.monotonic() - self.phase_started >= phase.duration_s:
+            while not self.halted:
+                if time.monotonic_ns() - start_ns >= phase.duration_s * 1e9:
                     break
                 if phase.until_done and all(self._done(a) for a in phase.until_done):
                     break
@@ -218,21 +297,38 @@ class LabRun:
 
     def _ended(self, name: str) -> bool:
         """The actor said eof or its process is gone: nothing more will come."""
-        return (
-            name in self.hub.events_ledger.eof_seq or self.sup.processes[name].exit_code is not None
-        )
+        proc = self.sup.processes.get(name)
+        return name in self.hub.events_ledger.eof_seq or proc is None or proc.exit_code is not None
 
     def _pump(self, timeout_ms: int) -> None:
         for _channel, env in self.hub.poll(timeout_ms):
             self.tally.add(env)
         for proc in self.sup.reap():
             self.hub.forget(proc.name)
-            if proc.crashed:
+            if proc.name == PROBES and not self._stopping_probes:
+                self._probes_lost(proc.exit_code)
+            elif proc.crashed:
                 self.tally.errors.append(
                     f"{proc.name} (pid {proc.pid}) crashed with exit code {proc.exit_code}; "
                     f"see {proc.log_path}"
                 )
-        self.view.refresh()
+        self.view.refresh(self.status())
+
+    def _probes_lost(self, exit_code: int | None) -> None:
+        """The probe process ended before the run stopped it: the kernel view
+        ended at its last frame. The run stops; what came so far is kept."""
+        proc = self.sup.processes[PROBES]
+        proc.crashed = True
+        proc.ended_mono_ns = min(
+            proc.ended_mono_ns or time.monotonic_ns(),
+            self.tally.probes_last_mono_ns or proc.started_mono_ns,
+        )
+        at_s = (proc.ended_mono_ns - self.started_mono_ns) / 1e9
+        self._fail(
+            f"the probes (pid {proc.pid}) ended with exit code {exit_code} during {self.phase}: "
+            f"the kernel view ended {at_s:.1f}s into the run, so the run stopped; "
+            f"see {proc.log_path}"
+        )
 
     def _drain_until(self, names: list[str], timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -242,17 +338,19 @@ class LabRun:
     def _stop(self) -> None:
         self.phase = "stopping"
         self.sup.stopping = True
-        actors = [a.name for a in self.scenario.actors]
+        actors = [a.name for a in self.scenario.actors if a.name in self.sup.processes]
         for name in actors:
             if self._is_ready(name) and self.sup.processes[name].exit_code is None:
                 self._command(name, "stop", {})
         self._drain_until(actors, EOF_WAIT_S)
         self.sup.stop(actors)
         # The probes go last: the actors' final transitions must be seen.
-        if self._is_ready(PROBES) and self.sup.processes[PROBES].exit_code is None:
-            self._command(PROBES, "stop", {})
-        self._drain_until([PROBES], EOF_WAIT_S)
-        self.sup.stop([PROBES])
+        self._stopping_probes = True
+        if PROBES in self.sup.processes:
+            if self._is_ready(PROBES) and self.sup.processes[PROBES].exit_code is None:
+                self._command(PROBES, "stop", {})
+            self._drain_until([PROBES], EOF_WAIT_S)
+            self.sup.stop([PROBES])
         # Whatever is still queued on the bus is part of the run.
         quiet_since = time.monotonic()
         while time.monotonic() - quiet_since < 0.3:
@@ -262,18 +360,76 @@ class LabRun:
             if envs:
                 quiet_since = time.monotonic()
 
-    def _teardown(self, bus_dir: Path) -> None:
-        self.sup.stop_all(grace_s=2.0)
-        self.hub.close()
-        self.recorder.close()
-        self.ns.destroy()
+    def _teardown(self) -> None:
+        """Every step runs whatever failed before it; failures go into one
+        line (teardown_errors) and run.json."""
+        steps: list[tuple[str, Callable[[], object]]] = [
+            ("stop the processes", lambda: self.sup.stop_all(grace_s=2.0)),
+            ("close the bus", self._close_hub),
+            ("close the recording", self._close_recorder),
+            ("remove the namespace", self.ns.destroy),
+            ("remove the hosts and their link", self._destroy_hostlab),
+            ("remove the bus directory", self._remove_bus_dir),
+        ]
+        for what, step in steps:
+            try:
+                step()
+            except Exception as e:  # every later step must still run
+                self.teardown_errors.append(f"{what}: {e}")
+        if self.teardown_errors:
+            self._fail("teardown: " + "; ".join(self.teardown_errors))
+        try:
+            write_meta(self.run_dir, self.meta())
+        except Exception as e:
+            self.teardown_errors.append(f"write {self.run_dir}/run.json: {e}")
+            self.failed = True
+
+    def _destroy_hostlab(self) -> None:
         if self.hostlab is not None:
             self.hostlab.destroy()
-        shutil.rmtree(bus_dir, ignore_errors=True)
-        write_meta(self.run_dir, self.meta())
+
+    def _close_hub(self) -> None:
+        if self._hub is not None:
+            self._hub.close()
+
+    def _close_recorder(self) -> None:
+        if self._recorder is not None:
+            self._recorder.close()
+
+    def _remove_bus_dir(self) -> None:
+        if self.bus_dir is not None:
+            shutil.rmtree(self.bus_dir, ignore_errors=True)
+
+    # -- what the view shows and run.json keeps --------------------------------
+    def status(self) -> dict[str, Any]:
+        tally, now = self.tally, time.monotonic_ns()
+        ledger = self._hub.events_ledger if self._hub is not None else None
+        phases_s = (now - self.phases_started_mono_ns) / 1e9 if self.phases_started_mono_ns else 0
+        return {
+            "scenario": self.scenario.name,
+            "phase": self.phase,
+            "elapsed_s": round((now - self.started_mono_ns) / 1e9, 1),
+            "phases_elapsed_s": round(phases_s, 1),
+            "states": tally.states,
+            "kernel_events": tally.kernel_events,
+            "log_records": tally.log_records,
+            "lost": {
+                "kernel_drops": tally.kernel_drops,
+                "bus_gaps": len(ledger.gaps) if ledger else 0,
+                "bus_rejected": sum(ledger.rejected.values()) if ledger else 0,
+            },
+            "actors": {
+                n: {"pid": p.pid, "exit_code": p.exit_code, "crashed": p.crashed}
+                for n, p in self.sup.processes.items()
+            },
+            "progress": tally.progress,
+            "errors": tally.errors[-3:],
+        }
 
     def meta(self) -> dict[str, Any]:
         s = self.scenario
+        hub = self._hub
+        recorder = self._recorder
         return {
             "scenario": s.name,
             "summary": s.summary,
@@ -285,12 +441,16 @@ class LabRun:
             **({"lab": self.hostlab.describe()} if self.hostlab else {}),
             "actors": {n: p.describe() for n, p in self.sup.processes.items()},
             "phases": self.phases,
-            "bus": self.hub.events_ledger.summary(),
-            "control_bus": self.hub.control_ledger.summary(),
+            "bus": hub.events_ledger.summary() if hub else {},
+            "control_bus": hub.control_ledger.summary() if hub else {},
             "bus_dir": str(self.bus_dir),
-            "recording": {"frames": self.recorder.frames, "bytes": self.recorder.bytes},
+            "recording": {
+                "frames": recorder.frames if recorder else 0,
+                "bytes": recorder.bytes if recorder else 0,
+            },
             "expected": s.expected,
             "interrupted": self.interrupted,
+            "failed": self.failed,
             "errors": self.tally.errors,
             "progress": self.tally.progress,
         }

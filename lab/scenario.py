@@ -7,6 +7,10 @@ durations, and the kernel signature the run is expected to show.
 
 from __future__ import annotations
 
+import difflib
+import ipaddress
+import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +23,22 @@ from lab.topology import TopologyError, parse_hosts, parse_link, parse_phase_lin
 
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
 ROLES = ("server", "client", "bomber", "leaker", "multiplexer", "observer")
+
+# The keys each table may hold: anything else is a typo that would otherwise
+# be ignored in silence (`until_don` made a phase run to its full length).
+TOP_KEYS = ("name", "summary", "description", "lab", "actors", "phases", "expected")
+LAB_KEYS = ("ports", "sysctls", "hosts", "link")
+ACTOR_KEYS = ("name", "role", "args", "host")
+PHASE_KEYS = ("name", "duration_s", "commands", "until_done", "link")
+COMMAND_KEYS = ("actor", "name", "args")
+
+# Bounds that keep a typo from running for days: a phase lasts at most an
+# hour, and a number in an actor's arguments (a count, a rate, seconds) is at
+# most a million.
+MAX_PHASE_S = 3600.0
+MAX_ARG_NUMBER = 1_000_000
+SYSCTL_KEY = re.compile(r"net(\.[A-Za-z0-9_-]+)+")
+SYSCTL_ROOT = Path("/proc/sys")
 
 
 class ScenarioError(ValueError):
@@ -78,55 +98,167 @@ def _need(table: dict[str, Any], key: str, typ: type, where: str) -> Any:
     return value
 
 
+def _table(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ScenarioError(f"{where}: must be a table ({{ key = value, ... }})")
+    return value
+
+
+def _list(value: Any, where: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise ScenarioError(f"{where}: must be a list ([...])")
+    return value
+
+
+def _known_keys(table: dict[str, Any], known: tuple[str, ...], where: str) -> None:
+    for key in table:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"did you mean `{close[0]}`?" if close else f"known keys: {', '.join(known)}"
+            raise ScenarioError(f"{where}: unknown key `{key}`; {hint}")
+
+
+def _sysctls(value: Any, where: str) -> dict[str, Any]:
+    """Checked before any namespace exists: per-namespace (net.*) keys this
+    kernel has, with numbers or strings as values."""
+    sysctls = _table(value, where)
+    for key, v in sysctls.items():
+        if not SYSCTL_KEY.fullmatch(key):
+            raise ScenarioError(
+                f"{where}: sysctl {key!r} is not per network namespace: "
+                "only net.* keys belong in a lab"
+            )
+        if not (SYSCTL_ROOT / key.replace(".", "/")).exists():
+            raise ScenarioError(f"{where}: this kernel has no sysctl {key!r} (see sysctl -a)")
+        items = v if isinstance(v, list) else [v]
+        if not items or not all(
+            isinstance(x, int | str) and not isinstance(x, bool) and str(x).strip() for x in items
+        ):
+            raise ScenarioError(
+                f"{where}: sysctl {key!r} = {v!r}: give a number, a string or a list of numbers"
+            )
+    return dict(sysctls)
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _check_args(args: list[str], where: str) -> None:
+    for i, arg in enumerate(args):
+        value = _number(arg)
+        if value is None:
+            continue
+        option = args[i - 1] if i and args[i - 1].startswith("--") else "a value"
+        if not math.isfinite(value) or abs(value) > MAX_ARG_NUMBER:
+            raise ScenarioError(
+                f"{where}: {option} {arg} is out of range: numbers in actor args go up to "
+                f"{MAX_ARG_NUMBER}"
+            )
+
+
+def _option(args: list[str], name: str) -> str | None:
+    """The value of `--name VALUE` or `--name=VALUE` (the last one wins, as in argparse)."""
+    found = None
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            found = args[i + 1]
+        elif arg.startswith(name + "="):
+            found = arg.split("=", 1)[1]
+    return found
+
+
+def _check_bomber_target(args: list[str], link: LinkSpec | None, where: str) -> None:
+    """A port bomb outside the lab is an attack: refused before anything starts.
+
+    A lab has loopback and, with a [lab.link], the link's two addresses: the
+    target must be one of those (the bomber checks again where it runs)."""
+    target = _option(args, "--target")
+    if target is None:
+        return  # the bomber's default is 127.0.0.1
+    host = target.rpartition(":")[0].strip("[]") if ":" in target else target
+    peers = {str(ipaddress.ip_interface(a).ip) for a in (link.addresses if link else ())}
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback or host in peers
+    except ValueError:
+        raise ScenarioError(
+            f"{where}: bomber target {target!r} is not IP:PORT; give 127.0.0.1:PORT or [::1]:PORT"
+        ) from None
+    if not loopback:
+        raise ScenarioError(
+            f"{where}: refusing bomber target {target}: a port bomb outside the lab is an "
+            "attack; target 127.0.0.1, ::1 or an address of the scenario's [lab.link]"
+        )
+
+
 def load(path: Path) -> Scenario:
     where = str(path)
     try:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise ScenarioError(f"{where}: {e}") from None
+    _known_keys(data, TOP_KEYS, where)
     name = _need(data, "name", str, where)
     actors = []
     for i, a in enumerate(_need(data, "actors", list, where)):
+        aw = f"{where} actors[{i}]"
+        _known_keys(_table(a, aw), ACTOR_KEYS, aw)
         spec = ActorSpec(
-            name=_need(a, "name", str, f"{where} actors[{i}]"),
-            role=_need(a, "role", str, f"{where} actors[{i}]"),
-            args=[str(x) for x in a.get("args", [])],
+            name=_need(a, "name", str, aw),
+            role=_need(a, "role", str, aw),
+            args=[str(x) for x in _list(a.get("args", []), f"{aw} args")],
             host=a.get("host"),
         )
         if spec.role not in ROLES:
             raise ScenarioError(f"{where}: actor {spec.name!r} has role {spec.role!r}; "
                                 f"roles are {', '.join(ROLES)}")
+        _check_args(spec.args, f"{aw} ({spec.name})")
         actors.append(spec)
     names = {a.name for a in actors}
-    lab = data.get("lab", {})
+    lab = _table(data.get("lab", {}), f"{where} [lab]")
+    _known_keys(lab, LAB_KEYS, f"{where} [lab]")
     try:
         hosts = parse_hosts(lab.get("hosts", {}), f"{where} [lab.hosts]")
         link = parse_link(lab["link"], hosts, f"{where} [lab.link]") if "link" in lab else None
     except TopologyError as e:
         raise ScenarioError(str(e)) from None
-    for a in actors:
+    for i, a in enumerate(actors):
         if hosts and a.host not in {h.name for h in hosts}:
             raise ScenarioError(f"{where}: actor {a.name!r} needs `host = ` one of "
                                 f"{', '.join(h.name for h in hosts)}")
         if not hosts and a.host is not None:
             raise ScenarioError(f"{where}: actor {a.name!r} names host {a.host!r} but the "
                                 "scenario declares no [lab.hosts]")
+        if a.role == "bomber":
+            _check_bomber_target(a.args, link, f"{where} actors[{i}] ({a.name})")
     if len(names) != len(actors):
         raise ScenarioError(f"{where}: actor names must be unique")
     phases = []
     for i, p in enumerate(_need(data, "phases", list, where)):
         pw = f"{where} phases[{i}]"
-        commands = [
-            Command(_need(c, "actor", str, pw), _need(c, "name", str, pw), dict(c.get("args", {})))
-            for c in p.get("commands", [])
-        ]
-        until = [str(x) for x in p.get("until_done", [])]
+        _known_keys(_table(p, pw), PHASE_KEYS, pw)
+        commands = []
+        for j, c in enumerate(_list(p.get("commands", []), f"{pw} commands")):
+            cw = f"{pw} commands[{j}]"
+            _known_keys(_table(c, cw), COMMAND_KEYS, cw)
+            args = _table(c.get("args", {}), f"{cw} args")
+            commands.append(Command(_need(c, "actor", str, cw), _need(c, "name", str, cw), args))
+        until = [str(x) for x in _list(p.get("until_done", []), f"{pw} until_done")]
         for actor in [c.actor for c in commands] + until:
             if actor not in names:
                 raise ScenarioError(f"{pw}: no actor named {actor!r}")
         duration = p.get("duration_s")
-        if not isinstance(duration, int | float) or duration <= 0:
-            raise ScenarioError(f"{pw}: `duration_s` must be a positive number of seconds")
+        if (
+            isinstance(duration, bool)
+            or not isinstance(duration, int | float)
+            or not 0 < duration <= MAX_PHASE_S
+        ):
+            raise ScenarioError(
+                f"{pw}: `duration_s` must be a number of seconds above 0, at most {MAX_PHASE_S:g}"
+            )
         try:
             change = parse_phase_link(p["link"], link, pw) if "link" in p else {}
         except TopologyError as e:
@@ -134,18 +266,23 @@ def load(path: Path) -> Scenario:
         phases.append(Phase(_need(p, "name", str, pw), float(duration), commands, until, change))
     if not phases:
         raise ScenarioError(f"{where}: a scenario needs at least one phase")
-    expected = dict(data.get("expected", {}))
+    expected = dict(_table(data.get("expected", {}), f"{where} [expected]"))
     try:
         validate(expected)
     except ExpectationError as e:
         raise ScenarioError(f"{where}: [expected] {e}") from None
+    ports = lab.get("ports", [])
+    if not isinstance(ports, list) or not all(
+        isinstance(p, int) and not isinstance(p, bool) and 0 < p < 65536 for p in ports
+    ):
+        raise ScenarioError(f"{where} [lab]: `ports` must be a list of port numbers (1-65535)")
     return Scenario(
         name=name,
         summary=_need(data, "summary", str, where),
         description=str(data.get("description", "")).strip(),
         path=path,
-        sysctls=dict(lab.get("sysctls", {})),
-        ports=[int(p) for p in lab.get("ports", [])],
+        sysctls=_sysctls(lab.get("sysctls", {}), f"{where} [lab.sysctls]"),
+        ports=list(ports),
         actors=actors,
         phases=phases,
         expected=expected,

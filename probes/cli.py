@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from lab.exitcodes import need_root
 from probes.loader import PROBES, Event, Filters, ProbeError, ProbeSet, make_plan
 
 
@@ -27,6 +28,7 @@ def doctor(no_self_check: bool) -> None:
     """
     from probes.doctor import checks, self_check
 
+    need_root("tcplab doctor", "it reads tracefs and loads a test eBPF program")
     try:
         plan = make_plan()
     except ProbeError as e:
@@ -117,6 +119,7 @@ def watch(
     """
     if duration is not None and duration <= 0:
         raise click.BadParameter("give a positive number of seconds", param_hint="--duration")
+    need_root("tcplab watch", "the eBPF probes need it")
     try:
         filters = Filters(set(pids), set(lports), set(dports), set(ports))
         plan = make_plan()

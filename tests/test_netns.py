@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+from pathlib import Path
 
 import pytest
 from pyroute2 import netns
 
-from lab.netns import PREFIX, LabNamespace, NamespaceError, clean_stale
+from bus.endpoints import BUS_DIR_PREFIX, bus_dir_owner, make_run_dir
+from lab.netns import PREFIX, LabNamespace, NamespaceError, clean_stale_namespaces
+from lab.stale import clean_stale_bus_dirs
 
 pytestmark = [pytest.mark.root, pytest.mark.netns]
 
@@ -46,8 +50,37 @@ def test_stale_namespace_of_dead_run_is_removed() -> None:
     name = f"{PREFIX}{dead.pid}-crashed"
     netns.create(name)
     try:
-        assert name in clean_stale()
+        assert name in clean_stale_namespaces()
         assert name not in netns.listnetns()
     finally:
         if name in netns.listnetns():
             netns.remove(name)
+
+
+def test_stale_bus_directory_of_dead_run_is_removed_live_ones_kept(tmp_path: Path) -> None:
+    """A kill -9'd orchestrator's bus directory goes; a live run's stays,
+    and so does anything that is not a 0700 bus directory."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f"{BUS_DIR_PREFIX}{dead.pid}-abc"
+    live = tmp_path / f"{BUS_DIR_PREFIX}{os.getppid()}-abc"  # pytest's parent: alive
+    open_dir = tmp_path / f"{BUS_DIR_PREFIX}{dead.pid}-shared"
+    unnamed = tmp_path / f"{BUS_DIR_PREFIX}xyz"
+    for d in (stale, live, unnamed):
+        d.mkdir(mode=0o700)
+        (d / "events.sock").touch()
+    open_dir.mkdir()
+    open_dir.chmod(0o755)
+    assert clean_stale_bus_dirs(tmp_path) == [stale]
+    assert not stale.exists()
+    assert live.exists() and open_dir.exists() and unnamed.exists()
+
+
+def test_bus_directory_names_its_owner() -> None:
+    """make_run_dir's name carries the pid the sweep checks."""
+    path = make_run_dir()
+    try:
+        assert bus_dir_owner(path) == os.getpid()
+        assert path.stat().st_mode & 0o777 == 0o700
+    finally:
+        path.rmdir()
