@@ -10,8 +10,10 @@ endif
 
 .PHONY: lab test bench test-kernels provision lint
 
+# make itself can only exit 0 or 2: the code of `tcplab run all` (the worst
+# of its runs, README "Exit codes") is printed when it is not 0.
 lab: provision
-	$(BIN)/tcplab run all
+	@$(BIN)/tcplab run all || { code=$$?; echo "tcplab run all: exit code $$code (README: Exit codes)"; exit $$code; }
 
 test: provision
 	$(BIN)/pytest -ra

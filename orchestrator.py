@@ -73,9 +73,16 @@ def run(ctx: click.Context, scenario: tuple[str, ...], runs_dir: Path, view: str
         if lab.teardown_errors:
             click.echo(f"tcplab: {s.name}: teardown: {'; '.join(lab.teardown_errors)}", err=True)
         lab.view.note("building report…")
-        summary = _build(run_dir, s.name)
-        code = run_exit(lab.meta(), summary)
-        _print_outcome(s.name, run_dir, lab.meta(), summary, view, code)
+        try:
+            summary = _build(run_dir, s.name)
+        except KeyboardInterrupt:
+            # The run itself is complete: only its outputs are missing.
+            click.echo(f"tcplab: {s.name}: interrupted while building the report; "
+                       f"`tcplab report {run_dir}` builds it", err=True)
+            ctx.exit(int(Exit.INTERRUPTED))
+        meta = lab.meta()
+        code = run_exit(meta, summary)
+        _print_outcome(s.name, run_dir, meta, summary, view, code)
         worst = max(worst, code)
         if lab.interrupted:
             break
@@ -128,7 +135,13 @@ def report(ctx: click.Context, run_dir: Path) -> None:
     from correlator.recording import read_run_meta
     from reports import build_reports
 
-    if not run_dir.is_dir():
+    try:
+        is_dir = run_dir.is_dir()
+    except PermissionError:
+        raise CommandError(
+            f"cannot read {run_dir} (permission denied): run `sudo tcplab report {run_dir}`"
+        ) from None
+    if not is_dir:
         raise CommandError(f"{run_dir} is not a run directory: give one of runs/<time>-<scenario>")
     if not os.access(run_dir, os.W_OK):
         raise CommandError(

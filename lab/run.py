@@ -211,6 +211,8 @@ class LabRun:
                 "--quiet"]
 
     def _start_probes(self) -> None:
+        if self.halted:
+            return
         self.phase = "attaching probes"
         args = [a for port in self.scenario.ports for a in ("--port", str(port))]
         self.sup.spawn(PROBES, PROBES, self._python("probes", PROBES, args))
@@ -309,8 +311,8 @@ class LabRun:
                 self._probes_lost(proc.exit_code)
             elif proc.crashed:
                 self.tally.errors.append(
-                    f"{proc.name} (pid {proc.pid}) crashed with exit code {proc.exit_code}; "
-                    f"see {proc.log_path}"
+                    f"{proc.name} (pid {proc.pid}) ended with exit code {proc.exit_code} "
+                    f"during {self.phase}, before the run stopped it; see {proc.log_path}"
                 )
         self.view.refresh(self.status())
 

@@ -40,7 +40,8 @@ class Process:
     log_path: Path
     started_mono_ns: int = field(default_factory=time.monotonic_ns)
     exit_code: int | None = None
-    # Exited with a failure status that the orchestrator's own stop did not cause.
+    # Ended before the run stopped it, or with a failure status that the
+    # orchestrator's own stop did not cause.
     crashed: bool = False
     ended_mono_ns: int | None = None
     # When the orchestrator saw it gone (ended_mono_ns may be earlier: for
@@ -105,9 +106,11 @@ class Supervisor:
     def _record_exit(self, proc: Process) -> None:
         proc.exit_code = proc.popen.returncode
         proc.ended_mono_ns = proc.reaped_mono_ns = time.monotonic_ns()
-        # A negative code is a signal; the signals of our own stop are no crash.
+        # A process ends when the run stops it: before that, any exit (even
+        # 0, e.g. after a stray Ctrl-C) is a crash. A negative code is a
+        # signal; the signals of our own stop are no crash.
         ours = self.stopping and proc.exit_code in (-signal.SIGTERM, -signal.SIGKILL)
-        proc.crashed = proc.exit_code != 0 and not ours
+        proc.crashed = not self.stopping or (proc.exit_code != 0 and not ours)
         if proc.crashed:
             proc.last_lines = last_lines(proc.log_path)
 

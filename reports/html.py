@@ -432,6 +432,11 @@ def render(s: dict[str, Any]) -> str:
                 ("actor", "role", "pid", "exit code", ""),
             )
         )
+        # The end of a crashed actor's log usually says why it crashed.
+        for name, a in s["actors"].items():
+            if isinstance(a, dict) and a.get("crashed") and a.get("last_lines"):
+                parts.append(f"<p>The end of {_e(name)}'s log ({_e(a.get('log'))}):</p>")
+                parts.append(f"<pre>{_e(chr(10).join(a['last_lines']))}</pre>")
     parts.append(
         "<p class=note>Files: events.jsonl (timeline), connections.jsonl "
         "(lifecycles), summary.json (all figures), trace.json (open in "

@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from lab_helpers import LiveRun, wait_nothing_left
 from pyroute2 import netns
 
 from lab.netns import PREFIX
@@ -20,8 +19,6 @@ from lab.scenario import find
 from reports import build_reports
 
 pytestmark = [pytest.mark.root, pytest.mark.bpf, pytest.mark.netns, pytest.mark.slow]
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_scenario(name: str, runs_dir: Path) -> tuple[Path, dict[str, Any]]:
@@ -89,54 +86,19 @@ def test_multiplex_holds_ten_thousand_on_epoll(tmp_path: Path) -> None:
     assert summary["counts"]["epoll"]["max_ready"] > 1
 
 
-def _probe_programs() -> set[int]:
-    """Ids of loaded BPF programs named like ours (tp_*: tracepoint handlers).
-
-    CI runs tests one at a time, so a probe program loaded during the test
-    and still there after it is ours."""
-    out = subprocess.run(
-        ["bpftool", "-j", "prog", "list"], capture_output=True, text=True, check=True
-    )
-    return {p["id"] for p in json.loads(out.stdout) if str(p.get("name", "")).startswith("tp_")}
-
-
 def test_ctrl_c_mid_run_records_and_leaves_nothing_behind(tmp_path: Path) -> None:
-    """SIGINT during a phase: the run directory is complete, and no process,
-    namespace, BPF program or bus socket of the run remains."""
-    before = _probe_programs()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "orchestrator",
-            "run",
-            "bomb",
-            "--json",
-            "--runs-dir",
-            str(tmp_path),
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert proc.stdout is not None
-    # The JSON view prints a status line a second: interrupt once the bomb runs.
-    for line in proc.stdout:
-        if line.startswith("{") and json.loads(line).get("phase") == "bomb":
-            break
-    else:
-        pytest.fail("the bomb phase never started")
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=120)
+    """SIGINT during a phase: exit 130, the run directory is complete, and no
+    process, namespace, BPF program or bus directory of the run remains."""
+    run = LiveRun("bomb", "--runs-dir", str(tmp_path))
+    run.wait_phase("bomb")
+    programs = run.wait_programs()
+    assert programs, "the probe process held no BPF program"
+    run.proc.send_signal(signal.SIGINT)
+    code, out, err = run.finish()
+    assert code == 130, err
     (run_dir,) = tmp_path.iterdir()
     meta = json.loads((run_dir / "run.json").read_text())
     assert meta["interrupted"] is True, out
     assert (run_dir / "recording.msgpack").stat().st_size > 0
-    assert (run_dir / "report.html").exists(), out
-    for actor in meta["actors"].values():
-        with pytest.raises(ProcessLookupError):
-            os.kill(actor["pid"], 0)
-    assert not [n for n in netns.listnetns() if n.startswith(f"{PREFIX}{proc.pid}-")]
-    assert _probe_programs() <= before
-    assert not Path(meta["bus_dir"]).exists()
+    assert (run_dir / "report.html").exists(), err
+    assert wait_nothing_left(run.proc.pid, set(run.pids.values()), programs) == []
