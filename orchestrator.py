@@ -119,9 +119,9 @@ def _print_outcome(
         click.echo(f"  ! {actor} exited with code {a['exit_code']}; the end of its log:")
         for line in a.get("last_lines", []):
             click.echo(f"      {line}")
+    click.echo(f"  exit code {int(code)} ({code.name.lower().replace('_', ' ')})")
     if summary is not None:
         click.echo(f"  report: {run_dir / 'report.html'}")
-    click.echo(f"  exit code {int(code)} ({code.name.lower().replace('_', ' ')})")
 
 
 @cli.command()

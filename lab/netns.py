@@ -47,7 +47,7 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def clean_stale_namespaces() -> list[str]:
+def clean_stale() -> list[str]:
     """Remove lab namespaces whose orchestrator is gone (after a crash)."""
     removed = []
     for name in netns.listnetns():

@@ -30,7 +30,7 @@ from lab.netns import LabNamespace, NamespaceError
 from lab.recording import Recorder, write_meta
 from lab.scenario import Scenario
 from lab.shaping import ShapingError
-from lab.stale import clean_stale
+from lab.stale import sweep
 from lab.supervisor import Supervisor
 
 PROBES = "probes"
@@ -167,7 +167,7 @@ class LabRun:
         self.started_mono_ns = time.monotonic_ns()
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            clean_stale()
+            sweep()
             self.bus_dir = make_run_dir()
             self.endpoints = ipc_endpoints(self.bus_dir)
             self._recorder = Recorder(self.run_dir)

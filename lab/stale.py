@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from bus.endpoints import BUS_DIR_PREFIX, bus_dir_owner
-from lab.netns import clean_stale_namespaces, pid_alive
+from lab.netns import clean_stale, pid_alive
 
 
 def clean_stale_bus_dirs(parent: Path | None = None) -> list[Path]:
@@ -35,6 +35,6 @@ def clean_stale_bus_dirs(parent: Path | None = None) -> list[Path]:
     return removed
 
 
-def clean_stale() -> list[str]:
+def sweep() -> list[str]:
     """Everything stale, by name: namespaces and bus directories."""
-    return clean_stale_namespaces() + [str(p) for p in clean_stale_bus_dirs()]
+    return clean_stale() + [str(p) for p in clean_stale_bus_dirs()]

@@ -10,7 +10,7 @@ import pytest
 from pyroute2 import netns
 
 from bus.endpoints import BUS_DIR_PREFIX, bus_dir_owner, make_run_dir
-from lab.netns import PREFIX, LabNamespace, NamespaceError, clean_stale_namespaces
+from lab.netns import PREFIX, LabNamespace, NamespaceError, clean_stale
 from lab.stale import clean_stale_bus_dirs
 
 pytestmark = [pytest.mark.root, pytest.mark.netns]
@@ -50,7 +50,7 @@ def test_stale_namespace_of_dead_run_is_removed() -> None:
     name = f"{PREFIX}{dead.pid}-crashed"
     netns.create(name)
     try:
-        assert name in clean_stale_namespaces()
+        assert name in clean_stale()
         assert name not in netns.listnetns()
     finally:
         if name in netns.listnetns():
