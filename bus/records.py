@@ -1,15 +1,29 @@
-"""The shapes of the records carried in LOG and KERNEL batches.
+"""The shape of every body on the bus, one typed definition per kind.
 
-These are the join keys the correlator relies on. Both sides name a socket
-by its *local* view: (laddr, lport, raddr, rport) for an application record,
-(saddr, sport, daddr, dport) for a kernel event (the tracepoint reports the
-socket's own source and destination). Addresses are text ("127.0.0.1",
-"::1"), ports host-order ints, times CLOCK_MONOTONIC nanoseconds.
+bus.schema decodes each body against its definition here (msgspec), so a
+body that does not fit never reaches the live tally, the recording or the
+correlator. Bodies are Structs: their fields are required unless they have
+a default; a field with the default UNSET may be left out but is never nil.
+Keys a Struct does not name are allowed (forward compatibility) and kept in
+the body the consumers see, except in KERNEL batches, which are exactly
+the kernel event records below.
+
+The records carried in LOG and KERNEL batches are the join keys the
+correlator relies on. Both sides name a socket by its *local* view:
+(laddr, lport, raddr, rport) for an application record, (saddr, sport,
+daddr, dport) for a kernel event (the tracepoint reports the socket's own
+source and destination). Addresses are text ("127.0.0.1", "::1"), ports
+host-order ints, times CLOCK_MONOTONIC nanoseconds.
 """
 
 from __future__ import annotations
 
-from typing import NotRequired, TypedDict
+from typing import Annotated, Any, Literal, NotRequired, TypedDict
+
+from msgspec import UNSET, Meta, Raw, Struct, UnsetType
+
+# Counts, pids, fds, ports, times: a negative one is a bug or an attack.
+Count = Annotated[int, Meta(ge=0)]
 
 
 class AppRecord(TypedDict):
@@ -19,39 +33,40 @@ class AppRecord(TypedDict):
     accept_failed, send, recv, echo, peer_close, close, plus actor-specific
     progress events (e.g. "progress", "pool_ready"). Socket actions carry
     `fd` and the 4-tuple; failures carry `errno` and `error` (its name).
+    Any other key is allowed and kept.
     """
 
     event: str
     actor: str  # the actor's name in the run, e.g. "server", "bomber"
-    pid: int
-    mono_ns: int
+    pid: Count
+    mono_ns: Count
     wall: float  # time.time(), for display only
     level: str
-    fd: NotRequired[int]
+    fd: NotRequired[int]  # -1 for a socket already closed
     laddr: NotRequired[str]
-    lport: NotRequired[int]
+    lport: NotRequired[Count]
     raddr: NotRequired[str]
-    rport: NotRequired[int]
-    errno: NotRequired[int]
+    rport: NotRequired[Count]
+    errno: NotRequired[Count]
     error: NotRequired[str]  # errno name, e.g. "EADDRNOTAVAIL", "EMFILE"
-    open_fds: NotRequired[int]
+    open_fds: NotRequired[Count]
 
 
 class TcpStateEvent(TypedDict):
     """sock:inet_sock_set_state. pid/tid/comm are whoever was on the CPU
     (often a softirq), never the owner: the correlator finds the owner."""
 
-    type: str  # "tcp_state"
-    ts: int
-    skaddr: int
-    cpu_pid: int
-    cpu_tid: int
+    type: Literal["tcp_state"]
+    ts: Count
+    skaddr: Count
+    cpu_pid: Count
+    cpu_tid: Count
     cpu_comm: str
     family: int  # 2 = AF_INET, 10 = AF_INET6
     saddr: str
-    sport: int
+    sport: Count
     daddr: str
-    dport: int
+    dport: Count
     old: str  # "ESTABLISHED", "FIN_WAIT1", ... (kernel names without TCP_)
     new: str
 
@@ -59,36 +74,124 @@ class TcpStateEvent(TypedDict):
 class AcceptEvent(TypedDict):
     """accept/accept4 exit: fd >= 0 on success, else errno > 0."""
 
-    type: str  # "accept"
-    ts: int  # at syscall exit
-    pid: int
-    tid: int
+    type: Literal["accept"]
+    ts: Count  # at syscall exit
+    pid: Count
+    tid: Count
     comm: str
     syscall: str  # "accept4" or "accept"
     lfd: int
     fd: int
-    errno: int
+    errno: Count
     family: int  # 0 when the caller passed no address buffer
     peer_addr: str
-    peer_port: int
-    dur_ns: int
+    peer_port: Count
+    dur_ns: Count
 
 
 class EpollEvent(TypedDict):
     """epoll_wait / epoll_pwait / epoll_pwait2 exit."""
 
-    type: str  # "epoll"
-    ts: int  # at syscall exit
-    pid: int
-    tid: int
+    type: Literal["epoll"]
+    ts: Count  # at syscall exit
+    pid: Count
+    tid: Count
     comm: str
     syscall: str
     epfd: int
     maxevents: int
     timeout_ms: int  # -1 blocks forever; epoll_pwait2's timespec in ms
     ready: int
-    errno: int
-    dur_ns: int
+    errno: Count
+    dur_ns: Count
+
+
+# A KERNEL batch holds the events of one probe: its name picks their record.
+# A new probe adds its record here.
+KERNEL_EVENTS: dict[str, type] = {
+    "tcp_state": TcpStateEvent,
+    "accept": AcceptEvent,
+    "epoll": EpollEvent,
+}
+
+
+# -- bodies, one per Kind (bus.schema.BODIES maps them) -----------------------
+
+
+class HelloBody(Struct):
+    role: str
+    pid: Count
+
+
+class ReadyBody(Struct):
+    pid: Count
+
+
+class HeartbeatBody(Struct):
+    pass
+
+
+class CommandBody(Struct):
+    name: str
+    args: dict[str, Any]
+
+
+class AckBody(Struct):
+    command_seq: Count
+    ok: bool
+    error: str | UnsetType = UNSET
+    result: dict[str, Any] | UnsetType = UNSET
+
+
+class LogBody(Struct):
+    records: list[AppRecord]
+
+
+class KernelBody(Struct):
+    """`events` is a list of KERNEL_EVENTS[probe], decoded in a second step
+    (msgspec picks a list's item type before it sees `probe`)."""
+
+    probe: str
+    events: Raw
+
+
+class ProgramStats(Struct):
+    """One BPF program's running totals, as the probe process reports them."""
+
+    events: Count
+    drops: Count
+    ring_used: Count | UnsetType = UNSET
+    ring_peak: Count | UnsetType = UNSET
+    ring_size: Count | UnsetType = UNSET
+
+
+class EpollHistogram(Struct):
+    """Per pid, log2 slots: blocked time (ns) and ready counts per wake-up."""
+
+    pid: Count
+    blocked_ns_log2: list[Count]
+    ready_log2: list[Count]
+
+
+class StatsBody(Struct):
+    """Counters and samples. The observer sends `states` and `fds`, the probe
+    process `programs` and `epoll_hist`, actors their own progress numbers
+    (any other key) and `done` once their work is finished."""
+
+    source: str
+    states: dict[str, Count] | UnsetType = UNSET  # TCP state name -> sockets
+    # pid -> open fds; the observer sends int pids, a JSON round trip makes them text
+    fds: dict[int | str, Count] | UnsetType = UNSET
+    sample_ns: Count | UnsetType = UNSET
+    mono_ns: Count | UnsetType = UNSET
+    programs: dict[str, ProgramStats] | UnsetType = UNSET
+    epoll_hist: list[EpollHistogram] | UnsetType = UNSET
+    done: bool | UnsetType = UNSET
+    final: bool | UnsetType = UNSET
+
+
+class EofBody(Struct):
+    last_seq: Count
 
 
 # The TCP states by the kernel's numbering (include/net/tcp_states.h).

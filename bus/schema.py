@@ -6,6 +6,9 @@ kernel and application events join without offsets.
 
 Every receiver calls `decode()`; it never raises on bad input from the wire,
 it raises `FrameError` with a reason that `BusLedger` counts and records.
+Bodies are checked against their kind's typed definition (bus.records,
+msgspec): a frame whose body does not fit is rejected as "bad_body", so
+consumers only ever see bodies of the documented shape.
 """
 
 from __future__ import annotations
@@ -16,6 +19,20 @@ from enum import StrEnum
 from typing import Any
 
 import msgpack
+import msgspec
+
+from bus.records import (
+    KERNEL_EVENTS,
+    AckBody,
+    CommandBody,
+    EofBody,
+    HeartbeatBody,
+    HelloBody,
+    KernelBody,
+    LogBody,
+    ReadyBody,
+    StatsBody,
+)
 
 VERSION = 1
 # A kernel batch of 1000 events is ~100 KB; anything near this is an attack
@@ -35,19 +52,28 @@ class Kind(StrEnum):
     EOF = "eof"  # any -> orchestrator (events): I am done; my last event seq
 
 
-# Required body fields per kind and their types. Extra fields are allowed
-# (forward compatibility); missing or mistyped required ones are malformed.
-BODY_FIELDS: dict[Kind, dict[str, type | tuple[type, ...]]] = {
-    Kind.HELLO: {"role": str, "pid": int},
-    Kind.READY: {"pid": int},
-    Kind.HEARTBEAT: {},
-    Kind.COMMAND: {"name": str, "args": dict},
-    Kind.ACK: {"command_seq": int, "ok": bool},
-    Kind.LOG: {"records": list},
-    Kind.KERNEL: {"events": list},
-    Kind.STATS: {"source": str},
-    Kind.EOF: {"last_seq": int},
+# The typed definition of each kind's body (bus.records). A new kind (for
+# example a batch of raw ring records) adds its Kind above and its body here.
+BODIES: dict[Kind, type[msgspec.Struct]] = {
+    Kind.HELLO: HelloBody,
+    Kind.READY: ReadyBody,
+    Kind.HEARTBEAT: HeartbeatBody,
+    Kind.COMMAND: CommandBody,
+    Kind.ACK: AckBody,
+    Kind.LOG: LogBody,
+    Kind.KERNEL: KernelBody,
+    Kind.STATS: StatsBody,
+    Kind.EOF: EofBody,
 }
+# The envelope with its body left as bytes: the body is decoded once its kind is known.
+_ENVELOPE = msgspec.msgpack.Decoder(tuple[Any, Any, Any, Any, Any, msgspec.Raw])
+_TYPED = {kind: msgspec.msgpack.Decoder(body) for kind, body in BODIES.items()}
+_KERNEL_BATCH = msgspec.msgpack.Decoder(KernelBody)
+_KERNEL_EVENTS = {
+    probe: msgspec.msgpack.Decoder(list[record])  # type: ignore[valid-type]
+    for probe, record in KERNEL_EVENTS.items()
+}
+_PLAIN = msgspec.msgpack.Decoder(dict[str, Any])
 
 
 class FrameError(ValueError):
@@ -80,18 +106,15 @@ def decode(frame: bytes) -> Envelope:
     if len(frame) > MAX_FRAME_BYTES:
         raise FrameError("oversized", f"{len(frame)} bytes > {MAX_FRAME_BYTES}")
     try:
-        raw = msgpack.unpackb(frame, raw=False, strict_map_key=False)
-    except msgpack.ExtraData as e:
-        raise FrameError("malformed", f"trailing bytes after the frame: {e}") from None
-    except (ValueError, msgpack.UnpackException) as e:
-        reason = "truncated" if "incomplete" in str(e).lower() else "malformed"
+        version, kind, sender, seq, mono_ns, raw = _ENVELOPE.decode(frame)
+    except msgspec.ValidationError as e:
+        raise FrameError("malformed", f"not a 6-element envelope array: {e}") from None
+    except msgspec.DecodeError as e:
+        reason = "truncated" if "truncated" in str(e) else "malformed"
         raise FrameError(reason, f"not msgpack: {e}") from None
-    except Exception as e:  # msgpack raises several types for hostile input
+    except Exception as e:  # hostile input can exhaust the recursion limit, say
         raise FrameError("malformed", f"not msgpack: {type(e).__name__}: {e}") from None
-    if not isinstance(raw, list) or len(raw) != 6:
-        raise FrameError("malformed", "not a 6-element envelope array")
-    version, kind, sender, seq, mono_ns, body = raw
-    if version != VERSION:
+    if version != VERSION or type(version) is not int:
         raise FrameError("bad_version", f"version {version!r}, this build speaks {VERSION}")
     try:
         k = Kind(kind)
@@ -103,13 +126,30 @@ def decode(frame: bytes) -> Envelope:
         raise FrameError("malformed", "seq is not a non-negative integer")
     if type(mono_ns) is not int or mono_ns < 0:
         raise FrameError("malformed", "mono_ns is not a non-negative integer")
-    if not isinstance(body, dict):
-        raise FrameError("malformed", "body is not a map")
-    for name, typ in BODY_FIELDS[k].items():
-        value = body.get(name)
-        if value is None or not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-            raise FrameError("malformed", f"{k} body field {name!r} missing or not {typ}")
-    return Envelope(k, sender, seq, mono_ns, body)
+    return Envelope(k, sender, seq, mono_ns, _body(k, raw))
+
+
+def _body(kind: Kind, raw: msgspec.Raw) -> dict[str, Any]:
+    """The body as a plain dict, once it fits its kind's definition."""
+    try:
+        if kind is Kind.KERNEL:
+            # One pass: the records are TypedDicts, decoded straight to dicts.
+            batch = _KERNEL_BATCH.decode(raw)
+            events = _KERNEL_EVENTS.get(batch.probe)
+            if events is None:
+                known = ", ".join(KERNEL_EVENTS)
+                raise FrameError("bad_body", f"kernel body: probe {batch.probe!r} (known: {known})")
+            return {"probe": batch.probe, "events": events.decode(batch.events)}
+        # Checked against the Struct, then decoded again as a dict: keys the
+        # definition does not name are kept for the consumers.
+        _TYPED[kind].decode(raw)
+        return _PLAIN.decode(raw)
+    except msgspec.ValidationError as e:
+        raise FrameError("bad_body", f"{kind} body: {e}") from None
+    except FrameError:
+        raise
+    except Exception as e:  # bad UTF-8 deep in a body, or a recursion bomb
+        raise FrameError("malformed", f"{kind} body: {type(e).__name__}: {e}") from None
 
 
 class Sequencer:
@@ -145,6 +185,7 @@ class BusLedger:
 
     keep: int = 20
     frames: int = 0
+    accepted: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
     samples: list[dict[str, Any]] = field(default_factory=list)
     gaps: list[Gap] = field(default_factory=list)
@@ -152,27 +193,40 @@ class BusLedger:
     eof_seq: dict[str, int] = field(default_factory=dict)
 
     def accept(self, frame: bytes) -> Envelope | None:
-        """Decode a frame; return it, or None after recording why not."""
-        self.frames += 1
-        try:
-            env = decode(frame)
-        except FrameError as e:
-            self.rejected[e.reason] = self.rejected.get(e.reason, 0) + 1
-            if len(self.samples) < self.keep:
-                self.samples.append(
-                    {"reason": e.reason, "detail": e.detail, "head": frame[:64].hex()}
-                )
-            return None
-        self._track(env)
+        """Decode a frame and track its sequence; None after recording why not."""
+        env = self.take(frame)
+        if env is not None:
+            self.track(env)
         return env
 
-    def _track(self, env: Envelope) -> None:
+    def take(self, frame: bytes) -> Envelope | None:
+        """Count and decode a frame, without tracking it yet (the receiver may
+        still refuse it: see `reject`); None after recording why not."""
+        self.frames += 1
+        try:
+            return decode(frame)
+        except FrameError as e:
+            self._count(e.reason, e.detail, frame)
+            return None
+
+    def reject(self, reason: str, detail: str, frame: bytes) -> None:
+        """Refuse a frame that `take` decoded: counted like a malformed one."""
+        self._count(reason, detail, frame)
+
+    def track(self, env: Envelope) -> None:
+        """An accepted envelope: check its sender's sequence, note its eof."""
+        self.accepted += 1
         prev = self.last_seq.get(env.sender, 0)
         if env.seq != prev + 1:
             self.gaps.append(Gap(env.sender, prev + 1, env.seq))
         self.last_seq[env.sender] = max(prev, env.seq)
         if env.kind is Kind.EOF:
             self.eof_seq[env.sender] = env.body["last_seq"]
+
+    def _count(self, reason: str, detail: str, frame: bytes) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        if len(self.samples) < self.keep:
+            self.samples.append({"reason": reason, "detail": detail, "head": frame[:64].hex()})
 
     def complete(self, sender: str) -> bool:
         """True when `sender` said eof and every message up to it arrived."""
@@ -185,6 +239,7 @@ class BusLedger:
     def summary(self) -> dict[str, Any]:
         return {
             "frames": self.frames,
+            "accepted": self.accepted,
             "rejected": dict(self.rejected),
             "rejected_samples": list(self.samples),
             "gaps": [vars(g) for g in self.gaps],

@@ -414,17 +414,22 @@ class Hub:
                 parts = self._router.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
+            ledger = self.control_ledger
             if len(parts) != 2:
                 # A DEALER sends exactly one frame; more is not our protocol.
-                self._reject("multipart", f"{len(parts) - 1} frames after the identity")
+                ledger.frames += 1
+                ledger.reject("multipart", f"{len(parts) - 1} frames after the identity",
+                              b"".join(parts[1:]))
                 continue
             identity, frame = parts
-            env = self.control_ledger.accept(frame)
+            env = ledger.take(frame)
             if env is None:
                 continue
             if env.sender.encode() != identity:
-                self._reject("identity_mismatch", f"sender {env.sender!r} on route {identity!r}")
+                ledger.reject("identity_mismatch", f"sender {env.sender!r} on route {identity!r}",
+                              frame)
                 continue
+            ledger.track(env)
             if self._record is not None:
                 self._record(Channel.CONTROL, frame)
             self._on_control(env)
@@ -446,12 +451,6 @@ class Hub:
             self.acks[(env.sender, env.body["command_seq"])] = env
         if env.kind is not Kind.HEARTBEAT:
             self._pending.append((Channel.CONTROL, env))
-
-    def _reject(self, reason: str, detail: str) -> None:
-        ledger = self.control_ledger
-        ledger.rejected[reason] = ledger.rejected.get(reason, 0) + 1
-        if len(ledger.samples) < ledger.keep:
-            ledger.samples.append({"reason": reason, "detail": detail, "head": ""})
 
     def _beat(self) -> None:
         now = time.monotonic()

@@ -118,5 +118,8 @@ def test_hostile_frames_never_crash_or_corrupt(tmp_path: Path) -> None:
     assert events["rejected"].get("malformed", 0) > 0
     control = seen["control"]
     assert sent["multipart"] == control["rejected"].get("multipart", 0)
-    # Every single-frame control message was decoded: accepted or counted.
-    assert sent["multipart"] + 1 == control["frames"]
+    # Every control message arrived (one single-frame and one multipart per
+    # hostile frame, and the hello), and each was accepted or counted.
+    assert 2 * sent["multipart"] + 1 == control["frames"]
+    for ledger in (events, control):
+        assert ledger["frames"] == ledger["accepted"] + sum(ledger["rejected"].values())

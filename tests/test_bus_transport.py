@@ -21,9 +21,11 @@ from bus.transport import BusError, Channel, EventSender, Hub
 # exit 0); exits 3 when the orchestrator goes quiet.
 PEER = """
 import sys
+from bus.logging import SocketLog
 from bus.transport import ControlClient, EventSender
 events, control, name = sys.argv[1:4]
 ev = EventSender(events, name)
+log = SocketLog(name, ev)
 ctl = ControlClient(control, name, heartbeat_s=0.1, peer_timeout_s=1.0)
 ctl.hello("peer")
 ctl.ready()
@@ -33,7 +35,7 @@ while True:
     for cmd in ctl.poll(50):
         if cmd.body["name"] == "emit":
             for i in range(cmd.body["args"]["n"]):
-                ev.log({"event": "send", "i": i})
+                log("send", i=i)
             ev.flush()
             ctl.ack(cmd, True, result={"sent": cmd.body["args"]["n"]})
         elif cmd.body["name"] == "stop":

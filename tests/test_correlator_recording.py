@@ -77,7 +77,7 @@ def test_a_frame_with_a_bad_body_is_rejected_with_its_reason(tmp_path: Path) -> 
     p.write_bytes(fs[0] + wrong + fs[2])
     seqs, r = read(p)
     assert [1, 3] == seqs
-    assert {"malformed": 1} == r.stats.summary()["rejected"]
+    assert {"bad_body": 1} == r.stats.summary()["rejected"]
 
 
 def test_garbage_between_frames_is_skipped(tmp_path: Path) -> None:
