@@ -1,12 +1,13 @@
-"""The seed's multiplexing demo scaled to C10k: N connections, one epoll loop.
+"""Multiplexing scaled to C10k: N connections, one epoll loop.
 
 One thread holds every connection; each sends a line every `--interval`
 seconds (spread evenly over the interval) and reads the echoes. Reports
 connections held, echoes per second, RSS and threads once a second.
 
 A process may hold at most 20000 open files here (the hard limit), so
-beyond `--per-process` connections the rest go to worker processes (run
-alone, reporting their counters to this one on a pipe).
+beyond `--per-process` connections (at most the hard limit less a reserve)
+the rest go to worker processes (run alone, reporting their counters to
+this one on a pipe).
 
     python -m actors.multiplexer --target 127.0.0.1:8080 --connections 10000
 """
@@ -18,6 +19,7 @@ import errno
 import json
 import math
 import os
+import resource
 import selectors
 import socket
 import subprocess
@@ -29,6 +31,8 @@ from actors import runtime
 from actors.runtime import Runtime, UsageError, error_fields, parse_hostport, raise_nofile
 
 PER_PROCESS = 19000  # leaves room under the 20000 hard limit for the bus, epoll, stdio
+# Open files a process needs besides its connections (ZeroMQ, epoll, stdio, pipes).
+FD_RESERVE = 200
 IN_FLIGHT = 512  # connects waiting for the handshake at once: stays under the server backlog
 TICK_S = 0.01
 LINE = b"tick\n"
@@ -227,8 +231,18 @@ def multiplex(args: argparse.Namespace) -> int:
         raise UsageError(
             f"--connections >= 0, --interval > 0, --per-process 1..{PER_PROCESS} please"
         )
+    # A process holds what its hard open-file limit allows (20000 here, less
+    # elsewhere); worker processes hold the rest.
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard - FD_RESERVE < args.per_process:
+        if hard <= 2 * FD_RESERVE:
+            raise UsageError(
+                f"open-file hard limit {hard} is too low: raise it (ulimit -Hn) above "
+                f"{2 * FD_RESERVE}"
+            )
+        args.per_process = hard - FD_RESERVE
     mine = min(args.connections, args.per_process)
-    limit = raise_nofile(mine + 200)
+    limit = raise_nofile(mine + FD_RESERVE)
     if limit < mine + 50:
         raise UsageError(f"open-file limit {limit} is too low for {mine} connections")
     rt = Runtime("multiplexer", args)
