@@ -30,11 +30,23 @@ class Conn:
     echoes: int = 0
 
 
-def listen(host: str, port: int, backlog: int) -> socket.socket:
+def listen(host: str, port: int, backlog: int, congestion: str | None = None,
+           rcvbuf: int = 0) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     # The seed's strace shows it: restart at once despite TIME_WAIT leftovers.
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Set on the listener, both pass to every accepted socket; the receive
+    # buffer before listen() also decides the window scale offered in the SYN-ACK.
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    if congestion:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, congestion.encode())
+        except OSError as e:
+            sock.close()
+            raise UsageError(f"--congestion {congestion}: {e.strerror}; see "
+                             "/proc/sys/net/ipv4/tcp_available_congestion_control") from None
     try:
         sock.bind((host, port))
     except OSError as e:
@@ -161,13 +173,16 @@ class EchoServer:
 
 def serve(args: argparse.Namespace) -> int:
     raise_nofile()  # an echo server for C10k needs more than the default 1024
-    lsock = listen(args.host, args.port, args.backlog)
+    if args.rcvbuf < 0:
+        raise UsageError("--rcvbuf must be 0 (the kernel's default) or a size in bytes")
+    lsock = listen(args.host, args.port, args.backlog, args.congestion, args.rcvbuf)
     rt = Runtime("server", args)
     # Per-connection records take the lean path; run alone, a person still
     # sees each one on stderr, as the seed's server printed them.
     rt.sock_log.echo = not rt.attached and not args.quiet
     host, port = lsock.getsockname()[:2]
-    rt.log.info("listen", fd=lsock.fileno(), laddr=host, lport=port, backlog=args.backlog)
+    rt.log.info("listen", fd=lsock.fileno(), laddr=host, lport=port, backlog=args.backlog,
+                congestion=args.congestion, rcvbuf=args.rcvbuf)
     server = EchoServer(rt, lsock)
     rt.progress = server.progress
     rt.ready(host=host, port=port)
@@ -182,6 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int, default=8080, help="port (0 picks a free one)")
     p.add_argument("--backlog", type=int, default=4096, help="listen() backlog")
+    p.add_argument("--congestion", default=None,
+                   help="congestion control for accepted sockets, e.g. cubic")
+    p.add_argument("--rcvbuf", type=int, default=0,
+                   help="SO_RCVBUF in bytes for accepted sockets (0: autotuned)")
     args = p.parse_args(argv)
     return runtime.run(lambda: serve(args), "server")
 

@@ -589,8 +589,17 @@ def _phase_end_s(meta: dict[str, Any], c: Correlator) -> dict[str, float]:
     return out
 
 
-def build_summary(c: Correlator, rec: RecordingStats, meta: dict[str, Any]) -> dict[str, Any]:
+def build_summary(
+    c: Correlator,
+    rec: RecordingStats,
+    meta: dict[str, Any],
+    extra_counts: dict[str, Any] | None = None,
+    extra_sentences: list[str] | None = None,
+) -> dict[str, Any]:
+    """`extra_counts`/`extra_sentences`: figures from outside the recording
+    (a two-host run's socket snapshots), checked and told like the rest."""
     cnt = counts(c)
+    cnt.update(extra_counts or {})
     cov = coverage(c)
     cnt["coverage"] = {k: v for k, v in cov.items() if isinstance(v, int | float)}
     loss = losses(c, rec, meta)
@@ -617,7 +626,7 @@ def build_summary(c: Correlator, rec: RecordingStats, meta: dict[str, Any]) -> d
     h = horizon(c, rec, meta, t0, duration_s)
     phase_ends = _phase_end_s(meta, c)
     expectations = check(meta.get("expected"), cnt, lambda path: h.judge(path, phase_ends))
-    diagnosis = diagnose(c, cnt, cov, loss, meta, h)
+    diagnosis = diagnose(c, cnt, cov, loss, meta, h) + list(extra_sentences or [])
     if expectations:
         held = sum(1 for e in expectations if e["status"] == "held")
         line = f"{held} of {len(expectations)} expectations held"

@@ -8,6 +8,7 @@ a phase says so, and remove everything at the end.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from lab.hosts import Hosts
@@ -15,12 +16,14 @@ from lab.link import Link
 from lab.netns import LabNamespace
 from lab.scenario import Scenario
 from lab.shaping import check_supported
+from lab.snapshots import Snapshotter
 from lab.topology import phase_shapes
 
 
 class HostLab:
     def __init__(self, scenario: Scenario) -> None:
         self.scenario = scenario
+        self.snapshots: Snapshotter | None = None
         self.hosts = Hosts(scenario.name, scenario.hosts)
         spec = scenario.link
         changes = [p.link for p in scenario.phases if p.link]
@@ -31,11 +34,13 @@ class HostLab:
         """Raise ShapingError (one line) if this kernel cannot shape as asked."""
         check_supported(self.shapes)
 
-    def create(self) -> HostLab:
+    def create(self, run_dir: Path) -> HostLab:
+        """Namespaces, link, and snapshots written into `run_dir`."""
         self.hosts.create()
         try:
             if self.link is not None:
                 self.link.create()
+            self.snapshots = Snapshotter(self.hosts.names(), self.scenario.ports, run_dir)
         except BaseException:
             self.destroy()
             raise
@@ -43,6 +48,11 @@ class HostLab:
 
     def namespace(self, host: str) -> LabNamespace:
         return self.hosts[host]
+
+    def tick(self) -> None:
+        """Called from the run's loop (every ~100 ms): snapshots when due."""
+        if self.snapshots is not None:
+            self.snapshots.due()
 
     def reshape(self, change: dict[str, dict[str, float]]) -> None:
         if self.link is not None and change:
@@ -54,6 +64,8 @@ class HostLab:
             "hosts": {h: {"namespace": ns.name, "sysctls": ns.sysctls}
                       for h, ns in self.hosts.namespaces.items()},
         }
+        if self.snapshots is not None:
+            out["snapshots"] = self.snapshots.describe()
         if self.link is not None:
             spec = self.link.spec
             out["link"] = {
@@ -67,6 +79,8 @@ class HostLab:
         return out
 
     def destroy(self) -> None:
+        if self.snapshots is not None:
+            self.snapshots.close()
         if self.link is not None:
             self.link.destroy()
         self.hosts.destroy()

@@ -174,7 +174,7 @@ class LabRun:
             self._hub = Hub(self.endpoints.events, self.endpoints.control, record=self._record)
             self.ns.create()
             if self.hostlab is not None:
-                self.hostlab.create()
+                self.hostlab.create(self.run_dir)
             with self.view:
                 try:
                     self._start_probes()
@@ -314,6 +314,8 @@ class LabRun:
                     f"{proc.name} (pid {proc.pid}) ended with exit code {proc.exit_code} "
                     f"during {self.phase}, before the run stopped it; see {proc.log_path}"
                 )
+        if self.hostlab is not None:
+            self.hostlab.tick()
         self.view.refresh(self.status())
 
     def _probes_lost(self, exit_code: int | None) -> None:

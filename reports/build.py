@@ -11,6 +11,7 @@ from correlator.engine import Correlator, CorrelatorConfig
 from correlator.recording import RecordingReader, read_run_meta, recording_path
 from correlator.summary import build_summary
 from reports.html import write_html
+from reports.snapshots import sentences, snapshot_counts
 from reports.writers import RunSink, TraceWriter
 
 
@@ -37,7 +38,8 @@ def build_reports(run_dir: Path, config: CorrelatorConfig | None = None) -> dict
         corr.finish()
     finally:
         sink.close()
-    summary = build_summary(corr, reader.stats, meta)
+    extra = snapshot_counts(run_dir)
+    summary = build_summary(corr, reader.stats, meta, extra, sentences(extra))
     plots = summary["plots"]
     offset_s = (plots["t0_mono_ns"] - trace.t0) / 1e9
     shifted = [[t + offset_s, v] for t, v in plots["observer_states"]]

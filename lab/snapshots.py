@@ -1,0 +1,120 @@
+"""Socket snapshots of a two-host lab, written to snapshots.jsonl.
+
+Up to SNAPSHOT_HZ times a second, sock_diag in every host's namespace, for
+the lab's ports only (the kernel filters), one JSON line per socket:
+- "established": once per socket, the first time it is seen ESTABLISHED —
+  what the handshake negotiated (MSS both ways, advmss, pmtu, window
+  scales, options) and the congestion algorithm;
+- "sample": every time — rtt, rttvar, cwnd, ssthresh, retransmits, probes,
+  backoff, rcv_space, rwnd_limited, the timer running and when it expires;
+- "gone": the first snapshot a socket is no longer in (with the time it was
+  last seen), so a keepalive that gave up shows when it did.
+Sockets are told apart by their kernel cookie (a reused 4-tuple is a new one).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+from pyroute2 import netns
+
+from bus.records import TCP_STATES
+from probes.sockdiag import DiagQuery, SockDiag
+
+SNAPSHOTS = "snapshots.jsonl"
+SNAPSHOT_HZ = 4.0
+ESTABLISHED = TCP_STATES.index("ESTABLISHED")
+LISTEN = TCP_STATES.index("LISTEN")
+HANDSHAKE = ("snd_mss", "rcv_mss", "advmss", "pmtu", "snd_wscale", "rcv_wscale", "options")
+# tcp_info name -> snapshot name (units in the name where the kernel's are not obvious).
+DYNAMIC = {
+    "rtt": "rtt_us", "rttvar": "rttvar_us", "snd_cwnd": "cwnd", "snd_ssthresh": "ssthresh",
+    "retransmits": "retransmits", "probes": "probes", "backoff": "backoff",
+    "rcv_space": "rcv_space", "rwnd_limited": "rwnd_limited_us",
+    "total_retrans": "total_retrans", "unacked": "unacked", "ca_state": "ca_state",
+    "last_ack_recv": "last_ack_recv_ms",
+}
+
+
+def _ends(s: SockDiag) -> dict[str, Any]:
+    return {"laddr": s.laddr, "lport": s.lport, "raddr": s.raddr, "rport": s.rport,
+            "cookie": s.cookie}
+
+
+class Snapshotter:
+    def __init__(self, namespaces: dict[str, str], ports: list[int], run_dir: Path) -> None:
+        """`namespaces`: host -> network namespace name."""
+        self.ports = ports
+        self.queries: dict[str, DiagQuery] = {}
+        for host, name in namespaces.items():
+            # A netlink socket answers for the namespace it was made in.
+            netns.pushns(name)
+            try:
+                self.queries[host] = DiagQuery()
+            finally:
+                netns.popns()
+        self._out: IO[bytes] = open(run_dir / SNAPSHOTS, "ab")
+        self.interval_ns = int(1e9 / SNAPSHOT_HZ)
+        self.next_ns = 0
+        self.samples = 0
+        self.took_ns_max = 0
+        self._seen: dict[tuple[str, int], dict[str, Any]] = {}  # live sockets, last sample
+        self._established: set[tuple[str, int]] = set()
+
+    def due(self) -> None:
+        """Take a snapshot if the last one is at least one interval old."""
+        if time.monotonic_ns() >= self.next_ns:
+            self.snapshot()
+
+    def snapshot(self) -> None:
+        t0 = time.monotonic_ns()
+        self.next_ns = t0 + self.interval_ns
+        lines: list[bytes] = []
+        live: dict[tuple[str, int], dict[str, Any]] = {}
+        for host, query in self.queries.items():
+            for s in query.sockets(self.ports):
+                if s.state == LISTEN or s.tcp_info is None:
+                    continue
+                key = (host, s.cookie)
+                base = {"t_mono_ns": t0, "host": host, **_ends(s)}
+                info = s.tcp_info
+                if s.state == ESTABLISHED and key not in self._established:
+                    self._established.add(key)
+                    lines.append(orjson.dumps({
+                        "kind": "established", **base,
+                        **{k: info[k] for k in HANDSHAKE}, "congestion": s.congestion,
+                    }))
+                sample = {
+                    "kind": "sample", **base, "state": TCP_STATES[s.state], "timer": s.timer,
+                    "expires_ms": s.expires_ms, "timer_retrans": s.retrans,
+                    **{name: info[k] for k, name in DYNAMIC.items()},
+                }
+                live[key] = sample
+                lines.append(orjson.dumps(sample))
+        for key, last in self._seen.items():
+            if key not in live:
+                lines.append(orjson.dumps({
+                    **{k: last[k] for k in ("host", "laddr", "lport", "raddr", "rport", "cookie")},
+                    "kind": "gone", "t_mono_ns": t0, "last_seen_mono_ns": last["t_mono_ns"],
+                    "last_state": last["state"], "last_probes": last["probes"],
+                    "last_timer": last["timer"],
+                    "last_ack_mono_ns": last["t_mono_ns"] - last["last_ack_recv_ms"] * 1_000_000,
+                }))
+        self._seen = live
+        self._out.write(b"".join(line + b"\n" for line in lines))
+        self.samples += 1
+        self.took_ns_max = max(self.took_ns_max, time.monotonic_ns() - t0)
+
+    def describe(self) -> dict[str, Any]:
+        return {"file": SNAPSHOTS, "hz": SNAPSHOT_HZ, "samples": self.samples,
+                "took_ms_max": round(self.took_ns_max / 1e6, 3)}
+
+    def close(self) -> None:
+        if self._out.closed:
+            return
+        self._out.close()
+        for query in self.queries.values():
+            query.close()
