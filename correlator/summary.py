@@ -343,7 +343,8 @@ def _epoll_sentence(c: Correlator, pid: int, e: dict[str, Any]) -> str:
     def figures(t: dict[str, Any]) -> str:
         return (
             f"{t['comm'] or 'thread'} (tid {t['tid']}): {_plural(t['calls'], 'epoll_wait call')}, "
-            f"up to {t['max_ready']} ready per wake-up, {t['timeouts']} returned empty"
+            + (f"up to {t['max_ready']} ready per wake-up, " if t["max_ready"] else "")
+            + f"{t['timeouts']} returned empty"
         )
 
     if len(own) == 1:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -328,3 +330,37 @@ def test_lines_are_written_exactly_as_json_writes_them(row: dict[str, Any]) -> N
     assert expected == _event_line(row)
     if "rate" not in row and "nested" not in row:
         assert expected == dumps(row)
+
+
+@pytest.mark.root
+@pytest.mark.bpf
+@pytest.mark.netns
+@pytest.mark.slow
+def test_a_real_run_whose_probes_are_killed_reports_where_the_kernel_view_ended(
+    tmp_path: Path,
+) -> None:
+    """`tcplab run` of a small scenario, its probe process killed (SIGKILL)
+    once the clients start: the summary says when the kernel view ended and
+    why, judges no kernel expectation, and claims nothing past that point."""
+    from lab_helpers import LiveRun, small_scenario
+
+    path = small_scenario(tmp_path, port=18080, clients_s=5.0)
+    live = LiveRun(str(path), "--runs-dir", str(tmp_path / "runs"))
+    try:
+        live.wait_phase("clients")
+        os.kill(live.pids["probes"], signal.SIGKILL)
+        code, _, err = live.finish()
+    finally:
+        if live.proc.poll() is None:
+            live.proc.kill()
+            live.proc.communicate()
+    run_dir = Path(live.result()["run_dir"])
+    s = json.loads((run_dir / "summary.json").read_text())
+    h = s["horizon"]
+    assert h["kernel_why"] == "the probe process crashed (exit code -9)", err
+    assert 0 < h["kernel_ended_s"] < h["run_s"]
+    assert s["diagnosis"][0].startswith(f"The kernel view ended {h['kernel_ended_s']:g} s into")
+    assert [(e["path"], e["status"]) for e in s["expectations"]] == [("outcomes.clean", "unknown")]
+    assert s["expectations_status"] == "unknown"
+    assert not [d for d in s["diagnosis"] if "still open when the run ended" in d]
+    assert code == 3  # the kernel view was lost (README: exit codes)
