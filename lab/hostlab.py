@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from lab.capture import Capture
 from lab.hosts import Hosts
 from lab.link import Link
 from lab.netns import LabNamespace
@@ -24,6 +25,7 @@ class HostLab:
     def __init__(self, scenario: Scenario) -> None:
         self.scenario = scenario
         self.snapshots: Snapshotter | None = None
+        self.capture: Capture | None = None
         self.hosts = Hosts(scenario.name, scenario.hosts)
         spec = scenario.link
         changes = [p.link for p in scenario.phases if p.link]
@@ -41,6 +43,9 @@ class HostLab:
             if self.link is not None:
                 self.link.create()
             self.snapshots = Snapshotter(self.hosts.names(), self.scenario.ports, run_dir)
+            spec = self.scenario.capture
+            if spec is not None:
+                self.capture = Capture(spec, self.hosts[spec.host], run_dir).start()
         except BaseException:
             self.destroy()
             raise
@@ -66,6 +71,8 @@ class HostLab:
         }
         if self.snapshots is not None:
             out["snapshots"] = self.snapshots.describe()
+        if self.capture is not None:
+            out["capture"] = self.capture.describe()
         if self.link is not None:
             spec = self.link.spec
             out["link"] = {
@@ -79,6 +86,8 @@ class HostLab:
         return out
 
     def destroy(self) -> None:
+        if self.capture is not None:
+            self.capture.stop()
         if self.snapshots is not None:
             self.snapshots.close()
         if self.link is not None:

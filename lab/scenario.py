@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from correlator.expect import ExpectationError, validate
+from lab.capture import CaptureSpec
 from lab.hosts import HostSpec
 from lab.link import LinkSpec
-from lab.topology import TopologyError, parse_hosts, parse_link, parse_phase_link
+from lab.topology import TopologyError, parse_capture, parse_hosts, parse_link, parse_phase_link
 
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
 ROLES = ("server", "client", "bomber", "leaker", "multiplexer", "observer")
@@ -27,7 +28,7 @@ ROLES = ("server", "client", "bomber", "leaker", "multiplexer", "observer")
 # The keys each table may hold: anything else is a typo that would otherwise
 # be ignored in silence (`until_don` made a phase run to its full length).
 TOP_KEYS = ("name", "summary", "description", "lab", "actors", "phases", "expected")
-LAB_KEYS = ("ports", "sysctls", "hosts", "link")
+LAB_KEYS = ("ports", "sysctls", "hosts", "link", "capture")
 ACTOR_KEYS = ("name", "role", "args", "host")
 PHASE_KEYS = ("name", "duration_s", "commands", "until_done", "link")
 COMMAND_KEYS = ("actor", "name", "args")
@@ -85,6 +86,7 @@ class Scenario:
     expected: dict[str, Any]
     hosts: list[HostSpec] = field(default_factory=list)
     link: LinkSpec | None = None
+    capture: CaptureSpec | None = None
 
     @property
     def duration_s(self) -> float:
@@ -223,6 +225,8 @@ def load(path: Path) -> Scenario:
     try:
         hosts = parse_hosts(lab.get("hosts", {}), f"{where} [lab.hosts]")
         link = parse_link(lab["link"], hosts, f"{where} [lab.link]") if "link" in lab else None
+        capture = (parse_capture(lab["capture"], link, f"{where} [lab.capture]")
+                   if "capture" in lab else None)
     except TopologyError as e:
         raise ScenarioError(str(e)) from None
     for i, a in enumerate(actors):
@@ -288,6 +292,7 @@ def load(path: Path) -> Scenario:
         expected=expected,
         hosts=hosts,
         link=link,
+        capture=capture,
     )
 
 

@@ -11,6 +11,10 @@
     [lab.link.egress.b]                 # ... or only for packets leaving b
     rate_mbit = 10
 
+    [lab.capture]                       # packets.pcap of the link, taken on a's end
+    host = "a"
+    snaplen = 256
+
 A phase may change the shaping when it starts: `link = { loss_pct = 100 }`
 or `link = { egress = { b = { loss_pct = 100 } } }` (the peer vanishes).
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from lab.capture import MAX_SNAPLEN, MIN_SNAPLEN, CaptureSpec
 from lab.hosts import HostSpec
 from lab.link import (
     DEFAULT_ADDRESSES,
@@ -36,6 +41,7 @@ HOST_NAME = re.compile(r"[a-z][a-z0-9]{0,11}")
 HOST_KEYS = ("sysctls",)
 LINK_KEYS = ("hosts", "mtu", "addresses", "offloads", "egress", *KNOBS)
 PHASE_LINK_KEYS = ("egress", *KNOBS)
+CAPTURE_KEYS = ("host", "snaplen")
 
 
 class TopologyError(ValueError):
@@ -123,6 +129,24 @@ def parse_link(value: Any, hosts: list[HostSpec], where: str) -> LinkSpec:
         hosts=(ends[0], ends[1]), mtu=mtu, addresses=(str(ifaces[0]), str(ifaces[1])),
         egress={h: Shape().merged(k) for h, k in egress.items()}, offloads=offloads,
     )
+
+
+def parse_capture(value: Any, link: LinkSpec | None, where: str) -> CaptureSpec:
+    if link is None:
+        raise TopologyError(f"{where}: a capture records the lab link, and this scenario has none")
+    if not isinstance(value, dict):
+        raise TopologyError(f"{where}: must be a table")
+    _unknown(value, CAPTURE_KEYS, where)
+    host = value.get("host", link.hosts[0])
+    if host not in link.hosts:
+        raise TopologyError(f"{where}: `host` must be an end of the link "
+                            f"({', '.join(link.hosts)})")
+    snaplen = value.get("snaplen", CaptureSpec(host).snaplen)
+    if isinstance(snaplen, bool) or not isinstance(snaplen, int) or not (
+            MIN_SNAPLEN <= snaplen <= MAX_SNAPLEN):
+        raise TopologyError(f"{where}: `snaplen` must be from {MIN_SNAPLEN} to {MAX_SNAPLEN} "
+                            "bytes")
+    return CaptureSpec(host, snaplen)
 
 
 def parse_phase_link(value: Any, link: LinkSpec | None, where: str) -> dict[str, dict[str, float]]:

@@ -11,6 +11,8 @@ from correlator.engine import Correlator, CorrelatorConfig
 from correlator.recording import RecordingReader, read_run_meta, recording_path
 from correlator.summary import build_summary
 from reports.html import write_html
+from reports.packets import handshakes, wire_counts
+from reports.packets import sentences as packet_sentences
 from reports.snapshots import sentences, snapshot_counts
 from reports.writers import RunSink, TraceWriter
 
@@ -38,8 +40,12 @@ def build_reports(run_dir: Path, config: CorrelatorConfig | None = None) -> dict
         corr.finish()
     finally:
         sink.close()
-    extra = snapshot_counts(run_dir)
-    summary = build_summary(corr, reader.stats, meta, extra, sentences(extra))
+    packets = handshakes(run_dir)
+    extra = {**snapshot_counts(run_dir), **wire_counts(packets)}
+    summary = build_summary(corr, reader.stats, meta, extra,
+                            sentences(extra) + packet_sentences(packets))
+    if packets is not None:
+        summary["packets"] = {k: v for k, v in packets.items() if k != "all_syns"}
     plots = summary["plots"]
     offset_s = (plots["t0_mono_ns"] - trace.t0) / 1e9
     shifted = [[t + offset_s, v] for t, v in plots["observer_states"]]

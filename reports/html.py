@@ -19,6 +19,8 @@ matplotlib.rcParams["svg.hashsalt"] = "tcplab"
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from reports.link_html import link_section  # noqa: E402
+
 # Fixed colours per state and outcome so every report reads the same way.
 STATE_COLORS = {
     "TIME_WAIT": "#d62728",
@@ -315,6 +317,7 @@ def render(s: dict[str, Any]) -> str:
     parts.append("<h2>What happened</h2><div class=diag><ul>")
     parts += [f"<li>{_e(line)}</li>" for line in s["diagnosis"]]
     parts.append("</ul></div>")
+    parts.append(link_section(s))
 
     if s["expectations"]:
         parts.append("<h2>Expected kernel signature</h2>")
