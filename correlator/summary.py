@@ -380,6 +380,16 @@ def diagnose(
     kernel_cut = h.kernel_until()
     # "until 3.2 s, where the kernel view ended, " or "" for a whole run.
     until = f"until {kernel_cut[0]:g} s, where {kernel_cut[1]}, " if kernel_cut else ""
+    # Events lost on the way (ring drops, damaged frames, gaps, streams
+    # without their end) may hide what an absence claim denies: say so.
+    r = loss["recording"]
+    holes = (
+        loss["kernel_drops_total"]
+        or r["corrupt_frames"]
+        or r["gap_count"]
+        or any(not v["complete"] for v in r["senders"].values())
+    )
+    seen_part = " in what was recorded (events were lost: see Losses)" if holes else ""
     if h.kernel_ended_s is not None:
         out.append(
             f"The kernel view ended {h.kernel_ended_s:g} s into the {h.run_s:g} s run: "
@@ -444,14 +454,14 @@ def diagnose(
                 peak = ph.get("states_peak", {}).get("TIME_WAIT")
                 tail = f", TIME_WAIT peaked at {peak}" if peak is not None else ""
                 out.append(
-                    f"In phase {name!r} connect() never failed with EADDRNOTAVAIL"
+                    f"In phase {name!r} connect() never failed with EADDRNOTAVAIL{seen_part}"
                     f" ({_plural(ph['connections'], 'socket')}{tail})."
                 )
     elif tw:
         peak = f" (at most {peak_tw} at once)" if peak_tw else ""
         out.append(
             f"{_plural(tw, 'connection')} closed actively and left a TIME_WAIT socket{peak}; "
-            f"{until}no connect() failed for lack of ports."
+            f"{until}no connect() failed for lack of ports{seen_part}."
         )
 
     for pid, per in sorted(lab_accepts(c).items()):

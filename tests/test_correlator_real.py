@@ -104,7 +104,7 @@ GOLDEN = Path(__file__).parent / "data" / "golden"
 def golden_run(tmp_path: Path, scenario: str) -> Path:
     """A scratch run directory holding a golden scenario's real recording."""
     run_dir = tmp_path / scenario
-    run_dir.mkdir()
+    run_dir.mkdir(parents=True)
     shutil.copy(GOLDEN / scenario / "run.json", run_dir / "run.json")
     with gzip.open(GOLDEN / scenario / "recording.msgpack.gz", "rb") as f:
         (run_dir / "recording.msgpack").write_bytes(f.read())
@@ -243,3 +243,29 @@ def test_scenario_texts_use_no_word_a_user_does_not_know() -> None:
         doc = tomllib.loads(path.read_text())
         text = f"{doc.get('summary', '')} {doc.get('description', '')}"
         assert "seed" not in text.lower(), path.name
+
+
+def test_an_absence_claim_says_when_events_were_lost_on_the_way(tmp_path: Path) -> None:
+    """The echo run says no connect() failed for lack of ports; with a frame
+    damaged in the middle of its recording the same claim is limited to what
+    was recorded, since the damaged part may have held such a failure."""
+    whole = build_reports(golden_run(tmp_path / "whole", "echo"))
+    claim = "no connect() failed for lack of ports."
+    assert [d for d in whole["diagnosis"] if d.endswith(claim)]
+    run_dir = golden_run(tmp_path / "damaged", "echo")
+    rec = run_dir / "recording.msgpack"
+    data = bytearray(rec.read_bytes())
+    mid = len(data) // 2
+    data[mid : mid + 8] = b"\xc1" * 8  # 0xc1: never used in msgpack
+    rec.write_bytes(bytes(data))
+    s = build_reports(run_dir)
+    assert s["losses"]["recording"]["corrupt_frames"] == 1
+    assert not [d for d in s["diagnosis"] if d.endswith(claim)]
+    assert [
+        d
+        for d in s["diagnosis"]
+        if d.endswith(
+            "no connect() failed for lack of ports in what was recorded "
+            "(events were lost: see Losses)."
+        )
+    ]
