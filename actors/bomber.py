@@ -147,7 +147,7 @@ class Bomber:
 
     def bomb(self) -> None:
         """connect() + close() until the count, duration or a stop."""
-        rt, log, target, family = self.rt, self.rt.sock_log, self.target, self.family
+        rt, conn, target, family = self.rt, self.rt.sock_log.conn, self.target, self.family
         raddr, rport = target
         deadline = time.monotonic() + self.duration if self.duration else None
         next_at = time.monotonic()
@@ -171,9 +171,9 @@ class Bomber:
                 # getsockname only: the remote end is the target we dialled.
                 laddr, lport = sock.getsockname()[:2]
                 fd = sock.fileno()
-                log("connect", fd=fd, laddr=laddr, lport=lport, raddr=raddr, rport=rport)
+                conn("connect", fd, laddr, lport, raddr, rport)
                 sock.close()
-                log("close", fd=fd, laddr=laddr, lport=lport, raddr=raddr, rport=rport)
+                conn("close", fd, laddr, lport, raddr, rport)
             if self.attempts % SERVICE_EVERY == 0:
                 rt.service(0)
 

@@ -24,7 +24,10 @@ MAX_LINE = 64 * 1024  # a client that never sends a newline must not grow us for
 @dataclass
 class Conn:
     sock: socket.socket
-    fields: dict[str, Any]
+    fields: dict[str, Any]  # fd and the 4-tuple, for the records that carry more
+    # The same as positional arguments of SocketLog.conn (None when the peer
+    # was gone before getpeername): the per-connection records are typed.
+    key: tuple[int, str, int, str, int] | None
     inbuf: bytearray = field(default_factory=bytearray)
     outbuf: bytearray = field(default_factory=bytearray)
     echoes: int = 0
@@ -104,11 +107,20 @@ class EchoServer:
 
     def adopt(self, sock: socket.socket) -> None:
         sock.setblocking(False)
-        conn = Conn(sock, sock_fields(sock))
+        f = sock_fields(sock)
+        key = (f["fd"], f["laddr"], f["lport"], f["raddr"], f["rport"]) if "rport" in f else None
+        conn = Conn(sock, f, key)
         self.conns[sock.fileno()] = conn
         self.sel.register(sock, selectors.EVENT_READ, conn)
         self.accepted += 1
-        self.rt.sock_log("accept", **conn.fields)
+        self.record("accept", conn)
+
+    def record(self, event: str, conn: Conn) -> None:
+        """A per-connection record with no more than the fd and the 4-tuple."""
+        if conn.key is None:
+            self.rt.sock_log(event, **conn.fields)
+        else:
+            self.rt.sock_log.conn(event, *conn.key)
 
     def handle(self, conn: Conn, mask: int) -> None:
         if mask & selectors.EVENT_WRITE:
@@ -124,7 +136,9 @@ class EchoServer:
         except BlockingIOError:
             return
         if not data:
-            self.rt.sock_log("peer_close", how="fin", echoes=conn.echoes, **conn.fields)
+            # A FIN is the common end (the bomber's every connection): the
+            # typed record; how="reset" above says when it was not.
+            self.record("peer_close", conn)
             self.close(conn)
             return
         conn.inbuf += data
@@ -159,7 +173,7 @@ class EchoServer:
         self.conns.pop(conn.sock.fileno(), None)
         conn.sock.close()
         self.closed += 1
-        self.rt.sock_log("close", **conn.fields)
+        self.record("close", conn)
 
     def shutdown(self) -> None:
         for conn in list(self.conns.values()):

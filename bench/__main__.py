@@ -34,6 +34,7 @@ from bench.common import (
     build_c,
     build_go,
     failed_row,
+    free_port,
     idle_spinners,
     log,
     machine,
@@ -80,9 +81,6 @@ def config(mode: str) -> Config:
         "full", 540, 20000, 5, 3, 20000, 3, 3, 1, LEVELS, 2.0, 1000, 3, 100_000, 2,
         10_000_000, [1000, 10_000, 100_000], [1000, 5000, 10_000], 5,
     )  # fmt: skip
-
-
-PORTS = {"rate": 19431, "probes": 19432, "onset": 19433, "c10k": 19434}
 
 
 class Runner:
@@ -140,6 +138,9 @@ class Runner:
         )
 
         cfg = self.cfg
+        # Free ports, not fixed ones: another bench (a test, a colleague's
+        # worktree) may run at the same time on this machine.
+        ports = {name: free_port() for name in ("rate", "probes", "onset", "c10k")}
         c_exe = build_c()
         try:
             go_exe: Path | None = build_go()
@@ -158,7 +159,7 @@ class Runner:
 
         def onset() -> list[Row]:
             row, self.details["loss_onset"] = loss_onset(
-                c_exe, PORTS["onset"], cfg.levels, cfg.level_s, fig
+                c_exe, ports["onset"], cfg.levels, cfg.level_s, fig
             )
             return [row]
 
@@ -170,7 +171,7 @@ class Runner:
                 "Connection rate",
                 lambda: [
                     connection_rate(
-                        c_exe, PORTS["rate"], cfg.rate_count, cfg.rate_rounds, extra, fig
+                        c_exe, ports["rate"], cfg.rate_count, cfg.rate_rounds, extra, fig
                     )
                 ],
                 [("conn_rate", "bomber vs C connect loop", rate, ">= 0.95")],
@@ -179,7 +180,7 @@ class Runner:
                 "Observation overhead",
                 lambda: [
                     probe_overhead(
-                        c_exe, PORTS["probes"], cfg.rate_count, cfg.probe_rounds, extra, fig
+                        c_exe, ports["probes"], cfg.rate_count, cfg.probe_rounds, extra, fig
                     )
                 ],
                 [("probe_overhead", "bomber with probes / without", rate, ">= 0.95")],
@@ -217,7 +218,7 @@ class Runner:
         n = cfg.mux_sizes[-1]
         self.section(
             "C10k",
-            lambda: c10k(go_exe, PORTS["c10k"], cfg.mux_sizes, cfg.mux_s),
+            lambda: c10k(go_exe, ports["c10k"], cfg.mux_sizes, cfg.mux_s),
             [
                 ("c10k_held", "multiplexer connections held", "connections", f">= {n}"),
                 ("c10k_rss", "multiplexer RSS per connection", "KB/conn", "<= 1.0"),

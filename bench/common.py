@@ -267,6 +267,15 @@ def build_go() -> Path:
 # --------------------------------------------------------------------------- processes
 
 
+def free_port() -> int:
+    """A loopback port nothing listens on now (the kernel's pick)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def wait_listening(port: int, timeout_s: float = 15.0) -> None:
     """Poll until something accepts on 127.0.0.1:port (a server's start-up)."""
     import socket

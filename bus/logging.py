@@ -4,10 +4,12 @@ Each record gets the actor's name, pid, mono_ns (time.monotonic_ns(), the
 clock of bpf_ktime_get_ns()) and wall time, then goes to the bus as an
 AppRecord (batched by EventSender) and, unless quiet, to stderr for a person.
 
-Hot loops (the bomber's connect/close at ~18k connections/s) use
-`SocketLog`, which builds the same AppRecord with no processor chain: a
-structlog call costs several microseconds, `SocketLog` under one (see
-bench/actor_logging.py and docs/actors.md for the figures).
+Hot loops (the bomber's connect/close at ~18k connections/s, the server's
+accept/close) use `SocketLog`, which builds the same AppRecord with no
+processor chain: a structlog call costs several microseconds, a
+`SocketLog` call well under one, and `SocketLog.conn` (a socket action
+with its fd and 4-tuple, built positionally as a typed `SocketRecord`, no
+dict) about a third of that (bench/actor_logging.py; docs/actors.md).
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Any, TextIO
+from typing import Any, NotRequired, TextIO, get_args, get_origin, get_type_hints
 
+import msgspec
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from bus.records import AppRecord
 from bus.transport import EventSender
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
@@ -70,6 +74,28 @@ def _all_plain(value: list[Any] | dict[Any, Any]) -> bool:
     return all(isinstance(v, _PLAIN) for v in items)
 
 
+def _typed(record: Any) -> type[msgspec.Struct]:
+    """A TypedDict of bus.records as a msgspec Struct with the same fields in
+    the same order: required ones first, the NotRequired ones left out of
+    the frame unless given. It encodes to the very map the dict would be, so
+    the bus validates it against the one definition, `record` itself."""
+    # From the hints, not __required_keys__: Python 3.11 counts every key as
+    # required when the annotations are strings (from __future__ import annotations).
+    hints = get_type_hints(record, include_extras=True)
+    required = [(k, t) for k, t in hints.items() if get_origin(t) is not NotRequired]
+    optional = [
+        (k, get_args(t)[0] | msgspec.UnsetType, msgspec.UNSET)
+        for k, t in hints.items()
+        if get_origin(t) is NotRequired
+    ]
+    return msgspec.defstruct(f"Typed{record.__name__}", [*required, *optional], omit_defaults=True)
+
+
+# An AppRecord built positionally: event, actor, pid, mono_ns, wall, level,
+# fd, laddr, lport, raddr, rport.
+SocketRecord = _typed(AppRecord)
+
+
 class ShipToBus:
     """Hands a copy of the record to the EventSender (the renderer may mutate it)."""
 
@@ -77,7 +103,7 @@ class ShipToBus:
         self.sender = sender
 
     def __call__(self, _: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
-        self.sender.log(dict(event_dict))
+        self.sender.log(dict(event_dict), event_dict["mono_ns"])
         return event_dict
 
 
@@ -145,17 +171,31 @@ class SocketLog:
     def __call__(self, event: str, level: str = "info", **fields: Any) -> None:
         if self.sender is None and not self.echo:
             return
+        now = time.monotonic_ns()
         record = {
             "event": event,
             "actor": self.actor,
             "pid": self.pid,
-            "mono_ns": time.monotonic_ns(),
+            "mono_ns": now,
             "wall": time.time(),
             "level": level,
             **fields,
         }
         if self.sender is not None:
-            self.sender.log(record)
+            self.sender.log(record, now)
         if self.echo:
             extra = " ".join(f"{k}={v}" for k, v in fields.items())
             print(f"[{level}] {self.actor} {event} {extra}", file=self.stream)
+
+    def conn(self, event: str, fd: int, laddr: str, lport: int, raddr: str, rport: int) -> None:
+        """One socket action with its fd and local 4-tuple, at level info: the
+        per-connection records, typed and positional (no dict, no keywords)."""
+        if self.echo:
+            print(f"[info] {self.actor} {event} fd={fd} {laddr}:{lport} -> {raddr}:{rport}",
+                  file=self.stream)  # fmt: skip
+        sender = self.sender
+        if sender is not None:
+            now = time.monotonic_ns()
+            record = SocketRecord(event, self.actor, self.pid, now, time.time(), "info", fd,
+                                  laddr, lport, raddr, rport)  # fmt: skip
+            sender.log(record, now)

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-import msgpack
 import msgspec
 
 from bus.records import (
@@ -94,11 +93,13 @@ class Envelope:
     body: dict[str, Any]
 
 
+# msgspec writes the same msgpack as msgpack.packb for plain values, and also
+# the typed records of bus.logging (as maps), at about half the cost.
+_ENCODER = msgspec.msgpack.Encoder()
+
+
 def encode(env: Envelope) -> bytes:
-    return msgpack.packb(
-        [VERSION, env.kind.value, env.sender, env.seq, env.mono_ns, env.body],
-        use_bin_type=True,
-    )
+    return _ENCODER.encode([VERSION, env.kind.value, env.sender, env.seq, env.mono_ns, env.body])
 
 
 def decode(frame: bytes) -> Envelope:

@@ -77,7 +77,7 @@ class EventSender:
         self._sock.setsockopt(zmq.SNDHWM, SEND_HWM)
         self._sock.setsockopt(zmq.SNDTIMEO, int(stall_s * 1000))
         self._sock.connect(endpoint)
-        self._batch: list[dict[str, Any]] = []
+        self._batch: list[Any] = []
         self._batch_start_ns = 0
         self._closed = False
 
@@ -94,13 +94,15 @@ class EventSender:
         """A STATS envelope; `source` defaults to the sender's name."""
         return self.send(Kind.STATS, {"source": self.sender, **body})
 
-    def log(self, record: dict[str, Any]) -> None:
-        """Queue one record for the next LOG batch; ship the batch when due."""
+    def log(self, record: Any, mono_ns: int = 0) -> None:
+        """Queue one record for the next LOG batch (an AppRecord dict, or the
+        same record typed: bus.logging.SocketRecord); `mono_ns` is its time,
+        which ships the batch once it is due."""
         batch = self._batch
         if not batch:
             self._batch_start_ns = time.monotonic_ns()
         batch.append(record)
-        age_ns = record.get("mono_ns", 0) - self._batch_start_ns
+        age_ns = mono_ns - self._batch_start_ns
         if len(batch) >= self.batch_max or age_ns >= self.batch_age_ns:
             self.flush()
 

@@ -14,3 +14,4 @@ def _dropped(*_args: object, **_fields: object) -> None:
 
 
 buslog.SocketLog.__call__ = _dropped  # type: ignore[method-assign]
+buslog.SocketLog.conn = _dropped  # type: ignore[method-assign]
