@@ -237,11 +237,23 @@ class Runner:
                 for i, s in enumerate(cfg.corr_sizes)
             ],
         )
+        from bench.snapshots import snapshot_speed
+
+        socks = 1000 if cfg.mode == "tiny" else 10_000
+        self.section(
+            "Socket snapshots",
+            lambda: snapshot_speed(socks, cfg.rate_rounds, cfg.extra_pairs),
+            [
+                ("snapshot_vs_ss", f"snapshot of {socks} sockets vs `ss -tin`", "s", "<= 1.0"),
+                ("snapshot_vs_pyroute2", "snapshot vs pyroute2 decoding", "s", "—"),
+                ("snapshot_ms", f"one snapshot of {socks} sockets", "ms", "<= 100"),
+            ],
+        )
         log(f"waiting for the {cfg.big_events:,}-event replay (stops at the budget)")
         self.rows.append(big.row())
         # Rows in the order, whatever order the sections ran in.
         order = ["Connection rate", "Observation overhead", "Event loss", "Pipeline capacity"]
-        order += ["C10k", "Scaling"]
+        order += ["C10k", "Scaling", "Socket snapshots"]
         self.rows.sort(key=lambda r: order.index(r.section) if r.section in order else 99)
         for r in self.rows:
             r.judge()

@@ -85,12 +85,12 @@ class Snapshotter:
                     self._established.add(key)
                     lines.append(orjson.dumps({
                         "kind": "established", **base,
-                        **{k: info[k] for k in HANDSHAKE}, "congestion": s.congestion,
+                        **{k: getattr(info, k) for k in HANDSHAKE}, "congestion": s.congestion,
                     }))
                 sample = {
                     "kind": "sample", **base, "state": TCP_STATES[s.state], "timer": s.timer,
                     "expires_ms": s.expires_ms, "timer_retrans": s.retrans,
-                    **{name: info[k] for k, name in DYNAMIC.items()},
+                    **{name: getattr(info, k) for k, name in DYNAMIC.items()},
                 }
                 live[key] = sample
                 lines.append(orjson.dumps(sample))

@@ -35,6 +35,9 @@ ROWS = [
     "mux_scale_2",
     "correlator_scale_1",
     "correlator_scale_2",
+    "snapshot_vs_ss",
+    "snapshot_vs_pyroute2",
+    "snapshot_ms",
 ]
 
 

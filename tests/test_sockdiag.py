@@ -24,13 +24,13 @@ def test_wscale_byte_is_split_snd_low_rcv_high() -> None:
     """The kernel packs tcpi_snd_wscale in the low nibble, rcv in the high one."""
     raw = bytearray(TCP_INFO.size)
     raw[6] = (9 << 4) | 7
-    info = parse_tcp_info(bytes(raw))
+    info = parse_tcp_info(bytes(raw)).as_dict()
     assert (info["snd_wscale"], info["rcv_wscale"]) == (7, 9)
 
 
 def test_short_tcp_info_from_an_older_kernel_is_padded() -> None:
     raw = struct.pack("=8B4I", 1, 0, 0, 0, 0, 7, 0, 0, 200000, 40000, 1448, 536)
-    info = parse_tcp_info(raw)
+    info = parse_tcp_info(raw).as_dict()
     assert (info["snd_mss"], info["rcv_mss"], info["rwnd_limited"]) == (1448, 536, 0)
     assert info["options"] == ["timestamps", "sack", "wscale"]
 
@@ -90,8 +90,8 @@ def test_mss_follows_the_link_mtu(hosts: Hosts, mtu: int) -> None:
     link.set_mtu(mtu)
     socks = connect(hosts)
     (s,) = snapshot(hosts["a"].name)
-    assert s.tcp_info is not None and "timestamps" in s.tcp_info["options"]
-    assert (s.tcp_info["pmtu"], s.tcp_info["advmss"], s.tcp_info["snd_mss"]) == (
+    assert s.tcp_info is not None and "timestamps" in s.tcp_info.options
+    assert (s.tcp_info.pmtu, s.tcp_info.advmss, s.tcp_info.snd_mss) == (
         mtu, mtu - 52, mtu - 52)
     for sock in socks:
         sock.close()
@@ -99,8 +99,8 @@ def test_mss_follows_the_link_mtu(hosts: Hosts, mtu: int) -> None:
     hosts["a"].run(["sysctl", "-qw", "net.ipv4.tcp_timestamps=0"], check=True)
     socks = connect(hosts)
     (s,) = snapshot(hosts["a"].name)
-    assert s.tcp_info is not None and "timestamps" not in s.tcp_info["options"]
-    assert (s.tcp_info["advmss"], s.tcp_info["snd_mss"]) == (mtu - 40, mtu - 40)
+    assert s.tcp_info is not None and "timestamps" not in s.tcp_info.options
+    assert (s.tcp_info.advmss, s.tcp_info.snd_mss) == (mtu - 40, mtu - 40)
     for sock in socks:
         sock.close()
 
@@ -140,8 +140,8 @@ def test_tcp_info_agrees_with_ss_on_the_same_sockets(hosts: Hosts) -> None:
             assert len(ours) == len(theirs) == 1
             for s in ours:
                 text = theirs[(s.laddr, s.lport)]
-                info = s.tcp_info
-                assert info is not None
+                assert s.tcp_info is not None
+                info = s.tcp_info.as_dict()
                 assert field(text, "wscale") == f"{info['snd_wscale']},{info['rcv_wscale']}"
                 assert int(field(text, "mss")) == info["snd_mss"]
                 assert int(field(text, "rcvmss")) == info["rcv_mss"]
