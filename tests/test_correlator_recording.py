@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
@@ -11,8 +12,9 @@ from hypothesis import strategies as st
 
 from bus.schema import Envelope, Kind, encode
 from correlator.errors import ExpectationError, NoRecordingError, ReportError, RunMetaError
-from correlator.expect import check, parse_expectation, validate
+from correlator.expect import check, overall, parse_expectation, validate
 from correlator.recording import RecordingReader, read_run_meta, recording_path
+from correlator.summary import Horizon
 
 
 def frames(n: int) -> list[bytes]:
@@ -191,3 +193,55 @@ def test_validate_raises_for_scenario_authors() -> None:
     with pytest.raises(ExpectationError):
         parse_expectation(True)
     validate({"outcomes": {"time_wait": ">=100"}, "phases": {"a": {"errors": {"X": 0}}}})
+
+
+@pytest.mark.parametrize(
+    ("path", "why"),
+    [
+        # Kernel counts of the whole run, or of a phase that ended after the
+        # kernel view did: unknown.
+        ("outcomes.time_wait", "the kernel view ended at 4 s"),
+        ("phases.bomb.accept.EMFILE", "the kernel view ended at 4 s"),
+        # A phase that ended before: its kernel counts are whole.
+        ("phases.listen.outcomes.clean", None),
+        # The actors' own records reach to the recording's end: judged.
+        ("errors.EADDRNOTAVAIL", None),
+        ("progress.bomber.failed.EADDRNOTAVAIL", None),
+        ("states_peak.TIME_WAIT", None),
+    ],
+)
+def test_expectations_on_data_past_the_kernel_view_are_unknown(path: str, why: str | None) -> None:
+    """The probe process died 4 s into a 10 s run whose phase "listen" ended
+    at 1 s and "bomb" at 9 s: what needs kernel events after 4 s is unknown."""
+    h = Horizon(run_s=10.0, kernel_ended_s=4.0, kernel_why="the probe process crashed")
+    ends = {"listen": 1.0, "bomb": 9.0}
+    (entry,) = check(_tree(path, ">0"), _tree(path, 5), lambda p: h.judge(p, ends))
+    assert (entry["status"], entry.get("why")) == (("unknown", why) if why else ("held", None))
+    assert entry["held"] is (None if why else True)
+
+
+def test_a_cut_recording_leaves_every_count_past_its_end_unknown() -> None:
+    """The recording ends at 6 s: whole-run counts of any kind are unknown,
+    those of a phase that ended before 6 s are judged."""
+    h = Horizon(run_s=10.0, recording_ends_s=6.0, recording_why="its last frame is cut off")
+    ends = {"listen": 1.0}
+    out = check(
+        {"errors": {"EMFILE": "==0"}, "phases": {"listen": {"connections": ">0"}}},
+        {"errors": {}, "phases": {"listen": {"connections": 3}}},
+        lambda p: h.judge(p, ends),
+    )
+    assert [(e["path"], e["status"]) for e in out] == [
+        ("errors.EMFILE", "unknown"),
+        ("phases.listen.connections", "held"),
+    ]
+    assert overall(out) == "unknown"
+    assert overall([{"status": "held"}, {"status": "failed"}, {"status": "unknown"}]) == "failed"
+    assert overall([]) is None
+
+
+def _tree(path: str, leaf: object) -> dict[str, Any]:
+    """{"a": {"b": leaf}} for "a.b"."""
+    node: Any = leaf
+    for key in reversed(path.split(".")):
+        node = {key: node}
+    return node
