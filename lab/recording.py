@@ -34,5 +34,9 @@ class Recorder:
 
 def write_meta(run_dir: Path, meta: dict[str, Any]) -> None:
     tmp = run_dir / (RUN_META + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2, default=str))
-    tmp.replace(run_dir / RUN_META)
+    try:
+        tmp.write_text(json.dumps(meta, indent=2, default=str))
+        tmp.replace(run_dir / RUN_META)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a half-written file is no run.json
+        raise

@@ -125,6 +125,7 @@ class LabRun:
         self.started_mono_ns = time.monotonic_ns()
         self.phases_started_mono_ns: int | None = None
         self._stopping_probes = False
+        self._recording_lost = False
         self.ns = LabNamespace(scenario.name, scenario.sysctls)
         self.hostlab = HostLab(scenario) if scenario.hosts else None
         self.sup = Supervisor(self.run_dir / "logs")
@@ -195,13 +196,16 @@ class LabRun:
         self.tally.errors.append(error)
 
     def _record(self, channel: Channel, frame: bytes) -> None:
-        if channel is Channel.EVENTS and self._recorder is not None:
-            try:
-                self._recorder.append(frame)
-            except OSError as e:
-                raise OSError(
-                    e.errno, f"cannot write the recording in {self.run_dir}: {e.strerror}"
-                ) from e
+        if channel is not Channel.EVENTS or self._recorder is None or self._recording_lost:
+            return
+        try:
+            self._recorder.append(frame)
+        except OSError as e:
+            # A full disk: the run stops (halted) the ordinary way; what
+            # arrives meanwhile cannot be kept.
+            self._recording_lost = True
+            self._fail(f"the recording in {self.run_dir} stopped after "
+                       f"{self._recorder.frames} frames: {e.strerror}; the run stopped")
 
     def _python(self, module: str, name: str, args: list[str]) -> list[str]:
         # --quiet: every record goes to the bus; stderr (logs/NAME.log) keeps
@@ -343,18 +347,10 @@ class LabRun:
         self.phase = "stopping"
         self.sup.stopping = True
         actors = [a.name for a in self.scenario.actors if a.name in self.sup.processes]
-        for name in actors:
-            if self._is_ready(name) and self.sup.processes[name].exit_code is None:
-                self._command(name, "stop", {})
-        self._drain_until(actors, EOF_WAIT_S)
-        self.sup.stop(actors)
+        self._stop_in_order(actors)
         # The probes go last: the actors' final transitions must be seen.
         self._stopping_probes = True
-        if PROBES in self.sup.processes:
-            if self._is_ready(PROBES) and self.sup.processes[PROBES].exit_code is None:
-                self._command(PROBES, "stop", {})
-            self._drain_until([PROBES], EOF_WAIT_S)
-            self.sup.stop([PROBES])
+        self._stop_in_order([PROBES] if PROBES in self.sup.processes else [])
         # Whatever is still queued on the bus is part of the run.
         quiet_since = time.monotonic()
         while time.monotonic() - quiet_since < 0.3:
@@ -363,6 +359,15 @@ class LabRun:
                 self.tally.add(env)
             if envs:
                 quiet_since = time.monotonic()
+
+    def _stop_in_order(self, names: list[str]) -> None:
+        """Ask the ready ones to stop and wait for their eof; then end them all
+        (one that never said ready has nothing to flush: no waiting for it)."""
+        told = [n for n in names
+                if self._is_ready(n) and self.sup.processes[n].exit_code is None
+                and self._command(n, "stop", {})]
+        self._drain_until(told, EOF_WAIT_S)
+        self.sup.stop(names)
 
     def _teardown(self) -> None:
         """Every step runs whatever failed before it; failures go into one

@@ -198,12 +198,16 @@ def leftovers(orchestrator_pid: int, pids: set[int], programs: set[int]) -> list
 
 
 def wait_nothing_left(
-    orchestrator_pid: int, pids: set[int], programs: set[int], timeout: float = 30
+    orchestrator_pid: int, pids: set[int], programs: set[int], timeout: float = 30,
+    but: tuple[str, ...] = (),
 ) -> list[str]:
-    """leftovers(), polled until empty or the deadline (exits take a moment)."""
+    """leftovers(), polled until none is left but those starting with one of
+    `but`, or the deadline (exits take a moment)."""
     deadline = time.monotonic() + timeout * SLOW
     while True:
         left = leftovers(orchestrator_pid, pids, programs)
-        if not left or time.monotonic() > deadline:
+        if all(x.startswith(but) for x in left) if but else not left:
+            return left
+        if time.monotonic() > deadline:
             return left
         time.sleep(0.1)
