@@ -28,9 +28,10 @@ def _rebuild(tmp_path: Path, scenario: str) -> tuple[dict[str, Any], Path]:
     run_dir = tmp_path / scenario
     run_dir.mkdir()
     shutil.copy(GOLDEN / scenario / "run.json", run_dir / "run.json")
-    with gzip.open(GOLDEN / scenario / "recording.msgpack.gz", "rb") as f, open(
-        run_dir / "recording.msgpack", "wb"
-    ) as out:
+    with (
+        gzip.open(GOLDEN / scenario / "recording.msgpack.gz", "rb") as f,
+        open(run_dir / "recording.msgpack", "wb") as out,
+    ):
         shutil.copyfileobj(f, out)
     return build_reports(run_dir), run_dir
 

@@ -38,9 +38,10 @@ def replay(scenario: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         run_dir = Path(tmp) / scenario
         run_dir.mkdir()
         shutil.copy(src / "run.json", run_dir / "run.json")
-        with gzip.open(src / "recording.msgpack.gz", "rb") as f, open(
-            run_dir / "recording.msgpack", "wb"
-        ) as out:
+        with (
+            gzip.open(src / "recording.msgpack.gz", "rb") as f,
+            open(run_dir / "recording.msgpack", "wb") as out,
+        ):
             shutil.copyfileobj(f, out)
         summary = build_reports(run_dir)
         conns = [json.loads(line) for line in (run_dir / "connections.jsonl").open()]
@@ -61,9 +62,10 @@ def take(run_dir: Path, scenario: str) -> None:
     dst = HERE / scenario
     dst.mkdir(exist_ok=True)
     shutil.copy(run_dir / "run.json", dst / "run.json")
-    with open(run_dir / "recording.msgpack", "rb") as f, gzip.open(
-        dst / "recording.msgpack.gz", "wb", compresslevel=9
-    ) as out:
+    with (
+        open(run_dir / "recording.msgpack", "rb") as f,
+        gzip.open(dst / "recording.msgpack.gz", "wb", compresslevel=9) as out,
+    ):
         shutil.copyfileobj(f, out)
     summary, conns = replay(scenario)
     conns.sort(key=lambda c: c["id"])
