@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from correlator.engine import OUTCOMES, Correlator
 from correlator.expect import check, overall
+from correlator.outcomes import OUTCOMES
 from correlator.recording import RecordingStats
+from correlator.result import Result
 
 # The roots of summary["counts"] that come from the probes (the kernel view);
 # the others come from the actors (logs, their own counters, the observer).
@@ -72,7 +73,7 @@ class Horizon:
 
 
 def horizon(
-    c: Correlator, rec: RecordingStats, meta: dict[str, Any], t0: int, duration_s: float
+    c: Result, rec: RecordingStats, meta: dict[str, Any], t0: int, duration_s: float
 ) -> Horizon:
     def at(ns: int) -> float:
         return round(max(ns - t0, 0) / 1e9, 3)
@@ -111,7 +112,7 @@ def _plural(n: int, word: str, plural: str | None = None) -> str:
     return f"{n} {word if n == 1 else (plural or word + 's')}"
 
 
-def coverage(c: Correlator) -> dict[str, Any]:
+def coverage(c: Result) -> dict[str, Any]:
     n = c.n
     app_total = sum(n.get(f"coverage.app_{e}", 0) for e in ("connect", "accept", "connect_failed"))
     app_matched = sum(
@@ -147,12 +148,12 @@ def coverage(c: Correlator) -> dict[str, Any]:
     return out
 
 
-def in_lab(c: Correlator, pid: int) -> bool:
+def in_lab(c: Result, pid: int) -> bool:
     """A pid is the lab's when it is an actor's (or when no actor is known)."""
     return not c.pid_actor or pid in c.pid_actor
 
 
-def lab_accepts(c: Correlator) -> dict[int, dict[str, int]]:
+def lab_accepts(c: Result) -> dict[int, dict[str, int]]:
     return {pid: per for pid, per in c.accepts.items() if in_lab(c, pid)}
 
 
@@ -165,7 +166,7 @@ def _by_thread(tids: dict[Any, list[Any]]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (-r["calls"], str(r["tid"])))
 
 
-def epoll_view(c: Correlator) -> dict[int, dict[str, Any]]:
+def epoll_view(c: Result) -> dict[int, dict[str, Any]]:
     """Per lab pid: epoll_wait figures from per-call events, or from the probe's
     in-kernel histogram when that saw more calls (per-call events switched off)."""
     out: dict[int, dict[str, Any]] = {}
@@ -222,7 +223,7 @@ def epoll_view(c: Correlator) -> dict[int, dict[str, Any]]:
     return out
 
 
-def _epoll_by_actor(c: Correlator, ep: dict[int, dict[str, Any]]) -> dict[str, Any]:
+def _epoll_by_actor(c: Result, ep: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """epoll figures per actor name (an actor may run several processes)."""
     out: dict[str, dict[str, Any]] = {}
     for pid, e in ep.items():
@@ -249,7 +250,7 @@ def _epoll_by_actor(c: Correlator, ep: dict[int, dict[str, Any]]) -> dict[str, A
     return out
 
 
-def counts(c: Correlator) -> dict[str, Any]:
+def counts(c: Result) -> dict[str, Any]:
     accept: dict[str, int] = {}
     for per in lab_accepts(c).values():
         for k, v in per.items():
@@ -290,7 +291,7 @@ def counts(c: Correlator) -> dict[str, Any]:
     }
 
 
-def losses(c: Correlator, rec: RecordingStats, meta: dict[str, Any]) -> dict[str, Any]:
+def losses(c: Result, rec: RecordingStats, meta: dict[str, Any]) -> dict[str, Any]:
     drops = {name: p["drops"] for name, p in c.probe_programs.items()}
     return {
         "kernel_drops": drops,
@@ -298,14 +299,14 @@ def losses(c: Correlator, rec: RecordingStats, meta: dict[str, Any]) -> dict[str
         "probe_programs": c.probe_programs,
         "recording": rec.summary(),
         "bus": meta.get("bus"),
-        "late_events": c.reorder.late,
+        "late_events": c.late_events,
         "unusable": {k: v for k, v in c.n.items() if k.startswith("rejected.")},
         "kernel_close_not_seen": c.n.get("kernel.close_not_seen", 0),
         "kernel_transition_gaps": c.n.get("kernel.transition_gap", 0),
     }
 
 
-def _counters(c: Correlator, error: str) -> dict[str, int]:
+def _counters(c: Result, error: str) -> dict[str, int]:
     """Each actor's own count of `error` (its progress report's failed.<error>)."""
     out = {}
     for actor, tree in c.progress.items():
@@ -324,7 +325,7 @@ def _own_calls(e: dict[str, Any]) -> int:
     return sum(t["calls"] for t in threads if not t["comm"].startswith(ZMQ_THREAD_PREFIX))
 
 
-def _epoll_sentence(c: Correlator, pid: int, e: dict[str, Any]) -> str:
+def _epoll_sentence(c: Result, pid: int, e: dict[str, Any]) -> str:
     """Who waited in epoll and which of its threads did: an actor's own
     threads are named, ZeroMQ's bus threads only counted."""
     served = c.conns_by_owner_max.get(pid, 0)
@@ -363,7 +364,7 @@ def _epoll_sentence(c: Correlator, pid: int, e: dict[str, Any]) -> str:
 
 
 def diagnose(
-    c: Correlator,
+    c: Result,
     cnt: dict[str, Any],
     cov: dict[str, Any],
     loss: dict[str, Any],
@@ -590,7 +591,7 @@ def diagnose(
     return out
 
 
-def _phase_end_s(meta: dict[str, Any], c: Correlator) -> dict[str, float]:
+def _phase_end_s(meta: dict[str, Any], c: Result) -> dict[str, float]:
     """Each phase's end in seconds from the run's start (run.json's phases)."""
     t0 = c.t0 or (c.first_ns or 0)
     out = {}
@@ -601,7 +602,7 @@ def _phase_end_s(meta: dict[str, Any], c: Correlator) -> dict[str, float]:
 
 
 def build_summary(
-    c: Correlator,
+    c: Result,
     rec: RecordingStats,
     meta: dict[str, Any],
     extra_counts: dict[str, Any] | None = None,
@@ -672,15 +673,15 @@ def build_summary(
         "coverage": cov,
         "losses": loss,
         "correlator": {
-            "reorder_max_held": c.reorder.max_held,
+            "reorder_max_held": c.reorder_max_held,
             "max_live_sockets": c.max_live,
-            "settle_max_held": c.max_settle,
+            "settle_max_held": c.settle_max_held,
         },
         "plots": _plot_data(c),
     }
 
 
-def sockets(c: Correlator) -> dict[str, int]:
+def sockets(c: Result) -> dict[str, int]:
     """Sockets by side: on loopback both ends of a connection are in the lab,
     so `connections` counts each connection twice."""
     by_role: dict[str, int] = {}
@@ -695,7 +696,7 @@ def sockets(c: Correlator) -> dict[str, int]:
     }
 
 
-def _plot_data(c: Correlator) -> dict[str, Any]:
+def _plot_data(c: Result) -> dict[str, Any]:
     t0 = c.t0 or (c.first_ns or 0)
 
     def series(points: list[tuple[int, dict[str, int]]]) -> list[list[Any]]:

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from correlator.engine import Correlator, CorrelatorConfig
+from correlator.correlate import Correlator, CorrelatorConfig
 from correlator.recording import RecordingReader, read_run_meta, recording_path
 from correlator.summary import build_summary
 from reports.html import write_html
@@ -37,12 +37,12 @@ def build_reports(run_dir: Path, config: CorrelatorConfig | None = None) -> dict
                 # No run.json start: the first envelope is time zero.
                 trace.t0 = env.mono_ns
             corr.feed(env)
-        corr.finish()
+        result = corr.finish()
     finally:
         sink.close()
     packets = handshakes(run_dir)
     extra = {**snapshot_counts(run_dir), **wire_counts(packets)}
-    summary = build_summary(corr, reader.stats, meta, extra,
+    summary = build_summary(result, reader.stats, meta, extra,
                             sentences(extra) + packet_sentences(packets))
     if packets is not None:
         summary["packets"] = {k: v for k, v in packets.items() if k != "all_syns"}

@@ -1,0 +1,218 @@
+"""Recording frames -> column batches: the one place events become columns.
+
+A KERNEL batch of dicts (every recording so far) and a raw batch of ring
+buffer records (bus/rawbatch.py, decoded by numpy) both become the same
+polars frames, one per probe; an actor's LOG batch stays a list of its
+records (their fields are free-form) with a time column beside it. Each
+item gets its arrival number (`tie`), which orders items of equal time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from bus import rawbatch
+
+TCP_SCHEMA: dict[str, Any] = {
+    "ts": pl.Int64,
+    "tie": pl.Int64,
+    "skaddr": pl.UInt64,
+    "cpu_pid": pl.Int64,
+    "cpu_comm": pl.String,
+    "family": pl.Int64,
+    "saddr": pl.String,
+    "sport": pl.Int64,
+    "daddr": pl.String,
+    "dport": pl.Int64,
+    "old": pl.String,
+    "new": pl.String,
+}
+ACCEPT_SCHEMA: dict[str, Any] = {
+    "ts": pl.Int64,
+    "tie": pl.Int64,
+    "pid": pl.Int64,
+    "tid": pl.Int64,
+    "syscall": pl.String,
+    "lfd": pl.Int64,
+    "fd": pl.Int64,
+    "errno": pl.Int64,
+    "peer_addr": pl.String,
+    "peer_port": pl.Int64,
+    "dur_ns": pl.Int64,
+}
+EPOLL_SCHEMA: dict[str, Any] = {
+    "ts": pl.Int64,
+    "tie": pl.Int64,
+    "pid": pl.Int64,
+    "tid": pl.Int64,
+    "syscall": pl.String,
+    "epfd": pl.Int64,
+    "ready": pl.Int64,
+    "errno": pl.Int64,
+    "timeout_ms": pl.Int64,
+    "dur_ns": pl.Int64,
+}
+SCHEMAS = {"tcp_state": TCP_SCHEMA, "accept": ACCEPT_SCHEMA, "epoll": EPOLL_SCHEMA}
+# Dict fields whose absence means this value (the probes always send them).
+_DEFAULTS = {"cpu_pid": -1, "pid": -1, "fd": -1}
+
+
+@dataclass
+class Batch:
+    """Items of one kind from one envelope, sorted by time (stable)."""
+
+    kind: str  # tcp_state, accept, epoll, app, or unknown (a probe we do not know)
+    ts: np.ndarray
+    tie: np.ndarray
+    data: Any  # a polars frame (kernel kinds) or a list of records (app), in ts order
+
+
+def _sorted(ts: list[int], tie0: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    t = np.asarray(ts, dtype=np.int64)
+    tie = np.arange(tie0, tie0 + len(t), dtype=np.int64)
+    if len(t) > 1 and bool(np.any(t[1:] < t[:-1])):
+        order = np.argsort(t, kind="stable")
+        return t[order], tie[order], order
+    return t, tie, None
+
+
+def _frame(kind: str, cols: dict[str, list[Any]], order: np.ndarray | None) -> pl.DataFrame:
+    df = pl.DataFrame(cols, schema=SCHEMAS[kind])
+    return df if order is None else df[order]
+
+
+def _valid_tcp(ev: dict[str, Any]) -> bool:
+    try:
+        int(ev["skaddr"]), str(ev["old"]), str(ev["new"]), int(ev.get("cpu_pid", -1))
+    except (KeyError, TypeError, ValueError):
+        return False
+    return True
+
+
+class Columns:
+    """Turns envelopes' bodies into Batches; counts what it cannot use."""
+
+    def __init__(self, counts: dict[str, int]) -> None:
+        self.n = counts
+        self.tie = 0
+
+    def _count(self, key: str, k: int = 1) -> None:
+        self.n[key] = self.n.get(key, 0) + k
+
+    def kernel(self, body: dict[str, Any]) -> list[Batch]:
+        """A KERNEL body (a list of event dicts): one Batch per event type."""
+        self._count("envelopes.kernel")
+        default = str(body.get("probe", ""))
+        by_kind: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+        for it in body["events"]:
+            ts = it.get("ts") if isinstance(it, dict) else None
+            if not isinstance(ts, int):
+                self._count("rejected.kernel_event")
+                continue
+            kind = it.get("type") or default
+            by_kind.setdefault(kind if kind in SCHEMAS else "unknown", []).append((self.tie, it))
+            self.tie += 1
+        return [self._dict_batch(kind, items) for kind, items in by_kind.items()]
+
+    def _dict_batch(self, kind: str, items: list[tuple[int, dict[str, Any]]]) -> Batch:
+        evs = [e for _, e in items]
+        ties = np.fromiter((t for t, _ in items), dtype=np.int64, count=len(items))
+        arrival_ties = ties
+        ts = np.fromiter((e["ts"] for e in evs), dtype=np.int64, count=len(evs))
+        if kind == "tcp_state":
+            good = [_valid_tcp(e) for e in evs]
+            if not all(good):
+                # Counted as seen and as unusable, as the one-pass engine did.
+                bad = len(good) - sum(good)
+                self._count("kernel.tcp_state", bad)
+                self._count("rejected.kernel_event", bad)
+                keep = np.array(good)
+                evs = [e for e, g in zip(evs, good, strict=True) if g]
+                ts, ties = ts[keep], ties[keep]
+                arrival_ties = ties
+        order = np.argsort(ts, kind="stable") if len(ts) > 1 else None
+        if order is not None and bool(np.all(order[1:] > order[:-1])):
+            order = None
+        if order is not None:
+            ts, ties = ts[order], ties[order]
+        if kind == "unknown":
+            return Batch(kind, ts, ties, None)
+        schema = SCHEMAS[kind]
+        cols: dict[str, list[Any]] = {}
+        for name in schema:
+            if name == "tie":
+                continue
+            d = _DEFAULTS.get(name)
+            cols[name] = [e.get(name, d) for e in evs]
+        if kind == "tcp_state":
+            cols["skaddr"] = [int(x) for x in cols["skaddr"]]
+            cols["old"] = [str(x) for x in cols["old"]]
+            cols["new"] = [str(x) for x in cols["new"]]
+            cols["cpu_pid"] = [int(x) for x in cols["cpu_pid"]]
+        else:
+            cols["pid"] = [int(x) for x in cols["pid"]]
+            if kind == "accept":
+                cols["fd"] = [int(x) for x in cols["fd"]]
+            cols["errno"] = [int(x or 0) for x in cols["errno"]]
+            if kind == "epoll":
+                cols["ready"] = [int(x or 0) for x in cols["ready"]]
+        cols["tie"] = arrival_ties.tolist()
+        df = pl.DataFrame(cols, schema=schema, strict=False)
+        if order is not None:
+            df = df[order]
+        return Batch(kind, ts, ties, df)
+
+    def raw(self, body: dict[str, Any]) -> list[Batch]:
+        """A raw body: ring buffer records of one probe, decoded by numpy."""
+        self._count("envelopes.kernel")
+        probe = body.get("probe")
+        r = rawbatch.decode_batch(body)
+        n = len(r)
+        ties = np.arange(self.tie, self.tie + n, dtype=np.int64)
+        self.tie += n
+        ts = r["ts"].astype(np.int64)
+        if probe == "tcp_state":
+            cols: dict[str, Any] = {
+                "ts": ts,
+                "tie": ties,
+                "skaddr": r["skaddr"].astype(np.uint64),
+                "cpu_pid": r["pid"].astype(np.int64),
+                "cpu_comm": rawbatch.comm_text(r["comm"]),
+                "family": r["family"].astype(np.int64),
+                "saddr": rawbatch.addr_text(r["family"], r["saddr"]),
+                "sport": r["sport"].astype(np.int64),
+                "daddr": rawbatch.addr_text(r["family"], r["daddr"]),
+                "dport": r["dport"].astype(np.int64),
+                "old": rawbatch.state_names(r["oldstate"]),
+                "new": rawbatch.state_names(r["newstate"]),
+            }
+        elif probe in ("accept", "epoll"):
+            dicts = rawbatch.events(str(probe), r)
+            items = list(zip(ties.tolist(), dicts, strict=True))
+            return [self._dict_batch(str(probe), items)]
+        else:
+            return [Batch("unknown", np.sort(ts), ties, None)]
+        order = np.argsort(ts, kind="stable")
+        df = pl.DataFrame(cols, schema=TCP_SCHEMA)[order]
+        return [Batch("tcp_state", ts[order], ties[order], df)]
+
+    def log(self, body: dict[str, Any]) -> Batch:
+        """A LOG body: the actor's records as they are, with their times."""
+        self._count("envelopes.log")
+        recs: list[tuple[int, dict[str, Any]]] = []
+        for it in body["records"]:
+            ts = it.get("mono_ns") if isinstance(it, dict) else None
+            if not isinstance(ts, int):
+                self._count("rejected.app_record")
+                continue
+            recs.append((ts, it))
+        t, tie, order = _sorted([ts for ts, _ in recs], self.tie)
+        self.tie += len(recs)
+        data = [r for _, r in recs]
+        if order is not None:
+            data = [data[i] for i in order.tolist()]
+        return Batch("app", t, tie, data)

@@ -1,0 +1,375 @@
+"""The columnar correlator: a recording's envelopes in, a Result and rows out.
+
+Data flow, all in CLOCK_MONOTONIC nanoseconds:
+
+  envelopes -> columns (correlator/columns.py: one polars frame per batch)
+  -> release rounds (correlator/ordering.py: the watermark puts them in time order)
+  -> chunks of ~CHUNK_ITEMS items, each handled as columns:
+       lives from the transitions (lifecycles.py: group-by on skaddr),
+       owners by the one fold over the few facts per connection (joins.py),
+       epoll and accept figures by group-by, live-state samples by cumsum,
+       rows with the owner known a grace after them (rows.py)
+  -> sink: rows as frames (events.jsonl, events.parquet), lifecycles as dicts.
+
+Memory is bounded by the chunk, the live connections and what the watermark
+holds back, never by the length of the run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import polars as pl
+
+from bus.schema import Envelope, Kind
+from correlator.columns import SCHEMAS, Batch, Columns
+from correlator.joins import Joins
+from correlator.lifecycles import OPEN, Lives
+from correlator.ordering import Release, WatermarkConfig
+from correlator.phases import Phases
+from correlator.result import EpollFigures, Result
+from correlator.rows import Rows
+from correlator.samples import Samples
+from correlator.stats import Log2Histogram, Series
+
+CHUNK_ITEMS = 250_000
+_KIND_CODE = {"tcp_state": 0, "accept": 1, "epoll": 2, "app": 3, "unknown": 4}
+_RAW_KIND = getattr(Kind, "KERNEL_RAW", None)
+MAX_TIDS = 4096
+
+
+class Sink(Protocol):
+    def event(self, row: dict[str, Any]) -> None: ...
+    def connection(self, row: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class CorrelatorConfig:
+    window_ns: int = 2_000_000_000
+    slack_ns: int = 100_000_000
+    lag_margin_ns: int = 1_000_000_000
+    # How long a finished connection stays joinable for late app records.
+    grace_ns: int = 500_000_000
+    # Resolution of the kernel-derived live-state series.
+    sample_ns: int = 100_000_000
+    series_cap: int = 2000
+    chunk_items: int = CHUNK_ITEMS
+
+
+@dataclass
+class _Chunk:
+    parts: list[tuple[Batch, int, int, int]] = field(default_factory=list)  # batch, lo, hi, round
+    items: int = 0
+
+
+class Correlator:
+    """Feed envelopes in arrival order, then finish() for the Result."""
+
+    def __init__(
+        self,
+        sink: Sink,
+        meta: dict[str, Any] | None = None,
+        config: CorrelatorConfig | None = None,
+    ) -> None:
+        self.sink = sink
+        self.meta = meta or {}
+        self.cfg = cfg = config or CorrelatorConfig()
+        self.t0 = int(self.meta.get("started_mono_ns") or 0)
+        self.n: dict[str, int] = {}
+        self.columns = Columns(self.n)
+        self.release = Release(WatermarkConfig(cfg.window_ns, cfg.slack_ns, cfg.lag_margin_ns))
+        self.phases = Phases(self.meta)
+        self.samples = Samples(self.phases, cfg.series_cap)
+        self.lives = Lives(experiment_end=self.phases.experiment_end)
+        self.joins = Joins(self.meta, self.phases, self.n, sink.connection, cfg.grace_ns, self.t0)
+        self.rows = Rows(self.joins, self.n, self.t0, cfg.grace_ns, self.phases)
+        self.chunk = _Chunk()
+        self.base = 0  # position of the chunk's first item
+        self.now = 0  # newest item time processed
+        self.first_ns: int | None = None
+        self.max_live = 0
+        self.state_time: dict[str, Log2Histogram] = {}
+        self.live_states: dict[str, int] = {}
+        self.kernel_series = Series(cfg.series_cap)
+        self.next_sample = 0
+        self.epoll: dict[int, EpollFigures] = {}
+        self.max_settle = 0
+
+    # ---- input -----------------------------------------------------------------
+
+    def feed(self, env: Envelope) -> None:
+        kind = env.kind
+        sender = env.sender
+        rel = self.release
+        rel.arrival_ns = max(rel.arrival_ns, env.mono_ns)
+        if kind is Kind.KERNEL or (_RAW_KIND is not None and kind is _RAW_KIND):
+            stream = (sender, str(env.body.get("probe", "")))
+            if kind is Kind.KERNEL:
+                batches = self.columns.kernel(env.body)
+            else:
+                batches = self.columns.raw(env.body)
+            if not batches:
+                rel.push(np.empty(0, np.int64), None, stream, env.mono_ns)
+            for b in batches:
+                rel.push(b.ts, b, stream, env.mono_ns)
+        elif kind is Kind.LOG:
+            b = self.columns.log(env.body)
+            rel.push(b.ts, b, (sender, ""), env.mono_ns)
+        elif kind is Kind.STATS:
+            self.samples.stats(env.body, env.mono_ns)
+        elif kind is Kind.EOF:
+            rel.eof(sender)
+        rel.sent(sender, env.mono_ns)
+        self._take(rel.pop_until(rel.watermark()))
+
+    def _take(self, stretches: list[tuple[Any, int, int]]) -> None:
+        if not stretches:
+            return
+        r = self.release.rounds
+        for b, lo, hi in stretches:
+            self.chunk.parts.append((b, lo, hi, r))
+            self.chunk.items += hi - lo
+        if self.chunk.items >= self.cfg.chunk_items:
+            self._process()
+
+    # ---- one chunk -------------------------------------------------------------
+
+    def _process(self) -> None:
+        parts = self.chunk.parts
+        self.chunk = _Chunk()
+        if not parts:
+            return
+        # Position of every item: (round, time, arrival) order.
+        ts = np.concatenate([b.ts[lo:hi] for b, lo, hi, _ in parts])
+        tie = np.concatenate([b.tie[lo:hi] for b, lo, hi, _ in parts])
+        rnd = np.concatenate([np.full(hi - lo, r, np.int64) for _, lo, hi, r in parts])
+        order = np.lexsort((tie, ts, rnd))
+        pos = np.empty(len(ts), np.int64)
+        pos[order] = np.arange(self.base, self.base + len(ts))
+        # now: the newest time processed once each position's item is handled.
+        ts_sorted = ts[order]
+        now = np.maximum.accumulate(np.maximum(ts_sorted, self.now))
+        if self.first_ns is None:
+            self.first_ns = int(ts_sorted[0])
+        base = self.base
+
+        # Split back by kind, each with its positions.
+        by_kind: dict[str, list[tuple[Batch, int, int, np.ndarray]]] = {}
+        off = 0
+        for b, lo, hi, _ in parts:
+            by_kind.setdefault(b.kind, []).append((b, lo, hi, pos[off : off + hi - lo]))
+            off += hi - lo
+        frames = {k: self._frame(k, v) for k, v in by_kind.items() if k in SCHEMAS}
+        app: list[tuple[int, dict[str, Any]]] = []
+        for b, lo, hi, p in by_kind.get("app", []):
+            app.extend(zip(p.tolist(), b.data[lo:hi], strict=True))
+        app.sort(key=lambda x: x[0])
+        unknown = sum(hi - lo for _, lo, hi, _ in by_kind.get("unknown", []))
+        if unknown:
+            self.n["rejected.unknown_probe"] = self.n.get("rejected.unknown_probe", 0) + unknown
+
+        tcp = frames.get("tcp_state")
+        if tcp is not None:
+            self.n["kernel.tcp_state"] = self.n.get("kernel.tcp_state", 0) + len(tcp)
+            lives = self.lives.chunk(tcp)
+            tcp = tcp.with_columns(conn=pl.Series(lives.conn_ids))
+            frames["tcp_state"] = tcp
+            milestones = lives.milestones
+            for _, k, c in milestones:
+                if k == OPEN:
+                    self.rows.conns[c.id] = c
+            self._live_figures(lives, now, base)
+        else:
+            milestones = []
+
+        # The fold: milestones, accept4 calls and app records in position order.
+        acc = frames.get("accept")
+        fold: list[tuple[int, int, int, Any]] = [(p, k, 0, c) for p, k, c in milestones]
+        if acc is not None:
+            cols = acc.select("pos", "ts", "pid", "fd", "errno", "peer_addr", "peer_port")
+            fold.extend((row[0], 0, 1, row) for row in cols.iter_rows())
+        fold.extend((p, 0, 2, rec) for p, rec in app)
+        fold.sort(key=lambda x: (x[0], x[1]))
+        j = self.joins
+        grace = self.cfg.grace_ns
+        prev_now = self.now
+        for p, k, what, item in fold:
+            i = p - base
+            before = int(now[i - 1]) if i else prev_now
+            j.now = before
+            j.settle(before - grace)
+            j.now = int(now[i])
+            if what == 0:
+                j.milestone(p, k, item, before, int(now[i]))
+            elif what == 1:
+                _, t, pid, fd, err, peer, port = item
+                j.accept(p, t, pid, fd, err, peer, port)
+            else:
+                j.app(p, int(ts_sorted[i]), item)
+        self.now = int(now[-1])
+        j.now = self.now
+        j.settle(self.now - grace)
+
+        ep = frames.get("epoll")
+        if ep is not None:
+            self._epoll(ep)
+        self.rows.chunk(frames, app, now, base, ts_sorted)
+        self._flush_rows()
+        self.base += len(ts)
+
+    def _flush_rows(self) -> None:
+        for row in self.rows.take():
+            self.sink.event(row)
+        # Lives whose rows are all written and whose outcome is known are done.
+        first = self.rows.pending[0][0] if self.rows.pending else 1 << 62
+        conns = self.rows.conns
+        for cid in [
+            cid
+            for cid, c in conns.items()
+            if c.outcome is not None and (c.close_pos is None or c.close_pos < first)
+        ]:
+            del conns[cid]
+
+    def _frame(self, kind: str, parts: list[tuple[Batch, int, int, np.ndarray]]) -> pl.DataFrame:
+        dfs = [b.data.slice(lo, hi - lo).with_columns(pos=pl.Series(p)) for b, lo, hi, p in parts]
+        return pl.concat(dfs).sort("pos")
+
+    def _live_figures(self, lives: Any, now: np.ndarray, base: int) -> None:
+        """Live-socket counts, their samples, the time spent in each state."""
+        if len(lives.live_count):
+            self.max_live = max(self.max_live, int(lives.live_count.max()))
+        self.n["kernel.transition_gap"] = self.n.get("kernel.transition_gap", 0) + lives.gaps
+        for st, bucket, count, total, mx in lives.state_time.iter_rows():
+            h = self.state_time.get(st)
+            if h is None:
+                h = self.state_time[st] = Log2Histogram()
+            h.buckets[bucket] = h.buckets.get(bucket, 0) + count
+            h.count += count
+            h.total += total
+            h.max = max(h.max, mx)
+        # Samples: after the first item at or past each sample time.
+        deltas = lives.live_delta.sort("pos", maintain_order=True)
+        dpos = deltas["pos"].to_numpy()
+        dstate = deltas["state"].to_list()
+        dval = deltas["delta"].to_numpy()
+        k = 0
+        n = len(now)
+        i = 0
+        while i < n:
+            i = int(np.searchsorted(now, self.next_sample, side="left"))
+            if i >= n:
+                break
+            p = base + i
+            while k < len(dpos) and dpos[k] <= p:
+                st = dstate[k]
+                self.live_states[st] = self.live_states.get(st, 0) + int(dval[k])
+                k += 1
+            self.kernel_series.add(int(now[i]), {s: v for s, v in self.live_states.items() if v})
+            self.next_sample = int(now[i]) + self.cfg.sample_ns
+            i += 1
+        while k < len(dpos):
+            st = dstate[k]
+            self.live_states[st] = self.live_states.get(st, 0) + int(dval[k])
+            k += 1
+
+    def _epoll(self, ep: pl.DataFrame) -> None:
+        """epoll_wait figures per process, by group-by."""
+        self.n["kernel.epoll"] = self.n.get("kernel.epoll", 0) + len(ep)
+        self.phases_count_many(ep["ts"].to_numpy(), "epoll.calls")
+        e = ep.with_columns(
+            err=pl.col("errno") != 0,
+            empty=(pl.col("errno") == 0) & (pl.col("ready") == 0),
+            woke=(pl.col("errno") == 0) & (pl.col("ready") != 0),
+        )
+        per = e.group_by("pid").agg(
+            pl.len().alias("calls"),
+            pl.col("err").sum().alias("errors"),
+            pl.col("empty").sum().alias("timeouts"),
+            pl.col("ready").filter(pl.col("woke")).sum().alias("ready_total"),
+        )
+        for pid, calls, errors, timeouts, ready_total in per.iter_rows():
+            f = self.epoll.get(pid)
+            if f is None:
+                f = self.epoll[pid] = EpollFigures()
+            f.calls += calls
+            f.errors += errors
+            f.timeouts += timeouts
+            f.ready_total += ready_total or 0
+        ready = e.filter(pl.col("woke")).group_by("pid", "ready").len()
+        for pid, r, c in ready.iter_rows():
+            h = self.epoll[pid].ready
+            h.counts[r] = h.counts.get(r, 0) + c
+            h.count += c
+        tids = e.group_by("pid", "tid", maintain_order=True).len()
+        for pid, tid, c in tids.iter_rows():
+            t = self.epoll[pid].tids
+            if tid in t or len(t) < MAX_TIDS:
+                t[tid] = t.get(tid, 0) + c
+        from correlator.lifecycles import bit_length
+
+        dur = e["dur_ns"].fill_null(0).to_numpy()
+        w = pl.DataFrame({"pid": e["pid"], "dur": dur, "b": bit_length(dur)})
+        for pid, b, c, total, mx in (
+            w.group_by("pid", "b")
+            .agg(pl.len(), pl.col("dur").sum().alias("total"), pl.col("dur").max().alias("mx"))
+            .iter_rows()
+        ):
+            h = self.epoll[pid].wait
+            h.buckets[b] = h.buckets.get(b, 0) + c
+            h.count += c
+            h.total += total
+            h.max = max(h.max, mx)
+
+    def phases_count_many(self, ts: np.ndarray, path: str) -> None:
+        idx = self.phases.of_many(ts)
+        counts = np.bincount(idx[idx >= 0], minlength=len(self.phases.names))
+        for i, c in enumerate(counts.tolist()):
+            if c:
+                self.phases.count_in(self.phases.names[i], path, c)
+
+    # ---- end -------------------------------------------------------------------
+
+    def finish(self) -> Result:
+        """Flush everything: the held batches, the last chunk, the live sockets."""
+        self._take(self.release.drain())
+        self._process()
+        self.joins.now = self.now
+        self.rows.end()
+        self._flush_rows()
+        self.joins.end()
+        j = self.joins
+        return Result(
+            t0=self.t0,
+            n=self.n,
+            pid_actor=j.pid_actor,
+            phase_names=self.phases.names,
+            phase_starts=self.phases.starts,
+            outcomes=j.outcomes,
+            outcome_owner=j.outcome_owner,
+            peers_of_stuck=j.peers_of_stuck(),
+            no_port_failures=j.no_port_failures,
+            max_live=self.max_live,
+            conns_by_owner_max=j.conns_by_owner_max,
+            lifetimes=j.lifetimes,
+            state_time=self.state_time,
+            app_events=j.app_events,
+            errors=j.errors,
+            error_owner=j.error_owner,
+            progress=self.samples.progress,
+            accepts=j.accepts,
+            epoll=self.epoll,
+            epoll_kernel_hist=self.samples.epoll_kernel_hist,
+            phase_counts=self.phases.counts,
+            phase_progress=self.phases.progress,
+            kernel_series=self.kernel_series,
+            observer_series=self.samples.observer,
+            fd_series=self.samples.fds,
+            probe_programs=self.samples.probe_programs,
+            first_ns=self.first_ns,
+            last_ns=self.now,
+            late_events=self.release.late,
+            reorder_max_held=self.release.max_held,
+            settle_max_held=self.rows.max_pending,
+        )

@@ -1,0 +1,302 @@
+"""Socket incarnations from tcp_state columns: which life each transition is in.
+
+A socket's memory (skaddr) is reused: one incarnation runs from the
+transition that opens a life to ->CLOSE. A transition starts a new life when
+its socket has none open, or when its old state is CLOSE or LISTEN while the
+open life is elsewhere (its ->CLOSE never reached us: the close was lost).
+Computed per chunk of transitions in time order with a group-by on skaddr;
+lives still open at the end of a chunk carry over to the next.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+# A lifecycle keeps at most this many transitions: a normal connection has
+# ~5; a pathological one must not grow memory.
+MAX_TRANSITIONS = 24
+_OPENERS = ["CLOSE", "LISTEN"]
+
+Tuple4 = tuple[str, int, str, int]
+
+
+def norm_addr(addr: str) -> str:
+    # An IPv6 socket serving an IPv4 peer reports it v4-mapped on one side.
+    return addr[7:] if addr.startswith("::ffff:") else addr
+
+
+def role_of(old: str, new: str) -> str:
+    if new == "LISTEN":
+        return "listener"
+    if new == "SYN_SENT":
+        return "active"
+    if new == "SYN_RECV" or old in ("LISTEN", "SYN_RECV", "NEW_SYN_RECV"):
+        return "passive"
+    return "unknown"
+
+
+@dataclass(slots=True, eq=False)
+class Conn:
+    """One incarnation of a socket, from its first transition to ->CLOSE.
+
+    The transition fields (state, transitions, end) are filled from columns
+    chunk by chunk; the join fields (owner, accepted, ...) by the joins.
+    """
+
+    id: int
+    skaddr: int
+    role: str  # "active" (connect), "passive" (accepted child), "listener", "unknown"
+    start_ns: int
+    first_old: str
+    family: int
+    first_cpu_pid: int
+    state: str = ""
+    state_ns: int = 0
+    last_old: str = ""
+    n_rows: int = 0
+    transitions: list[tuple[int, str, str, int, int]] = field(default_factory=list)  # +pos
+    dropped_transitions: int = 0
+    close_pos: int | None = None  # position of ->CLOSE (or of the lost close)
+    end_ns: int | None = None
+    close_seen: bool = True
+    stuck_in: str | None = None  # CLOSE_WAIT / FIN_WAIT2 held past the last phase
+    learn: Tuple4 | None = None  # the tuple, from the transition that told it
+    # Join fields.
+    addr4: Tuple4 | None = None
+    dest: tuple[str, int] | None = None
+    owner_actor: str | None = None
+    owner_pid: int | None = None
+    owner_fd: int | None = None
+    owner_via: str | None = None
+    owner_hist: list[tuple[int, dict[str, Any] | None]] = field(default_factory=list)
+    accepted: bool = False
+    app_closed: bool = False
+    error: str | None = None
+    actions: list[tuple[int, str]] = field(default_factory=list)
+    action_counts: dict[str, int] = field(default_factory=dict)
+    outcome: str | None = None
+    # An orphaned active closer leaves FIN_WAIT2 for a timewait socket at once,
+    # invisible to the tracepoint. Whether that socket then sat in FIN_WAIT2
+    # depends on its peer, still in CLOSE_WAIT: `peer_wait` links to it,
+    # `twin` back, and the closer is parked until the peer's fate is known.
+    peer_wait: Conn | None = None
+    twin: Conn | None = None
+    parked: bool = False
+    held_by: int | None = None
+
+    def state_at(self, pos: int) -> str:
+        """The state after the last transition before `pos` (from the kept ones)."""
+        st = self.first_old
+        for t in self.transitions:
+            if t[4] >= pos:
+                break
+            st = t[2]
+        return st
+
+    def ended_before(self, pos: int) -> bool:
+        return self.close_pos is not None and self.close_pos < pos
+
+
+# Milestone kinds at one position, in the order one transition's handling did them.
+LOST, OPEN, LEARN, CLOSE = 0, 1, 2, 3
+
+
+@dataclass
+class ChunkLives:
+    """What one chunk of transitions tells: per row its life, and the milestones."""
+
+    conn_ids: np.ndarray  # per row, in row (position) order
+    milestones: list[tuple[int, int, Conn]]  # (pos, kind, conn)
+    state_time: pl.DataFrame  # state, bucket, count, total, max
+    live_delta: pl.DataFrame  # pos, state, delta
+    live_count: np.ndarray  # per row: live lives after its open, before its close
+    gaps: int
+    lost: int
+
+
+@dataclass
+class Lives:
+    """Lives open across chunks, and the numbering of lives."""
+
+    experiment_end: int | None = None
+    open_by_sk: dict[int, Conn] = field(default_factory=dict)
+    next_id: int = 1
+    live: int = 0
+
+    def chunk(self, tcp: pl.DataFrame) -> ChunkLives:
+        """`tcp`: the chunk's transitions with a `pos` column, sorted by pos."""
+        carry = self.open_by_sk
+        sk = tcp["skaddr"].to_numpy()
+        old = tcp["old"].to_numpy()
+        new = tcp["new"].to_numpy()
+        ts = tcp["ts"].to_numpy()
+        pos = tcp["pos"].to_numpy()
+        n = len(tcp)
+        # The previous transition of the same socket: in this chunk, or the
+        # state its open life carried over.
+        df = pl.DataFrame({"sk": sk, "i": np.arange(n)})
+        prev_i = df.select(pl.col("i").shift(1).over("sk")).to_series().to_numpy()
+        has_prev = ~np.isnan(prev_i) if prev_i.dtype.kind == "f" else prev_i != None  # noqa: E711
+        prev_idx = np.where(has_prev, np.nan_to_num(prev_i, nan=0), 0).astype(np.int64)
+        prev_new = np.where(has_prev, new[prev_idx], None).astype(object)
+        prev_ts = np.where(has_prev, ts[prev_idx], 0).astype(np.int64)
+        first_rows = np.nonzero(~has_prev)[0]
+        carried: dict[int, Conn] = {}
+        for i in first_rows.tolist():
+            c = carry.get(int(sk[i]))
+            if c is not None:
+                carried[i] = c
+                prev_new[i] = c.state
+                prev_ts[i] = c.state_ns
+        is_opener = np.isin(old, _OPENERS)
+        none_prev = np.array([p is None for p in prev_new], dtype=bool)
+        prev_close = np.array([p == "CLOSE" for p in prev_new], dtype=bool)
+        differs = (old != prev_new) & ~none_prev & ~prev_close
+        lost = differs & is_opener
+        start = none_prev | prev_close | lost
+        gap = differs & ~is_opener
+        # Life ids in position order; other rows take their socket's current one.
+        n_start = int(start.sum())
+        ids_or_null = np.full(n, -1, dtype=np.int64)
+        ids_or_null[start] = np.arange(self.next_id, self.next_id + n_start)
+        self.next_id += n_start
+        for i, c in carried.items():
+            if not start[i]:
+                ids_or_null[i] = c.id
+        idf = pl.DataFrame({"sk": sk, "id": ids_or_null}).with_columns(
+            pl.when(pl.col("id") >= 0).then(pl.col("id"))
+        )
+        ids = idf.select(pl.col("id").forward_fill().over("sk")).to_series().to_numpy()
+        ids = ids.astype(np.int64)
+
+        # Lives: new ones from their opening row; all touched ones get rows.
+        conns: dict[int, Conn] = {c.id: c for c in carried.values()}
+        cur: dict[int, Conn] = {int(sk[i]): c for i, c in carried.items()}
+        milestones: list[tuple[int, int, Conn]] = []
+        end = self.experiment_end
+        sport = tcp["sport"].fill_null(0).to_list()
+        dport = tcp["dport"].fill_null(0).to_list()
+        saddr = tcp["saddr"].to_list()
+        daddr = tcp["daddr"].to_list()
+        fam = tcp["family"].fill_null(0).to_list()
+        sk_l, old_l, new_l, ts_l, pos_l = sk.tolist(), old.tolist(), new.tolist(), ts.tolist(), pos.tolist()
+        cpu_l = tcp["cpu_pid"].to_list()
+        start_l, lost_l, ids_l = start.tolist(), lost.tolist(), ids.tolist()
+        # Walk the rows in order; the work per row is a few appends.
+        for i in range(n):
+            s_i = sk_l[i]
+            if start_l[i]:
+                if lost_l[i]:
+                    # The socket's open life never got its ->CLOSE: it ends here.
+                    pc = cur[s_i]
+                    pc.close_pos = pos_l[i]
+                    pc.end_ns = pc.state_ns
+                    pc.close_seen = False
+                    milestones.append((pos_l[i], LOST, pc))
+                c = Conn(
+                    id=ids_l[i],
+                    skaddr=s_i,
+                    role=role_of(old_l[i], new_l[i]),
+                    start_ns=ts_l[i],
+                    first_old=old_l[i],
+                    family=int(fam[i] or 0),
+                    first_cpu_pid=cpu_l[i],
+                    state=old_l[i],
+                    state_ns=ts_l[i],
+                )
+                conns[c.id] = c
+                cur[s_i] = c
+                milestones.append((pos_l[i], OPEN, c))
+            else:
+                c = cur[s_i]
+                if end is not None and c.state in ("CLOSE_WAIT", "FIN_WAIT2"):
+                    if c.state_ns <= end < ts_l[i]:
+                        c.stuck_in = c.state
+            if c.learn is None:
+                if c.dest is None and dport[i]:
+                    c.dest = (norm_addr(str(daddr[i])), int(dport[i]))
+                lt = _learn(c.role, saddr[i], int(sport[i]), daddr[i], int(dport[i]))
+                if lt is not None:
+                    c.learn = lt
+                    milestones.append((pos_l[i], LEARN, c))
+            if len(c.transitions) < MAX_TRANSITIONS:
+                c.transitions.append((ts_l[i], old_l[i], new_l[i], cpu_l[i], pos_l[i]))
+            else:
+                c.dropped_transitions += 1
+            c.last_old, c.state, c.state_ns = old_l[i], new_l[i], ts_l[i]
+            c.n_rows += 1
+            if new_l[i] == "CLOSE":
+                c.close_pos = pos_l[i]
+                c.end_ns = ts_l[i]
+                milestones.append((pos_l[i], CLOSE, c))
+
+        # Open lives carry over; closed (or lost) ones leave.
+        for c in conns.values():
+            if c.close_pos is None:
+                carry[c.skaddr] = c
+            elif carry.get(c.skaddr) is c:
+                del carry[c.skaddr]
+
+        # Time spent in each state left: (state, duration) per row that leaves one.
+        leave = ~start | lost
+        dur = np.where(lost, 0, ts - prev_ts)
+        d = dur[leave]
+        st = pl.DataFrame({"state": prev_new[leave].astype(str), "dur": d, "bucket": bit_length(d)})
+        state_time = st.group_by("state", "bucket").agg(
+            pl.len().alias("count"), pl.col("dur").sum().alias("total"), pl.col("dur").max().alias("mx")
+        )
+
+        # Live state counts: each row leaves its previous state and enters its new one.
+        minus = leave & ~prev_close & ~none_prev
+        pos_arr = pos
+        live_delta = pl.concat(
+            [
+                pl.DataFrame(
+                    {"pos": pos_arr[minus], "state": prev_new[minus].astype(str), "delta": -1}
+                ),
+                pl.DataFrame(
+                    {"pos": pos_arr[new != "CLOSE"], "state": new[new != "CLOSE"], "delta": 1}
+                ),
+            ]
+        )
+        # Live lives: +1 at an open, -1 at a lost close (before), -1 at ->CLOSE (after).
+        closes = new == "CLOSE"
+        pre = start.astype(np.int64) - lost.astype(np.int64)
+        run = self.live + np.cumsum(pre - closes.astype(np.int64))
+        live_count = run + closes.astype(np.int64)
+        self.live = int(run[-1]) if n else self.live
+        milestones.sort(key=lambda m: (m[0], m[1]))
+        return ChunkLives(
+            conn_ids=ids,
+            milestones=milestones,
+            state_time=state_time,
+            live_delta=live_delta,
+            live_count=np.where(start, live_count, 0),
+            gaps=int(gap.sum()),
+            lost=int(lost.sum()),
+        )
+
+
+def bit_length(v: np.ndarray) -> np.ndarray:
+    """int.bit_length() of each non-negative value (0 for 0 and below)."""
+    v = np.maximum(np.asarray(v, dtype=np.int64), 0)
+    _, e = np.frexp(v.astype(np.float64))
+    b = e.astype(np.int64)
+    # frexp of a float: correct where the float rounding crossed a power of two.
+    one = np.ones_like(v)
+    b = np.where((b > 0) & ((one << np.maximum(b - 1, 0)) > v), b - 1, b)
+    b = np.where((b < 63) & ((one << np.minimum(b, 62)) <= v) & (v > 0), b + 1, b)
+    return np.where(v > 0, b, 0)
+
+
+def _learn(role: str, saddr: Any, sport: int, daddr: Any, dport: int) -> Tuple4 | None:
+    """The tuple a transition tells (None while the ports are not chosen yet)."""
+    if role == "listener":
+        return (norm_addr(str(saddr)), int(sport), "", 0) if sport else None
+    if not (sport and dport):
+        return None  # SYN_SENT before the ephemeral port is chosen
+    return (norm_addr(str(saddr)), int(sport), norm_addr(str(daddr)), int(dport))
