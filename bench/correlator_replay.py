@@ -154,7 +154,7 @@ class NullSink:
 
 def child(run_dir: Path, mode: str) -> None:
     """Runs in a fresh process: replay and print one JSON line of figures."""
-    from correlator.engine import Correlator
+    from correlator.correlate import Correlator
     from correlator.recording import RecordingReader, read_run_meta
     from reports.build import build_reports
 
@@ -165,9 +165,9 @@ def child(run_dir: Path, mode: str) -> None:
         corr = Correlator(sink, read_run_meta(run_dir))
         for env in RecordingReader(run_dir / "recording.msgpack"):
             corr.feed(env)
-        corr.finish()
+        result = corr.finish()
         items = sink.events
-        extra = {"max_live": corr.max_live, "reorder_max_held": corr.reorder.max_held}
+        extra = {"max_live": result.max_live, "reorder_max_held": result.reorder_max_held}
     else:
         summary = build_reports(run_dir)
         items = summary["outputs"]["events"]

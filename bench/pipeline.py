@@ -190,7 +190,7 @@ def replay_child(run_dir: Path, mode: str, every: int = PROGRESS_EVERY) -> None:
     """Replay a recording (read only, or correlate into a sink that discards);
     print a JSON line every `every` events and one at the end."""
     from bench.correlator_replay import NullSink
-    from correlator.engine import Correlator
+    from correlator.correlate import Correlator
     from correlator.recording import RecordingReader, read_run_meta
 
     base = rss_mb()

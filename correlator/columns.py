@@ -80,11 +80,6 @@ def _sorted(ts: list[int], tie0: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return t, tie, None
 
 
-def _frame(kind: str, cols: dict[str, list[Any]], order: np.ndarray | None) -> pl.DataFrame:
-    df = pl.DataFrame(cols, schema=SCHEMAS[kind])
-    return df if order is None else df[order]
-
-
 def _valid_tcp(ev: dict[str, Any]) -> bool:
     try:
         int(ev["skaddr"]), str(ev["old"]), str(ev["new"]), int(ev.get("cpu_pid", -1))

@@ -26,7 +26,7 @@ import polars as pl
 from bus.schema import Envelope, Kind
 from correlator.columns import SCHEMAS, Batch, Columns
 from correlator.joins import Joins
-from correlator.lifecycles import OPEN, Lives
+from correlator.lifecycles import OPEN, Lives, bit_length
 from correlator.ordering import Release, WatermarkConfig
 from correlator.phases import Phases
 from correlator.result import EpollFigures, Result
@@ -195,19 +195,19 @@ class Correlator:
         j = self.joins
         grace = self.cfg.grace_ns
         prev_now = self.now
-        for p, k, what, item in fold:
-            i = p - base
-            before = int(now[i - 1]) if i else prev_now
+        for fp, k, what, item in fold:
+            ix = fp - base
+            before = int(now[ix - 1]) if ix else prev_now
             j.now = before
             j.settle(before - grace)
-            j.now = int(now[i])
+            j.now = int(now[ix])
             if what == 0:
-                j.milestone(p, k, item, before, int(now[i]))
+                j.milestone(fp, k, item, before, int(now[ix]))
             elif what == 1:
                 _, t, pid, fd, err, peer, port = item
-                j.accept(p, t, pid, fd, err, peer, port)
+                j.accept(fp, t, pid, fd, err, peer, port)
             else:
-                j.app(p, int(ts_sorted[i]), item)
+                j.app(fp, int(ts_sorted[ix]), item)
         self.now = int(now[-1])
         j.now = self.now
         j.settle(self.now - grace)
@@ -299,16 +299,14 @@ class Correlator:
             f.ready_total += ready_total or 0
         ready = e.filter(pl.col("woke")).group_by("pid", "ready").len()
         for pid, r, c in ready.iter_rows():
-            h = self.epoll[pid].ready
-            h.counts[r] = h.counts.get(r, 0) + c
-            h.count += c
+            rh = self.epoll[pid].ready
+            rh.counts[r] = rh.counts.get(r, 0) + c
+            rh.count += c
         tids = e.group_by("pid", "tid", maintain_order=True).len()
         for pid, tid, c in tids.iter_rows():
             t = self.epoll[pid].tids
             if tid in t or len(t) < MAX_TIDS:
                 t[tid] = t.get(tid, 0) + c
-        from correlator.lifecycles import bit_length
-
         dur = e["dur_ns"].fill_null(0).to_numpy()
         w = pl.DataFrame({"pid": e["pid"], "dur": dur, "b": bit_length(dur)})
         for pid, b, c, total, mx in (
@@ -339,6 +337,7 @@ class Correlator:
         self.rows.end()
         self._flush_rows()
         self.joins.end()
+        self._flush_rows()  # forgets the lives finished at the end
         j = self.joins
         return Result(
             t0=self.t0,

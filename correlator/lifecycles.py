@@ -22,6 +22,7 @@ MAX_TRANSITIONS = 24
 _OPENERS = ["CLOSE", "LISTEN"]
 
 Tuple4 = tuple[str, int, str, int]
+Owner = tuple[str | None, int | None, int | None, str | None]
 
 
 def norm_addr(addr: str) -> str:
@@ -72,7 +73,8 @@ class Conn:
     owner_pid: int | None = None
     owner_fd: int | None = None
     owner_via: str | None = None
-    owner_hist: list[tuple[int, dict[str, Any] | None]] = field(default_factory=list)
+    # (position, (actor, pid, fd, via)) each time the owner changed.
+    owner_hist: list[tuple[int, Owner]] = field(default_factory=list)
     accepted: bool = False
     app_closed: bool = False
     error: str | None = None
@@ -139,10 +141,13 @@ class Lives:
         # The previous transition of the same socket: in this chunk, or the
         # state its open life carried over.
         df = pl.DataFrame({"sk": sk, "i": np.arange(n)})
-        prev_i = df.select(pl.col("i").shift(1).over("sk")).to_series().to_numpy()
-        has_prev = ~np.isnan(prev_i) if prev_i.dtype.kind == "f" else prev_i != None  # noqa: E711
-        prev_idx = np.where(has_prev, np.nan_to_num(prev_i, nan=0), 0).astype(np.int64)
-        prev_new = np.where(has_prev, new[prev_idx], None).astype(object)
+        prev_i = (
+            df.select(pl.col("i").shift(1).over("sk").fill_null(-1)).to_series().to_numpy()
+        )
+        has_prev = prev_i >= 0
+        prev_idx = np.where(has_prev, prev_i, 0).astype(np.int64)
+        prev_new = np.full(n, None, dtype=object)
+        prev_new[has_prev] = new[prev_idx[has_prev]]
         prev_ts = np.where(has_prev, ts[prev_idx], 0).astype(np.int64)
         first_rows = np.nonzero(~has_prev)[0]
         carried: dict[int, Conn] = {}
@@ -183,7 +188,13 @@ class Lives:
         saddr = tcp["saddr"].to_list()
         daddr = tcp["daddr"].to_list()
         fam = tcp["family"].fill_null(0).to_list()
-        sk_l, old_l, new_l, ts_l, pos_l = sk.tolist(), old.tolist(), new.tolist(), ts.tolist(), pos.tolist()
+        sk_l, old_l, new_l, ts_l, pos_l = (
+            sk.tolist(),
+            old.tolist(),
+            new.tolist(),
+            ts.tolist(),
+            pos.tolist(),
+        )
         cpu_l = tcp["cpu_pid"].to_list()
         start_l, lost_l, ids_l = start.tolist(), lost.tolist(), ids.tolist()
         # Walk the rows in order; the work per row is a few appends.
@@ -247,7 +258,9 @@ class Lives:
         d = dur[leave]
         st = pl.DataFrame({"state": prev_new[leave].astype(str), "dur": d, "bucket": bit_length(d)})
         state_time = st.group_by("state", "bucket").agg(
-            pl.len().alias("count"), pl.col("dur").sum().alias("total"), pl.col("dur").max().alias("mx")
+            pl.len().alias("count"),
+            pl.col("dur").sum().alias("total"),
+            pl.col("dur").max().alias("mx"),
         )
 
         # Live state counts: each row leaves its previous state and enters its new one.

@@ -92,7 +92,16 @@ class Rows:
         ep = frames.get("epoll")
         if ep is not None:
             cols = ep.select(
-                "pos", "ts", "pid", "tid", "syscall", "epfd", "ready", "errno", "timeout_ms", "dur_ns"
+                "pos",
+                "ts",
+                "pid",
+                "tid",
+                "syscall",
+                "epfd",
+                "ready",
+                "errno",
+                "timeout_ms",
+                "dur_ns",
             )
             new.extend((r[0], r[1], "epoll", r) for r in cols.iter_rows())
         new.extend((p, rec["mono_ns"], "app", rec) for p, rec in app)
@@ -117,7 +126,6 @@ class Rows:
         j = self.joins
         pid_actor, learnt = j.pid_actor, j.pid_learnt
         any_actor = min(learnt.values()) if learnt else None
-        t0 = self.t0
         phase_of = self.phases.of
         conns = self.conns
         states = owned = 0

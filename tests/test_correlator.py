@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 from synthetic import Actor, Lab, RecordingWriter
 
-from correlator.engine import Correlator, CorrelatorConfig
+from correlator.correlate import Correlator, CorrelatorConfig
 from correlator.recording import RecordingReader
+from correlator.result import Result
 from correlator.summary import build_summary
 
 T0 = 1_000_000_000
@@ -35,8 +36,10 @@ class ListSink:
 
 
 class Run:
-    def __init__(self, sink: ListSink, corr: Correlator, summary: dict[str, Any]) -> None:
-        self.sink, self.corr, self.summary = sink, corr, summary
+    def __init__(
+        self, sink: ListSink, corr: Correlator, result: Result, summary: dict[str, Any]
+    ) -> None:
+        self.sink, self.corr, self.result, self.summary = sink, corr, result, summary
 
     @property
     def conns(self) -> list[dict[str, Any]]:
@@ -64,8 +67,8 @@ def replay(
     reader = RecordingReader(path)
     for env in reader:
         corr.feed(env)
-    corr.finish()
-    return Run(sink, corr, build_summary(corr, reader.stats, m))
+    result = corr.finish()
+    return Run(sink, corr, result, build_summary(result, reader.stats, m))
 
 
 def echo(n: int, cport: Callable[[int], int] = lambda i: 40000 + i) -> Callable[[Lab], None]:
@@ -178,8 +181,8 @@ def test_out_of_order_batches_come_out_in_time_order(tmp_path: Path) -> None:
     run = replay(tmp_path, echo(30), batch=1000, app_batch=1)
     ts = [r["ts"] for r in run.sink.events]
     assert sorted(ts) == ts
-    assert 0 == run.corr.reorder.late
-    assert run.corr.reorder.max_held > 1
+    assert 0 == run.result.late_events
+    assert run.result.reorder_max_held > 1
     in_order = replay(tmp_path, echo(30), batch=1, app_batch=1)
     assert in_order.outcomes() == run.outcomes()
     assert 100.0 == run.summary["coverage"]["app_connections_pct"]
@@ -190,8 +193,8 @@ def test_event_beyond_the_window_is_counted_late_not_lost(tmp_path: Path) -> Non
     processed and counted as late."""
     cfg = CorrelatorConfig(window_ns=0, slack_ns=0)
     run = replay(tmp_path, echo(30), batch=1000, app_batch=1, config=cfg)
-    assert run.corr.reorder.late > 0
-    assert run.corr.reorder.late == run.summary["losses"]["late_events"]
+    assert run.result.late_events > 0
+    assert run.result.late_events == run.summary["losses"]["late_events"]
     # Per connection 10 state events, 1 accept4, 5 app records; plus the listen pair.
     assert 30 * 16 + 2 == len(run.sink.events)
 
@@ -499,16 +502,22 @@ def test_actor_progress_reports_become_counts(tmp_path: Path) -> None:
 
 
 def test_memory_is_bounded_by_live_connections(tmp_path: Path) -> None:
-    """Thousands of sequential connections never hold more than a handful of
-    sockets, reorder entries or pending rows at once."""
-    short = replay(tmp_path, echo(1000), batch=200, app_batch=20)
-    run = replay(tmp_path, echo(4000), batch=200, app_batch=20)
+    """Thousands of sequential connections, handled in chunks of 2000 items,
+    never hold more than a handful of sockets, reorder entries or pending rows
+    at once; nothing stays indexed at the end."""
+    cfg = CorrelatorConfig(chunk_items=2000)
+    short = replay(tmp_path, echo(1000), batch=200, app_batch=20, config=cfg)
+    run = replay(tmp_path, echo(4000), batch=200, app_batch=20, config=cfg)
     assert 8000 == len(run.conns)
-    assert run.corr.max_live <= 3
-    # The reorder heap and the grace queue hold a time window, not the run.
-    assert run.corr.reorder.max_held <= short.corr.reorder.max_held * 1.1
-    assert run.corr.max_settle <= short.corr.max_settle * 1.1
-    assert not run.corr.by_tuple and not run.corr.by_pidfd and not run.corr.failed
+    assert run.result.max_live <= 3
+    # The reorder heap and the rows waiting for their grace hold a time
+    # window (or a chunk), not the run.
+    assert run.result.reorder_max_held <= short.result.reorder_max_held * 1.1
+    assert run.result.settle_max_held <= short.result.settle_max_held * 1.1
+    j = run.corr.joins
+    assert not j.by_tuple and not j.by_pidfd and not j.failed
+    # Only the listener is still open when the recording ends.
+    assert 1 == len(run.corr.lives.open_by_sk) and not run.corr.rows.conns
 
 
 @pytest.mark.parametrize("window_ns", [0, 2_000_000_000])
@@ -517,7 +526,7 @@ def test_results_do_not_depend_on_the_window(tmp_path: Path, window_ns: int) -> 
     cfg = CorrelatorConfig(window_ns=window_ns)
     run = replay(tmp_path, echo(5), batch=1, app_batch=1, config=cfg)
     assert {"time_wait": 5, "clean": 5} == run.outcomes()
-    assert 0 == run.corr.reorder.late
+    assert 0 == run.result.late_events
 
 
 def test_syscall_events_of_processes_outside_the_lab_are_left_out(tmp_path: Path) -> None:
@@ -556,7 +565,7 @@ def test_orphaned_closer_waits_for_its_peer_to_decide(tmp_path: Path) -> None:
     assert {"time_wait": 1, "clean": 1} == run.outcomes()
     client = next(c for c in run.conns if c["role"] == "active")
     assert "FIN_WAIT2" == client["timewait_from"]
-    assert 1 == run.corr.n["parked_closers"]
+    assert 1 == run.result.n["parked_closers"]
 
 
 def test_sockets_closed_only_by_teardown_count_as_stuck(tmp_path: Path) -> None:
@@ -696,7 +705,7 @@ def test_interleaved_probe_streams_with_a_sudden_backlog_stay_in_order(tmp_path:
             send("accept", [now - 5 * MS], now)
         if i % 50 == 49:
             send("accept", [now - 400 * MS + k * MS for k in range(40)], now)
-    corr.finish()
+    result = corr.finish()
     ts = [r["ts"] for r in sink.events]
     assert sorted(ts) == ts
-    assert (0, 181) == (corr.reorder.late, len(ts))
+    assert (0, 181) == (result.late_events, len(ts))

@@ -18,13 +18,14 @@ from typing import Any
 
 import pytest
 
-from reports import build_reports
+from correlator.correlate import CorrelatorConfig
+from reports.build import build_reports
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
 SCENARIOS = ("echo", "leak", "bomb", "multiplex")
 
 
-def _rebuild(tmp_path: Path, scenario: str) -> tuple[dict[str, Any], Path]:
+def _rebuild(tmp_path: Path, scenario: str, chunk: int) -> tuple[dict[str, Any], Path]:
     run_dir = tmp_path / scenario
     run_dir.mkdir()
     shutil.copy(GOLDEN / scenario / "run.json", run_dir / "run.json")
@@ -33,13 +34,22 @@ def _rebuild(tmp_path: Path, scenario: str) -> tuple[dict[str, Any], Path]:
         open(run_dir / "recording.msgpack", "wb") as out,
     ):
         shutil.copyfileobj(f, out)
-    return build_reports(run_dir), run_dir
+    return build_reports(run_dir, CorrelatorConfig(chunk_items=chunk)), run_dir
 
 
-@pytest.fixture(scope="module", params=SCENARIOS)
+# The default chunk holds a whole small run; 3000 items cut every run into
+# many chunks, so lives, owners and rows cross chunk boundaries.
+CHUNKS = (CorrelatorConfig().chunk_items, 3000)
+
+
+@pytest.fixture(
+    scope="module",
+    params=[(s, c) for s in SCENARIOS for c in CHUNKS],
+    ids=[f"{s}-chunk{c}" for s in SCENARIOS for c in CHUNKS],
+)
 def rebuilt(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    scenario = request.param
-    summary, run_dir = _rebuild(tmp_path_factory.mktemp("golden"), scenario)
+    scenario, chunk = request.param
+    summary, run_dir = _rebuild(tmp_path_factory.mktemp("golden"), scenario, chunk)
     golden = json.loads((GOLDEN / scenario / "golden.json").read_text())
     return scenario, summary, run_dir, golden
 
