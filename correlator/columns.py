@@ -49,6 +49,7 @@ EPOLL_SCHEMA: dict[str, Any] = {
     "tie": pl.Int64,
     "pid": pl.Int64,
     "tid": pl.Int64,
+    "comm": pl.String,
     "syscall": pl.String,
     "epfd": pl.Int64,
     "ready": pl.Int64,

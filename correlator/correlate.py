@@ -302,11 +302,21 @@ class Correlator:
             rh = self.epoll[pid].ready
             rh.counts[r] = rh.counts.get(r, 0) + c
             rh.count += c
-        tids = e.group_by("pid", "tid", maintain_order=True).len()
-        for pid, tid, c in tids.iter_rows():
+        tids = e.group_by("pid", "tid", maintain_order=True).agg(
+            pl.len(),
+            pl.col("empty").sum(),
+            pl.col("ready").max(),
+            pl.col("comm").first().fill_null(""),
+        )
+        for pid, tid, c, empty, top, comm in tids.iter_rows():
             t = self.epoll[pid].tids
-            if tid in t or len(t) < MAX_TIDS:
-                t[tid] = t.get(tid, 0) + c
+            slot = t.get(tid)
+            if slot is None and len(t) < MAX_TIDS:
+                slot = t[tid] = [0, 0, 0, comm]
+            if slot is not None:
+                slot[0] += c
+                slot[1] += empty
+                slot[2] = max(slot[2], top)
         dur = e["dur_ns"].fill_null(0).to_numpy()
         w = pl.DataFrame({"pid": e["pid"], "dur": dur, "b": bit_length(dur)})
         for pid, b, c, total, mx in (

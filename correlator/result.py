@@ -17,7 +17,9 @@ class EpollFigures:
     timeouts: int = 0
     ready_total: int = 0
     ready: ExactHistogram = field(default_factory=ExactHistogram)
-    tids: dict[int, int] = field(default_factory=dict)  # tid -> calls
+    # tid -> [calls, returned empty, max ready, comm]: ZeroMQ's own threads
+    # wait in epoll too, and say so in their names.
+    tids: dict[int, list[Any]] = field(default_factory=dict)
     wait: Log2Histogram = field(default_factory=Log2Histogram)
 
     def __getitem__(self, key: str) -> Any:
