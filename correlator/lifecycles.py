@@ -256,7 +256,10 @@ class Lives:
         leave = ~start | lost
         dur = np.where(lost, 0, ts - prev_ts)
         d = dur[leave]
-        st = pl.DataFrame({"state": prev_new[leave].astype(str), "dur": d, "bucket": bit_length(d)})
+        st = pl.DataFrame(
+            {"state": prev_new[leave].astype(str).tolist(), "dur": d, "bucket": bit_length(d)},
+            schema={"state": pl.String, "dur": pl.Int64, "bucket": pl.Int64},
+        )
         state_time = st.group_by("state", "bucket").agg(
             pl.len().alias("count"),
             pl.col("dur").sum().alias("total"),
@@ -265,14 +268,25 @@ class Lives:
 
         # Live state counts: each row leaves its previous state and enters its new one.
         minus = leave & ~prev_close & ~none_prev
-        pos_arr = pos
+        enter = new != "CLOSE"
+        schema = {"pos": pl.Int64, "state": pl.String, "delta": pl.Int64}
         live_delta = pl.concat(
             [
                 pl.DataFrame(
-                    {"pos": pos_arr[minus], "state": prev_new[minus].astype(str), "delta": -1}
+                    {
+                        "pos": pos[minus],
+                        "state": prev_new[minus].astype(str).tolist(),
+                        "delta": np.full(int(minus.sum()), -1, np.int64),
+                    },
+                    schema=schema,
                 ),
                 pl.DataFrame(
-                    {"pos": pos_arr[new != "CLOSE"], "state": new[new != "CLOSE"], "delta": 1}
+                    {
+                        "pos": pos[enter],
+                        "state": new[enter].astype(str).tolist(),
+                        "delta": np.ones(int(enter.sum()), np.int64),
+                    },
+                    schema=schema,
                 ),
             ]
         )
