@@ -21,6 +21,7 @@ import resource
 import selectors
 import socket
 import time
+from typing import Any
 
 from actors import runtime
 from actors.runtime import Runtime, UsageError, error_fields, open_fds
@@ -82,9 +83,9 @@ class Leaker(EchoServer):
         self.resume_at = time.monotonic() + self.backoff_s
         self.backoff_s = min(self.backoff_s * 2, BACKOFF_MAX_S)
 
-    def adopt(self, sock: socket.socket) -> None:
+    def adopt(self, sock: socket.socket, peer: Any) -> None:
         self.backoff_s = BACKOFF_S
-        super().adopt(sock)
+        super().adopt(sock, peer)
 
     def close(self, conn: Conn) -> None:
         # The leak: forget the connection but keep its socket (and fd) open.

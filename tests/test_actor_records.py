@@ -66,11 +66,14 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
     lab.close()
 
 
-def test_bomber_and_server_records_match_connection_for_connection(lab: Lab) -> None:
+@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0"])
+def test_bomber_and_server_records_match_connection_for_connection(lab: Lab, host: str) -> None:
     """The bomber's COUNT connections: each one's connect and close records
     from the bomber, and accept, peer_close and close from the server, all
-    received, naming the same 4-tuples from both ends."""
-    lab.spawn("server", "server", "--port", "0")
+    received, naming the same 4-tuples from both ends (the server reads its
+    local end from the listener, or per connection when it listens on any
+    address)."""
+    lab.spawn("server", "server", "--port", "0", "--host", host)
     port = int(lab.wait_for(is_ready("server"), 20, "server ready").body["port"])
     assert lab.hub.command("server", "start").body["ok"]
     lab.spawn("bomber", "bomber", "--target", f"127.0.0.1:{port}", "--count", str(COUNT))
