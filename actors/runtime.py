@@ -138,7 +138,10 @@ class Runtime:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         if self.control is not None:
-            self.control.hello(role)
+            # Event frames carry the session hello got: the orchestrator refuses
+            # frames under this name from anyone else.
+            assert self.events is not None
+            self.events.session = self.control.hello(role)
 
     @property
     def attached(self) -> bool:

@@ -20,7 +20,7 @@ import structlog
 
 from bus import logging as buslog
 from bus.endpoints import ipc_endpoints, make_run_dir
-from bus.transport import EventSender
+from bus.transport import ControlClient, EventSender
 
 N = 50_000
 ROUNDS = 5
@@ -48,7 +48,8 @@ def per_record_ns(emit: object, sender: EventSender) -> float:
 def main() -> int:
     ep = ipc_endpoints(make_run_dir())
     drain = subprocess.Popen([sys.executable, "-c", DRAIN, ep.events, ep.control])
-    sender = EventSender(ep.events, "bench")
+    control = ControlClient(ep.control, "bench")
+    sender = EventSender(ep.events, "bench", session=control.hello("bench"))
     buslog.configure("bench", sender, stderr=False, level="info")
     log = structlog.get_logger()
     lean = buslog.SocketLog("bench", sender)
@@ -85,6 +86,7 @@ def main() -> int:
         results["filtered"].append(per_record_ns(filtered, sender))
     sender.eof()
     sender.close()
+    control.close()
     drain.wait(timeout=60)
     med = {k: statistics.median(v) for k, v in results.items()}
     for k, v in med.items():

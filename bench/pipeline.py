@@ -54,16 +54,18 @@ def tcp_state_event(i: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------- bus
 
 
-def send_bus(endpoint: str, batches: int) -> None:
-    """What the probe process does: KERNEL batches through EventSender."""
-    from bus.transport import EventSender
+def send_bus(endpoint: str, control: str, batches: int) -> None:
+    """What the probe process does: hello, then KERNEL batches through EventSender."""
+    from bus.transport import ControlClient, EventSender
 
     events = [tcp_state_event(i) for i in range(BATCH)]
-    sender = EventSender(endpoint, "probes")
+    ctl = ControlClient(control, "probes")
+    sender = EventSender(endpoint, "probes", session=ctl.hello("probes"))
     for _ in range(batches):
         sender.send(Kind.KERNEL, {"probe": "tcp_state", "events": events})
     sender.eof()
     sender.close(linger_ms=30_000)
+    ctl.close()
 
 
 def send_raw(endpoint: str, batches: int) -> None:
@@ -88,7 +90,8 @@ def bus_run(batches: int) -> float:
     run_dir = make_run_dir()
     ep = ipc_endpoints(run_dir)
     hub = Hub(ep.events, ep.control)
-    child = subprocess.Popen([PY, "-m", "bench.pipeline", "send-bus", ep.events, str(batches)])
+    child = subprocess.Popen([PY, "-m", "bench.pipeline", "send-bus", ep.events, ep.control,
+                              str(batches)])
     try:
         got = 0
         t0 = 0
@@ -402,7 +405,7 @@ def correlator_scaling(sizes: list[int]) -> list[Row]:
 def main(argv: list[str]) -> None:
     cmd = argv[0]
     if cmd == "send-bus":
-        send_bus(argv[1], int(argv[2]))
+        send_bus(argv[1], argv[2], int(argv[3]))
     elif cmd == "send-raw":
         send_raw(argv[1], int(argv[2]))
     elif cmd == "replay":

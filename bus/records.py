@@ -194,6 +194,14 @@ class EofBody(Struct):
     last_seq: Count
 
 
+class WelcomeBody(Struct):
+    """The answer to HELLO: the session to stamp on event frames, or why not."""
+
+    ok: bool
+    session: str = ""
+    error: str | UnsetType = UNSET
+
+
 # The TCP states by the kernel's numbering (include/net/tcp_states.h).
 TCP_STATES = (
     "UNKNOWN",

@@ -1,6 +1,9 @@
 """The message schema and codec: everything that crosses a process boundary.
 
 A frame is one msgpack array: [version, kind, sender, seq, mono_ns, body].
+`sender` is the sender's name, or [name, session] on the events channel: the
+session is the token the orchestrator gave that name's control connection in
+its WELCOME, so an events frame proves which connection sent it.
 `mono_ns` is time.monotonic_ns(), the same clock as bpf_ktime_get_ns(), so
 kernel and application events join without offsets.
 
@@ -31,6 +34,7 @@ from bus.records import (
     LogBody,
     ReadyBody,
     StatsBody,
+    WelcomeBody,
 )
 
 VERSION = 1
@@ -49,6 +53,7 @@ class Kind(StrEnum):
     KERNEL = "kernel"  # probes -> orchestrator (events): a batch of kernel events
     STATS = "stats"  # any -> orchestrator (events): counters and samples
     EOF = "eof"  # any -> orchestrator (events): I am done; my last event seq
+    WELCOME = "welcome"  # orchestrator -> actor (control): hello's answer, the session or why not
 
 
 # The typed definition of each kind's body (bus.records). A new kind (for
@@ -63,6 +68,7 @@ BODIES: dict[Kind, type[msgspec.Struct]] = {
     Kind.KERNEL: KernelBody,
     Kind.STATS: StatsBody,
     Kind.EOF: EofBody,
+    Kind.WELCOME: WelcomeBody,
 }
 # The envelope with its body left as bytes: the body is decoded once its kind is known.
 _ENVELOPE = msgspec.msgpack.Decoder(tuple[Any, Any, Any, Any, Any, msgspec.Raw])
@@ -91,6 +97,7 @@ class Envelope:
     seq: int
     mono_ns: int
     body: dict[str, Any]
+    session: str | None = None  # see the module's docstring
 
 
 # msgspec writes the same msgpack as msgpack.packb for plain values, and also
@@ -99,7 +106,8 @@ _ENCODER = msgspec.msgpack.Encoder()
 
 
 def encode(env: Envelope) -> bytes:
-    return _ENCODER.encode([VERSION, env.kind.value, env.sender, env.seq, env.mono_ns, env.body])
+    sender = env.sender if env.session is None else [env.sender, env.session]
+    return _ENCODER.encode([VERSION, env.kind.value, sender, env.seq, env.mono_ns, env.body])
 
 
 def decode(frame: bytes) -> Envelope:
@@ -121,13 +129,18 @@ def decode(frame: bytes) -> Envelope:
         k = Kind(kind)
     except (ValueError, TypeError):
         raise FrameError("unknown_kind", f"kind {kind!r}") from None
-    if not isinstance(sender, str) or not sender:
-        raise FrameError("malformed", "sender is not a non-empty string")
+    session = None
+    if type(sender) is list and len(sender) == 2:
+        sender, session = sender
+        if type(session) is not str or not session:
+            raise FrameError("malformed", "session is not a non-empty string")
+    if type(sender) is not str or not sender:
+        raise FrameError("malformed", "sender is not a non-empty string or [name, session]")
     if type(seq) is not int or seq < 0:
         raise FrameError("malformed", "seq is not a non-negative integer")
     if type(mono_ns) is not int or mono_ns < 0:
         raise FrameError("malformed", "mono_ns is not a non-negative integer")
-    return Envelope(k, sender, seq, mono_ns, _body(k, raw))
+    return Envelope(k, sender, seq, mono_ns, _body(k, raw), session)
 
 
 def _body(kind: Kind, raw: msgspec.Raw) -> dict[str, Any]:
@@ -156,13 +169,14 @@ def _body(kind: Kind, raw: msgspec.Raw) -> dict[str, Any]:
 class Sequencer:
     """Numbers one sender's outgoing messages on one channel, from 1."""
 
-    def __init__(self, sender: str) -> None:
+    def __init__(self, sender: str, session: str | None = None) -> None:
         self.sender = sender
+        self.session = session
         self.last_seq = 0
 
     def make(self, kind: Kind, body: dict[str, Any]) -> Envelope:
         self.last_seq += 1
-        return Envelope(kind, self.sender, self.last_seq, time.monotonic_ns(), body)
+        return Envelope(kind, self.sender, self.last_seq, time.monotonic_ns(), body, self.session)
 
     def eof(self) -> Envelope:
         """The sender's last message: its own seq is the last one there is."""

@@ -4,11 +4,19 @@ Actors and probes use `EventSender` (PUSH to the events endpoint) and
 `ControlClient` (DEALER to the control endpoint). The orchestrator uses `Hub`
 (PULL + ROUTER). Every frame a receiver gets goes through `BusLedger`, so a
 bad frame is counted and recorded, never raised.
+
+Sessions: a HELLO on control is answered with a WELCOME carrying a random
+session token for that name; the actor's EventSender stamps it on every
+events frame. The Hub accepts an events frame only when its session is its
+sender's, and control frames of a name only from the connection that said
+hello for it, so nobody else can move an actor's sequence accounting or
+take over its route.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +36,9 @@ BATCH_AGE_NS = 20_000_000
 HEARTBEAT_S = 0.5
 # Missing six heartbeats in a row means the peer is gone, not just busy.
 PEER_TIMEOUT_S = 3.0
+# The orchestrator answers hello from its loop within ~100 ms; this is for a
+# loaded machine, and short enough that an actor nobody answers does not linger.
+WELCOME_TIMEOUT_S = 10.0
 
 # Messages queued per socket before send blocks. With batches of 500 this is
 # ~500k records in flight: plenty to ride out an orchestrator pause.
@@ -66,9 +77,10 @@ class EventSender:
         batch_max: int = BATCH_MAX,
         batch_age_ns: int = BATCH_AGE_NS,
         stall_s: float = 30.0,
+        session: str | None = None,
         context: zmq.Context[Any] | None = None,
     ) -> None:
-        self.sequencer = Sequencer(sender)
+        self.sequencer = Sequencer(sender, session)
         self.batch_max = batch_max
         self.batch_age_ns = batch_age_ns
         self._own_context = context is None
@@ -84,6 +96,16 @@ class EventSender:
     @property
     def sender(self) -> str:
         return self.sequencer.sender
+
+    @property
+    def session(self) -> str | None:
+        """The token from ControlClient.hello(), stamped on every frame; set it
+        before the first send: the Hub refuses frames without it."""
+        return self.sequencer.session
+
+    @session.setter
+    def session(self, token: str | None) -> None:
+        self.sequencer.session = token
 
     def send(self, kind: Kind, body: dict[str, Any]) -> Envelope:
         """Send one envelope now (after any pending LOG batch, to keep order)."""
@@ -146,9 +168,9 @@ class EventSender:
 
 
 class ControlClient:
-    """DEALER to the control endpoint, identity = the sender name.
+    """DEALER to the control endpoint (its identity is the ROUTER's choice).
 
-    Protocol: hello(role) -> (set up) -> ready() -> commands, each answered
+    Protocol: hello(role) -> session -> (set up) -> ready() -> commands, each answered
     with ack(). Heartbeats go out every HEARTBEAT_S from `poll()`; anything
     heard from the orchestrator counts as its heartbeat, and `lost()` turns
     true when it has been silent for `peer_timeout_s`.
@@ -161,16 +183,18 @@ class ControlClient:
         *,
         heartbeat_s: float = HEARTBEAT_S,
         peer_timeout_s: float = PEER_TIMEOUT_S,
+        welcome_timeout_s: float = WELCOME_TIMEOUT_S,
         context: zmq.Context[Any] | None = None,
     ) -> None:
         self.sequencer = Sequencer(sender)
         self.ledger = BusLedger()
         self.heartbeat_s = heartbeat_s
         self.peer_timeout_s = peer_timeout_s
+        self.welcome_timeout_s = welcome_timeout_s
+        self._commands: list[Envelope] = []
         self._own_context = context is None
         self._ctx = context or _new_context()
         self._sock = self._ctx.socket(zmq.DEALER)
-        self._sock.setsockopt(zmq.IDENTITY, sender.encode())
         self._sock.setsockopt(zmq.SNDTIMEO, int(peer_timeout_s * 1000))
         self._sock.connect(endpoint)
         now = time.monotonic()
@@ -186,8 +210,31 @@ class ControlClient:
         """The ZeroMQ notification fd, for selectors (edge-triggered: drain on wake)."""
         return int(self._sock.getsockopt(zmq.FD))
 
-    def hello(self, role: str, **extra: Any) -> None:
+    def hello(self, role: str, **extra: Any) -> str:
+        """Say hello and wait for the WELCOME; return the session for EventSender.
+
+        BusError when the orchestrator refuses (the name is taken by a
+        connected actor) or does not answer within `welcome_timeout_s`.
+        """
         self._send(Kind.HELLO, {"role": role, "pid": os.getpid(), **extra})
+        deadline = time.monotonic() + self.welcome_timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BusError(
+                    f"{self.sender}: no answer to hello from the orchestrator in "
+                    f"{self.welcome_timeout_s:g}s; is it running?"
+                )
+            for env in self._receive(int(left * 1000) + 1):
+                if env.kind is Kind.WELCOME:
+                    if not env.body["ok"]:
+                        raise BusError(
+                            f"{self.sender}: the orchestrator refused hello: "
+                            f"{env.body.get('error', '')}"
+                        )
+                    return str(env.body["session"])
+                if env.kind is Kind.COMMAND:
+                    self._commands.append(env)
 
     def ready(self, **extra: Any) -> None:
         self._send(Kind.READY, {"pid": os.getpid(), **extra})
@@ -209,7 +256,16 @@ class ControlClient:
 
     def poll(self, timeout_ms: int = 0) -> list[Envelope]:
         """Commands received within `timeout_ms`; heartbeats handled here."""
-        commands: list[Envelope] = []
+        commands, self._commands = self._commands, []
+        wait = 0 if commands else timeout_ms
+        commands += [e for e in self._receive(wait) if e.kind is Kind.COMMAND]
+        if time.monotonic() - self._last_sent >= self.heartbeat_s:
+            self._send(Kind.HEARTBEAT, {})
+        return commands
+
+    def _receive(self, timeout_ms: int) -> list[Envelope]:
+        """What the orchestrator sent within `timeout_ms`: anything counts as its heartbeat."""
+        got: list[Envelope] = []
         if self._sock.poll(timeout_ms, zmq.POLLIN):
             while True:
                 try:
@@ -217,14 +273,10 @@ class ControlClient:
                 except zmq.Again:
                     break
                 env = self.ledger.accept(frame)
-                if env is None:
-                    continue
-                self._last_heard = time.monotonic()
-                if env.kind is Kind.COMMAND:
-                    commands.append(env)
-        if time.monotonic() - self._last_sent >= self.heartbeat_s:
-            self._send(Kind.HEARTBEAT, {})
-        return commands
+                if env is not None:
+                    self._last_heard = time.monotonic()
+                    got.append(env)
+        return got
 
     def lost(self) -> bool:
         """True when the orchestrator has been silent for longer than the timeout."""
@@ -253,6 +305,7 @@ class ActorState:
     """What the hub knows of one actor on the control channel."""
 
     name: str
+    identity: bytes  # the ROUTER identity of the connection that said hello
     role: str = ""
     pid: int = 0
     ready: bool = False
@@ -260,6 +313,14 @@ class ActorState:
     last_beat_sent: float = 0.0
     # One numbering per actor, so each actor sees its own gap-free stream.
     outgoing: Sequencer = field(default_factory=lambda: Sequencer("orchestrator"))
+
+
+@dataclass(frozen=True)
+class Session:
+    """The connection that said hello for a name, and the token its event frames carry."""
+
+    identity: bytes
+    token: str
 
 
 Recorder = Callable[[Channel, bytes], None]
@@ -287,6 +348,8 @@ class Hub:
         self.events_ledger = BusLedger()
         self.control_ledger = BusLedger()
         self.actors: dict[str, ActorState] = {}
+        # Kept after forget(): a reaped actor's last frames may still be queued.
+        self.sessions: dict[str, Session] = {}
         self.acks: dict[tuple[str, int], Envelope] = {}
         self.heartbeat_s = heartbeat_s
         self._record = record
@@ -297,8 +360,8 @@ class Hub:
         self._router = self._ctx.socket(zmq.ROUTER)
         # Sends to an identity that is not connected fail loudly, not silently.
         self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        # A restarted actor with the same name takes over its old route.
-        self._router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        # No ROUTER_HANDOVER: identities are the ROUTER's own, and a name is
+        # bound to the connection that said hello for it (see _on_hello).
         self._pull.bind(events)
         self._router.bind(control)
         self._poller = zmq.Poller()
@@ -400,9 +463,20 @@ class Hub:
             except zmq.Again:
                 return
             frame = frames[-1] if len(frames) == 1 else b"".join(frames)
-            env = self.events_ledger.accept(frame)
+            ledger = self.events_ledger
+            env = ledger.take(frame)
             if env is None:
                 continue
+            session = self.sessions.get(env.sender)
+            if session is None:
+                ledger.reject("no_hello", f"{env.sender!r} never said hello on control", frame)
+                continue
+            if env.session != session.token:
+                ledger.reject(
+                    "impostor", f"{env.sender!r} frame without the session its hello got", frame
+                )
+                continue
+            ledger.track(env)
             if self._record is not None:
                 self._record(Channel.EVENTS, frame)
             state = self.actors.get(env.sender)
@@ -427,27 +501,69 @@ class Hub:
             env = ledger.take(frame)
             if env is None:
                 continue
-            if env.sender.encode() != identity:
-                ledger.reject("identity_mismatch", f"sender {env.sender!r} on route {identity!r}",
-                              frame)
+            if env.kind is Kind.HELLO:
+                self._on_hello(identity, env, frame)
+                continue
+            session = self.sessions.get(env.sender)
+            if session is None:
+                ledger.reject("no_hello", f"{env.kind} from {env.sender!r} before its hello", frame)
+                continue
+            if session.identity != identity:
+                ledger.reject(
+                    "impostor", f"{env.kind} for {env.sender!r} from another connection", frame
+                )
                 continue
             ledger.track(env)
             if self._record is not None:
                 self._record(Channel.CONTROL, frame)
             self._on_control(env)
 
+    def _on_hello(self, identity: bytes, env: Envelope, frame: bytes) -> None:
+        """Bind the name to this connection and answer with its session, unless
+        the name belongs to another connection that is still connected."""
+        name = env.sender
+        session = self.sessions.get(name)
+        taken = self.actors.get(name)
+        if taken is not None and taken.identity != identity:
+            self.control_ledger.reject(
+                "duplicate_hello",
+                f"hello for {name!r} (pid {env.body['pid']}) from another connection while "
+                f"pid {taken.pid} holds the name",
+                frame,
+            )
+            refusal = Sequencer(self._sender).make(Kind.WELCOME, {
+                "ok": False,
+                "error": f"the name {name!r} is taken by a connected actor (pid {taken.pid}); "
+                         "use another --name",
+            })
+            self._send_to(identity, refusal)
+            return
+        if session is None or session.identity != identity:
+            # The first hello for the name, or a new process after the old one
+            # was reaped (forget): a fresh session.
+            session = self.sessions[name] = Session(identity, secrets.token_hex(16))
+        self.control_ledger.track(env)
+        if self._record is not None:
+            self._record(Channel.CONTROL, frame)
+        if taken is None:
+            taken = self.actors[name] = ActorState(
+                name, identity, outgoing=Sequencer(self._sender)
+            )
+        taken.last_heard = time.monotonic()
+        taken.role = env.body["role"]
+        taken.pid = env.body["pid"]
+        taken.ready = False
+        self._send_to(identity, taken.outgoing.make(
+            Kind.WELCOME, {"ok": True, "session": session.token}
+        ))
+        self._pending.append((Channel.CONTROL, env))
+
     def _on_control(self, env: Envelope) -> None:
         state = self.actors.get(env.sender)
         if state is None:
-            state = self.actors[env.sender] = ActorState(
-                env.sender, outgoing=Sequencer(self._sender)
-            )
+            return  # reaped (forget): its last words are counted, nothing to do
         state.last_heard = time.monotonic()
-        if env.kind is Kind.HELLO:
-            state.role = env.body["role"]
-            state.pid = env.body["pid"]
-            state.ready = False
-        elif env.kind is Kind.READY:
+        if env.kind is Kind.READY:
             state.ready = True
         elif env.kind is Kind.ACK:
             self.acks[(env.sender, env.body["command_seq"])] = env
@@ -466,6 +582,15 @@ class Hub:
 
     def _route(self, actor: str, env: Envelope, block: bool = True) -> None:
         try:
-            self._router.send_multipart([actor.encode(), encode(env)], 0 if block else zmq.NOBLOCK)
+            self._router.send_multipart(
+                [self.actors[actor].identity, encode(env)], 0 if block else zmq.NOBLOCK
+            )
         except zmq.ZMQError as e:
             raise BusError(f"cannot reach actor {actor!r}: {e.strerror}") from None
+
+    def _send_to(self, identity: bytes, env: Envelope) -> None:
+        # Never blocks: a peer that does not read its answers only loses them.
+        try:
+            self._router.send_multipart([identity, encode(env)], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass

@@ -252,8 +252,14 @@ def body_for(kind: str) -> st.SearchStrategy[Any]:
     return st.one_of(valid, valid.flatmap(spoiled), anything)
 
 
+# How an events frame names its sender: with the session its hello got, or
+# as an impostor would (the name alone, a made-up session).
+STAMPS = ("session", "name", "guessed")
 frames = st.lists(
-    st.sampled_from(KINDS).flatmap(lambda k: st.tuples(st.just(k), body_for(k))), max_size=8
+    st.tuples(st.sampled_from(KINDS), st.sampled_from(STAMPS)).flatmap(
+        lambda ks: st.tuples(st.just(ks[0]), body_for(ks[0]), st.just(ks[1]))
+    ),
+    max_size=8,
 )
 
 
@@ -291,25 +297,43 @@ def test_random_bodies_of_every_kind_never_break_the_receiver(endpoints: Endpoin
     dealer.setsockopt(zmq.IDENTITY, b"fuzz")
     push.connect(endpoints.events)
     dealer.connect(endpoints.control)
-    sent = {"events": 0, "control": 0}
+    sent = {"events": 0, "control": 0, "unstamped": 0}
     seq = {"events": 0, "control": 0}
+    sessions: dict[str, str] = {}
 
-    def send(kind: str, body: Any, sender: str = "fuzz") -> None:
+    def send(kind: str, body: Any, sender: str = "fuzz", stamp: str = "session") -> None:
         channel = "events" if kind in EVENT_KINDS else "control"
         seq[channel] += 1
-        (push if channel == "events" else dealer).send(frame(kind, sender, seq[channel], body))
+        # Event frames carry the session the sender's hello got.
+        stamped: Any = sender
+        if channel == "events":
+            stamped = {"session": [sender, sessions[sender]], "name": sender,
+                       "guessed": [sender, "0" * 32]}[stamp]
+            sent["unstamped"] += stamp != "session"
+        (push if channel == "events" else dealer).send(frame(kind, stamped, seq[channel], body))
         sent[channel] += 1
 
+    def hello(sender: str) -> None:
+        send("hello", {"role": "fuzz", "pid": 1}, sender)
+        answer: list[Any] = []
+        while not answer or answer[1] == "heartbeat":
+            assert dealer.poll(30_000), "no welcome"
+            answer = msgpack.unpackb(dealer.recv())
+        assert "welcome" == answer[1] and answer[5]["ok"], answer
+        sessions[sender] = answer[5]["session"]
+
     try:
+        hello("fuzz")
+        hello(END)
         for kind, (good, bad) in SURE.items():
             send(kind, good)
             send(kind, bad)
 
         @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
         @given(frames)
-        def fire(batch: list[tuple[str, Any]]) -> None:
-            for kind, body in batch:
-                send(kind, body)
+        def fire(batch: list[tuple[str, Any, str]]) -> None:
+            for kind, body, stamp in batch:
+                send(kind, body, stamp=stamp)
 
         fire()
         send("eof", {"last_seq": 1}, sender=END)
@@ -334,6 +358,10 @@ def test_random_bodies_of_every_kind_never_break_the_receiver(endpoints: Endpoin
     # (heartbeats are answered by the Hub, never handed out).
     handed = seen["handed"]
     assert events["accepted"] == sum(handed.get(k, 0) for k in EVENT_KINDS)
+    # A frame without its sender's session is never accepted (one with a bad
+    # body is counted as bad_body first).
+    assert events["accepted"] <= sent["events"] - sent["unstamped"]
+    assert events["rejected"].get("impostor", 0) <= sent["unstamped"]
     beats = control["accepted"] - sum(handed.get(k, 0) for k in KINDS if k not in EVENT_KINDS)
     assert beats >= 1  # the sure heartbeat
     # Each kind's known-bad body was refused for its body.

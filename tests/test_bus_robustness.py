@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from bus.endpoints import ipc_endpoints, make_run_dir
 from bus.schema import MAX_FRAME_BYTES, Kind, Sequencer, encode
+from bus.transport import ControlClient
 
 # The receiver: a Hub that runs until the "probe" sender said eof on events
 # and "fuzz" said hello on control (sent last on each), then prints what its
@@ -78,7 +79,10 @@ def test_hostile_frames_never_crash_or_corrupt(tmp_path: Path) -> None:
     dealer.setsockopt(zmq.IDENTITY, b"fuzz")
     push.connect(ep.events)
     dealer.connect(ep.control)
-    probe = Sequencer("probe")
+    # The well-behaved sender says hello first: the receiver takes event
+    # frames only with the session its hello got.
+    hello = ControlClient(ep.control, "probe")
+    probe = Sequencer("probe", hello.hello("probe"))
     sent = {"events": 0, "multipart": 0}
     try:
 
@@ -102,6 +106,7 @@ def test_hostile_frames_never_crash_or_corrupt(tmp_path: Path) -> None:
     finally:
         push.close(linger=0)
         dealer.close(linger=0)
+        hello.close(linger_ms=0)
         ctx.term()
         if receiver.poll() is None:
             receiver.kill()
@@ -119,7 +124,7 @@ def test_hostile_frames_never_crash_or_corrupt(tmp_path: Path) -> None:
     control = seen["control"]
     assert sent["multipart"] == control["rejected"].get("multipart", 0)
     # Every control message arrived (one single-frame and one multipart per
-    # hostile frame, and the hello), and each was accepted or counted.
-    assert 2 * sent["multipart"] + 1 == control["frames"]
+    # hostile frame, and the two hellos), and each was accepted or counted.
+    assert 2 * sent["multipart"] + 2 == control["frames"]
     for ledger in (events, control):
         assert ledger["frames"] == ledger["accepted"] + sum(ledger["rejected"].values())

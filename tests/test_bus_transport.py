@@ -14,7 +14,7 @@ import pytest
 import zmq
 
 from bus.endpoints import Endpoints
-from bus.schema import Envelope, Gap, Kind, Sequencer, encode
+from bus.schema import Envelope, Gap, Kind, Sequencer, decode, encode
 from bus.transport import BusError, Channel, EventSender, Hub
 
 # The peer: hello, ready, then obeys "emit" (n LOG records) and "stop" (eof,
@@ -27,7 +27,7 @@ events, control, name = sys.argv[1:4]
 ev = EventSender(events, name)
 log = SocketLog(name, ev)
 ctl = ControlClient(control, name, heartbeat_s=0.1, peer_timeout_s=1.0)
-ctl.hello("peer")
+ev.session = ctl.hello("peer")
 ctl.ready()
 while True:
     if ctl.lost():
@@ -132,13 +132,28 @@ def test_sigkilled_peer_is_reported_silent(
     assert ["victim"] == silent
 
 
+def attach(hub: Hub, endpoints: Endpoints, name: str) -> tuple[zmq.Socket[bytes], str]:
+    """Say hello on a bare DEALER, pumping the hub here; its socket and the session."""
+    dealer: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
+    dealer.connect(endpoints.control)
+    dealer.send(encode(Sequencer(name).make(Kind.HELLO, {"role": "test", "pid": os.getpid()})))
+    deadline = time.monotonic() + 10
+    while not dealer.poll(0):
+        assert time.monotonic() < deadline, "no welcome"
+        hub.poll(20)
+    welcome = decode(dealer.recv())
+    assert Kind.WELCOME is welcome.kind and welcome.body["ok"]
+    return dealer, welcome.body["session"]
+
+
 def test_sequence_gap_is_recorded(hub: Hub, endpoints: Endpoints) -> None:
     """A sender that skips seq numbers leaves a Gap in the ledger and an incomplete stream."""
     ctx: zmq.Context[Any] = zmq.Context.instance()
     push = ctx.socket(zmq.PUSH)
     push.connect(endpoints.events)
+    dealer, session = attach(hub, endpoints, "gappy")
     try:
-        seq = Sequencer("gappy")
+        seq = Sequencer("gappy", session)
         envs = [seq.make(Kind.STATS, {"source": "gappy", "n": i}) for i in range(5)]
         for env in envs[:2] + envs[4:]:
             push.send(encode(env))
@@ -146,6 +161,7 @@ def test_sequence_gap_is_recorded(hub: Hub, endpoints: Endpoints) -> None:
         poll_until_eof(hub, "gappy", timeout_s=10)
     finally:
         push.close(linger=0)
+        dealer.close(linger=0)
     assert [Gap("gappy", 3, 5)] == hub.events_ledger.gaps
     assert not hub.events_ledger.complete("gappy")
 
@@ -160,7 +176,9 @@ def test_recorder_sees_every_accepted_frame(endpoints: Endpoints) -> None:
     """The record hook gets the raw bytes of accepted frames only."""
     seen: list[tuple[Channel, bytes]] = []
     h = Hub(endpoints.events, endpoints.control, record=lambda c, f: seen.append((c, f)))
-    sender = EventSender(endpoints.events, "rec")
+    dealer, session = attach(h, endpoints, "rec")
+    seen.clear()  # the hello, on control
+    sender = EventSender(endpoints.events, "rec", session=session)
     try:
         env = sender.stats({"n": 1})
         sender.close()
@@ -172,6 +190,7 @@ def test_recorder_sees_every_accepted_frame(endpoints: Endpoints) -> None:
         while time.monotonic() < deadline and h.events_ledger.frames < 2:
             h.poll(100)
     finally:
+        dealer.close(linger=0)
         h.close()
     assert [(Channel.EVENTS, encode(env))] == seen
     assert {"malformed": 1} == h.events_ledger.rejected
