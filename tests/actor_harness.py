@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -9,8 +10,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import zmq
+
 from bus.endpoints import Endpoints
-from bus.schema import Envelope, Kind
+from bus.schema import Envelope, Kind, Sequencer, decode, encode
 from bus.transport import Hub
 
 
@@ -78,3 +81,17 @@ class Lab:
 
 def is_ready(name: str) -> Callable[[Envelope], bool]:
     return lambda e: e.kind is Kind.READY and e.sender == name
+
+
+def attach(hub: Hub, endpoints: Endpoints, name: str) -> tuple[zmq.Socket[bytes], str]:
+    """Say hello on a bare DEALER, pumping the hub here; its socket and the session."""
+    dealer: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
+    dealer.connect(endpoints.control)
+    dealer.send(encode(Sequencer(name).make(Kind.HELLO, {"role": "test", "pid": os.getpid()})))
+    deadline = time.monotonic() + 10
+    while not dealer.poll(0):
+        assert time.monotonic() < deadline, "no welcome"
+        hub.poll(20)
+    welcome = decode(dealer.recv())
+    assert Kind.WELCOME is welcome.kind and welcome.body["ok"]
+    return dealer, welcome.body["session"]

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from actor_harness import Lab, is_ready
+from actor_harness import Lab, attach, is_ready
 
 from bus.endpoints import Endpoints, ipc_endpoints, make_run_dir
 from bus.logging import SocketLog
@@ -25,7 +25,8 @@ COUNT = 3000  # several LOG batches per actor (500 records each)
 def test_typed_and_dict_records_arrive_complete_in_order(endpoints: Endpoints, hub: Hub) -> None:
     """Every record SocketLog ships, typed (conn) or not (a call with any
     fields), arrives once, in order, as the AppRecord map the bus validates."""
-    sender = EventSender(endpoints.events, "server")
+    dealer, session = attach(hub, endpoints, "server")
+    sender = EventSender(endpoints.events, "server", session=session)
     log = SocketLog("server", sender)
     sent = []
     for i in range(1, COUNT + 1):
@@ -41,6 +42,7 @@ def test_typed_and_dict_records_arrive_complete_in_order(endpoints: Endpoints, h
     while not hub.events_ledger.complete("server") and time.monotonic() < deadline:
         got += [r for _, e in hub.poll(100) if e.kind is Kind.LOG for r in e.body["records"]]
     sender.close()
+    dealer.close(linger=0)
     assert {} == hub.events_ledger.rejected
     assert hub.events_ledger.complete("server")
     assert len(sent) == len(got)

@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 import zmq
+from actor_harness import attach
 
 from bus.endpoints import Endpoints
-from bus.schema import Envelope, Gap, Kind, Sequencer, decode, encode
+from bus.schema import Envelope, Gap, Kind, Sequencer, encode
 from bus.transport import BusError, Channel, EventSender, Hub
 
 # The peer: hello, ready, then obeys "emit" (n LOG records) and "stop" (eof,
@@ -130,20 +131,6 @@ def test_sigkilled_peer_is_reported_silent(
         hub.poll(100)
         silent = hub.silent(timeout_s=1.0)
     assert ["victim"] == silent
-
-
-def attach(hub: Hub, endpoints: Endpoints, name: str) -> tuple[zmq.Socket[bytes], str]:
-    """Say hello on a bare DEALER, pumping the hub here; its socket and the session."""
-    dealer: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
-    dealer.connect(endpoints.control)
-    dealer.send(encode(Sequencer(name).make(Kind.HELLO, {"role": "test", "pid": os.getpid()})))
-    deadline = time.monotonic() + 10
-    while not dealer.poll(0):
-        assert time.monotonic() < deadline, "no welcome"
-        hub.poll(20)
-    welcome = decode(dealer.recv())
-    assert Kind.WELCOME is welcome.kind and welcome.body["ok"]
-    return dealer, welcome.body["session"]
 
 
 def test_sequence_gap_is_recorded(hub: Hub, endpoints: Endpoints) -> None:
