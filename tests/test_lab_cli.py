@@ -65,8 +65,10 @@ def test_mistakes_exit_2_with_one_line_and_leave_nothing(
     assert {n for n in netns.listnetns() if n.startswith(PREFIX)} <= before
 
 
-@pytest.mark.parametrize("user_cmd", [["doctor"], ["watch", "--duration", "1"]])
-def test_probe_commands_as_non_root_say_to_use_sudo(user_cmd: list[str]) -> None:
+@pytest.mark.parametrize(
+    "user_cmd", [["doctor"], ["watch", "--duration", "1"], ["run", "echo"], ["run", "all"]]
+)
+def test_root_commands_as_non_root_say_to_use_sudo(user_cmd: list[str]) -> None:
     """As `nobody`: one line saying to run it with sudo, exit 2."""
     out = tcplab(*user_cmd, user="nobody")
     assert out.returncode == 2, out

@@ -1,29 +1,48 @@
-"""Each scenario end to end: real probes, real actors in a real lab namespace,
-and the kernel signature the scenario promises, read from its summary."""
+"""Every scenario end to end, as `make lab` runs them (`tcplab run all`):
+real probes, real actors in a real lab namespace, and the kernel signature
+each scenario promises, read from its summary."""
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 from pathlib import Path
 from typing import Any
 
 import pytest
-from lab_helpers import LiveRun, wait_nothing_left
+from lab_helpers import LiveRun, tcplab, wait_nothing_left
 from pyroute2 import netns
 
-from lab.netns import PREFIX
-from lab.run import LabRun, RunOptions
-from lab.scenario import find
-from reports import build_reports
+from lab.scenario import available
 
 pytestmark = [pytest.mark.root, pytest.mark.bpf, pytest.mark.netns, pytest.mark.slow]
 
+Runs = dict[str, tuple[Path, dict[str, Any]]]
 
-def run_scenario(name: str, runs_dir: Path) -> tuple[Path, dict[str, Any]]:
-    run_dir = LabRun(find(name), RunOptions(runs_dir=runs_dir, view="quiet")).execute()
-    return run_dir, build_reports(run_dir)
+
+@pytest.fixture(scope="module")
+def all_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, Runs]:
+    """`tcplab run all` once for the module: its exit code and each run."""
+    runs = tmp_path_factory.mktemp("runs")
+    out = tcplab("run", "all", "--json", "--runs-dir", str(runs), timeout=1200)
+    results = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    finals = {r["scenario"]: r for r in results if "exit_code" in r}
+    assert sorted(finals) == sorted(s.name for s in available()), out.stderr
+    codes = {n: r["exit_code"] for n, r in finals.items()}
+    assert out.returncode == max(codes.values()), (out.returncode, codes, out.stderr)
+    return out.returncode, {n: (Path(r["run_dir"]), r["summary"]) for n, r in finals.items()}
+
+
+def run_scenario(name: str, all_runs: tuple[int, Runs]) -> tuple[Path, dict[str, Any]]:
+    return all_runs[1][name]
+
+
+def test_run_all_runs_every_scenario_and_every_one_holds(all_runs: tuple[int, Runs]) -> None:
+    """One run directory per scenario file, each with its report; exit 0."""
+    code, runs = all_runs
+    assert code == 0, {n: s["diagnosis"] for n, (_, s) in runs.items()}
+    assert len({run_dir for run_dir, _ in runs.values()}) == len(runs)
+    assert all((run_dir / "report.html").exists() for run_dir, _ in runs.values())
 
 
 def assert_clean_run(run_dir: Path, summary: dict[str, Any]) -> None:
@@ -35,14 +54,14 @@ def assert_clean_run(run_dir: Path, summary: dict[str, Any]) -> None:
     assert meta["bus"]["gaps"] == [] and meta["bus"]["rejected"] == {}
     assert all(s["complete"] for s in meta["bus"]["senders"].values()), meta["bus"]["senders"]
     assert summary["counts"]["lost"]["kernel_drops"] == 0
-    assert not [n for n in netns.listnetns() if n.startswith(f"{PREFIX}{os.getpid()}-")]
+    assert meta["namespace"]["name"] not in netns.listnetns()
     for name in ("events.jsonl", "connections.jsonl", "summary.json", "report.html", "trace.json"):
         assert (run_dir / name).stat().st_size > 0, name
 
 
-def test_echo_full_lifecycle_on_both_sides(tmp_path: Path) -> None:
+def test_echo_full_lifecycle_on_both_sides(all_runs: tuple[int, Runs]) -> None:
     """Every client connection is matched to its kernel transitions on both sides."""
-    run_dir, summary = run_scenario("echo", tmp_path)
+    run_dir, summary = run_scenario("echo", all_runs)
     assert_clean_run(run_dir, summary)
     lifecycles = [json.loads(line) for line in open(run_dir / "connections.jsonl")]
     conns = [c for c in lifecycles if c["kind"] == "connection"]
@@ -59,10 +78,10 @@ def test_echo_full_lifecycle_on_both_sides(tmp_path: Path) -> None:
     assert sorted(c["lport"] for c in client) == sorted(c["rport"] for c in server)
 
 
-def test_bomb_exhausts_ports_and_the_pool_does_not(tmp_path: Path) -> None:
+def test_bomb_exhausts_ports_and_the_pool_does_not(all_runs: tuple[int, Runs]) -> None:
     """TIME_WAIT climbs to the port range, connect() fails with EADDRNOTAVAIL,
     and the pooled phase opens no connection and meets no such failure."""
-    run_dir, summary = run_scenario("bomb", tmp_path)
+    run_dir, summary = run_scenario("bomb", all_runs)
     assert_clean_run(run_dir, summary)
     counts = summary["counts"]
     assert counts["states_peak"]["TIME_WAIT"] >= 3000
@@ -70,8 +89,8 @@ def test_bomb_exhausts_ports_and_the_pool_does_not(tmp_path: Path) -> None:
     assert counts["phases"]["pooled"].get("errors", {}).get("EADDRNOTAVAIL", 0) == 0
 
 
-def test_leak_close_wait_owned_by_leaker_and_emfile(tmp_path: Path) -> None:
-    run_dir, summary = run_scenario("leak", tmp_path)
+def test_leak_close_wait_owned_by_leaker_and_emfile(all_runs: tuple[int, Runs]) -> None:
+    run_dir, summary = run_scenario("leak", all_runs)
     assert_clean_run(run_dir, summary)
     counts = summary["counts"]
     assert counts["outcomes"]["stuck_close_wait"] >= 50
@@ -79,8 +98,8 @@ def test_leak_close_wait_owned_by_leaker_and_emfile(tmp_path: Path) -> None:
     assert any("CLOSE_WAIT" in line and "leaker" in line for line in summary["diagnosis"])
 
 
-def test_multiplex_holds_ten_thousand_on_epoll(tmp_path: Path) -> None:
-    run_dir, summary = run_scenario("multiplex", tmp_path)
+def test_multiplex_holds_ten_thousand_on_epoll(all_runs: tuple[int, Runs]) -> None:
+    run_dir, summary = run_scenario("multiplex", all_runs)
     assert_clean_run(run_dir, summary)
     assert summary["counts"]["states_peak"]["ESTABLISHED"] >= 19000
     assert summary["counts"]["epoll"]["max_ready"] > 1
