@@ -5,14 +5,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import zmq
 
-from bus.endpoints import Endpoints
+from bus.endpoints import BUS_DIR_PREFIX, Endpoints, ipc_endpoints
 from bus.schema import Envelope, Kind, Sequencer, decode, encode
 from bus.transport import Hub
 
@@ -95,3 +97,16 @@ def attach(hub: Hub, endpoints: Endpoints, name: str) -> tuple[zmq.Socket[bytes]
     welcome = decode(dealer.recv())
     assert Kind.WELCOME is welcome.kind and welcome.body["ok"]
     return dealer, welcome.body["session"]
+
+
+def bus_of(orchestrator_pid: int, timeout_s: float = 30) -> Endpoints:
+    """A running orchestrator's bus, once both sockets are bound (its
+    directory is named after its pid)."""
+    deadline = time.monotonic() + timeout_s
+    pattern = f"{BUS_DIR_PREFIX}{orchestrator_pid}-*"
+    while time.monotonic() < deadline:
+        for d in Path(tempfile.gettempdir()).glob(pattern):
+            if (d / "events.sock").exists() and (d / "control.sock").exists():
+                return ipc_endpoints(d)
+        time.sleep(0.05)
+    raise AssertionError(f"no {pattern} with both sockets after {timeout_s}s")

@@ -3,18 +3,16 @@ shaped body is counted and kept out, never handed to the run's consumers."""
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 from typing import Any
 
-import live_run
 import msgpack
 import pytest
 import zmq
-
-
-def frame(kind: str, sender: str, seq: int, body: Any) -> bytes:
-    # Built by hand, not with bus.schema.encode: the test states the wire format.
-    return msgpack.packb([1, kind, sender, seq, 1, body], use_bin_type=True)
+from actor_harness import bus_of
+from lab_helpers import LiveRun
 
 
 @pytest.mark.root
@@ -24,17 +22,22 @@ def frame(kind: str, sender: str, seq: int, body: Any) -> bytes:
 def test_stats_with_a_string_for_states_does_not_break_a_run(tmp_path: Path) -> None:
     """Issue 10.1: STATS from "observer" whose `states` is "x" used to end
     `tcplab run` with a traceback and no report."""
-    run = live_run.start("echo", tmp_path)
-    ep = run.endpoints()
+    run = LiveRun("echo", "--runs-dir", str(tmp_path))
     ctx: zmq.Context[Any] = zmq.Context()
     push = ctx.socket(zmq.PUSH)
-    push.connect(ep.events)
     try:
-        push.send(frame("stats", "observer", 1, {"source": "observer", "states": "x"}))
+        push.connect(bus_of(run.proc.pid).events)
+        # By hand, not with bus.schema.encode: the test states the wire format.
+        body = {"source": "observer", "states": "x"}
+        push.send(msgpack.packb([1, "stats", "observer", 1, time.monotonic_ns(), body]))
+        code, _out, err = run.finish()
     finally:
-        push.close(linger=5000)
+        push.close(linger=0)
         ctx.term()
-    code, out, meta = run.finish()
-    assert 0 == code, out
+        if run.proc.poll() is None:
+            run.proc.kill()
+    assert 0 == code, err
+    run_dir = Path(run.result()["run_dir"])
+    meta = json.loads((run_dir / "run.json").read_text())
     assert 1 == meta["bus"]["rejected"].get("bad_body"), meta["bus"]
-    assert (next(run.runs_dir.iterdir()) / "report.html").exists(), out
+    assert (run_dir / "report.html").stat().st_size > 0
