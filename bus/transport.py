@@ -225,16 +225,20 @@ class ControlClient:
                     f"{self.sender}: no answer to hello from the orchestrator in "
                     f"{self.welcome_timeout_s:g}s; is it running?"
                 )
+            welcome = None
             for env in self._receive(int(left * 1000) + 1):
                 if env.kind is Kind.WELCOME:
-                    if not env.body["ok"]:
-                        raise BusError(
-                            f"{self.sender}: the orchestrator refused hello: "
-                            f"{env.body.get('error', '')}"
-                        )
-                    return str(env.body["session"])
-                if env.kind is Kind.COMMAND:
-                    self._commands.append(env)
+                    welcome = env
+                elif env.kind is Kind.COMMAND:
+                    self._commands.append(env)  # for the next poll()
+            if welcome is None:
+                continue
+            if not welcome.body["ok"]:
+                raise BusError(
+                    f"{self.sender}: the orchestrator refused hello: "
+                    f"{welcome.body.get('error', '')}"
+                )
+            return str(welcome.body["session"])
 
     def ready(self, **extra: Any) -> None:
         self._send(Kind.READY, {"pid": os.getpid(), **extra})

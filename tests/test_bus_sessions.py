@@ -143,3 +143,25 @@ def test_frames_from_a_name_that_never_said_hello_are_refused(
         push.close(linger=0)
     assert {"no_hello": 1} == hub.events_ledger.rejected
     assert {} == hub.events_ledger.last_seq
+
+
+def test_an_actor_started_under_a_taken_name_says_so_and_exits(
+    hub: Hub, endpoints: Endpoints, peer: subprocess.Popen[bytes]
+) -> None:
+    """A real actor whose hello is refused ends with one line naming the fix,
+    and the actor that holds the name carries on."""
+    second = subprocess.Popen(
+        [sys.executable, "-m", "actors.server", *endpoints.as_args(), "--name", "peer-a",
+         "--port", "0", "--quiet"],
+        stderr=subprocess.PIPE, text=True,
+    )
+    pump_until(hub, lambda: second.poll() is not None, 20, "the second actor to exit")
+    _, err = second.communicate()
+    assert 3 == second.returncode  # actors' exit code for a bus error
+    lines = err.strip().splitlines()
+    assert 1 == len(lines), err
+    assert "refused hello" in lines[0] and "--name" in lines[0], err
+    assert 1 == hub.control_ledger.rejected.get("duplicate_hello")
+    ack = hub.command("peer-a", "emit", {"n": 1}, timeout_s=10)
+    assert peer.pid == ack.body["result"]["pid"]
+    assert 0 == stop_and_drain(hub, peer)
