@@ -5,8 +5,11 @@ connection goes through FIN_WAIT and TIME_WAIT. `--repeat M` does it M times.
 `--congestion NAME` and `--keepalive IDLE,INTVL,CNT` set up each socket
 before it connects; the connect record carries what the handshake
 negotiated (tcp_info) and the congestion algorithm the kernel used.
-`--idle S` keeps the connection open and silent for S seconds after the
-lines: the kernel's keepalive probes are then the only traffic, and a
+`--send-bytes N` then sends N bytes as fast as the connection takes them
+(lines of 1 KiB, which an echo server accepts; whatever comes back is read
+and dropped) and records how long it took and what TCP retransmitted.
+`--idle S` keeps the connection open and silent for S seconds after that:
+the kernel's keepalive probes are then the only traffic, and a
 peer that vanished ends the wait with ETIMEDOUT.
 
     python -m actors.client --target 127.0.0.1:8080 --lines 3 --repeat 2
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import selectors
 import socket
 import time
 from typing import Any
@@ -29,6 +33,7 @@ TIMEOUT_S = 5.0
 IDLE_POLL_S = 0.1  # how often an idle connection lets the bus be serviced
 # What the connect record keeps of tcp_info: the handshake's outcome.
 HANDSHAKE = ("snd_mss", "rcv_mss", "advmss", "pmtu", "snd_wscale", "rcv_wscale")
+BULK_CHUNK = (b"x" * 1023 + b"\n") * 64  # 64 KiB of lines
 
 
 def parse_keepalive(text: str) -> tuple[int, int, int] | None:
@@ -64,8 +69,9 @@ def set_up(sock: socket.socket, congestion: str | None,
 class Client:
     def __init__(self, rt: Runtime, target: tuple[str, int], lines: int, repeat: int,
                  congestion: str | None = None, keepalive: tuple[int, int, int] | None = None,
-                 idle_s: float = 0.0) -> None:
+                 idle_s: float = 0.0, send_bytes: int = 0) -> None:
         self.rt = rt
+        self.send_bytes = send_bytes
         self.congestion = congestion
         self.keepalive = keepalive
         self.idle_s = idle_s
@@ -125,6 +131,8 @@ class Client:
                 self.echoes += 1
                 log.info("recv", bytes=len(reply), ok=reply == b"ECHO: " + line, **fields)
             else:
+                if self.send_bytes and not self.bulk(sock, fields):
+                    return
                 if self.idle_s:
                     self.idle(sock, fields)
         except OSError as e:
@@ -135,6 +143,44 @@ class Client:
             sock.close()
             log.info("close", **fields)
 
+
+    def bulk(self, sock: socket.socket, fields: dict[str, Any]) -> bool:
+        """Send --send-bytes and wait until the peer has acknowledged all of
+        them (handed to the kernel is not sent); False if the connection broke."""
+        log = self.rt.log
+        sock.setblocking(False)
+        sel = selectors.DefaultSelector()
+        sel.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
+        left, again, t0 = self.send_bytes, 0, time.monotonic()
+        try:
+            while self.rt.running and (left or tcp_info_of(sock)["unacked"]):
+                if not left:
+                    sel.modify(sock, selectors.EVENT_READ)
+                for _key, mask in sel.select(IDLE_POLL_S):
+                    if mask & selectors.EVENT_READ and not sock.recv(1 << 16):
+                        log.warning("peer_close", how="fin", sent=self.send_bytes - left,
+                                    **fields)
+                        self.failures += 1
+                        return False
+                    if mask & selectors.EVENT_WRITE and left:
+                        try:
+                            left -= sock.send(memoryview(BULK_CHUNK)[: min(left,
+                                                                           len(BULK_CHUNK))])
+                        except BlockingIOError:  # EAGAIN: the send buffer is full
+                            again += 1
+                self.rt.service(0)
+        except OSError as e:  # EPIPE, ECONNRESET, ETIMEDOUT
+            self.failures += 1
+            log.warning("send_failed", sent=self.send_bytes - left, **fields, **error_fields(e))
+            return False
+        finally:
+            sel.close()
+            sock.settimeout(TIMEOUT_S)
+        info = tcp_info_of(sock)
+        log.info("bulk_sent", bytes=self.send_bytes - left, seconds=round(time.monotonic() - t0, 6),
+                 eagain=again, total_retrans=info["total_retrans"], cwnd=info["snd_cwnd"],
+                 rtt_us=info["rtt"], congestion=info["congestion"], **fields)
+        return True
 
     def idle(self, sock: socket.socket, fields: dict[str, Any]) -> None:
         """Stay connected and silent; end early on FIN, reset or a kernel timeout."""
@@ -163,13 +209,14 @@ def session(args: argparse.Namespace) -> int:
     target = parse_hostport(args.target)
     if args.lines < 0 or args.repeat < 0:
         raise UsageError("--lines and --repeat must be 0 or more")
-    if args.idle < 0:
-        raise UsageError("--idle must be 0 or more seconds")
+    if args.idle < 0 or args.send_bytes < 0:
+        raise UsageError("--idle and --send-bytes must be 0 or more")
     keepalive = parse_keepalive(args.keepalive)
     with socket.socket() as probe:  # a bad --congestion is a usage error now, not per session
         set_up(probe, args.congestion, keepalive)
     rt = Runtime("client", args)
-    client = Client(rt, target, args.lines, args.repeat, args.congestion, keepalive, args.idle)
+    client = Client(rt, target, args.lines, args.repeat, args.congestion, keepalive, args.idle,
+                    args.send_bytes)
     rt.progress = client.progress
     rt.on_set = client.set
     rt.ready(target=f"{target[0]}:{target[1]}")
@@ -193,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="congestion control per socket, e.g. cubic (default: the namespace's)")
     p.add_argument("--keepalive", default="", metavar="IDLE,INTVL,CNT",
                    help="SO_KEEPALIVE with these TCP_KEEPIDLE/KEEPINTVL/KEEPCNT, e.g. 2,1,5")
+    p.add_argument("--send-bytes", type=int, default=0, metavar="N",
+                   help="after the lines, send N bytes as fast as TCP takes them (bulk)")
     p.add_argument("--idle", type=float, default=0.0, metavar="S",
                    help="after the lines, keep the connection open and silent for S seconds")
     args = p.parse_args(argv)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import selectors
 import socket
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,9 @@ class Conn:
     inbuf: bytearray = field(default_factory=bytearray)
     outbuf: bytearray = field(default_factory=bytearray)
     echoes: int = 0
+    # A slow reader (--read-delay) stops reading a connection until this time.
+    resume_at: float = 0.0
+    events: int = selectors.EVENT_READ  # what the selector watches (0: not registered)
 
 
 def listen(
@@ -66,8 +70,15 @@ def listen(
 
 
 class EchoServer:
-    def __init__(self, rt: Runtime, lsock: socket.socket) -> None:
+    def __init__(self, rt: Runtime, lsock: socket.socket, read_chunk: int = 65536,
+                 read_delay: float = 0.0) -> None:
         self.rt = rt
+        # A slow reader: at most read_chunk bytes per read, then read_delay
+        # seconds before that connection is read again (its receive window
+        # fills, the sender sees a zero window).
+        self.read_chunk = read_chunk
+        self.read_delay = read_delay
+        self.paused: list[Conn] = []
         self.lsock = lsock
         self.sel = selectors.DefaultSelector()
         self.sel.register(lsock, selectors.EVENT_READ, None)
@@ -94,7 +105,17 @@ class EchoServer:
                     self.accept()
                 else:
                     self.handle(key.data, mask)
+            if self.paused:
+                self.resume()
             self.rt.service(0)
+
+    def resume(self) -> None:
+        now = time.monotonic()
+        due = [c for c in self.paused if c.resume_at <= now]
+        self.paused = [c for c in self.paused if c.resume_at > now]
+        for conn in due:
+            if conn.sock.fileno() >= 0:
+                self.watch(conn)
 
     def accept(self) -> None:
         # Bounded per wake-up so a flood of connects cannot starve the bus.
@@ -142,12 +163,14 @@ class EchoServer:
         if not mask & selectors.EVENT_READ:
             return
         try:
-            data = conn.sock.recv(65536)
-        except ConnectionError as e:
-            self.rt.sock_log("peer_close", how="reset", **conn.fields, **error_fields(e))
-            self.close(conn)
-            return
+            data = conn.sock.recv(self.read_chunk)
         except BlockingIOError:
+            return
+        except OSError as e:
+            # ECONNRESET, or ETIMEDOUT when the kernel gave up on the peer.
+            how = "reset" if isinstance(e, ConnectionError) else "error"
+            self.rt.sock_log("peer_close", how=how, **conn.fields, **error_fields(e))
+            self.close(conn)
             return
         if not data:
             # A FIN is the common end (the bomber's every connection): the
@@ -167,6 +190,9 @@ class EchoServer:
             self.rt.sock_log("line_too_long", "warning", bytes=len(conn.inbuf), **conn.fields)
             self.close(conn)
             return
+        if self.read_delay:
+            conn.resume_at = time.monotonic() + self.read_delay
+            self.paused.append(conn)
         self.flush(conn)
 
     def flush(self, conn: Conn) -> None:
@@ -174,16 +200,34 @@ class EchoServer:
             sent = conn.sock.send(conn.outbuf) if conn.outbuf else 0
         except BlockingIOError:
             sent = 0
-        except ConnectionError as e:
-            self.rt.sock_log("peer_close", how="reset", **conn.fields, **error_fields(e))
+        except OSError as e:
+            # ECONNRESET or EPIPE: the peer is gone; ETIMEDOUT: the kernel gave up.
+            how = "reset" if isinstance(e, ConnectionError) else "error"
+            self.rt.sock_log("peer_close", how=how, **conn.fields, **error_fields(e))
             self.close(conn)
             return
         del conn.outbuf[:sent]
-        want = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.outbuf else 0)
-        self.sel.modify(conn.sock, want, conn)
+        self.watch(conn)
+
+    def watch(self, conn: Conn) -> None:
+        """Select on what the connection waits for: reading unless paused, writing if owed."""
+        paused = conn.resume_at > time.monotonic()
+        want = (0 if paused else selectors.EVENT_READ) | (
+            selectors.EVENT_WRITE if conn.outbuf else 0)
+        if want == conn.events:
+            return
+        if not want:
+            self.sel.unregister(conn.sock)
+        elif not conn.events:
+            self.sel.register(conn.sock, want, conn)
+        else:
+            self.sel.modify(conn.sock, want, conn)
+        conn.events = want
 
     def close(self, conn: Conn) -> None:
-        self.sel.unregister(conn.sock)
+        if conn.events:
+            self.sel.unregister(conn.sock)
+        conn.events = 0
         self.conns.pop(conn.sock.fileno(), None)
         conn.sock.close()
         self.closed += 1
@@ -203,6 +247,8 @@ def serve(args: argparse.Namespace) -> int:
     raise_nofile()  # an echo server for C10k needs more than the default 1024
     if args.rcvbuf < 0:
         raise UsageError("--rcvbuf must be 0 (the kernel's default) or a size in bytes")
+    if args.read_chunk < 1 or args.read_delay < 0:
+        raise UsageError("--read-chunk must be at least 1 byte and --read-delay 0 or more s")
     lsock = listen(args.host, args.port, args.backlog, args.congestion, args.rcvbuf)
     rt = Runtime("server", args)
     # Per-connection records take the lean path; run alone, a person still
@@ -218,7 +264,7 @@ def serve(args: argparse.Namespace) -> int:
         congestion=args.congestion,
         rcvbuf=args.rcvbuf,
     )
-    server = EchoServer(rt, lsock)
+    server = EchoServer(rt, lsock, args.read_chunk, args.read_delay)
     rt.progress = server.progress
     rt.ready(host=host, port=port)
     if rt.wait_start():
@@ -240,6 +286,14 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=0,
         help="SO_RCVBUF in bytes for accepted sockets (0: autotuned)",
+    )
+    p.add_argument("--read-chunk", type=int, default=65536, help="bytes per read of a connection")
+    p.add_argument(
+        "--read-delay",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="a slow reader: S seconds between two reads of a connection",
     )
     args = p.parse_args(argv)
     return runtime.run(lambda: serve(args), "server")
