@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from lab.exitcodes import CommandError, Exit, need_root, run_exit
-from lab.scenario import ScenarioError, available, find
+from lab.scenario import Scenario, ScenarioError, available, find
 
 ROOT_WHY = "the eBPF probes and the lab's network namespace need it"
 
@@ -48,15 +48,24 @@ def run(ctx: click.Context, scenario: tuple[str, ...], runs_dir: Path, view: str
     """Run SCENARIO (a name from `tcplab list`, a .toml path, or `all`).
 
     Exits with the worst code of its runs (see the README's exit codes)."""
-    from lab.run import LabRun, RunOptions
-    from lab.shaping import ShapingError
-
     need_root("tcplab run", ROOT_WHY)
     try:
         chosen = available() if scenario == ("all",) else [find(s) for s in scenario]
     except ScenarioError as e:
         raise CommandError(str(e)) from None
     view = view or ("live" if sys.stderr.isatty() else "quiet")
+    try:
+        worst = _run_each(chosen, runs_dir, view)
+    except KeyboardInterrupt:  # between runs: each run handles its own
+        click.echo("tcplab: interrupted between runs", err=True)
+        worst = Exit.INTERRUPTED
+    ctx.exit(int(worst))
+
+
+def _run_each(chosen: list[Scenario], runs_dir: Path, view: str) -> Exit:
+    from lab.run import LabRun, RunOptions
+    from lab.shaping import ShapingError
+
     worst = Exit.OK
     for s in chosen:
         lab = LabRun(s, RunOptions(runs_dir=runs_dir, view=view))
@@ -79,14 +88,14 @@ def run(ctx: click.Context, scenario: tuple[str, ...], runs_dir: Path, view: str
             # The run itself is complete: only its outputs are missing.
             click.echo(f"tcplab: {s.name}: interrupted while building the report; "
                        f"`tcplab report {run_dir}` builds it", err=True)
-            ctx.exit(int(Exit.INTERRUPTED))
+            return Exit.INTERRUPTED
         meta = lab.meta()
         code = run_exit(meta, summary)
         _print_outcome(s.name, run_dir, meta, summary, view, code)
         worst = max(worst, code)
         if lab.interrupted:
             break
-    ctx.exit(int(worst))
+    return worst
 
 
 def _build(run_dir: Path, name: str) -> dict[str, Any] | None:

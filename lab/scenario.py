@@ -229,6 +229,8 @@ def load(path: Path) -> Scenario:
                    if "capture" in lab else None)
     except TopologyError as e:
         raise ScenarioError(str(e)) from None
+    for h in hosts:
+        _sysctls(h.sysctls, f"{where} [lab.hosts.{h.name}.sysctls]")
     for i, a in enumerate(actors):
         if hosts and a.host not in {h.name for h in hosts}:
             raise ScenarioError(f"{where}: actor {a.name!r} needs `host = ` one of "

@@ -79,6 +79,9 @@ HEAD = "name = 'x'\nsummary = 's'\n"
          "this kernel has no sysctl 'net.ipv4.tcp_no_such_knob'"),
         (HEAD + "[lab.sysctls]\n'net.ipv4.tcp_tw_reuse' = true\n" + GOOD_ACTOR + GOOD_PHASE,
          "give a number"),
+        (HEAD + "[lab.hosts.a.sysctls]\n'net.ipv4.tcp_no_such_knob' = 1\n"
+         "[[actors]]\nname='c'\nrole='client'\nhost='a'\n" + GOOD_PHASE,
+         r"\[lab.hosts.a.sysctls\]: this kernel has no sysctl"),
         # Bounds: a number no run could reach, a phase of days.
         (HEAD + "[[actors]]\nname='c'\nrole='client'\nargs=['--repeat', 1e20]\n" + GOOD_PHASE,
          r"--repeat 1e\+20 is out of range"),
