@@ -315,6 +315,29 @@ def py_server(port: int, netns: list[str] | None = None) -> Iterator[subprocess.
         stop(proc)
 
 
+def reap(
+    proc: subprocess.Popen[Any], idle: Callable[[], object] | None = None, limit_s: float = 120
+) -> float:
+    """Wait for `proc` to exit, calling `idle()` meanwhile (or sleeping
+    10 ms); return the CPU seconds (user + system) it used, from wait4.
+
+    CPU per connection is the steadier figure on a shared machine: the
+    neighbours slow a loop down, they hardly change what it costs."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return usage.ru_utime + usage.ru_stime
+        if time.monotonic() > deadline:
+            stop(proc)
+            raise BenchError(f"{proc.args!r} did not finish in {limit_s:g}s")
+        if idle is None:
+            time.sleep(0.01)
+        else:
+            idle()
+
+
 def stop(proc: subprocess.Popen[Any], grace_s: float = 5.0) -> None:
     if proc.poll() is None:
         proc.terminate()
@@ -349,6 +372,14 @@ def bomber_rate(stderr: str) -> float:
         if " done " in line and "per_s=" in line:
             return float(line.split("per_s=")[1].split()[0])
     raise BenchError(f"the bomber did not report: {stderr[-400:]}")
+
+
+def bomber_cpu_us(stderr: str, count: int) -> float:
+    """The bomber's own CPU µs per connection (its `done` line's cpu_s)."""
+    for line in stderr.splitlines():
+        if " done " in line and "cpu_s=" in line:
+            return float(line.split("cpu_s=")[1].split()[0]) * 1e6 / count
+    raise BenchError(f"the bomber did not report its CPU: {stderr[-400:]}")
 
 
 def c_loop_rate(stdout: str) -> float:

@@ -27,6 +27,7 @@ from bench.common import (
     BenchError,
     Row,
     bomber_argv,
+    bomber_cpu_us,
     bomber_rate,
     c_loop_rate,
     c_server,
@@ -35,6 +36,7 @@ from bench.common import (
     median,
     paired,
     py_server,
+    reap,
     release,
     stop,
 )
@@ -167,19 +169,22 @@ class ProbeSession:
         )
 
 
-def run_c_loop(exe: Path, port: int, count: int) -> float:
-    out = subprocess.run(
-        [str(exe), "client", str(port), str(count), "60"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=90,
-    )
-    return c_loop_rate(out.stdout)
+def run_c_loop(exe: Path, port: int, count: int, cpu: list[float]) -> float:
+    """One C loop run: its connections/s; its CPU µs per connection go to `cpu`."""
+    with tempfile.TemporaryFile("w+") as out:
+        proc = subprocess.Popen([str(exe), "client", str(port), str(count), "60"], stdout=out)
+        cpu.append(reap(proc, limit_s=90) * 1e6 / count)
+        if proc.returncode:
+            raise BenchError(f"connect_loop client exited with {proc.returncode}")
+        out.seek(0)
+        return c_loop_rate(out.read())
 
 
-def run_bomber(port: int, count: int) -> float:
-    out = subprocess.run(bomber_argv(port, count), capture_output=True, text=True, timeout=120)
+def run_bomber(port: int, count: int, cpu: list[float], netns: list[str] | None = None) -> float:
+    """One bomber run alone: its connections/s; its CPU µs per connection go to `cpu`."""
+    argv = [*(netns or []), *bomber_argv(port, count)]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    cpu.append(bomber_cpu_us(out.stderr, count))
     return bomber_rate(out.stderr)
 
 
@@ -189,6 +194,8 @@ class BomberFigures:
 
     c_loop: list[float] = field(default_factory=list)
     alone: list[float] = field(default_factory=list)
+    # CPU µs per connection (user + system) of the client process, per run
+    cpu: dict[str, list[float]] = field(default_factory=dict)
     with_probes: list[float] = field(default_factory=list)
     event_rates: list[float] = field(default_factory=list)  # kernel events/s at full speed
     events_per_conn: list[float] = field(default_factory=list)
@@ -199,9 +206,14 @@ def connection_rate(
     exe: Path, port: int, count: int, rounds: int, extra: int, fig: BomberFigures
 ) -> Row:
     """The bomber alone vs the minimal C loop, both to the C server."""
+    cpu_b, cpu_c = fig.cpu.setdefault("bomber", []), fig.cpu.setdefault("c_loop", [])
     with c_server(exe, port):
-        runs = paired(lambda: run_bomber(port, count), lambda: run_c_loop(exe, port, count),
-                      rounds, extra)  # fmt: skip
+        runs = paired(
+            lambda: run_bomber(port, count, cpu_b),
+            lambda: run_c_loop(exe, port, count, cpu_c),
+            rounds,
+            extra,
+        )
     fig.alone += runs.value
     fig.c_loop += runs.peer
     return runs.row(
@@ -212,6 +224,21 @@ def connection_rate(
         "C loop",
         ("bomber", "c_loop"),
         goal=">= 0.95",
+        note=cpu_note("bomber", cpu_b, "C loop", cpu_c, runs.window),
+    )
+
+
+def cpu_note(name: str, cpu: list[float], peer: str, peer_cpu: list[float], window: int) -> str:
+    """The two arms' CPU per connection over the row's window of pairs, and
+    peer / value per pair: what the rate ratio would be if CPU were all."""
+    cpu, peer_cpu = cpu[-window:], peer_cpu[-window:]
+    ratios = [p / c for c, p in zip(cpu, peer_cpu, strict=True) if c]
+    if not ratios:
+        return ""
+    return (
+        f"CPU per connection (user + system): {name} {median(cpu):.1f} µs, {peer} "
+        f"{median(peer_cpu):.1f} µs; {peer} / {name} {median(ratios):.2f} "
+        f"({min(ratios):.2f}–{max(ratios):.2f})"
     )
 
 
@@ -227,7 +254,9 @@ def bomber_with_probes(server_pid: int, port: int, count: int, fig: BomberFigure
         release(bomber)
         sess.run_while([bomber])
         assert bomber.stderr is not None
-        rate = bomber_rate(bomber.stderr.read().decode(errors="replace"))
+        err = bomber.stderr.read().decode(errors="replace")
+        rate = bomber_rate(err)
+        fig.cpu.setdefault("with_probes", []).append(bomber_cpu_us(err, count))
         sess.settle()
         events = sum(sess.received.values()) - before
     finally:
@@ -245,9 +274,10 @@ def probe_overhead(
     exe: Path, port: int, count: int, rounds: int, extra: int, fig: BomberFigures
 ) -> Row:
     """The bomber with the probes attached vs without, in pairs."""
+    without_cpu = fig.cpu.setdefault("without_probes", [])
     with c_server(exe, port) as srv:
         runs = paired(lambda: bomber_with_probes(srv.pid, port, count, fig),
-                      lambda: run_bomber(port, count), rounds, extra)  # fmt: skip
+                      lambda: run_bomber(port, count, without_cpu), rounds, extra)  # fmt: skip
     fig.with_probes += runs.value
     return runs.row(
         "probe_overhead",
@@ -259,7 +289,8 @@ def probe_overhead(
         goal=">= 0.95",
         note=(
             f"{median(fig.events_per_conn):.1f} kernel events per connection, "
-            f"{median(fig.event_rates):,.0f} events/s"
+            f"{median(fig.event_rates):,.0f} events/s; the bomber's own "
+            + cpu_note("with", fig.cpu["with_probes"], "without", without_cpu, runs.window)
         ),
     )
 
@@ -296,17 +327,25 @@ class CpuSampler:
 
     CPU per connection is far steadier than connections/s on a shared
     machine: it says what each part of the lab costs, whatever the
-    neighbours do. Processes are sampled every SAMPLE_S until they exit.
+    neighbours do. Processes are sampled every SAMPLE_S until they exit;
+    CPU counts from the first sample at which `start()` is true (the probes'
+    BPF compilation and everyone's imports are not what a connection costs).
     """
 
-    def __init__(self, pids: Callable[[], dict[str, int]], this_process: str = "") -> None:
+    def __init__(
+        self,
+        pids: Callable[[], dict[str, int]],
+        this_process: str = "",
+        start: Callable[[], bool] | None = None,
+    ) -> None:
         self.pids = pids
         self.this_process = this_process
+        self.start = start
+        self.started = False
         self.base: dict[str, float] = {}
         self.cpu: dict[str, float] = {}
         self._self0 = time.process_time()
-        self._sample()  # long-lived processes count from here
-        self.base = dict(self.cpu)
+        self._sample()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -316,6 +355,10 @@ class CpuSampler:
             used = cpu_s(pid)
             if used is not None:  # gone: its last sample stands
                 self.cpu[name] = used
+        if not self.started:
+            self.base = dict(self.cpu)
+            self._self0 = time.process_time()
+            self.started = self.start is None or self.start()
 
     def _run(self) -> None:
         while not self._stop.wait(SAMPLE_S):
@@ -332,6 +375,7 @@ class CpuSampler:
 
 
 RECORDS_OFF = HERE / "records_off"  # a sitecustomize that drops the actors' per-connection records
+BOMB_PHASE = "bomb"  # bench/lab_bomb.toml's phase that runs the bomber
 
 
 @contextmanager
@@ -387,7 +431,8 @@ def full_lab(
             sup = getattr(lab, "sup", None)  # made by execute()
             return {n: p.pid for n, p in (sup.processes if sup else {}).items()}
 
-        sampler = CpuSampler(lab_pids, "orchestrator")
+        # From the bombing phase on: set-up (BPF compilation) is not per connection.
+        sampler = CpuSampler(lab_pids, "orchestrator", lambda: lab.phase == BOMB_PHASE)
         try:
             if with_records:
                 run_dir = lab.execute()
@@ -396,12 +441,13 @@ def full_lab(
                     run_dir = lab.execute()
         finally:
             used = sampler.stop()
-        arm = "lab" if with_records else "lab_no_records"
-        cpu[arm].append({k: v * 1e6 / count for k, v in used.items()})
         last_run[:] = [run_dir]
         done = lab.tally.finished.get("bomber")
         if done is None:
             raise BenchError(f"the lab's bomber did not finish: see {run_dir}")
+        arm = "lab" if with_records else "lab_no_records"
+        used["bomber"] = float(done["cpu_s"])  # its own figure, start-up left out, as alone
+        cpu[arm].append({k: v * 1e6 / count for k, v in used.items()})
         ledger = lab.hub.events_ledger
         lab_loss.add(
             Loss(
@@ -421,17 +467,12 @@ def full_lab(
             wait_in_namespace(ns, 8080)
 
             def alone() -> float:
-                with tempfile.TemporaryFile("w+") as err:
-                    bomber = subprocess.Popen(ns.command(bomber_argv(8080, count)), stderr=err)
-                    sampler = CpuSampler(lambda: {"server": server.pid, "bomber": bomber.pid})
-                    try:
-                        bomber.wait(timeout=120)
-                    finally:
-                        stop(bomber)
-                        used = sampler.stop()
-                    cpu["alone"].append({k: v * 1e6 / count for k, v in used.items()})
-                    err.seek(0)
-                    return bomber_rate(err.read())
+                spent: list[float] = []
+                server0 = cpu_s(server.pid) or 0.0
+                rate = run_bomber(8080, count, spent, netns=ns.command([]))
+                server_us = ((cpu_s(server.pid) or 0.0) - server0) * 1e6 / count
+                cpu["alone"].append({"bomber": spent[0], "server": server_us})
+                return rate
 
             full = paired(in_lab, alone, rounds, extra)
             # The correlation below replays a run with records: keep that one.
