@@ -359,6 +359,8 @@ class LabRun:
                 self.tally.add(env)
             if envs:
                 quiet_since = time.monotonic()
+        # The view's last picture shows everything stopped.
+        self.view.refresh(self.status())
 
     def _stop_in_order(self, names: list[str]) -> None:
         """Ask the ready ones to stop and wait for their eof; then end them all
