@@ -68,6 +68,7 @@ class HostLab:
         out: dict[str, Any] = {
             "hosts": {h: {"namespace": ns.name, "sysctls": ns.sysctls}
                       for h, ns in self.hosts.namespaces.items()},
+            "actors": {a.name: a.host for a in self.scenario.actors},
         }
         if self.snapshots is not None:
             out["snapshots"] = self.snapshots.describe()

@@ -13,7 +13,7 @@ from correlator.summary import build_summary
 from reports.html import write_html
 from reports.packets import handshakes, wire_counts
 from reports.packets import sentences as packet_sentences
-from reports.snapshots import sentences, snapshot_counts
+from reports.snapshots import LinkSink, sentences, snapshot_counts
 from reports.writers import RunSink, TraceWriter
 
 
@@ -29,7 +29,8 @@ def build_reports(run_dir: Path, config: CorrelatorConfig | None = None) -> dict
     reader = RecordingReader(rec_path)
     t0 = int(meta.get("started_mono_ns") or 0)
     trace = TraceWriter(run_dir / "trace.json.tmp", t0)
-    sink = RunSink(run_dir, trace)
+    # A two-host run's connections also say where each end lives and what it negotiated.
+    sink = LinkSink(run_dir, trace, meta) if meta.get("lab") else RunSink(run_dir, trace)
     corr = Correlator(sink, meta, config)
     try:
         for env in reader:

@@ -23,7 +23,8 @@ from typing import Any
 
 import orjson
 
-from lab.snapshots import SNAPSHOTS
+from lab.snapshots import HANDSHAKE, SNAPSHOTS
+from reports.writers import RunSink, TraceWriter
 
 SIZES = ("snd_mss", "rcv_mss", "advmss", "pmtu", "snd_wscale", "rcv_wscale")
 OPTIONS = ("timestamps", "sack", "wscale", "ecn")
@@ -110,6 +111,49 @@ def snapshot_counts(run_dir: Path) -> dict[str, Any]:
     if not rows:
         return {}
     return {"tcp_info": handshakes(rows), "keepalive": keepalive(rows)}
+
+
+class LinkSink(RunSink):
+    """A two-host run's sink: each connections.jsonl row also says where its
+    socket lives (`host`: the owning actor's host, else the snapshot's),
+    where its peer lives (`peer_host`), and what its handshake negotiated
+    (`tcp_info`: snd_mss, rcv_mss, advmss, pmtu, window scales, options,
+    congestion — from the socket's "established" snapshot, when a snapshot
+    saw it: a connection shorter than a snapshot interval has none)."""
+
+    def __init__(self, run_dir: Path, trace: TraceWriter, meta: dict[str, Any]) -> None:
+        super().__init__(run_dir, trace)
+        lab = meta.get("lab") or {}
+        self.actor_host: dict[str, str] = dict(lab.get("actors") or {})
+        addresses = (lab.get("link") or {}).get("addresses") or {}
+        self.addr_host = {addr: host for host, addr in addresses.items()}
+        self.established: dict[tuple[str, int, str, int], list[dict[str, Any]]] = defaultdict(list)
+        for row in read(run_dir):
+            if row.get("kind") == "established":
+                key = (row["laddr"], row["lport"], row["raddr"], row["rport"])
+                self.established[key].append(row)
+
+    def _snapshot(self, row: dict[str, Any]) -> dict[str, Any] | None:
+        key = (str(row.get("laddr")), int(row.get("lport") or 0), str(row.get("raddr")),
+               int(row.get("rport") or 0))
+        start, end = row.get("start_ns") or 0, row.get("end_ns")
+        for snap in self.established.get(key, []):
+            if start <= snap["t_mono_ns"] and (end is None or snap["t_mono_ns"] <= end):
+                return snap
+        return None
+
+    def connection(self, row: dict[str, Any]) -> None:
+        if row.get("kind") == "connection":
+            owner = (row.get("owner") or {}).get("actor")
+            snap = self._snapshot(row)
+            host = self.actor_host.get(owner) if owner else None
+            row["host"] = host or (snap["host"] if snap else None)
+            raddr = row.get("raddr")
+            loopback = isinstance(raddr, str) and ipaddress.ip_address(raddr).is_loopback
+            row["peer_host"] = row["host"] if loopback else self.addr_host.get(str(raddr))
+            if snap is not None:
+                row["tcp_info"] = {k: snap[k] for k in (*HANDSHAKE, "congestion")}
+        super().connection(row)
 
 
 def sentences(counts: dict[str, Any]) -> list[str]:

@@ -34,6 +34,17 @@ def test_handshake_on_loopback_and_across_the_link(tmp_path: Path) -> None:
     link = {r["host"] for r in rows if r["kind"] == "established" and r["pmtu"] == 1500}
     assert link == {"a", "b"}  # both ends of the link were seen, each in its own host
     assert any("1460" in line for line in summary["diagnosis"])
+    rows = [json.loads(line) for line in open(run_dir / "connections.jsonl")]
+    conns = [r for r in rows if r["kind"] == "connection"]
+    across = {(r["owner"]["actor"], r["host"], r["peer_host"]) for r in conns
+              if r["raddr"].startswith("198.18.")}
+    assert across == {("client-link", "a", "b"), ("server", "b", "a")}
+    local = {(r["host"], r["peer_host"]) for r in conns if r["raddr"] == "127.0.0.1"}
+    assert local == {("b", "b")}
+    # Each connection stayed up 0.6 s: the 4 Hz snapshots saw every one.
+    assert len(conns) == 12 and all("tcp_info" in r for r in conns)
+    assert {r["tcp_info"]["advmss"] for r in conns if r["host"] != r["peer_host"]} == {1448}
+    assert {r["tcp_info"]["advmss"] for r in conns if r["host"] == r["peer_host"]} == {65483}
 
 
 def test_keepalive_gives_up_on_a_vanished_peer(tmp_path: Path) -> None:
