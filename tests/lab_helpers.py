@@ -170,7 +170,8 @@ def loaded_programs() -> set[int]:
     return {p["id"] for p in json.loads(out.stdout)}
 
 
-def _group_members(pgids: set[int]) -> list[int]:
+def group_members(*pgids: int) -> list[int]:
+    """Live processes whose process group is one of `pgids`."""
     members = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -189,7 +190,7 @@ def _group_members(pgids: set[int]) -> list[int]:
 def leftovers(orchestrator_pid: int, pids: set[int], programs: set[int]) -> list[str]:
     """What of a run still exists: processes (and their groups), its
     namespace, its bus directory, the BPF programs it loaded."""
-    left = [f"process {p}" for p in _group_members(pids)]
+    left = [f"process {p}" for p in group_members(*pids)]
     left += [n for n in netns.listnetns() if n.startswith(f"{PREFIX}{orchestrator_pid}-")]
     tmp = Path(tempfile.gettempdir())
     left += [str(p) for p in tmp.glob(f"{BUS_DIR_PREFIX}{orchestrator_pid}-*")]

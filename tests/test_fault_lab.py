@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lab_helpers import LiveRun, small_scenario, tcplab, wait_nothing_left
+from lab_helpers import LiveRun, group_members, small_scenario, tcplab, wait_nothing_left
 
 from bus.endpoints import BUS_DIR_PREFIX
 from lab.exitcodes import Exit
@@ -210,4 +210,25 @@ def test_full_disk_under_the_run_directory(tmp_path: Path, full_disk: Path, repe
         assert any("the recording in" in e and "No space left" in e for e in errors), errors
     (run_dir,) = full_disk.iterdir()
     assert not (run_dir / "run.json.tmp").exists()
+    assert_clean_end(run)
+
+
+def test_kill_9_of_an_actor_with_workers_leaves_no_worker(tmp_path: Path) -> None:
+    """A multiplexer beyond its per-process share runs worker processes in
+    its process group: kill -9 of the leader takes the workers with it."""
+    extra = ('\n[[actors]]\nname = "mux"\nrole = "multiplexer"\nargs = ["--target", '
+             '"127.0.0.1:8080", "--connections", "300", "--per-process", "100"]\n'
+             '\n[[phases]]\nname = "hold"\nduration_s = 8\n'
+             'commands = [{ actor = "mux", name = "start" }]\n')
+    run, runs = start(tmp_path, clients_s=0.5, extra=extra)
+    status = run.wait_phase("hold")
+    leader = status["actors"]["mux"]["pid"]
+    deadline = time.monotonic() + 30
+    while len(group_members(leader)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    workers = set(group_members(leader)) - {leader}
+    assert len(workers) >= 2, "the multiplexer started no workers"
+    os.kill(leader, signal.SIGKILL)
+    code, out, err = run.finish()
+    assert code == Exit.CRASHED, err
     assert_clean_end(run)
