@@ -206,18 +206,18 @@ class Shaper:
 
     def _set_root(self, ipr: IPRoute, index: int, old: Shape, new: Shape) -> None:
         if old.rate_mbit or old.needs_netem:
-            ipr.tc("del", index=index, handle="1:")
+            ipr.tc("del", index=index, root=True)
         if new.needs_netem:
             opts: dict[str, Any] = {"delay": int(new.delay_ms * 1000),
                                     "jitter": int(new.jitter_ms * 1000)}
             if new.rate_mbit:
-                opts["rate"] = f"{new.rate_mbit}mbit"
+                opts["rate"] = f"{round(new.rate_mbit * 1e6)}bit"
             ipr.tc("add", "netem", index, handle="1:", **opts)
         elif new.rate_mbit:
             rate_bytes = new.rate_mbit * 1e6 / 8
             # The bucket holds at least 10 ms of traffic and a few full frames.
             burst = max(int(rate_bytes / 100), 16 * 1514)
-            ipr.tc("add", "tbf", index, handle="1:", rate=f"{new.rate_mbit}mbit",
+            ipr.tc("add", "tbf", index, handle="1:", rate=f"{round(new.rate_mbit * 1e6)}bit",
                    burst=burst, latency=TBF_LATENCY)
 
     def counters(self) -> dict[str, dict[str, int]]:

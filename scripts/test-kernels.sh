@@ -14,7 +14,9 @@
 #     --rebuild      rebuild the cached image even though its inputs did not change
 #     --timeout S    wall-clock limit for the VM run (default 2400: a hang guard;
 #                    a warm run takes about 16 minutes)
-#     PYTEST_ARGS    instead of the probe tests (tests/test_probe*.py)
+#     PYTEST_ARGS    instead of the probe tests (tests/test_probe*.py) and the
+#                    link shaping tests (tests/test_shaping.py: netem's delay is
+#                    only testable on a kernel that has it)
 # Environment: TCPLAB_VM_CPUS (2), TCPLAB_VM_MEM (2048 MiB), TCPLAB_VM_ACCEL
 # (tcg), TCPLAB_CACHE (/var/cache/tcplab), TCPLAB_DEBIAN_MIRROR.
 set -euo pipefail
@@ -63,7 +65,7 @@ cache=${TCPLAB_CACHE:-/var/cache/tcplab}/kernels
 # --- what the run needs: the probe tests ---------------------------------------
 # Test paths are relative to the repository root (the guest runs from there).
 if [ ${#pytest_args[@]} -eq 0 ]; then
-    mapfile -t pytest_args < <(cd "$repo" && ls tests/test_probe*.py 2>/dev/null)
+    mapfile -t pytest_args < <(cd "$repo" && ls tests/test_probe*.py tests/test_shaping.py 2>/dev/null)
     [ ${#pytest_args[@]} -gt 0 ] ||
         die "no probe tests (tests/test_probe*.py) in $repo: pass the tests to run after --, e.g. $0 -- tests/test_x.py"
 fi
