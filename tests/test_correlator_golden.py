@@ -78,6 +78,6 @@ def test_figures_equal_the_golden(rebuilt: Any, part: str) -> None:
 
 
 def test_diagnosis_equals_the_golden(rebuilt: Any) -> None:
-    """The sentences summary.py builds from the correlator's data."""
+    """The sentences correlator/diagnosis.py builds from the correlator's data."""
     scenario, summary, _, golden = rebuilt
     assert golden["diagnosis"] == summary["diagnosis"], scenario

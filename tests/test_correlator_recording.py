@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from bus.schema import Envelope, Kind, encode
 from correlator.errors import ExpectationError, NoRecordingError, ReportError, RunMetaError
 from correlator.expect import check, overall, parse_expectation, validate
+from correlator.horizon import Horizon
 from correlator.recording import RecordingReader, read_run_meta, recording_path
-from correlator.summary import Horizon
 
 
 def frames(n: int) -> list[bytes]:

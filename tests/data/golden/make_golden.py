@@ -8,7 +8,7 @@ the correlator made of it when the golden was taken: connections.jsonl.gz
 and golden.json (counts, coverage, diagnosis). The first goldens came from
 the one-pass engine (correlator/engine.py, now gone) before the columnar one replaced
 it. Take a new recording only when the recording format changes; when
-diagnosis sentences change (correlator/summary.py), regenerate with
+diagnosis sentences change (correlator/diagnosis.py), regenerate with
 --diagnosis, which rewrites golden.json's "diagnosis" and nothing else.
 """
 
