@@ -145,8 +145,8 @@ class NullSink:
         self.events = 0
         self.connections = 0
 
-    def event(self, row: dict[str, Any]) -> None:
-        self.events += 1
+    def rows(self, chunk: Any) -> None:
+        self.events += len(chunk)
 
     def connection(self, row: dict[str, Any]) -> None:
         self.connections += 1

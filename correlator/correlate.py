@@ -30,18 +30,18 @@ from correlator.lifecycles import OPEN, Lives, bit_length
 from correlator.ordering import Release, WatermarkConfig
 from correlator.phases import Phases
 from correlator.result import EpollFigures, Result
-from correlator.rows import Rows
+from correlator.rows import Rows, RowsChunk
 from correlator.samples import Samples
 from correlator.stats import Log2Histogram, Series
 
-CHUNK_ITEMS = 250_000
+CHUNK_ITEMS = 50000
 _KIND_CODE = {"tcp_state": 0, "accept": 1, "epoll": 2, "app": 3, "unknown": 4}
 _RAW_KIND = getattr(Kind, "KERNEL_RAW", None)
 MAX_TIDS = 4096
 
 
 class Sink(Protocol):
-    def event(self, row: dict[str, Any]) -> None: ...
+    def rows(self, chunk: RowsChunk) -> None: ...
     def connection(self, row: dict[str, Any]) -> None: ...
 
 
@@ -180,9 +180,12 @@ class Correlator:
             for _, k, c in milestones:
                 if k == OPEN:
                     self.rows.conns[c.id] = c
-            self._live_figures(lives, now, base)
+            self._live_figures(lives)
+            deltas = lives.live_delta
         else:
             milestones = []
+            deltas = pl.DataFrame(schema={"pos": pl.Int64, "state": pl.String, "delta": pl.Int64})
+        self._samples(deltas, now, base)
 
         # The fold: milestones, accept4 calls and app records in position order.
         acc = frames.get("accept")
@@ -215,15 +218,14 @@ class Correlator:
         ep = frames.get("epoll")
         if ep is not None:
             self._epoll(ep)
-        self.rows.chunk(frames, app, now, base, ts_sorted)
-        self._flush_rows()
+        self._flush_rows(self.rows.chunk(frames, app, now, base))
         self.base += len(ts)
 
-    def _flush_rows(self) -> None:
-        for row in self.rows.take():
-            self.sink.event(row)
+    def _flush_rows(self, chunk: RowsChunk) -> None:
+        if len(chunk):
+            self.sink.rows(chunk)
         # Lives whose rows are all written and whose outcome is known are done.
-        first = self.rows.pending[0][0] if self.rows.pending else 1 << 62
+        first = self.rows.first_pending
         conns = self.rows.conns
         for cid in [
             cid
@@ -236,8 +238,8 @@ class Correlator:
         dfs = [b.data.slice(lo, hi - lo).with_columns(pos=pl.Series(p)) for b, lo, hi, p in parts]
         return pl.concat(dfs).sort("pos")
 
-    def _live_figures(self, lives: Any, now: np.ndarray, base: int) -> None:
-        """Live-socket counts, their samples, the time spent in each state."""
+    def _live_figures(self, lives: Any) -> None:
+        """Live-socket counts and the time spent in each state."""
         if len(lives.live_count):
             self.max_live = max(self.max_live, int(lives.live_count.max()))
         self.n["kernel.transition_gap"] = self.n.get("kernel.transition_gap", 0) + lives.gaps
@@ -249,8 +251,11 @@ class Correlator:
             h.count += count
             h.total += total
             h.max = max(h.max, mx)
-        # Samples: after the first item at or past each sample time.
-        deltas = lives.live_delta.sort("pos", maintain_order=True)
+
+    def _samples(self, deltas: pl.DataFrame, now: np.ndarray, base: int) -> None:
+        """Live sockets per state, sampled after the first item at or past each
+        sample time (`deltas`: each transition's -1 and +1 by state)."""
+        deltas = deltas.sort("pos", maintain_order=True)
         dpos = deltas["pos"].to_numpy()
         dstate = deltas["state"].to_list()
         dval = deltas["delta"].to_numpy()
@@ -344,10 +349,9 @@ class Correlator:
         self._take(self.release.drain())
         self._process()
         self.joins.now = self.now
-        self.rows.end()
-        self._flush_rows()
+        self._flush_rows(self.rows.end())
         self.joins.end()
-        self._flush_rows()  # forgets the lives finished at the end
+        self._flush_rows(RowsChunk())  # forgets the lives finished at the end
         j = self.joins
         return Result(
             t0=self.t0,

@@ -141,9 +141,7 @@ class Lives:
         # The previous transition of the same socket: in this chunk, or the
         # state its open life carried over.
         df = pl.DataFrame({"sk": sk, "i": np.arange(n)})
-        prev_i = (
-            df.select(pl.col("i").shift(1).over("sk").fill_null(-1)).to_series().to_numpy()
-        )
+        prev_i = df.select(pl.col("i").shift(1).over("sk").fill_null(-1)).to_series().to_numpy()
         has_prev = prev_i >= 0
         prev_idx = np.where(has_prev, prev_i, 0).astype(np.int64)
         prev_new = np.full(n, None, dtype=object)

@@ -4,11 +4,18 @@ A row shows the owner known a grace (`grace_ns` of event time) after it, so
 that an owner fact logged just after a transition still reaches it: the row
 settles once an item at least that much newer has been handled. Rows settle
 in position order; those whose grace runs past the chunk wait for the next.
+
+Kernel rows stay columns: the owner at settle time is an as-of join of the
+rows on (connection, position) with the owners' history, the actor of an
+accept4/epoll_wait caller a join on pid with when each pid became known.
+App records keep their own free-form fields, so they stay dicts.
 """
 
 from __future__ import annotations
 
+import errno as errno_mod
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -16,35 +23,153 @@ import polars as pl
 
 from correlator.joins import Joins
 from correlator.lifecycles import Conn
-from correlator.outcomes import errno_name, seconds
 from correlator.phases import Phases
 
-_EXACT_NS = 10**15
 _END = 1 << 62
+KERNEL_KINDS = ("tcp_state", "accept", "epoll")
+# Each kernel row type's fields, in the order events.jsonl writes them.
+ROW_FIELDS = {
+    "tcp_state": [
+        "ts",
+        "src",
+        "type",
+        "conn",
+        "old",
+        "new",
+        "skaddr",
+        "saddr",
+        "sport",
+        "daddr",
+        "dport",
+        "cpu_pid",
+        "cpu_comm",
+        "t",
+        "phase",
+        "owner",
+        "cpu_is_owner",
+    ],
+    "accept": [
+        "ts",
+        "src",
+        "type",
+        "conn",
+        "pid",
+        "actor",
+        "tid",
+        "syscall",
+        "lfd",
+        "fd",
+        "error",
+        "peer_addr",
+        "peer_port",
+        "dur_ns",
+        "t",
+        "phase",
+    ],
+    "epoll": [
+        "ts",
+        "src",
+        "type",
+        "pid",
+        "actor",
+        "tid",
+        "syscall",
+        "epfd",
+        "ready",
+        "error",
+        "timeout_ms",
+        "dur_ns",
+        "t",
+        "phase",
+    ],
+}
+_KEEP = {
+    "tcp_state": [
+        "pos",
+        "ts",
+        "conn",
+        "old",
+        "new",
+        "skaddr",
+        "saddr",
+        "sport",
+        "daddr",
+        "dport",
+        "cpu_pid",
+        "cpu_comm",
+    ],
+    "accept": [
+        "pos",
+        "ts",
+        "pid",
+        "tid",
+        "syscall",
+        "lfd",
+        "fd",
+        "errno",
+        "peer_addr",
+        "peer_port",
+        "dur_ns",
+    ],
+    "epoll": [
+        "pos",
+        "ts",
+        "pid",
+        "tid",
+        "syscall",
+        "epfd",
+        "ready",
+        "errno",
+        "timeout_ms",
+        "dur_ns",
+    ],
+}
+_OWNER = pl.Struct({"actor": pl.String, "pid": pl.Int64, "fd": pl.Int64, "via": pl.String})
+
+
+@dataclass
+class RowsChunk:
+    """Settled rows, in position order within each part: kernel rows as
+    frames (a `pos` column, then the row's fields in events.jsonl order) and
+    app rows as (pos, row dict)."""
+
+    kernel: dict[str, pl.DataFrame] = field(default_factory=dict)
+    app: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return sum(len(f) for f in self.kernel.values()) + len(self.app)
+
+    def dicts(self) -> Iterator[dict[str, Any]]:
+        """Every row as a dict, in position order (tests, small tools)."""
+        items: list[tuple[int, dict[str, Any]]] = list(self.app)
+        for df in self.kernel.values():
+            pos = df["pos"].to_list()
+            items.extend(zip(pos, df.drop("pos").to_dicts(), strict=True))
+        items.sort(key=lambda x: x[0])
+        return (row for _, row in items)
+
+
+def _errno_names(codes: pl.Series) -> pl.Series:
+    names = {c: errno_mod.errorcode.get(c, f"errno{c}") for c in codes.unique().to_list() if c}
+    return codes.replace_strict(names, default=None, return_dtype=pl.String)
 
 
 class Rows:
     def __init__(
-        self,
-        joins: Joins,
-        counts: dict[str, int],
-        t0: int,
-        grace_ns: int,
-        phases: Phases,
-        want_dicts: bool = True,
+        self, joins: Joins, counts: dict[str, int], t0: int, grace_ns: int, phases: Phases
     ) -> None:
         self.joins = joins
         self.n = counts
         self.t0 = t0
         self.grace = grace_ns
         self.phases = phases
-        self.want_dicts = want_dicts
         self.conns: dict[int, Conn] = {}
-        # Rows not settled yet: (pos, settle target time, kind, fields).
-        self.pending: list[tuple[int, int, str, Any]] = []
+        # Rows not settled yet: kernel frames with a `target` column (the
+        # event time that settles them), app rows as (pos, target, record).
+        self.pending: dict[str, pl.DataFrame] = {}
+        self.pending_app: list[tuple[int, int, dict[str, Any]]] = []
         self.max_pending = 0
-        self.written = 0
-        self.out: list[dict[str, Any]] = []
+        self.first_pending = _END
 
     def chunk(
         self,
@@ -52,205 +177,191 @@ class Rows:
         app: list[tuple[int, dict[str, Any]]],
         now: np.ndarray,
         base: int,
-        ts_sorted: np.ndarray,
-    ) -> None:
+    ) -> RowsChunk:
         grace = self.grace
-        new: list[tuple[int, int, str, Any]] = []
-        tcp = frames.get("tcp_state")
-        if tcp is not None:
-            cols = tcp.select(
-                "pos",
-                "ts",
-                "conn",
-                "old",
-                "new",
-                "skaddr",
-                "saddr",
-                "sport",
-                "daddr",
-                "dport",
-                "cpu_pid",
-                "cpu_comm",
-            )
-            new.extend((r[0], r[1], "tcp_state", r) for r in cols.iter_rows())
-        acc = frames.get("accept")
-        if acc is not None:
-            cols = acc.select(
-                "pos",
-                "ts",
-                "pid",
-                "tid",
-                "syscall",
-                "lfd",
-                "fd",
-                "errno",
-                "peer_addr",
-                "peer_port",
-                "dur_ns",
-            )
-            new.extend((r[0], r[1], "accept", r) for r in cols.iter_rows())
-        ep = frames.get("epoll")
-        if ep is not None:
-            cols = ep.select(
-                "pos",
-                "ts",
-                "pid",
-                "tid",
-                "syscall",
-                "epfd",
-                "ready",
-                "errno",
-                "timeout_ms",
-                "dur_ns",
-            )
-            new.extend((r[0], r[1], "epoll", r) for r in cols.iter_rows())
-        new.extend((p, rec["mono_ns"], "app", rec) for p, rec in app)
-        new.sort(key=lambda r: r[0])
-        # The settle target: the newest time once the row is handled, plus the grace.
-        nowl = now.tolist()
-        rows = self.pending + [(p, nowl[p - base] + grace, k, f) for p, _, k, f in new]
-        targets = np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows))
-        at = np.searchsorted(now, targets, side="left")
-        ready = int(np.searchsorted(at, len(now), side="left"))
-        # `at` rises with the rows: those past the chunk end wait, in order.
-        self._settle(rows[:ready], (at[:ready] + base).tolist())
-        self.pending = rows[ready:]
-        self.max_pending = max(self.max_pending, len(self.pending))
+        nowser = pl.Series("now", now)
+        parts: dict[str, pl.DataFrame] = {}
+        for kind in KERNEL_KINDS:
+            df = frames.get(kind)
+            if df is not None:
+                df = df.select(_KEEP[kind]).with_columns(
+                    target=nowser.gather(pl.Series(df["pos"].to_numpy() - base)) + grace
+                )
+            old = self.pending.get(kind)
+            if old is not None:
+                df = old if df is None else pl.concat([old, df])
+            if df is not None:
+                parts[kind] = df
+        apps = self.pending_app + [(p, int(now[p - base]) + grace, r) for p, r in app]
+        # Rows settle in order: the first one whose target is past the chunk's
+        # newest time, and every row after it, wait.
+        newest = int(now[-1])
+        cut = _END
+        for df in parts.values():
+            late = df.filter(pl.col("target") > newest)
+            if len(late):
+                cut = min(cut, int(late["pos"].min()))  # type: ignore[arg-type]
+        for p, target, _ in apps:
+            if target > newest:
+                cut = min(cut, p)
+                break
+        out = RowsChunk()
+        self.pending = {}
+        held = 0
+        for kind, df in parts.items():
+            ready = df.filter(pl.col("pos") < cut)
+            wait = df.filter(pl.col("pos") >= cut)
+            if len(wait):
+                self.pending[kind] = wait
+                held += len(wait)
+            if len(ready):
+                at = np.searchsorted(now, ready["target"].to_numpy(), side="left") + base
+                out.kernel[kind] = self._settle(kind, ready.drop("target"), at)
+        ready_app = [(p, r) for p, _, r in apps if p < cut]
+        self.pending_app = [x for x in apps if x[0] >= cut]
+        held += len(self.pending_app)
+        out.app = self._app(ready_app)
+        self.max_pending = max(self.max_pending, held)
+        self.first_pending = cut
+        return out
 
-    def end(self) -> None:
-        self._settle(self.pending, [_END] * len(self.pending))
-        self.pending = []
+    def end(self) -> RowsChunk:
+        out = RowsChunk()
+        for kind, df in self.pending.items():
+            out.kernel[kind] = self._settle(
+                kind, df.drop("target"), np.full(len(df), _END, np.int64)
+            )
+        out.app = self._app([(p, r) for p, _, r in self.pending_app])
+        self.pending, self.pending_app = {}, []
+        self.first_pending = _END
+        return out
 
-    def _settle(self, rows: list[tuple[int, int, str, Any]], at: list[int]) -> None:
+    # ---- settling ---------------------------------------------------------------
+
+    def _common(self, df: pl.DataFrame, kind: str) -> pl.DataFrame:
+        """src, type, t (s since the run's start) and phase."""
+        starts = pl.Series(self.phases.starts, dtype=pl.Int64)
+        names = self.phases.names
+        idx = (
+            starts.search_sorted(df["ts"], side="right").cast(pl.Int64) - 1 if len(starts) else None
+        )
+        if idx is None:
+            phase = pl.Series("phase", [None] * len(df), dtype=pl.String)
+        else:
+            table = pl.Series(names + [None], dtype=pl.String)
+            phase = table.gather(idx.replace(-1, len(names)))
+        # numpy divides as Python does (polars multiplies by 1e-9 instead).
+        d = df["ts"].to_numpy() - self.t0
+        t = pl.Series("t", d / 1e9) if self.t0 else pl.lit(None, dtype=pl.Float64)
+        return df.with_columns(
+            src=pl.lit("kernel"), type=pl.lit(kind), t=t, phase=phase.alias("phase")
+        )
+
+    def _settle(self, kind: str, df: pl.DataFrame, at: np.ndarray) -> pl.DataFrame:
         n = self.n
+        df = self._common(df.with_columns(at=pl.Series(at, dtype=pl.Int64)), kind)
+        if kind == "tcp_state":
+            hist = self._owner_hist(df["conn"].unique().to_list())
+            df = df.sort("at").join_asof(
+                hist,
+                left_on="at",
+                right_on="hp",
+                by="conn",
+                strategy="backward",
+                check_sortedness=False,  # both sorted by position just above
+            )
+            df = df.sort("pos").with_columns(
+                owner=pl.when(pl.col("o_pid").is_not_null()).then(
+                    pl.struct(actor="o_actor", pid="o_pid", fd="o_fd", via="o_via").cast(_OWNER)
+                ),
+                cpu_is_owner=pl.col("o_pid").is_not_null() & (pl.col("o_pid") == pl.col("cpu_pid")),
+            )
+            owned = int(df["o_pid"].is_not_null().sum())
+            n["coverage.kernel_tcp_state"] = n.get("coverage.kernel_tcp_state", 0) + len(df)
+            if owned:
+                k = "coverage.kernel_tcp_state_owned"
+                n[k] = n.get(k, 0) + owned
+            return df.select(["pos", *ROW_FIELDS[kind]])
+        # accept4 and epoll_wait run in the caller's context: their pid is real.
+        # A pid that is no actor's (the orchestrator's own ZeroMQ sockets, say)
+        # is outside the lab, not an ownerless lab event.
         j = self.joins
-        pid_actor, learnt = j.pid_actor, j.pid_learnt
-        any_actor = min(learnt.values()) if learnt else None
-        phase_of = self.phases.of
+        known = pl.DataFrame(
+            {
+                "pid": list(j.pid_actor),
+                "learnt": [j.pid_learnt.get(p, -1) for p in j.pid_actor],
+                "name": list(j.pid_actor.values()),
+            },
+            schema={"pid": pl.Int64, "learnt": pl.Int64, "name": pl.String},
+        )
+        any_actor = min(j.pid_learnt.values()) if j.pid_learnt else _END
+        df = df.join(known, on="pid", how="left", maintain_order="left").with_columns(
+            actor=pl.when(pl.col("learnt") <= pl.col("at")).then(pl.col("name")),
+            error=_errno_names(df["errno"]),
+        )
+        outside = df["actor"].is_null() & (pl.Series(at) >= any_actor)
+        n_out = int(outside.sum())
+        n_owned = int(df["actor"].is_not_null().sum())
+        if n_out:
+            for k in ("kernel.outside_lab", f"kernel.outside_lab_{kind}"):
+                n[k] = n.get(k, 0) + n_out
+        if len(df) - n_out:
+            k = f"coverage.kernel_{kind}"
+            n[k] = n.get(k, 0) + len(df) - n_out
+        if n_owned:
+            k = f"coverage.kernel_{kind}_owned"
+            n[k] = n.get(k, 0) + n_owned
+        if kind == "accept":
+            conn_of = j.accept_conn
+            df = df.with_columns(
+                conn=pl.Series([conn_of.pop(p, None) for p in df["pos"].to_list()], dtype=pl.Int64)
+            )
+        return df.select(["pos", *ROW_FIELDS[kind]])
+
+    def _owner_hist(self, ids: list[int]) -> pl.DataFrame:
+        """Every owner change of these connections: (conn, position, owner)."""
+        cols: dict[str, list[Any]] = {
+            k: [] for k in ("conn", "hp", "o_actor", "o_pid", "o_fd", "o_via")
+        }
         conns = self.conns
-        states = owned = 0
-        emit = self.out.append
-        for (_pos, _target, kind, f), when in zip(rows, at, strict=True):
-            if kind == "tcp_state":
-                p, ts, cid, old, new, sk, saddr, sport, daddr, dport, cpu, comm = f
-                conn = conns[cid]
-                owner = None
-                for hp, o in reversed(conn.owner_hist):
-                    if hp <= when:
-                        if o[1] is not None:
-                            owner = {"actor": o[0], "pid": o[1], "fd": o[2], "via": o[3]}
-                        break
-                states += 1
-                if owner is not None:
-                    owned += 1
-                if self.want_dicts:
-                    emit(
-                        {
-                            "ts": ts,
-                            "src": "kernel",
-                            "type": "tcp_state",
-                            "conn": cid,
-                            "old": old,
-                            "new": new,
-                            "skaddr": sk,
-                            "saddr": saddr,
-                            "sport": sport,
-                            "daddr": daddr,
-                            "dport": dport,
-                            "cpu_pid": cpu,
-                            "cpu_comm": comm,
-                            "t": self._t(ts),
-                            "phase": phase_of(ts),
-                            "owner": owner,
-                            "cpu_is_owner": owner is not None and cpu == owner["pid"],
-                        }
-                    )
-                continue
-            if kind == "app":
-                rec = f
-                if self.want_dicts:
-                    row: dict[str, Any] = {
-                        "ts": rec["mono_ns"],
-                        "src": "app",
-                        "type": str(rec.get("event", "")),
-                        "conn": j.app_conn.get(_pos),
-                    }
-                    row.update(rec)
-                    row.pop("event", None)
-                    row.pop("mono_ns", None)
-                    row["t"] = self._t(row_ts := rec["mono_ns"])
-                    row["phase"] = phase_of(row_ts)
-                    emit(row)
-                continue
-            pid = f[2]
-            actor = pid_actor.get(pid) if learnt.get(pid, _END) <= when else None
-            typ = kind
-            if actor is None and any_actor is not None and any_actor <= when:
-                for k in ("kernel.outside_lab", f"kernel.outside_lab_{typ}"):
-                    n[k] = n.get(k, 0) + 1
-            else:
-                k = f"coverage.kernel_{typ}"
-                n[k] = n.get(k, 0) + 1
-                if actor is not None:
-                    k = f"coverage.kernel_{typ}_owned"
-                    n[k] = n.get(k, 0) + 1
-            if not self.want_dicts:
-                continue
-            if kind == "accept":
-                p, ts, pid, tid, syscall, lfd, fd, err, peer, port, dur = f
-                emit(
-                    {
-                        "ts": ts,
-                        "src": "kernel",
-                        "type": "accept",
-                        "conn": j.accept_conn.get(p),
-                        "pid": pid,
-                        "actor": actor,
-                        "tid": tid,
-                        "syscall": syscall,
-                        "lfd": lfd,
-                        "fd": fd,
-                        "error": errno_name(err) if err else None,
-                        "peer_addr": peer,
-                        "peer_port": port,
-                        "dur_ns": dur,
-                        "t": self._t(ts),
-                        "phase": phase_of(ts),
-                    }
-                )
-            else:
-                p, ts, pid, tid, syscall, epfd, ready, err, timeout, dur = f
-                emit(
-                    {
-                        "ts": ts,
-                        "src": "kernel",
-                        "type": "epoll",
-                        "pid": pid,
-                        "actor": actor,
-                        "tid": tid,
-                        "syscall": syscall,
-                        "epfd": epfd,
-                        "ready": ready,
-                        "error": errno_name(err) if err else None,
-                        "timeout_ms": timeout,
-                        "dur_ns": dur,
-                        "t": self._t(ts),
-                        "phase": phase_of(ts),
-                    }
-                )
-        if states:
-            n["coverage.kernel_tcp_state"] = n.get("coverage.kernel_tcp_state", 0) + states
-        if owned:
-            k = "coverage.kernel_tcp_state_owned"
-            n[k] = n.get(k, 0) + owned
-        self.written += len(rows)
+        for cid in ids:
+            for hp, (actor, pid, fd, via) in conns[cid].owner_hist:
+                cols["conn"].append(cid)
+                cols["hp"].append(hp)
+                cols["o_actor"].append(actor)
+                cols["o_pid"].append(pid)
+                cols["o_fd"].append(fd)
+                cols["o_via"].append(via)
+        return pl.DataFrame(
+            cols,
+            schema={
+                "conn": pl.Int64,
+                "hp": pl.Int64,
+                "o_actor": pl.String,
+                "o_pid": pl.Int64,
+                "o_fd": pl.Int64,
+                "o_via": pl.String,
+            },
+        ).sort("hp")
 
-    def _t(self, ts: int) -> float | None:
-        if not self.t0:
-            return None
-        d = ts - self.t0
-        return d / 1e9 if -_EXACT_NS < d < _EXACT_NS else seconds(d)
-
-    def take(self) -> Iterator[dict[str, Any]]:
-        out, self.out = self.out, []
-        return iter(out)
+    def _app(self, rows: list[tuple[int, dict[str, Any]]]) -> list[tuple[int, dict[str, Any]]]:
+        conn_of = self.joins.app_conn
+        t0 = self.t0
+        phase_of = self.phases.of
+        out = []
+        for pos, rec in rows:
+            row: dict[str, Any] = {
+                "ts": rec["mono_ns"],
+                "src": "app",
+                "type": str(rec.get("event", "")),
+                "conn": conn_of.pop(pos, None),
+            }
+            # The record's own fields follow, in its order (a clash overwrites in place).
+            row.update(rec)
+            row.pop("event", None)
+            ts = row.pop("mono_ns", None)
+            ts = rec["mono_ns"]
+            row["t"] = (ts - t0) / 1e9 if t0 else None
+            row["phase"] = phase_of(ts)
+            out.append((pos, row))
+        return out

@@ -39,12 +39,15 @@ def build_reports(run_dir: Path, config: CorrelatorConfig | None = None) -> dict
                 trace.t0 = env.mono_ns
             corr.feed(env)
         result = corr.finish()
-    finally:
-        sink.close()
+    except BaseException:
+        sink.close(complete=False)  # no half-written Parquet left behind
+        raise
+    sink.close()
     packets = handshakes(run_dir)
     extra = {**snapshot_counts(run_dir), **wire_counts(packets)}
-    summary = build_summary(result, reader.stats, meta, extra,
-                            sentences(extra) + packet_sentences(packets))
+    summary = build_summary(
+        result, reader.stats, meta, extra, sentences(extra) + packet_sentences(packets)
+    )
     if packets is not None:
         summary["packets"] = {k: v for k, v in packets.items() if k != "all_syns"}
     plots = summary["plots"]

@@ -1,4 +1,5 @@
-"""Streaming writers for the run directory: JSON Lines and the trace file."""
+"""Streaming writers for the run directory: JSON Lines, the trace file, and
+the Parquet copies of the rows (reports/tables.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,16 @@ from pathlib import Path
 from typing import IO, Any
 
 import orjson
+import polars as pl
+
+from correlator.rows import ROW_FIELDS, RowsChunk
+from reports.tables import (
+    CONNECTIONS_SCHEMA,
+    EVENTS_SCHEMA,
+    ParquetTable,
+    connections_frame,
+    events_frame,
+)
 
 # Perfetto stays usable up to a few tens of thousands of tracks; beyond that
 # the trace keeps the first ones and the summary says how many were left out.
@@ -139,37 +150,79 @@ class TraceWriter:
         self.f.close()
 
 
+def _needs_json(line: pl.Expr) -> pl.Expr:
+    # Where polars' JSON text differs from json's: non-ASCII and DEL (json
+    # escapes them) and floats below 1e-4 (json: 1e-05); a false alarm (say
+    # "e-" in a string) only costs time.
+    return (
+        line.str.contains(r"[^\x00-\x7e]")
+        | line.str.contains("e-", literal=True)
+        | line.str.contains("0.0000", literal=True)
+    )
+
+
+def kernel_lines(kind: str, df: pl.DataFrame) -> list[tuple[int, bytes]]:
+    """events.jsonl lines of kernel rows, encoded by polars, byte for byte
+    what json writes (the few rows where polars' text would differ go
+    through json)."""
+    enc = df.select("pos", line=pl.struct(ROW_FIELDS[kind]).struct.json_encode())
+    odd = enc.with_row_index("i").filter(_needs_json(pl.col("line")))
+    lines = [x.encode() for x in enc["line"].to_list()]
+    if len(odd):
+        rows = df.select(ROW_FIELDS[kind])
+        for i in odd["i"].to_list():
+            lines[i] = _json(rows.row(i, named=True)).encode()
+    return list(zip(enc["pos"].to_list(), lines, strict=True))
+
+
+# connections.parquet is written this many lifecycles at a time.
+_CONN_BATCH = 10_000
+
+
 class RunSink:
-    """The correlator's sink: events.jsonl, connections.jsonl and the trace."""
+    """The correlator's sink: events.jsonl, connections.jsonl, the trace,
+    events.parquet and connections.parquet."""
 
     def __init__(self, run_dir: Path, trace: TraceWriter) -> None:
         self.events: IO[bytes] = open(run_dir / "events.jsonl", "wb", buffering=1 << 20)
         self.conns: IO[bytes] = open(run_dir / "connections.jsonl", "wb", buffering=1 << 20)
+        self.events_table = ParquetTable(run_dir / "events.parquet")
+        self.conns_table = ParquetTable(run_dir / "connections.parquet")
         self.trace = trace
-        self._lines: list[bytes] = []
+        self._conn_rows: list[dict[str, Any]] = []
         self.n_events = 0
         self.n_connections = 0
 
-    def event(self, row: dict[str, Any]) -> None:
-        lines = self._lines
-        lines.append(_event_line(row))
-        self.n_events += 1
-        if len(lines) >= 1024:
-            self._flush()
-
-    def _flush(self) -> None:
-        # One write per thousand lines instead of one per line.
-        if self._lines:
-            self._lines.append(b"")
-            self.events.write(b"\n".join(self._lines))
-            self._lines.clear()
+    def rows(self, chunk: RowsChunk) -> None:
+        items: list[tuple[int, bytes]] = [(pos, _event_line(row)) for pos, row in chunk.app]
+        for kind, df in chunk.kernel.items():
+            items.extend(kernel_lines(kind, df))
+        items.sort(key=lambda x: x[0])
+        if items:
+            self.events.write(b"\n".join(line for _, line in items) + b"\n")
+        self.n_events += len(items)
+        self.events_table.append(events_frame(chunk))
 
     def connection(self, row: dict[str, Any]) -> None:
         self.conns.write(dumps(row) + b"\n")
         self.n_connections += 1
         self.trace.connection(row)
+        self._conn_rows.append(row)
+        if len(self._conn_rows) >= _CONN_BATCH:
+            self._conns_out()
 
-    def close(self) -> None:
-        self._flush()
+    def _conns_out(self) -> None:
+        if self._conn_rows:
+            self.conns_table.append(connections_frame(self._conn_rows))
+            self._conn_rows = []
+
+    def close(self, complete: bool = True) -> None:
         self.events.close()
         self.conns.close()
+        if complete:
+            self._conns_out()
+            self.events_table.close(EVENTS_SCHEMA)
+            self.conns_table.close(CONNECTIONS_SCHEMA)
+        else:
+            self.events_table.discard()
+            self.conns_table.discard()

@@ -12,6 +12,7 @@ from synthetic import Actor, Lab, RecordingWriter
 from correlator.correlate import Correlator, CorrelatorConfig
 from correlator.recording import RecordingReader
 from correlator.result import Result
+from correlator.rows import RowsChunk
 from correlator.summary import build_summary
 
 T0 = 1_000_000_000
@@ -28,8 +29,8 @@ class ListSink:
         self.events: list[dict[str, Any]] = []
         self.conns: list[dict[str, Any]] = []
 
-    def event(self, row: dict[str, Any]) -> None:
-        self.events.append(row)
+    def rows(self, chunk: RowsChunk) -> None:
+        self.events.extend(chunk.dicts())
 
     def connection(self, row: dict[str, Any]) -> None:
         self.conns.append(row)

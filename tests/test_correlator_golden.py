@@ -11,6 +11,7 @@ counts, coverage, losses and diagnosis for the same recording.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -81,3 +82,32 @@ def test_diagnosis_equals_the_golden(rebuilt: Any) -> None:
     """The sentences correlator/diagnosis.py builds from the correlator's data."""
     scenario, summary, _, golden = rebuilt
     assert golden["diagnosis"] == summary["diagnosis"], scenario
+
+
+def test_timeline_equals_the_golden_byte_for_byte(rebuilt: Any) -> None:
+    """events.jsonl (its digest: the file is tens of MB) and the live-state
+    samples from the transitions, as the one-pass engine wrote them."""
+    scenario, summary, run_dir, golden = rebuilt
+    digest = hashlib.sha256((run_dir / "events.jsonl").read_bytes()).hexdigest()
+    assert golden["events_jsonl_sha256"] == digest, scenario
+    assert golden["kernel_states"] == summary["plots"]["kernel_states"], scenario
+
+
+def test_parquet_holds_the_same_rows(rebuilt: Any) -> None:
+    """events.parquet and connections.parquet: one row per line of the JSON
+    Lines files, the same values in the columns they share."""
+    import polars as pl
+
+    scenario, _, run_dir, _ = rebuilt
+    events = pl.read_parquet(run_dir / "events.parquet")
+    lines = [json.loads(line) for line in (run_dir / "events.jsonl").open()]
+    assert len(lines) == len(events), scenario
+    for col in ("ts", "type", "conn", "phase"):
+        assert [r.get(col) for r in lines] == events[col].to_list(), (scenario, col)
+    owners = [(r.get("owner") or {}).get("pid") for r in lines]
+    assert owners == events["owner_pid"].to_list(), scenario
+    conns = pl.read_parquet(run_dir / "connections.parquet")
+    rows = [json.loads(line) for line in (run_dir / "connections.jsonl").open()]
+    assert [r["id"] for r in rows] == conns["id"].to_list(), scenario
+    assert [r["outcome"] for r in rows] == conns["outcome"].to_list(), scenario
+    assert [len(r["states"]) for r in rows] == conns["states"].list.len().to_list(), scenario

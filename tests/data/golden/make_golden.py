@@ -5,7 +5,8 @@
 
 Each <scenario>/ holds a real run's recording (gzip), its run.json, and what
 the correlator made of it when the golden was taken: connections.jsonl.gz
-and golden.json (counts, coverage, diagnosis). The first goldens came from
+and golden.json (counts, coverage, diagnosis, the live-state samples and
+the digest of events.jsonl). The first goldens came from
 the one-pass engine (correlator/engine.py, now gone) before the columnar one replaced
 it. Take a new recording only when the recording format changes; when
 diagnosis sentences change (correlator/diagnosis.py), regenerate with
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import hashlib
 import json
 import shutil
 import sys
@@ -31,7 +33,7 @@ from reports import build_reports  # noqa: E402
 SCENARIOS = ("echo", "leak", "bomb", "multiplex")
 
 
-def replay(scenario: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def replay(scenario: str) -> tuple[dict[str, Any], list[dict[str, Any]], str]:
     """Rebuild the reports of the stored recording in a scratch directory."""
     src = HERE / scenario
     with tempfile.TemporaryDirectory() as tmp:
@@ -45,12 +47,15 @@ def replay(scenario: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
             shutil.copyfileobj(f, out)
         summary = build_reports(run_dir)
         conns = [json.loads(line) for line in (run_dir / "connections.jsonl").open()]
-    return summary, conns
+        digest = hashlib.sha256((run_dir / "events.jsonl").read_bytes()).hexdigest()
+    return summary, conns, digest
 
 
-def golden_of(summary: dict[str, Any]) -> dict[str, Any]:
+def golden_of(summary: dict[str, Any], events_sha256: str) -> dict[str, Any]:
     counts = {k: v for k, v in summary["counts"].items() if k != "coverage"}
     return {
+        "events_jsonl_sha256": events_sha256,
+        "kernel_states": summary["plots"]["kernel_states"],
         "counts": counts,
         "coverage": summary["coverage"],
         "diagnosis": summary["diagnosis"],
@@ -67,19 +72,21 @@ def take(run_dir: Path, scenario: str) -> None:
         gzip.open(dst / "recording.msgpack.gz", "wb", compresslevel=9) as out,
     ):
         shutil.copyfileobj(f, out)
-    summary, conns = replay(scenario)
+    summary, conns, digest = replay(scenario)
     conns.sort(key=lambda c: c["id"])
     with gzip.open(dst / "connections.jsonl.gz", "wt", compresslevel=9) as out:
         for c in conns:
             out.write(json.dumps(c, sort_keys=True) + "\n")
-    (dst / "golden.json").write_text(json.dumps(golden_of(summary), indent=1, sort_keys=True))
+    (dst / "golden.json").write_text(
+        json.dumps(golden_of(summary, digest), indent=1, sort_keys=True)
+    )
 
 
 def diagnosis_only() -> None:
     for scenario in SCENARIOS:
         path = HERE / scenario / "golden.json"
         golden = json.loads(path.read_text())
-        summary, _ = replay(scenario)
+        summary, _, _ = replay(scenario)
         golden["diagnosis"] = summary["diagnosis"]
         path.write_text(json.dumps(golden, indent=1, sort_keys=True))
 

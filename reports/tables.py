@@ -1,0 +1,209 @@
+"""events.parquet and connections.parquet: the run's rows as typed columns.
+
+The same rows as events.jsonl and connections.jsonl, for DuckDB, polars or
+pandas to query directly (docs/report.md shows how). Written chunk by chunk
+as Arrow IPC parts beside the run, then streamed into one Parquet file each
+at the end, so memory stays bounded by a chunk.
+
+events.parquet: one row per event, every type in one table; a column a type
+does not have is null (`owner_*` only for tcp_state, `epfd` only for epoll,
+...). An app record's own fields that have no column here are in `fields`,
+a JSON object.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import orjson
+import polars as pl
+
+from correlator.rows import RowsChunk
+
+EVENTS_SCHEMA: dict[str, Any] = {
+    "ts": pl.Int64,
+    "t": pl.Float64,
+    "phase": pl.String,
+    "src": pl.String,
+    "type": pl.String,
+    "conn": pl.Int64,
+    # tcp_state
+    "old": pl.String,
+    "new": pl.String,
+    "skaddr": pl.UInt64,
+    "saddr": pl.String,
+    "sport": pl.Int64,
+    "daddr": pl.String,
+    "dport": pl.Int64,
+    "cpu_pid": pl.Int64,
+    "cpu_comm": pl.String,
+    "owner_actor": pl.String,
+    "owner_pid": pl.Int64,
+    "owner_fd": pl.Int64,
+    "owner_via": pl.String,
+    "cpu_is_owner": pl.Boolean,
+    # accept, epoll and app records
+    "pid": pl.Int64,
+    "actor": pl.String,
+    "tid": pl.Int64,
+    "syscall": pl.String,
+    "fd": pl.Int64,
+    "lfd": pl.Int64,
+    "error": pl.String,
+    "peer_addr": pl.String,
+    "peer_port": pl.Int64,
+    "epfd": pl.Int64,
+    "ready": pl.Int64,
+    "timeout_ms": pl.Int64,
+    "dur_ns": pl.Int64,
+    # app records
+    "laddr": pl.String,
+    "lport": pl.Int64,
+    "raddr": pl.String,
+    "rport": pl.Int64,
+    "fields": pl.String,
+}
+_APP_COLUMNS = [k for k in EVENTS_SCHEMA if k not in ("fields",)]
+
+CONNECTIONS_SCHEMA: dict[str, Any] = {
+    "id": pl.Int64,
+    "kind": pl.String,
+    "role": pl.String,
+    "outcome": pl.String,
+    "laddr": pl.String,
+    "lport": pl.Int64,
+    "raddr": pl.String,
+    "rport": pl.Int64,
+    "dest_addr": pl.String,
+    "dest_port": pl.Int64,
+    "family": pl.Int64,
+    "skaddr": pl.UInt64,
+    "start_ns": pl.Int64,
+    "end_ns": pl.Int64,
+    "t_start": pl.Float64,
+    "duration_ns": pl.Int64,
+    "closed_in_run": pl.Boolean,
+    "timewait_from": pl.String,
+    "first_old": pl.String,
+    "last_state": pl.String,
+    "owner_actor": pl.String,
+    "owner_pid": pl.Int64,
+    "owner_fd": pl.Int64,
+    "owner_via": pl.String,
+    "first_cpu_pid": pl.Int64,
+    "transitions_dropped": pl.Int64,
+    "accepted": pl.Boolean,
+    "app_closed": pl.Boolean,
+    "error": pl.String,
+    "phase": pl.String,
+    "states": pl.List(
+        pl.Struct(
+            {
+                "state": pl.String,
+                "start_ns": pl.Int64,
+                "dur_ns": pl.Int64,
+                "cpu_pid": pl.Int64,
+                "timewait": pl.Boolean,
+            }
+        )
+    ),
+    "app": pl.String,  # JSON object: app event -> count
+    "actions": pl.List(pl.Struct({"ts_ns": pl.Int64, "event": pl.String})),
+}
+
+
+def _typed(v: Any, dtype: Any) -> Any:
+    """A free-form field's value if it fits its column, else None (kept in `fields`)."""
+    if dtype == pl.String:
+        return v if isinstance(v, str) else None
+    return v if type(v) is int and -(1 << 63) <= v < (1 << 63) else None
+
+
+def events_frame(chunk: RowsChunk) -> pl.DataFrame:
+    frames = []
+    for kind, df in chunk.kernel.items():
+        if kind == "tcp_state":
+            df = df.with_columns(
+                owner_actor=pl.col("owner").struct.field("actor"),
+                owner_pid=pl.col("owner").struct.field("pid"),
+                owner_fd=pl.col("owner").struct.field("fd"),
+                owner_via=pl.col("owner").struct.field("via"),
+            ).drop("owner")
+        frames.append(df)
+    if chunk.app:
+        cols: dict[str, list[Any]] = {k: [] for k in ("pos", *_APP_COLUMNS, "fields")}
+        for pos, row in chunk.app:
+            cols["pos"].append(pos)
+            rest = {}
+            for k, v in row.items():
+                if k not in EVENTS_SCHEMA or k == "fields":
+                    rest[k] = v
+            for k in _APP_COLUMNS:
+                v = row.get(k)
+                typed = _typed(v, EVENTS_SCHEMA[k]) if k not in ("t",) else v
+                if v is not None and typed is None:
+                    rest[k] = v
+                cols[k].append(typed)
+            cols["fields"].append(orjson.dumps(rest, default=str).decode() if rest else None)
+        frames.append(pl.DataFrame(cols, schema={"pos": pl.Int64, **EVENTS_SCHEMA}, strict=False))
+    df = pl.concat(frames, how="diagonal_relaxed").sort("pos")
+    return df.select(
+        [
+            pl.col(k).cast(t) if k in df.columns else pl.lit(None, dtype=t).alias(k)
+            for k, t in EVENTS_SCHEMA.items()
+        ]
+    )
+
+
+def connections_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
+    flat = []
+    for r in rows:
+        owner = r.get("owner") or {}
+        dest = r.get("dest") or [None, None]
+        d = {k: r.get(k) for k in CONNECTIONS_SCHEMA if k in r}
+        d.update(
+            dest_addr=dest[0],
+            dest_port=dest[1],
+            owner_actor=owner.get("actor"),
+            owner_pid=owner.get("pid"),
+            owner_fd=owner.get("fd"),
+            owner_via=owner.get("via"),
+            states=[{**s, "timewait": bool(s.get("timewait"))} for s in r.get("states") or []],
+            app=orjson.dumps(r.get("app") or {}).decode(),
+            actions=[{"ts_ns": a[0], "event": a[1]} for a in r.get("actions") or []],
+        )
+        flat.append(d)
+    return pl.DataFrame(flat, schema=CONNECTIONS_SCHEMA, strict=False)
+
+
+class ParquetTable:
+    """Frames appended as IPC parts, one Parquet file at close."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.parts = path.with_name(path.name + ".parts")
+        shutil.rmtree(self.parts, ignore_errors=True)
+        self.parts.mkdir()
+        self.n = 0
+        self.empty: pl.DataFrame | None = None
+
+    def append(self, df: pl.DataFrame) -> None:
+        if self.empty is None:
+            self.empty = df.clear()
+        if len(df):
+            df.write_ipc(self.parts / f"{self.n:06d}.arrow")
+            self.n += 1
+
+    def close(self, schema: dict[str, Any]) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        if self.n:
+            pl.scan_ipc(sorted(self.parts.glob("*.arrow"))).sink_parquet(tmp)
+        else:
+            pl.DataFrame(schema=schema).write_parquet(tmp)
+        tmp.replace(self.path)
+        shutil.rmtree(self.parts, ignore_errors=True)
+
+    def discard(self) -> None:
+        shutil.rmtree(self.parts, ignore_errors=True)
