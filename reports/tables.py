@@ -111,6 +111,11 @@ CONNECTIONS_SCHEMA: dict[str, Any] = {
     ),
     "app": pl.String,  # JSON object: app event -> count
     "actions": pl.List(pl.Struct({"ts_ns": pl.Int64, "event": pl.String})),
+    # Two-host runs (reports/snapshots.py's LinkSink): where each end lives
+    # and what its handshake negotiated (a JSON object).
+    "host": pl.String,
+    "peer_host": pl.String,
+    "tcp_info": pl.String,
 }
 
 
@@ -173,6 +178,7 @@ def connections_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
             states=[{**s, "timewait": bool(s.get("timewait"))} for s in r.get("states") or []],
             app=orjson.dumps(r.get("app") or {}).decode(),
             actions=[{"ts_ns": a[0], "event": a[1]} for a in r.get("actions") or []],
+            tcp_info=orjson.dumps(r["tcp_info"]).decode() if r.get("tcp_info") else None,
         )
         flat.append(d)
     return pl.DataFrame(flat, schema=CONNECTIONS_SCHEMA, strict=False)
