@@ -164,8 +164,8 @@ def plot_lifetimes(lifetimes: dict[str, dict[str, Any]]) -> str | None:
         bottom = [a + b for a, b in zip(bottom, ys, strict=True)]
     ax.set_xticks(range(len(bounds)))
     ax.set_xticklabels([f"<{_fmt_ns(b)}" for b in bounds], rotation=45, fontsize=7)
-    ax.set_ylabel("connections")
-    ax.set_title("Connection lifetimes (first transition to CLOSE, or to the end of the run)")
+    ax.set_ylabel("sockets")
+    ax.set_title("Socket lifetimes (first transition to CLOSE, or to the end of the run)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, axis="y")
     return _svg(fig)
@@ -408,7 +408,7 @@ def render(s: dict[str, Any]) -> str:
                     "",
                 ),
                 (
-                    "kernel connections with an owner",
+                    "sockets the kernel saw, with an owner",
                     f"{cov['kernel_connections_owned']} / {cov['kernel_connections']}",
                     f"{cov['kernel_connections_pct']}%",
                 ),
