@@ -75,9 +75,10 @@ def _run_each(chosen: list[Scenario], runs_dir: Path, view: str) -> Exit:
             click.echo(f"tcplab: {s.name}: {e}", err=True)
             worst = max(worst, Exit.USAGE)
             continue
-        except OSError as e:  # not even a run directory could be made
-            click.echo(f"tcplab: {s.name}: {e}", err=True)
-            worst = max(worst, Exit.CRASHED)
+        except OSError as e:  # not even a run directory could be made: nothing ran
+            click.echo(f"tcplab: {s.name}: cannot make a run directory in {runs_dir}: "
+                       f"{e.strerror or e}; give --runs-dir a directory you can write", err=True)
+            worst = max(worst, Exit.USAGE)
             continue
         if lab.teardown_errors:
             click.echo(f"tcplab: {s.name}: teardown: {'; '.join(lab.teardown_errors)}", err=True)
@@ -117,7 +118,8 @@ def _print_outcome(
     crashed = {n: a for n, a in meta.get("actors", {}).items() if a.get("crashed")}
     if view == "json":
         click.echo(json.dumps({"scenario": name, "run_dir": str(run_dir), "exit_code": int(code),
-                               "errors": meta.get("errors", []), "summary": summary}))
+                               "errors": meta.get("errors", []), "summary": summary},
+                              default=str))
         return
     click.echo(f"\n== {name}: {run_dir}")
     for line in (summary or {}).get("diagnosis", []):

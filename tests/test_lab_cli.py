@@ -41,6 +41,8 @@ def test_list_shows_every_scenario_file() -> None:
         (["run", "{tmp}/far.toml"], "refusing bomber target 192.0.2.1:80"),
         (["report", "{tmp}/no-such-run"], "is not a run directory"),
         (["report", "{tmp}"], "no recording"),
+        (["run", "{tmp}/ok.toml", "--runs-dir", "/proc/tcplab-runs"],
+         "cannot make a run directory in /proc/tcplab-runs"),
     ],
 )
 def test_mistakes_exit_2_with_one_line_and_leave_nothing(
@@ -55,10 +57,13 @@ def test_mistakes_exit_2_with_one_line_and_leave_nothing(
         "name='f'\nsummary='s'\n[[actors]]\nname='b'\nrole='bomber'\n"
         "args=['--target', '192.0.2.1:80']\n[[phases]]\nname='p'\nduration_s=1\n"
     )
+    small_scenario(tmp_path, "ok")
     before = set(netns.listnetns())
     runs = tmp_path / "runs"
-    out = tcplab(*[a.format(tmp=tmp_path) for a in args], "--runs-dir", str(runs)) \
-        if args[0] == "run" else tcplab(*[a.format(tmp=tmp_path) for a in args])
+    argv = [a.format(tmp=tmp_path) for a in args]
+    if argv[0] == "run" and "--runs-dir" not in argv:
+        argv += ["--runs-dir", str(runs)]
+    out = tcplab(*argv)
     assert out.returncode == 2, out
     assert message in one_line(out.stderr)
     assert not runs.exists()
