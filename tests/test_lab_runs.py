@@ -15,7 +15,10 @@ from pyroute2 import netns
 
 from lab.scenario import available
 
-pytestmark = [pytest.mark.root, pytest.mark.bpf, pytest.mark.netns, pytest.mark.slow]
+# The first test sets up `tcplab run all` (~2.5 min here): above the default 300 s
+# per test on a slower machine.
+pytestmark = [pytest.mark.root, pytest.mark.bpf, pytest.mark.netns, pytest.mark.slow,
+              pytest.mark.timeout(1200)]
 
 Runs = dict[str, tuple[Path, dict[str, Any]]]
 
