@@ -13,11 +13,22 @@ def _e(x: Any) -> str:
 
 def link_section(s: dict[str, Any]) -> str:
     """The section's HTML, or "" for a run without hosts."""
-    info = (s.get("counts") or {}).get("tcp_info") or {}
+    counts = s.get("counts") or {}
+    info = counts.get("tcp_info") or {}
     packets = s.get("packets") or {}
     if not info and not packets:
         return ""
     parts = ["<h2>Handshakes</h2>"]
+    keep = counts.get("keepalive") or {}
+    if keep.get("sockets"):
+        figures = [("sockets with a keepalive timer", keep["sockets"]),
+                ("most probes unanswered at once (tcpi_probes)", keep["max_probes"]),
+                ("connections the kernel gave up on", keep["gave_up"]),
+                ("seconds from the last ACK to the reset", keep["give_up_s"]),
+                ("far ends still ESTABLISHED afterwards (ghosts)", keep["ghosts"])]
+        parts = ["<h2>Keepalive</h2><table>"
+                 + "".join(f"<tr><td>{_e(k)}</td><td class=n>{_e(v)}</td></tr>" for k, v in figures)
+                 + "</table>", *parts]
     if info:
         keys = ("connections", "advmss", "snd_mss", "rcv_mss", "pmtu", "snd_wscale",
                 "rcv_wscale", "timestamps", "sack", "wscale", "ecn", "congestion")
