@@ -1,10 +1,12 @@
-"""The raw recording of a run: every accepted events-channel frame, as it
-arrived, so that `tcplab report RUN_DIR` can rebuild every output later.
+"""The run directory and the files the run itself writes there: the raw
+recording (every accepted events-channel frame, as it arrived, so that
+`tcplab report RUN_DIR` can rebuild every output later) and run.json.
 """
 
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,3 +42,20 @@ def write_meta(run_dir: Path, meta: dict[str, Any]) -> None:
     except OSError:
         tmp.unlink(missing_ok=True)  # a half-written file is no run.json
         raise
+
+
+def unique_run_dir(runs_dir: Path, name: str) -> Path:
+    """A new directory runs/<time>-<name>, -2, -3, ... when that second is taken.
+
+    mkdir is the arbiter, so two runs started at once (even by two processes)
+    never share a directory."""
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    base = f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{name}"
+    for n in range(1, 1000):
+        path = runs_dir / (base if n == 1 else f"{base}-{n}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"{runs_dir}: 999 runs of {name} in one second")

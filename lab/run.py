@@ -15,25 +15,23 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from bus.endpoints import Endpoints, ipc_endpoints, make_run_dir
-from bus.schema import Envelope, Kind
 from bus.transport import BusError, Channel, Hub
 from lab.hostlab import HostLab
 from lab.live import LiveView
 from lab.netns import LabNamespace, NamespaceError
-from lab.recording import Recorder, write_meta
+from lab.recording import Recorder, unique_run_dir, write_meta
 from lab.scenario import Scenario
 from lab.shaping import ShapingError
 from lab.stale import sweep
-from lab.supervisor import Supervisor
+from lab.supervisor import PROBES, Supervisor
+from lab.tally import Tally
 
-PROBES = "probes"
 PROBE_READY_S = 90.0  # BPF compilation takes seconds per program on 2 cores
 ACTOR_READY_S = 30.0
 EOF_WAIT_S = 10.0
@@ -46,65 +44,6 @@ RUN_ERRORS = (BusError, OSError, NamespaceError, ShapingError)
 class RunOptions:
     runs_dir: Path = Path("runs")
     view: str = "live"  # live | quiet | json
-
-
-@dataclass
-class Tally:
-    """What the live view shows and run.json keeps: counts as they arrive."""
-
-    log_records: int = 0
-    kernel_events: dict[str, int] = field(default_factory=dict)
-    kernel_drops: int = 0
-    states: dict[str, int] = field(default_factory=dict)
-    progress: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # Final reports of actors that said their work is done: kept apart from
-    # `progress`, which the next periodic report (without `done`) replaces.
-    finished: dict[str, dict[str, Any]] = field(default_factory=dict)
-    errors: list[str] = field(default_factory=list)
-    # The probes' clock at their last frame: the kernel view is known
-    # complete up to here, whatever happens to the probe process later.
-    probes_last_mono_ns: int | None = None
-
-    def add(self, env: Envelope) -> None:
-        body = env.body
-        if env.sender == PROBES:
-            self.probes_last_mono_ns = env.mono_ns
-        if env.kind is Kind.LOG:
-            self.log_records += len(body["records"])
-        elif env.kind is Kind.KERNEL:
-            probe = str(body.get("probe", "?"))
-            self.kernel_events[probe] = self.kernel_events.get(probe, 0) + len(body["events"])
-        elif env.kind is Kind.STATS:
-            source = body["source"]
-            if source == "observer":
-                # The observer's progress reports carry no states: they must
-                # not blank the table until the next sample.
-                if "states" in body:
-                    self.states = dict(body["states"])
-            elif source == PROBES:
-                programs = body.get("programs", {})
-                self.kernel_drops = sum(int(p.get("drops", 0)) for p in programs.values())
-            else:
-                self.progress[source] = body
-                if body.get("done"):
-                    self.finished[source] = body
-
-
-def unique_run_dir(runs_dir: Path, name: str) -> Path:
-    """A new directory runs/<time>-<name>, -2, -3, ... when that second is taken.
-
-    mkdir is the arbiter, so two runs started at once (even by two processes)
-    never share a directory."""
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    base = f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{name}"
-    for n in range(1, 1000):
-        path = runs_dir / (base if n == 1 else f"{base}-{n}")
-        try:
-            path.mkdir()
-        except FileExistsError:
-            continue
-        return path
-    raise FileExistsError(f"{runs_dir}: 999 runs of {name} in one second")
 
 
 class LabRun:

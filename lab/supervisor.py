@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# The probe process's name in a run (its actors have the scenario's names).
+PROBES = "probes"
 # How much of a crashed process's log run.json keeps and the summary shows.
 LAST_LINES = 10
 # util-linux's setpriv asks the kernel to SIGTERM a child when the

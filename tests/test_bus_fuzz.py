@@ -141,7 +141,7 @@ def body_ok(kind: str, b: Any) -> bool:
 
 def receive(events: str, control: str) -> int:
     from bus.transport import Hub
-    from lab.run import Tally
+    from lab.tally import Tally
 
     hub = Hub(events, control)
     tally = Tally()

@@ -139,7 +139,7 @@ def test_two_runs_of_one_scenario_at_once_get_their_own_directories(tmp_path: Pa
 
 def test_run_directories_of_one_second_are_distinct(tmp_path: Path) -> None:
     """Three directories for one scenario made at once: three names."""
-    from lab.run import unique_run_dir
+    from lab.recording import unique_run_dir
 
     dirs = [unique_run_dir(tmp_path, "echo") for _ in range(3)]
     assert len(set(dirs)) == 3 and all(d.is_dir() for d in dirs)

@@ -11,8 +11,9 @@ from rich.console import Console
 
 from bus.schema import Envelope, Kind
 from lab.live import LiveView
-from lab.run import LabRun, RunOptions, Tally
+from lab.run import LabRun, RunOptions
 from lab.scenario import find
+from lab.tally import Tally
 
 ROOT = Path(__file__).resolve().parent.parent
 
