@@ -135,8 +135,8 @@ def test_ctrl_c_while_the_report_is_built(tmp_path: Path) -> None:
     run.proc.send_signal(signal.SIGINT)
     code, out, err = run.finish()
     run_dir, meta = run_meta(runs)
-    if code == Exit.OK:
-        pytest.skip("the report was built before SIGINT arrived")  # pragma: no cover
+    # Building takes seconds (the correlator and matplotlib load first): the
+    # signal sent on the line that announces it arrives while it runs.
     assert code == Exit.INTERRUPTED, err
     assert f"`tcplab report {run_dir}` builds it" in err
     assert "Traceback" not in err
