@@ -34,7 +34,8 @@ INET_DIAG_BC_JMP, INET_DIAG_BC_S_EQ, INET_DIAG_BC_D_EQ = 1, 11, 12
 ALL_STATES = 0xFFF
 NLMSG = struct.Struct("=IHHII")
 REQ = struct.Struct("=BBBBI48x")  # inet_diag_req_v2 (its inet_diag_sockid left zero)
-MSG = struct.Struct("=BBBB2s2s16s16sI8sIIIII")  # inet_diag_msg
+MSG = struct.Struct("=BBBB4x16s16sIQIIIII")  # inet_diag_msg (ports read by PORTS)
+PORTS = struct.Struct(">HH")  # idiag_sport, idiag_dport: network order
 RTA = struct.Struct("=HH")
 BC_OP = struct.Struct("=BBH")  # inet_diag_bc_op: code, yes, no
 RECV_BYTES = 1 << 20
@@ -213,10 +214,22 @@ def _congestion_name(raw: bytes) -> str:
     return name
 
 
+_make_info = TcpInfo._make
+_ADDRS: dict[bytes, str] = {}  # a lab has few addresses: text made once each
+
+
+def _addr(family: int, raw: bytes) -> str:
+    text = _ADDRS.get(raw)
+    if text is None:
+        size = 4 if family == socket.AF_INET else 16
+        text = _ADDRS[raw] = socket.inet_ntop(family, raw[:size])
+    return text
+
+
 def _parse(data: bytes, start: int, end: int) -> SockDiag:
-    (family, state, timer, retrans, sport, dport, src, dst, _if, cookie, expires, rqueue,
+    (family, state, timer, retrans, src, dst, _if, cookie, expires, rqueue,
      wqueue, _uid, inode) = MSG.unpack_from(data, start)
-    size = 4 if family == socket.AF_INET else 16
+    sport, dport = PORTS.unpack_from(data, start + 4)
     tcp_info: TcpInfo | None = None
     congestion: str | None = None
     offset = start + MSG.size
@@ -225,15 +238,14 @@ def _parse(data: bytes, start: int, end: int) -> SockDiag:
         if length < RTA.size:
             break
         if kind == INET_DIAG_INFO:
-            tcp_info = parse_tcp_info(data[offset + RTA.size: offset + length])
+            if length - RTA.size >= TCP_INFO.size:  # no copy: unpack in place
+                tcp_info = _make_info(TCP_INFO.unpack_from(data, offset + RTA.size))
+            else:
+                tcp_info = parse_tcp_info(data[offset + RTA.size: offset + length])
         elif kind == INET_DIAG_CONG:
             congestion = _congestion_name(data[offset + RTA.size: offset + length])
         offset += (length + 3) & ~3
-    return SockDiag(
-        family=family, state=state,
-        laddr=socket.inet_ntop(family, src[:size]), lport=int.from_bytes(sport, "big"),
-        raddr=socket.inet_ntop(family, dst[:size]), rport=int.from_bytes(dport, "big"),
-        timer=TIMERS.get(timer, str(timer)), expires_ms=expires, retrans=retrans,
-        rqueue=rqueue, wqueue=wqueue, inode=inode,
-        cookie=int.from_bytes(cookie, "little"), tcp_info=tcp_info, congestion=congestion,
-    )
+    # Positional: a tuple made in one call (SockDiag's field order).
+    return SockDiag(family, state, _addr(family, src), sport, _addr(family, dst), dport,
+                    TIMERS.get(timer) if timer in TIMERS else str(timer), expires, retrans,
+                    rqueue, wqueue, inode, cookie, tcp_info, congestion)
