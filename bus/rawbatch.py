@@ -147,6 +147,19 @@ def make_body(probe: str, layout: Layout, records: bytes) -> dict[str, Any]:
     return {"probe": probe, "layout": layout, "records": records}
 
 
+def check_body(body: Mapping[str, Any]) -> None:
+    """Raise RawBatchError unless `body` decodes: a known-good layout and whole
+    records. What the bus checks at its boundary, without touching a record."""
+    records = body.get("records")
+    if not isinstance(records, bytes | bytearray | memoryview):
+        raise RawBatchError("records is not bytes")
+    if not isinstance(body.get("probe"), str):
+        raise RawBatchError("probe is not a string")
+    itemsize = dtype_of(body.get("layout")).itemsize  # type: ignore[arg-type]
+    if len(records) % itemsize:
+        raise RawBatchError(f"{len(records)} bytes are not whole records of {itemsize}")
+
+
 def decode_batch(body: Mapping[str, Any]) -> np.ndarray:
     """A KERNEL_RAW body as a numpy structured array, one row per record, with
     the field names of events.h. A view of the body's bytes (read-only): copy

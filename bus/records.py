@@ -163,6 +163,7 @@ class ProgramStats(Struct):
     ring_used: Count | UnsetType = UNSET
     ring_peak: Count | UnsetType = UNSET
     ring_size: Count | UnsetType = UNSET
+    retries: Count | UnsetType = UNSET  # ring submissions tried twice (probes/common.bpf.c emit)
 
 
 class EpollHistogram(Struct):
@@ -171,6 +172,26 @@ class EpollHistogram(Struct):
     pid: Count
     blocked_ns_log2: list[Count]
     ready_log2: list[Count]
+
+
+class RecordLayout(Struct):
+    """A C struct of probes/events.h as numpy describes it (bus/rawbatch.py
+    Layout): `id` is a hash of the rest, checked by bus/rawbatch.py."""
+
+    id: str
+    names: list[str]
+    formats: list[str]
+    offsets: list[Count]
+    itemsize: Count
+
+
+class KernelRawBody(Struct):
+    """Raw ring buffer records of one probe: whole structs of `layout`, back
+    to back (bus/rawbatch.py decodes them; bus.schema checks they are whole)."""
+
+    probe: str
+    layout: RecordLayout
+    records: bytes
 
 
 class StatsBody(Struct):

@@ -23,6 +23,7 @@ from typing import Any
 
 import msgspec
 
+from bus.rawbatch import RawBatchError, check_body
 from bus.records import (
     KERNEL_EVENTS,
     AckBody,
@@ -31,6 +32,7 @@ from bus.records import (
     HeartbeatBody,
     HelloBody,
     KernelBody,
+    KernelRawBody,
     LogBody,
     ReadyBody,
     StatsBody,
@@ -50,7 +52,8 @@ class Kind(StrEnum):
     COMMAND = "command"  # orchestrator -> actor (control): start, stop, set
     ACK = "ack"  # actor -> orchestrator (control): a command's result
     LOG = "log"  # actor -> orchestrator (events): a batch of structlog records
-    KERNEL = "kernel"  # probes -> orchestrator (events): a batch of kernel events
+    KERNEL = "kernel"  # probes -> orchestrator (events): a batch of kernel events (dicts)
+    KERNEL_RAW = "kernel_raw"  # probes -> orchestrator (events): raw records (bus/rawbatch.py)
     STATS = "stats"  # any -> orchestrator (events): counters and samples
     EOF = "eof"  # any -> orchestrator (events): I am done; my last event seq
     WELCOME = "welcome"  # orchestrator -> actor (control): hello's answer, the session or why not
@@ -66,6 +69,7 @@ BODIES: dict[Kind, type[msgspec.Struct]] = {
     Kind.ACK: AckBody,
     Kind.LOG: LogBody,
     Kind.KERNEL: KernelBody,
+    Kind.KERNEL_RAW: KernelRawBody,
     Kind.STATS: StatsBody,
     Kind.EOF: EofBody,
     Kind.WELCOME: WelcomeBody,
@@ -157,7 +161,12 @@ def _body(kind: Kind, raw: msgspec.Raw) -> dict[str, Any]:
         # Checked against the Struct, then decoded again as a dict: keys the
         # definition does not name are kept for the consumers.
         _TYPED[kind].decode(raw)
-        return _PLAIN.decode(raw)
+        body: dict[str, Any] = _PLAIN.decode(raw)
+        if kind is Kind.KERNEL_RAW:
+            check_body(body)  # the layout against its id, the bytes as whole records
+        return body
+    except RawBatchError as e:
+        raise FrameError("bad_body", f"{kind} body: {e}") from None
     except msgspec.ValidationError as e:
         raise FrameError("bad_body", f"{kind} body: {e}") from None
     except FrameError:

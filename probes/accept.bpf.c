@@ -75,12 +75,7 @@ static __always_inline void on_exit(void *ctx, long ret)
         e.fd = -1;
         e.err = -ret;
     }
-#ifdef TCPLAB_PERFBUF
-    int rc = events.perf_submit(ctx, &e, sizeof(e));
-#else
-    int rc = events.ringbuf_output(&e, sizeof(e), TCPLAB_RB_FLAGS);
-#endif
-    count(rc == 0 ? CNT_EVENTS : CNT_DROPS);
+    emit(ctx, &e);
 }
 
 #ifdef TCPLAB_TRACEPOINT

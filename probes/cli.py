@@ -15,8 +15,12 @@ from typing import Any
 
 import click
 
+from bus.rawbatch import batch_events, make_body
 from lab.exitcodes import need_root
-from probes.loader import PROBES, Event, Filters, ProbeError, ProbeSet, make_plan
+from probes.loader import Filters, ProbeSet
+from probes.plan import PROBES, ProbeError, make_plan
+
+Event = dict[str, Any]
 
 
 @click.command()
@@ -131,8 +135,8 @@ def watch(
     out = sys.stdout
     pending: list[Event] = []
 
-    def show(_probe: str, events: list[Event]) -> None:
-        pending.extend(events)
+    def show(probe: str, records: bytes) -> None:
+        pending.extend(batch_events(make_body(probe, probes.layout(probe), records)))
 
     def flush() -> None:
         # Each probe has its own ring: merge what one poll brought by time.

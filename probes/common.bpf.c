@@ -6,18 +6,19 @@
  * function-pointer calls and the verifier rejects them ("unknown opcode
  * 8d"); inside a macro bcc refuses them outright.
  *
- * Settings come in as -D cflags from probes/loader.py (never by editing
- * this text): TCPLAB_PERFBUF selects the perf buffer (kernels < 5.8 have
- * no BPF ring buffer), TCPLAB_RING_PAGES sizes the ring, TCPLAB_TRACEPOINT
- * and TCPLAB_KPROBE select which attach variants get compiled.
+ * Settings and every constant shared with Python come in as -D flags from
+ * probes/program.py (never by editing this text): TCPLAB_PERFBUF selects
+ * the perf buffer (kernels < 5.8 have no BPF ring buffer),
+ * TCPLAB_RING_PAGES sizes the ring, TCPLAB_EVENT names the probe's record
+ * struct (events.h), TCPLAB_TRACEPOINT and TCPLAB_KPROBE select which attach
+ * variants get compiled, CFG_* and CNT_* are the slots of the arrays below.
  */
-#ifndef TCPLAB_RING_PAGES
-#define TCPLAB_RING_PAGES 1024
-#endif
+#include "events.h"
+
 #define TCPLAB_FILTER_MAX 1024
 
-/* The event channel. Written by this program's handlers only; read by
- * probes/loader.py. A ring buffer (>= 5.8) is one buffer shared by all
+/* The event channel. Written by emit() below only; read by probes/ring.py
+ * (or bcc's readers, see probes/loader.py). A ring buffer (>= 5.8) is one buffer shared by all
  * CPUs, ordered, and cheap for the producer; the perf buffer fallback is
  * per CPU and costs the traced process more. */
 #ifdef TCPLAB_PERFBUF
@@ -30,25 +31,18 @@ BPF_RINGBUF_OUTPUT(events, TCPLAB_RING_PAGES);
  * an irq_work and a scheduler wake-up on every event it causes. */
 #define TCPLAB_RB_FLAGS BPF_RB_NO_WAKEUP
 
-/* Per-CPU counters, so counting never contends: [0] events handed to the
- * channel, [1] events lost because the channel was full. Incremented by the
- * handlers; read (summed over CPUs) by user space for STATS. A lost event
- * is never silent. */
-#define CNT_EVENTS 0
-#define CNT_DROPS 1
-BPF_PERCPU_ARRAY(counters, u64, 2);
+/* Per-CPU counters, so counting never contends: [CNT_EVENTS] events handed
+ * to the channel, [CNT_DROPS] events lost because the channel was full.
+ * Incremented by emit(); read (summed over CPUs) by user space for STATS. A
+ * lost event is never silent. */
+BPF_PERCPU_ARRAY(counters, u64, CNT_MAX);
 
-/* Filter switches: config[CFG_x] != 0 means filter x is active (an empty
- * filter passes everything). Written by user space after it fills the
- * matching hash; read by the handlers. */
-#define CFG_PIDS 0
-#define CFG_LPORTS 1
-#define CFG_RPORTS 2
-#define CFG_PORTS 3
-#define CFG_EPOLL_AGG_ONLY 4 /* epoll: histograms only, no per-call events */
-#define CFG_SELF_PID 5       /* the reader's own pid: its epoll_wait on the ring would
-                               otherwise trace itself, one event per wake-up, forever */
-#define CFG_MAX 8
+/* Switches and settings (slots: probes/program.py Cfg): config[CFG_x] != 0
+ * means filter x is active (an empty filter passes everything);
+ * CFG_EPOLL_AGG_ONLY keeps epoll to its histograms; CFG_SELF_PID is the
+ * reader's own pid, whose epoll_wait on the ring would otherwise trace
+ * itself, one event per wake-up, forever. Written by user space (a filter's
+ * switch after its hash is filled); read by the handlers. */
 BPF_ARRAY(config, u32, CFG_MAX);
 
 /* Filter sets (key present = allowed). Inserted and deleted by user space at
@@ -70,6 +64,20 @@ static __always_inline void count(u32 idx)
     u64 *v = counters.lookup(&idx);
     if (v)
         (*v)++; /* per-CPU slot: no other CPU writes it */
+}
+
+/* The one way a record leaves a program: into the channel, counted as
+ * handed over or as dropped. Typed (not void *) because bcc learns the
+ * record's layout from this call, for table.event() and the raw batches'
+ * layout (probes/layout.py). */
+static __always_inline void emit(void *ctx, struct TCPLAB_EVENT *e)
+{
+#ifdef TCPLAB_PERFBUF
+    int rc = events.perf_submit(ctx, e, sizeof(*e));
+#else
+    int rc = events.ringbuf_output(e, sizeof(*e), TCPLAB_RB_FLAGS);
+#endif
+    count(rc == 0 ? CNT_EVENTS : CNT_DROPS);
 }
 
 static __always_inline int is_self(u32 tgid)

@@ -14,15 +14,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from probes.loader import (
+from bus.rawbatch import batch_events, make_body
+from probes.loader import Filters, ProbeSet
+from probes.plan import (
     KPROBE_SYSCALLS,
     PROBES,
     RINGBUF_SINCE,
     TRACEPOINT_HOOKS,
     AttachPlan,
-    Filters,
     ProbeError,
-    ProbeSet,
     kernel_functions,
     kernel_version,
     kprobes_supported,
@@ -194,8 +194,12 @@ def self_check(plan: AttachPlan) -> Check:
         port = srv.getsockname()[1]
         seen: list[dict[str, object]] = []
         probes = ProbeSet(plan, ["tcp_state"], Filters(ports={port}))
+
+        def add(probe: str, records: bytes) -> None:
+            seen.extend(batch_events(make_body(probe, probes.layout(probe), records)))
+
         try:
-            probes.start(lambda _p, events: seen.extend(events))
+            probes.start(add)
             srv.listen()
             cli = socket.create_connection(("127.0.0.1", port))
             conn, _ = srv.accept()

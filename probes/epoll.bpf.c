@@ -97,12 +97,7 @@ static __always_inline void on_exit(void *ctx, long ret)
     if (cfg_on(CFG_EPOLL_AGG_ONLY))
         return;
     bpf_get_current_comm(&e.comm, sizeof(e.comm));
-#ifdef TCPLAB_PERFBUF
-    int rc = events.perf_submit(ctx, &e, sizeof(e));
-#else
-    int rc = events.ringbuf_output(&e, sizeof(e), TCPLAB_RB_FLAGS);
-#endif
-    count(rc == 0 ? CNT_EVENTS : CNT_DROPS);
+    emit(ctx, &e);
 }
 
 #ifdef TCPLAB_TRACEPOINT

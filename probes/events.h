@@ -1,8 +1,9 @@
 /* The kernel event records, defined once.
  *
- * Every probe writes one of these structs into its ring buffer; Python
- * decodes them with bcc's table.event(), which reads this very definition
- * back from the compiled program, so there is no second (ctypes) copy.
+ * Every probe writes one of these structs into its ring buffer. Python never
+ * restates them: bcc reads this very definition back from the compiled
+ * program (the ctypes class of table.event()), probes/layout.py turns that
+ * into the numpy layout the raw batches carry (bus/rawbatch.py).
  * Fields use bcc's u8/u16/u32/u64/s32/char names: table.event() maps those
  * names (not "unsigned char [16]") to ctypes.
  */
@@ -28,13 +29,6 @@ struct tcp_state_event {
     u8 daddr[16];
 };
 
-/* Which syscall an accept_event or epoll_call_event came from. */
-#define TCPLAB_SYS_ACCEPT 0
-#define TCPLAB_SYS_ACCEPT4 1
-#define TCPLAB_SYS_EPOLL_WAIT 0
-#define TCPLAB_SYS_EPOLL_PWAIT 1
-#define TCPLAB_SYS_EPOLL_PWAIT2 2
-
 /* accept/accept4 at syscall exit. */
 struct accept_event {
     u64 ts;          /* at exit */
@@ -48,7 +42,7 @@ struct accept_event {
     u16 family;      /* of the peer address read back from the user buffer; 0 if none */
     u16 peer_port;   /* host order */
     u8 peer_addr[16];
-    u8 syscall;      /* TCPLAB_SYS_ACCEPT* */
+    u8 syscall;      /* TCPLAB_SYS_ACCEPT*: -D flags from bus/rawbatch.py ACCEPT_SYSCALLS */
     u8 pad[7];
 };
 
@@ -64,7 +58,7 @@ struct epoll_call_event {
     s32 timeout_ms;  /* -1 = forever; epoll_pwait2's timespec converted to ms */
     s32 ready;       /* number of ready events, 0 on timeout or error */
     s32 err;         /* positive errno (EINTR, EBADF, ...) or 0 */
-    u8 syscall;      /* TCPLAB_SYS_EPOLL_* */
+    u8 syscall;      /* TCPLAB_SYS_EPOLL_*: -D flags from bus/rawbatch.py EPOLL_SYSCALLS */
     u8 pad[3];
 };
 

@@ -59,16 +59,11 @@ static __always_inline int handle(void *ctx, struct tcp_state_event *e)
     e->tid = (u32)id;
     if (!traced(e->skaddr, e->sport, e->dport, e->pid))
         return 0;
-    if (e->newstate == 7 /* TCP_CLOSE */)
+    if (e->newstate == TCPLAB_TCP_CLOSE)
         tracked.delete(&e->skaddr);
     e->ts = bpf_ktime_get_ns();
     bpf_get_current_comm(&e->comm, sizeof(e->comm));
-#ifdef TCPLAB_PERFBUF
-    int rc = events.perf_submit(ctx, e, sizeof(*e));
-#else
-    int rc = events.ringbuf_output(e, sizeof(*e), TCPLAB_RB_FLAGS);
-#endif
-    count(rc == 0 ? CNT_EVENTS : CNT_DROPS);
+    emit(ctx, e);
     return 0;
 }
 

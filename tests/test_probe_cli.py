@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from probes.doctor import headers_release
-from probes.loader import make_plan
+from probes.plan import make_plan
 
 TCPLAB = str(Path(sys.executable).with_name("tcplab"))
 # Under software emulation (the 6.1 VM of `make test-kernels`, scripts/kernels/guest.sh)

@@ -15,7 +15,6 @@ import ctypes
 import errno
 import os
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -25,9 +24,11 @@ from typing import Any
 
 import pytest
 
+from bus.rawbatch import batch_events, decode_batch, make_body
 from bus.records import TCP_STATES
-from probes import loader
-from probes.loader import Filters, ProbeSet, make_plan
+from probes import program, ring
+from probes.loader import Filters, ProbeSet
+from probes.plan import make_plan
 
 pytestmark = [pytest.mark.root, pytest.mark.bpf]
 
@@ -44,14 +45,18 @@ class Collector:
     def __init__(self, probes: ProbeSet) -> None:
         self.probes = probes
         self.events: list[Event] = []
+        # The raw records as delivered, per probe, in order.
+        self.raw: dict[str, list[bytes]] = {}
 
-    def add(self, _probe: str, events: list[Event]) -> None:
-        self.events += events
+    def add(self, probe: str, records: bytes) -> None:
+        self.raw.setdefault(probe, []).append(records)
+        self.events += batch_events(make_body(probe, self.probes.layout(probe), records))
 
     def reset(self, filters: Filters) -> None:
         self.probes.set_filters(filters)
         self.probes.drain_all()
         self.events.clear()
+        self.raw.clear()
 
     def wait(self, pred: Callable[[list[Event]], bool], what: str) -> list[Event]:
         deadline = time.monotonic() + DEADLINE_S
@@ -506,8 +511,8 @@ def test_ring_wraps_around_without_losing_or_garbling_records(
     """More than a ring's worth of records read back complete and in order, in
     reads capped below the ring's size. A ring of its own, 1 MiB (the real one,
     32 MiB, would take 40k connections to wrap) read 256 KiB at a time."""
-    monkeypatch.setitem(loader.RING_PAGES, "tcp_state", 256)
-    monkeypatch.setattr(loader, "READ_MAX_BYTES", 256 << 10)
+    monkeypatch.setitem(program.RING_PAGES, "tcp_state", 256)
+    monkeypatch.setattr(ring, "READ_MAX_BYTES", 256 << 10)
     srv, port = bound()
     probes = ProbeSet(make_plan(), ["tcp_state"], Filters(ports={port}))
     collector = Collector(probes)
@@ -605,32 +610,21 @@ REFERENCE: dict[str, Callable[[Any], Event]] = {
 }
 
 
-def test_fast_decoder_gives_exactly_the_dicts_of_bccs_own_decoding(
-    collector: Collector, workers: list[Worker], monkeypatch: pytest.MonkeyPatch
+def test_raw_decoding_gives_exactly_what_bccs_own_decoding_gives(
+    collector: Collector, workers: list[Worker]
 ) -> None:
-    """Every run of records the mmap reader decodes in bulk (struct.iter_unpack)
-    is decoded again record by record through bcc's table.event(): IPv4 and
-    IPv6 transitions, accept4 with a peer and with EAGAIN, epoll waits, and
-    whatever else the machine does meanwhile, all equal."""
+    """Every raw record the probes delivered is decoded again one by one through
+    bcc's table.event(): the numpy columns equal the ctypes fields, and the
+    dicts equal bus/records.py's shapes read from those fields. IPv4 and IPv6
+    transitions, accept4 with a peer and with EAGAIN, epoll waits, and whatever
+    else the machine does meanwhile."""
     from bcc.table import _get_event_class  # what table.event() decodes with
 
     probes = collector.probes.probes
-    if any(p.ring is None for p in probes.values()):
-        pytest.skip("bcc's readers decode through table.event() already")
     accepting, eagain, waiting = Worker("accept"), Worker("eagain"), Worker("epoll", "3")
     workers += [accepting, eagain, waiting]
     v6_transitions = len(expected(CLIENT + SERVER_CHILD + LISTENER))
     collector.reset(Filters())
-    runs: dict[str, list[bytes]] = {name: [] for name in probes}
-    for name, p in probes.items():
-        assert p.ring is not None
-        decode_run = p.ring.decode_run
-
-        def spy(buf: memoryview, name: str = name, decode_run: Any = decode_run) -> list[Event]:
-            runs[name].append(bytes(buf))
-            return decode_run(buf)
-
-        monkeypatch.setattr(p.ring, "decode_run", spy)
 
     for w in (accepting, eagain, waiting):
         w.go()
@@ -658,17 +652,26 @@ def test_fast_decoder_gives_exactly_the_dicts_of_bccs_own_decoding(
     collector.probes.drain_all()
 
     for name, p in probes.items():
-        assert p.ring is not None
-        table, stride = p.bpf[b"events"], p.ring.stride
-        size = ctypes.sizeof(_get_event_class(table))
-        reference = []
-        for raw in runs[name]:
+        table = p.bpf[b"events"]
+        cls = _get_event_class(table)
+        size = ctypes.sizeof(cls)
+        reference, columns = [], []
+        for raw in collector.raw.get(name, []):
+            assert len(raw) % size == 0
             buf = ctypes.create_string_buffer(raw, len(raw))
-            for offset in range(0, len(raw), stride):
-                (length,) = struct.unpack_from("=I", raw, offset)
-                assert length == size
-                record = table.event(ctypes.addressof(buf) + offset + p.ring.HDR)
-                reference.append(REFERENCE[name](record))
+            records = decode_batch(make_body(name, p.layout, raw))
+            assert len(records) == len(raw) // size
+            for i in range(len(records)):
+                e = table.event(ctypes.addressof(buf) + i * size)
+                reference.append(REFERENCE[name](e))
+                for field, ctype in cls._fields_:
+                    want = getattr(e, field)
+                    got = records[field][i]
+                    if issubclass(ctype, ctypes.Array):
+                        want, got = bytes(want), bytes(got)
+                    columns.append((field, got == want, want))
+        assert [c for c in columns if not c[1]] == []
         actual = [e for e in collector.events if e["type"] == name]
         assert reference == actual
     assert {e["family"] for e in collector.events if e["type"] == "tcp_state"} >= {2, 10}
+    assert {e["syscall"] for e in collector.events if e["type"] == "accept"} >= {"accept4"}

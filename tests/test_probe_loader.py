@@ -14,22 +14,15 @@ import socket
 import struct
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
-from probes import loader
-from probes.loader import (
-    KPROBE_SYSCALLS,
-    PROBES,
-    Filters,
-    ProbeError,
-    ProbeSet,
-    RingReader,
-    cflags,
-    make_plan,
-    program_text,
-)
+from bus.rawbatch import batch_events, make_body
+from probes import loader, ring
+from probes.loader import Filters, ProbeSet
+from probes.plan import KPROBE_SYSCALLS, PROBES, ProbeError, make_plan
+from probes.program import cflags, program_text
+from probes.ring import RingReader
 
 # The ring buffer header's flag bits (include/uapi/linux/bpf.h).
 BPF_RINGBUF_BUSY_BIT = 1 << 31
@@ -130,8 +123,12 @@ def test_fallback_readers_deliver_events(monkeypatch: pytest.MonkeyPatch, delive
     port = srv.getsockname()[1]
     got: list[dict[str, object]] = []
     probes = ProbeSet(plan, ["tcp_state"], Filters(ports={port}))
+
+    def add(probe: str, records: bytes) -> None:
+        got.extend(batch_events(make_body(probe, probes.layout(probe), records)))
+
     try:
-        probes.start(lambda _p, events: got.extend(events))
+        probes.start(add)
         srv.listen()
         cli = socket.create_connection(("127.0.0.1", port))
         conn, _ = srv.accept()
@@ -190,16 +187,19 @@ def fake_ring() -> Iterator[FakeRing]:
     ring.close()
 
 
-def test_ring_reader_decodes_runs_and_steps_over_what_is_not_a_record_of_ours(
+def u64s(*values: int) -> bytes:
+    return b"".join(struct.pack("=Q", v) for v in values)
+
+
+def test_ring_reader_copies_runs_and_steps_over_what_is_not_a_record_of_ours(
     fake_ring: FakeRing, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Committed records come out in order, header length first; a discarded
-    record is skipped silently, one of another size is skipped and counted; a
-    busy one stops the read until it is committed; reads stop at the cap."""
-    monkeypatch.setattr(loader, "READ_MAX_BYTES", 4 * 16)
-    # Records as they are unpacked (tuples), standing in for event dicts.
-    as_is: Any = list
-    reader = RingReader(fake_ring.fd, fake_ring.capacity, struct.Struct("=Q"), as_is)
+    """Committed records come out in order as bytes, headers left out; a
+    discarded record is skipped silently, one of another size is skipped and
+    counted; a busy one stops the read until it is committed; reads stop at
+    the cap."""
+    monkeypatch.setattr(ring, "READ_MAX_BYTES", 4 * 16)
+    reader = RingReader(fake_ring.fd, fake_ring.capacity, 8)
     for v in range(3):
         fake_ring.add(v)
     fake_ring.add(99, flags=BPF_RINGBUF_DISCARD_BIT)
@@ -208,13 +208,25 @@ def test_ring_reader_decodes_runs_and_steps_over_what_is_not_a_record_of_ours(
     busy = fake_ring.add(4, flags=BPF_RINGBUF_BUSY_BIT)
     fake_ring.add(5)
     try:
-        assert reader.read() == [(8, 0), (8, 1), (8, 2)]  # the cap: 4 records' bytes
-        assert reader.read() == [(8, 3)]  # then stops at the busy record
+        assert reader.read() == u64s(0, 1, 2)  # the cap: 4 records' bytes
+        assert reader.read() == u64s(3)  # then stops at the busy record
         assert fake_ring.consumed() == busy
-        assert reader.read() == []
+        assert reader.read() == b""
         fake_ring.commit(busy)
-        assert reader.read() == [(8, 4), (8, 5)]
+        assert reader.read() == u64s(4, 5)
         assert fake_ring.consumed() == fake_ring.prod
         assert reader.skipped == 1
+    finally:
+        reader.close()
+
+
+def test_ring_reader_takes_a_long_run_in_one_read(fake_ring: FakeRing) -> None:
+    """200 committed records (the ring's whole first half) come out in one read."""
+    reader = RingReader(fake_ring.fd, fake_ring.capacity, 8)
+    for v in range(200):
+        fake_ring.add(v * 7)
+    try:
+        assert reader.read() == u64s(*(v * 7 for v in range(200)))
+        assert (fake_ring.consumed(), reader.peak, reader.used()) == (200 * 16, 200 * 16, 0)
     finally:
         reader.close()

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from bus.endpoints import Endpoints
+from bus.rawbatch import batch_events
 from bus.schema import Envelope, Kind
 from bus.transport import Channel, Hub
 
@@ -67,11 +68,12 @@ def collect(hub: Hub, until: Callable[[list[Envelope]], bool], what: str) -> lis
 
 
 def kernel_events(envs: list[Envelope], sender: str, probe: str) -> list[dict[str, Any]]:
+    """The events of `sender`'s raw batches of `probe`, decoded as a consumer does."""
     return [
         ev
         for env in envs
-        if env.kind is Kind.KERNEL and env.sender == sender and env.body["probe"] == probe
-        for ev in env.body["events"]
+        if env.kind is Kind.KERNEL_RAW and env.sender == sender and env.body["probe"] == probe
+        for ev in batch_events(env.body)
     ]
 
 
@@ -86,7 +88,7 @@ def connect_once(port_holder: socket.socket) -> None:
 def test_probe_process_streams_kernel_batches_stats_and_eof(
     hub: Hub, endpoints: Endpoints, procs: list[subprocess.Popen[bytes]]
 ) -> None:
-    """hello -> ready once attached; KERNEL batches and STATS flow; SIGTERM
+    """hello -> ready once attached; KERNEL_RAW batches and STATS flow; SIGTERM
     detaches every program, ships EOF, and leaves nothing loaded."""
     srv = socket.create_server(("127.0.0.1", 0))
     port = srv.getsockname()[1]
@@ -110,6 +112,16 @@ def test_probe_process_streams_kernel_batches_stats_and_eof(
         "type", "ts", "skaddr", "cpu_pid", "cpu_tid", "cpu_comm", "family",
         "saddr", "sport", "daddr", "dport", "old", "new",
     }  # fmt: skip
+    # Raw records only, each batch carrying events.h's struct tcp_state_event.
+    assert not [e for e in envs if e.kind is Kind.KERNEL]
+    batch = next(
+        e.body for e in envs if e.kind is Kind.KERNEL_RAW and e.body["probe"] == "tcp_state"
+    )
+    assert batch["layout"]["names"] == [
+        "ts", "skaddr", "pid", "tid", "comm", "family", "sport", "dport", "oldstate", "newstate",
+        "saddr", "daddr",
+    ]  # fmt: skip
+    assert batch["layout"]["itemsize"] == 80 and len(batch["records"]) % 80 == 0
     stats = next(e for e in envs if e.kind is Kind.STATS).body
     assert stats["source"] == "probes"
     assert set(stats["programs"]) == {"tcp_state", "accept", "epoll"}

@@ -1,0 +1,205 @@
+"""Planning the attach: per probe, which hooks this kernel offers and how
+records come out.
+
+`make_plan()` decides at start, per probe, how it attaches (tracepoint where
+the kernel has it, kprobe where not, or as forced by TCPLAB_ATTACH) and how
+events come out (ring buffer from 5.8, perf buffer before, or as forced by
+TCPLAB_DELIVERY). It reads tracefs, kallsyms and the kernel version only:
+no bcc, so that `tcplab doctor` and `--help` work on a machine without it.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+PROBES = ("tcp_state", "accept", "epoll")
+TRACEFS_ROOTS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
+# The kprobe PMU (>= 4.17) or the legacy kprobe_events file must exist for a
+# kprobe to attach at all; neither exists with CONFIG_KPROBES off.
+KPROBE_PMU = Path("/sys/bus/event_source/devices/kprobe")
+RINGBUF_SINCE = (5, 8)
+SYSCALL_PREFIXES = ("__x64_sys_", "__arm64_sys_", "__s390x_sys_", "__riscv_sys_", "sys_")
+
+
+class ProbeError(RuntimeError):
+    """The probes cannot run as asked; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Hook:
+    kind: str  # "tracepoint", "kprobe" or "kretprobe"
+    target: str  # "sock:inet_sock_set_state", or a kernel function
+    fn: str  # the BPF function in the probe's .bpf.c
+
+
+@dataclass
+class ProbePlan:
+    name: str
+    mode: str | None  # "tracepoint", "kprobe", or None: cannot attach here
+    hooks: list[Hook]
+    why: str  # why this mode, or what is missing and how to fix it
+
+
+@dataclass
+class AttachPlan:
+    delivery: str  # "ringbuf" or "perf"
+    probes: dict[str, ProbePlan]
+
+    def usable(self) -> list[str]:
+        return [n for n, p in self.probes.items() if p.mode]
+
+    def describe(self) -> list[str]:
+        lines = [f"delivery: {self.delivery}"]
+        for p in self.probes.values():
+            lines.append(f"{p.name}: {p.mode or 'NOT ATTACHABLE'} ({p.why})")
+        return lines
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "delivery": self.delivery,
+            "probes": {n: {"mode": p.mode, "why": p.why} for n, p in self.probes.items()},
+        }
+
+
+def tracefs() -> Path | None:
+    for root in TRACEFS_ROOTS:
+        if (root / "events").is_dir():
+            return root
+    return None
+
+
+def tracepoint_exists(name: str) -> bool:
+    root = tracefs()
+    category, _, event = name.partition(":")
+    return root is not None and (root / "events" / category / event / "format").exists()
+
+
+def kprobes_supported() -> bool:
+    root = tracefs()
+    return KPROBE_PMU.exists() or (root is not None and (root / "kprobe_events").exists())
+
+
+@lru_cache(maxsize=1)
+def kernel_functions() -> frozenset[str]:
+    """Function names in /proc/kallsyms (text symbols only)."""
+    names = set()
+    try:
+        with open("/proc/kallsyms") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3 and parts[1] in "tTwW":
+                    names.add(parts[2])
+    except OSError:
+        pass
+    return frozenset(names)
+
+
+def syscall_function(name: str) -> str | None:
+    """The kernel function a kprobe on syscall `name` attaches to, if any."""
+    funcs = kernel_functions()
+    for prefix in SYSCALL_PREFIXES:
+        if prefix + name in funcs:
+            return prefix + name
+    return None
+
+
+def kernel_version() -> tuple[int, int]:
+    m = re.match(r"(\d+)\.(\d+)", platform.release())
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+TRACEPOINT_HOOKS: dict[str, list[Hook]] = {
+    "tcp_state": [Hook("tracepoint", "sock:inet_sock_set_state", "tp_inet_sock_set_state")],
+    "accept": [
+        Hook("tracepoint", f"syscalls:sys_{edge}_{call}", f"tp_{edge}_{call}")
+        for call in ("accept4", "accept")
+        for edge in ("enter", "exit")
+    ],
+    "epoll": [
+        Hook("tracepoint", f"syscalls:sys_{edge}_{call}", f"tp_{edge}_{call}")
+        for call in ("epoll_wait", "epoll_pwait", "epoll_pwait2")
+        for edge in ("enter", "exit")
+    ],
+}
+
+# Syscall name -> (entry BPF function, return BPF function) for kprobe mode.
+KPROBE_SYSCALLS: dict[str, list[tuple[str, str, str]]] = {
+    "accept": [
+        ("accept4", "kp_enter_accept4", "kp_exit_accept"),
+        ("accept", "kp_enter_accept", "kp_exit_accept"),
+    ],
+    "epoll": [
+        ("epoll_wait", "kp_enter_epoll_wait", "kp_exit_epoll"),
+        ("epoll_pwait", "kp_enter_epoll_pwait", "kp_exit_epoll"),
+        ("epoll_pwait2", "kp_enter_epoll_pwait2", "kp_exit_epoll"),
+    ],
+}
+
+
+def kprobe_hooks(probe: str) -> tuple[list[Hook], list[str]]:
+    """The kprobe hooks for `probe` and the kernel functions that are missing."""
+    if probe == "tcp_state":
+        present = "tcp_set_state" in kernel_functions()
+        return [Hook("kprobe", "tcp_set_state", "kp_tcp_set_state")], (
+            [] if present else ["tcp_set_state"]
+        )
+    hooks, missing = [], []
+    for call, enter_fn, exit_fn in KPROBE_SYSCALLS[probe]:
+        target = syscall_function(call)
+        if target is None:
+            missing.append(f"sys_{call}")
+            continue
+        hooks += [Hook("kprobe", target, enter_fn), Hook("kretprobe", target, exit_fn)]
+    return hooks, missing
+
+
+def _plan_probe(name: str, force: str) -> ProbePlan:
+    tp_hooks = TRACEPOINT_HOOKS[name]
+    tp_missing = [h.target for h in tp_hooks if not tracepoint_exists(h.target)]
+    kp_hooks, kp_missing = kprobe_hooks(name)
+    if not kprobes_supported():
+        kp_missing = ["kprobes (CONFIG_KPROBES is off in this kernel)"]
+    if name == "epoll" and tp_missing == [
+        "syscalls:sys_enter_epoll_pwait2",
+        "syscalls:sys_exit_epoll_pwait2",
+    ]:
+        # epoll_pwait2 only exists since 5.11: trace the other two without it.
+        tp_hooks = [h for h in tp_hooks if "pwait2" not in h.target]
+        tp_missing = []
+    tp_why = "tracepoints " + ", ".join(sorted({h.target for h in tp_hooks}))
+    if force in ("auto", "tracepoint") and not tp_missing:
+        return ProbePlan(name, "tracepoint", tp_hooks, tp_why)
+    if force in ("auto", "kprobe") and not kp_missing and kp_hooks:
+        why = "kprobes on " + ", ".join(sorted({h.target for h in kp_hooks}))
+        if force == "auto":
+            why += f" (missing {', '.join(tp_missing)})"
+        return ProbePlan(name, "kprobe", kp_hooks, why)
+    gaps = []
+    if force in ("auto", "tracepoint") and tp_missing:
+        gaps.append(
+            f"missing tracepoints {', '.join(tp_missing)}: mount tracefs "
+            "(mount -t tracefs tracefs /sys/kernel/tracing) or use a kernel "
+            "with CONFIG_FTRACE_SYSCALLS"
+        )
+    if force in ("auto", "kprobe") and kp_missing:
+        gaps.append(f"no kprobe: missing {', '.join(kp_missing)}")
+    return ProbePlan(name, None, [], "; ".join(gaps))
+
+
+def make_plan(attach: str | None = None, delivery: str | None = None) -> AttachPlan:
+    """Choose, per probe, how to attach; read TCPLAB_ATTACH/TCPLAB_DELIVERY if not given."""
+    attach = attach or os.environ.get("TCPLAB_ATTACH") or "auto"
+    if attach not in ("auto", "tracepoint", "kprobe"):
+        raise ProbeError(f"TCPLAB_ATTACH={attach!r}: use auto, tracepoint or kprobe")
+    delivery = delivery or os.environ.get("TCPLAB_DELIVERY") or "auto"
+    if delivery not in ("auto", "ringbuf", "perf"):
+        raise ProbeError(f"TCPLAB_DELIVERY={delivery!r}: use auto, ringbuf or perf")
+    if delivery == "auto":
+        delivery = "ringbuf" if kernel_version() >= RINGBUF_SINCE else "perf"
+    return AttachPlan(delivery, {n: _plan_probe(n, attach) for n in PROBES})

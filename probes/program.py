@@ -1,0 +1,85 @@
+"""Building a probe's program: its C text and the -D flags that configure it.
+
+Every constant the C code and Python share is defined here (or, for the
+record numbering that crosses the bus, in bus/) and handed to the compiler
+as a -D flag; the C files only use the names. Nothing edits C source.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from pathlib import Path
+
+from bus.rawbatch import ACCEPT_SYSCALLS, EPOLL_SYSCALLS
+from bus.records import TCP_STATES
+from probes.plan import PROBES, ProbeError
+
+HERE = Path(__file__).resolve().parent
+
+# tcp_state sees ~10 events per connection; at ~18k connections/s that is
+# ~15 MB/s of 88-byte records. On 2 shared cores the reader was measured
+# descheduled for 100-190 ms at a time, once 1.2 s (at nice -5 too), which
+# 4 MiB (~250 ms) did not ride out: 32 MiB (~2 s) does. It costs 32 MiB of
+# kernel memory per probe process and nothing per event.
+RING_PAGES = {"tcp_state": 8192, "accept": 1024, "epoll": 1024}
+
+# The struct each probe writes (probes/events.h): the shared output helper
+# in common.bpf.c takes a pointer to it, so that bcc learns the record's
+# layout from the submit call (table.event() and probes/layout.py need it).
+EVENT_STRUCT = {
+    "tcp_state": "tcp_state_event",
+    "accept": "accept_event",
+    "epoll": "epoll_call_event",
+}
+
+
+class Cfg(IntEnum):
+    """Slots of common.bpf.c's `config` array (switches and settings)."""
+
+    PIDS = 0  # filter by pid on
+    LPORTS = 1  # filter by local port on
+    RPORTS = 2  # filter by remote port on
+    PORTS = 3  # filter by either port on
+    EPOLL_AGG_ONLY = 4  # epoll: histograms only, no per-call events
+    SELF_PID = 5  # the reader's own pid: never traced
+
+
+class Cnt(IntEnum):
+    """Slots of common.bpf.c's per-CPU `counters` array."""
+
+    EVENTS = 0  # records handed to the channel
+    DROPS = 1  # records the full channel refused
+
+
+def constants() -> dict[str, int]:
+    """Every shared constant by the name the C code uses."""
+    out = {f"CFG_{c.name}": c.value for c in Cfg}
+    out["CFG_MAX"] = len(Cfg)
+    out |= {f"CNT_{c.name}": c.value for c in Cnt}
+    out["CNT_MAX"] = len(Cnt)
+    out |= {f"TCPLAB_SYS_{n.upper()}": i for i, n in enumerate(ACCEPT_SYSCALLS)}
+    out |= {f"TCPLAB_SYS_{n.upper()}": i for i, n in enumerate(EPOLL_SYSCALLS)}
+    out["TCPLAB_TCP_CLOSE"] = TCP_STATES.index("CLOSE")
+    return out
+
+
+def program_text(name: str) -> str:
+    """common.bpf.c followed by the probe's own file (see common.bpf.c for why)."""
+    if name not in PROBES:
+        raise ProbeError(f"unknown probe {name!r}: choose from {', '.join(PROBES)}")
+    return (HERE / "common.bpf.c").read_text() + (HERE / f"{name}.bpf.c").read_text()
+
+
+def cflags(name: str, mode: str, delivery: str) -> list[str]:
+    """The compiler flags of probe `name` attached by `mode` ("tracepoint" or
+    "kprobe") delivering through `delivery` ("ringbuf" or "perf")."""
+    flags = [
+        f"-I{HERE}",
+        f"-DTCPLAB_RING_PAGES={RING_PAGES[name]}",
+        f"-DTCPLAB_EVENT={EVENT_STRUCT[name]}",
+    ]
+    flags += [f"-D{k}={v}" for k, v in constants().items()]
+    flags.append("-DTCPLAB_KPROBE" if mode == "kprobe" else "-DTCPLAB_TRACEPOINT")
+    if delivery == "perf":
+        flags.append("-DTCPLAB_PERFBUF")
+    return flags
