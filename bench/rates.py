@@ -41,6 +41,7 @@ from bench.common import (
     stop,
 )
 from bus.endpoints import ipc_endpoints, make_run_dir
+from bus.rawbatch import count
 from bus.schema import Kind
 from bus.transport import Hub
 
@@ -54,7 +55,7 @@ class Loss:
 
     counted: int = 0  # handed to the ring by the BPF programs
     drops: int = 0  # refused by a full ring
-    received: int = 0  # arrived at the hub in KERNEL batches
+    received: int = 0  # arrived at the hub in KERNEL (or KERNEL_RAW) batches
     gaps: int = 0  # bus sequence gaps
     rejected: int = 0  # bus frames the hub could not accept
     drops_by_probe: Counter[str] = field(default_factory=Counter)
@@ -101,8 +102,8 @@ class ProbeSession:
         """Take what arrived; return the number of kernel events in it."""
         n = 0
         for _channel, env in self.hub.poll(timeout_ms):
-            if env.kind is Kind.KERNEL:
-                k = len(env.body["events"])
+            if env.kind is Kind.KERNEL or env.kind is Kind.KERNEL_RAW:
+                k = count(env.body) if env.kind is Kind.KERNEL_RAW else len(env.body["events"])
                 self.received[str(env.body.get("probe"))] += k
                 n += k
             elif env.kind is Kind.STATS and env.body.get("source") == "probes":
