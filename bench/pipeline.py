@@ -1,7 +1,7 @@
 """Pipeline capacity: the bus into the hub, and the correlator replaying.
 
-    python -m bench.pipeline send-bus ENDPOINT BATCHES   (child: EventSender)
-    python -m bench.pipeline send-raw ENDPOINT BATCHES   (child: raw PUSH)
+    python -m bench.pipeline send-bus ENDPOINT CONTROL BATCHES LAYOUT   (child: EventSender)
+    python -m bench.pipeline send-raw ENDPOINT BATCHES LAYOUT   (child: raw PUSH)
     python -m bench.pipeline replay RUN_DIR MODE         (child: read | correlate)
 
 Children run in their own process so that timing and peak RSS are theirs
@@ -21,56 +21,72 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import numpy as np
 import zmq
 
 from bench.common import OUT, PY, BenchError, Row, log, median
 from bus.endpoints import ipc_endpoints, make_run_dir
+from bus.rawbatch import Layout, count, dtype_of, make_body
 from bus.schema import Kind
 from bus.transport import Hub
 
-BATCH = 1000  # probes/process.py BATCH_MAX: the probe process's batch size
+BATCH = 1000  # probes/process.py BATCH_MAX: the probe process's batch size (records)
 PROGRESS_EVERY = 1_000_000  # replay children report RSS every this many events
 
 
-def tcp_state_event(i: int) -> dict[str, Any]:
-    """A decoded tcp_state event as probes/loader.py builds it."""
-    return {
-        "type": "tcp_state",
-        "ts": 1_000_000_000 + i * 1000,
-        "skaddr": 0xFFFF888100000000 + (i % 50000) * 2048,
-        "cpu_pid": 4242,
-        "cpu_tid": 4242,
-        "cpu_comm": "bomber",
-        "family": 2,
-        "saddr": "127.0.0.1",
-        "sport": 40000 + i % 20000,
-        "daddr": "127.0.0.1",
-        "dport": 8080,
-        "old": "SYN_SENT",
-        "new": "ESTABLISHED",
-    }
+def tcp_state_layout() -> Layout:
+    """The layout of tcp_state's records, from bcc's own view of events.h."""
+    from bcc import BPF
+
+    from probes.layout import event_layout
+    from probes.program import cflags, program_text
+
+    bpf = BPF(
+        text=program_text("tcp_state").encode(), cflags=cflags("tcp_state", "tracepoint", "ringbuf")
+    )
+    try:
+        return event_layout(bpf)
+    finally:
+        bpf.cleanup()
+
+
+def tcp_state_records(layout: Layout, n: int) -> bytes:
+    """n tcp_state records as the ring holds them (SYN_SENT -> ESTABLISHED)."""
+    records = np.zeros(n, dtype=dtype_of(layout))
+    i = np.arange(n)
+    records["ts"] = 1_000_000_000 + i * 1000
+    records["skaddr"] = 0xFFFF888100000000 + (i % 50000) * 2048
+    records["pid"] = records["tid"] = 4242
+    records["comm"] = b"bomber"
+    records["family"] = 2
+    records["saddr"][:, :4] = records["daddr"][:, :4] = (127, 0, 0, 1)
+    records["sport"], records["dport"] = 40000 + i % 20000, 8080
+    records["oldstate"], records["newstate"] = 2, 1
+    return records.tobytes()
 
 
 # --------------------------------------------------------------------------- bus
 
 
-def send_bus(endpoint: str, control: str, batches: int) -> None:
-    """What the probe process does: hello, then KERNEL batches through EventSender."""
+def send_bus(endpoint: str, control: str, batches: int, layout_json: str) -> None:
+    """What the probe process does: hello, then KERNEL_RAW batches through EventSender."""
     from bus.transport import ControlClient, EventSender
 
-    events = [tcp_state_event(i) for i in range(BATCH)]
+    layout = json.loads(layout_json)
+    body = make_body("tcp_state", layout, tcp_state_records(layout, BATCH))
     ctl = ControlClient(control, "probes")
     sender = EventSender(endpoint, "probes", session=ctl.hello("probes"))
     for _ in range(batches):
-        sender.send(Kind.KERNEL, {"probe": "tcp_state", "events": events})
+        sender.send(Kind.KERNEL_RAW, body)
     sender.eof()
     sender.close(linger_ms=30_000)
     ctl.close()
 
 
-def send_raw(endpoint: str, batches: int) -> None:
+def send_raw(endpoint: str, batches: int, layout_json: str) -> None:
     """The peer: the same batches as bare msgpack over a bare PUSH socket."""
-    events = [tcp_state_event(i) for i in range(BATCH)]
+    layout = json.loads(layout_json)
+    body = make_body("tcp_state", layout, tcp_state_records(layout, BATCH))
     ctx = zmq.Context(io_threads=1)
     sock = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.SNDHWM, 1000)
@@ -80,18 +96,18 @@ def send_raw(endpoint: str, batches: int) -> None:
     # before the receiver reads its first frame.
     sock.send(str(time.monotonic_ns()).encode())
     for _ in range(batches):
-        sock.send(msgpack.packb(events, use_bin_type=True))
+        sock.send(msgpack.packb(body, use_bin_type=True))
     sock.close(linger=120_000)
     ctx.term()
 
 
-def bus_run(batches: int) -> float:
+def bus_run(batches: int, layout: str) -> float:
     """Events/s from a sender process through EventSender into a Hub here."""
     run_dir = make_run_dir()
     ep = ipc_endpoints(run_dir)
     hub = Hub(ep.events, ep.control)
-    child = subprocess.Popen([PY, "-m", "bench.pipeline", "send-bus", ep.events, ep.control,
-                              str(batches)])
+    argv = [PY, "-m", "bench.pipeline", "send-bus", ep.events, ep.control, str(batches), layout]
+    child = subprocess.Popen(argv)
     try:
         got = 0
         t0 = 0
@@ -100,11 +116,11 @@ def bus_run(batches: int) -> float:
             if time.monotonic() > deadline:
                 raise BenchError("bus sender did not finish in 120 s")
             for _c, env in hub.poll(100):
-                if env.kind is Kind.KERNEL:
+                if env.kind is Kind.KERNEL_RAW:
                     # From the first batch's making (sender's clock, the same
                     # CLOCK_MONOTONIC): the queues cannot hide the sender's cost.
                     t0 = t0 or env.mono_ns
-                    got += len(env.body["events"])
+                    got += count(env.body)
         secs = (time.monotonic_ns() - t0) / 1e9
         if got != batches * BATCH or hub.events_ledger.gaps:
             raise BenchError(f"bus run lost events: {got} of {batches * BATCH}")
@@ -115,14 +131,15 @@ def bus_run(batches: int) -> float:
     return got / secs
 
 
-def raw_run(batches: int) -> float:
+def raw_run(batches: int, layout: str) -> float:
     run_dir = make_run_dir()
     endpoint = f"ipc://{run_dir}/raw.sock"
     ctx = zmq.Context(io_threads=1)
     sock = ctx.socket(zmq.PULL)
     sock.setsockopt(zmq.RCVTIMEO, 60_000)  # a lost sender is an error, not a hang
     sock.bind(endpoint)
-    child = subprocess.Popen([PY, "-m", "bench.pipeline", "send-raw", endpoint, str(batches)])
+    argv = [PY, "-m", "bench.pipeline", "send-raw", endpoint, str(batches), layout]
+    child = subprocess.Popen(argv)
     try:
         if not sock.poll(60_000):
             raise BenchError("raw sender sent nothing in 60 s")
@@ -130,7 +147,7 @@ def raw_run(batches: int) -> float:
         got = 0
         # The receiver knows how many to expect: no end marker needed.
         while got < batches * BATCH:
-            got += len(msgpack.unpackb(sock.recv(), raw=False))
+            got += count(msgpack.unpackb(sock.recv(), raw=False))
         secs = (time.monotonic_ns() - t0) / 1e9
     except zmq.Again:
         raise BenchError(f"raw sender went silent after {got} events") from None
@@ -145,18 +162,19 @@ def raw_run(batches: int) -> float:
 def bus_capacity(batches: int, rounds: int, bomber_event_rate: float) -> list[Row]:
     bus: list[float] = []
     raw: list[float] = []
+    layout = json.dumps(tcp_state_layout())
     for r in range(rounds):
         for kind in ("bus", "raw") if r % 2 == 0 else ("raw", "bus"):
             (bus if kind == "bus" else raw).append(
-                bus_run(batches) if kind == "bus" else raw_run(batches)
+                bus_run(batches, layout) if kind == "bus" else raw_run(batches, layout)
             )
     capacity = median(bus)
     return [
         Row(
             "bus_capacity",
             "Pipeline capacity",
-            f"KERNEL batches of {BATCH}: EventSender -> ipc -> Hub (decode + validate) "
-            "vs raw msgpack + zmq PUSH/PULL",
+            f"KERNEL_RAW batches of {BATCH} records: EventSender -> ipc -> Hub "
+            "(decode + validate) vs raw msgpack + zmq PUSH/PULL",
             capacity,
             "events/s",
             median(raw),
@@ -171,7 +189,7 @@ def bus_capacity(batches: int, rounds: int, bomber_event_rate: float) -> list[Ro
             "events/s",
             bomber_event_rate,
             "bomber events/s",
-            note="the bus alone; the probe process's own decoding is in the loss onset row",
+            note="the bus alone; the probe process's own reading is in the loss onset row",
         ),
     ]
 
@@ -405,9 +423,9 @@ def correlator_scaling(sizes: list[int]) -> list[Row]:
 def main(argv: list[str]) -> None:
     cmd = argv[0]
     if cmd == "send-bus":
-        send_bus(argv[1], argv[2], int(argv[3]))
+        send_bus(argv[1], argv[2], int(argv[3]), argv[4])
     elif cmd == "send-raw":
-        send_raw(argv[1], int(argv[2]))
+        send_raw(argv[1], int(argv[2]), argv[3])
     elif cmd == "replay":
         replay_child(Path(argv[1]), argv[2], int(argv[3]))
     elif cmd == "generate":

@@ -148,6 +148,7 @@ def loss(port: int, seconds: float, rates: list[float], pack: bool) -> list[dict
                 "received": received["tcp_state"],
                 "submitted": stats["tcp_state"]["events"],
                 "drops": {n: s["drops"] for n, s in stats.items()},
+                "retries": {n: s.get("retries", 0) for n, s in stats.items()},
                 "ring_peak": stats["tcp_state"]["ring_peak"],
                 "other_events": received["accept"] + received["epoll"],
                 "cpu_us_per_event": cpu / max(1, sum(received.values())) * 1e6,
@@ -195,6 +196,7 @@ def main() -> int:
                 f"  target={r['target']} {r['conn_per_s']:8.0f} conn/s "
                 f"{r['state_events_per_s']:8.0f} state events/s  expected={r['expected']} "
                 f"received={r['received']} submitted={r['submitted']} drops={r['drops']} "
+                f"retries={r['retries']} "
                 f"ring_peak={r['ring_peak']}B accept+epoll events={r['other_events']} "
                 f"reader_cpu={r['cpu_us_per_event']:.2f}us/event"
             )

@@ -233,14 +233,31 @@ def _names(table: tuple[str, ...], codes: np.ndarray) -> list[str]:
     return out
 
 
+_LISTEN, _SYN_RECV, _CLOSE = (TCP_STATES.index(n) for n in ("LISTEN", "SYN_RECV", "CLOSE"))
+
+
 def state_balance(records: np.ndarray) -> np.ndarray:
     """Per TCP state number (256 slots), the sockets that entered it minus
     those that left it in these tcp_state records: summed over batches, how
-    many sockets are in each state now, of those the probes saw change."""
-    new = np.bincount(records["newstate"], minlength=256)
-    old = np.bincount(records["oldstate"], minlength=256)
-    out: np.ndarray = new - old
+    many sockets are in each state now, of those the probes saw change.
+
+    A server's child is cloned from its listener, so its first transition
+    reads LISTEN -> SYN_RECV (measured, docs/probes.md): it enters SYN_RECV,
+    but the listener does not leave LISTEN."""
+    old, new = records["oldstate"], records["newstate"]
+    left = old[~((old == _LISTEN) & (new == _SYN_RECV))]
+    out: np.ndarray = np.bincount(new, minlength=256) - np.bincount(left, minlength=256)
     return out
+
+
+def state_counts(balance: np.ndarray) -> dict[str, int]:
+    """A state_balance() sum as {state name: sockets} for the states that hold
+    some, CLOSE left out (where sockets come from and go to). Sockets that
+    were there before the probes attached and left a state since count below
+    zero there: shown as none; so do the states a kprobe on tcp_set_state
+    never sees entered (SYN_RECV, LISTEN)."""
+    held = np.flatnonzero(balance > 0)
+    return {str(_STATE_NAMES[n]): int(balance[n]) for n in held if n != _CLOSE}
 
 
 # ---------------------------------------------------------------- dicts

@@ -90,10 +90,17 @@ class LiveView:
             f"  {elapsed:.0f}s: set-up {elapsed - in_phases:.0f}s, "
             f"phases {in_phases:.0f}s of {self.duration_s:.0f}s",
         )
-        states = Table(title="TCP states in the lab (sock_diag)", title_justify="left")
+        states = Table(title="TCP states in the lab", title_justify="left")
+        states.add_column("seen by")
         for name in STATE_ORDER:
             states.add_column(name, justify="right")
-        states.add_row(*[str(s.get("states", {}).get(n, 0)) for n in STATE_ORDER])
+        states.add_row("sock_diag", *[str(s.get("states", {}).get(n, 0)) for n in STATE_ORDER])
+        # Sockets per state from the tracepoint's transitions (raw batches
+        # summed with numpy); it never reports TIME_WAIT (a timewait sock takes over).
+        kernel = s.get("kernel_states", {})
+        states.add_row(
+            "tracepoint", *[str(kernel.get(n, 0)) if n != "TIME_WAIT" else "-" for n in STATE_ORDER]
+        )
         flow = Table.grid(padding=(0, 2))
         lost = s.get("lost", {})
         flow.add_row(

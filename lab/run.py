@@ -21,6 +21,7 @@ from types import FrameType
 from typing import Any
 
 from bus.endpoints import Endpoints, ipc_endpoints, make_run_dir
+from bus.rawbatch import state_counts
 from bus.transport import BusError, Channel, Hub
 from lab.hostlab import HostLab
 from lab.live import LiveView
@@ -361,6 +362,7 @@ class LabRun:
             "elapsed_s": round((now - self.started_mono_ns) / 1e9, 1),
             "phases_elapsed_s": round(phases_s, 1),
             "states": tally.states,
+            "kernel_states": state_counts(tally.kernel_states),
             "kernel_events": tally.kernel_events,
             "log_records": tally.log_records,
             "lost": {

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+from bus.rawbatch import count, decode_batch, state_balance
 from bus.schema import Envelope, Kind
 from lab.supervisor import PROBES
 
@@ -17,6 +20,9 @@ class Tally:
     kernel_events: dict[str, int] = field(default_factory=dict)
     kernel_drops: int = 0
     states: dict[str, int] = field(default_factory=dict)
+    # Sockets per TCP state number as the tracepoint saw them change (entered
+    # minus left), summed over the raw batches with numpy: no dict per event.
+    kernel_states: np.ndarray = field(default_factory=lambda: np.zeros(256, np.int64))
     progress: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Final reports of actors that said their work is done: kept apart from
     # `progress`, which the next periodic report (without `done`) replaces.
@@ -35,6 +41,11 @@ class Tally:
         elif env.kind is Kind.KERNEL:
             probe = str(body.get("probe", "?"))
             self.kernel_events[probe] = self.kernel_events.get(probe, 0) + len(body["events"])
+        elif env.kind is Kind.KERNEL_RAW:
+            probe = body["probe"]
+            self.kernel_events[probe] = self.kernel_events.get(probe, 0) + count(body)
+            if probe == "tcp_state":
+                self.kernel_states += state_balance(decode_batch(body))
         elif env.kind is Kind.STATS:
             source = body["source"]
             if source == "observer":

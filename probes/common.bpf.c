@@ -32,7 +32,8 @@ BPF_RINGBUF_OUTPUT(events, TCPLAB_RING_PAGES);
 #define TCPLAB_RB_FLAGS BPF_RB_NO_WAKEUP
 
 /* Per-CPU counters, so counting never contends: [CNT_EVENTS] events handed
- * to the channel, [CNT_DROPS] events lost because the channel was full.
+ * to the channel, [CNT_DROPS] events lost because the channel refused them
+ * (full), [CNT_RETRIES] submissions tried twice (see emit()).
  * Incremented by emit(); read (summed over CPUs) by user space for STATS. A
  * lost event is never silent. */
 BPF_PERCPU_ARRAY(counters, u64, CNT_MAX);
@@ -76,6 +77,16 @@ static __always_inline void emit(void *ctx, struct TCPLAB_EVENT *e)
     int rc = events.perf_submit(ctx, e, sizeof(*e));
 #else
     int rc = events.ringbuf_output(e, sizeof(*e), TCPLAB_RB_FLAGS);
+    if (rc) {
+        /* Since 6.15 the ring's lock (an rqspinlock) gives up after ~250 ms
+         * of waiting, or on a suspected deadlock, instead of spinning on; a
+         * vCPU descheduled while it waited comes back timed out with the
+         * lock long free, and the record fails with space to spare (1-4 per
+         * ~300k events here, docs/probes.md). One retry, counted; a full
+         * ring fails again at once, and that is a drop. */
+        count(CNT_RETRIES);
+        rc = events.ringbuf_output(e, sizeof(*e), TCPLAB_RB_FLAGS);
+    }
 #endif
     count(rc == 0 ? CNT_EVENTS : CNT_DROPS);
 }

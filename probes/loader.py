@@ -144,9 +144,10 @@ class Probe:
         values = self.bpf[b"counters"]
         events = sum(values[ctypes.c_int(Cnt.EVENTS)])
         drops = sum(values[ctypes.c_int(Cnt.DROPS)]) + self.lost
+        retries = sum(values[ctypes.c_int(Cnt.RETRIES)])
         if self.ring is not None:
             drops += self.ring.skipped
-        return {"events": int(events), "drops": int(drops)}
+        return {"events": int(events), "drops": int(drops), "retries": int(retries)}
 
     def set_filters(self, f: Filters) -> None:
         """Fill the filter maps, then switch each filter on (or off when empty)."""

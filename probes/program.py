@@ -48,7 +48,8 @@ class Cnt(IntEnum):
     """Slots of common.bpf.c's per-CPU `counters` array."""
 
     EVENTS = 0  # records handed to the channel
-    DROPS = 1  # records the full channel refused
+    DROPS = 1  # records the channel refused (full)
+    RETRIES = 2  # ring buffer records that failed once and were tried again
 
 
 def constants() -> dict[str, int]:

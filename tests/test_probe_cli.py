@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -175,3 +177,238 @@ def test_watch_bad_input_is_one_clear_line() -> None:
     r = subprocess.run([TCPLAB, "watch", "-P", "70000"], capture_output=True, text=True)
     assert r.returncode == 1
     assert r.stderr.strip() == "Error: port 70000 is out of range: give 1..65535"
+
+
+# `tcplab watch`'s text lines, one pattern per probe (the README's sample lines).
+TIME = r"\s*\d+\.\d{6}"
+TCP_LINE = re.compile(
+    TIME + r" tcp    (?P<saddr>[0-9a-f.:]+):(?P<sport>\d+) -> (?P<daddr>[0-9a-f.:]+):(?P<dport>\d+)"
+    r"  (?P<old>[A-Z_0-9]+) -> (?P<new>[A-Z_0-9]+)  sk=0x[0-9a-f]+ on-cpu=\d+/\S.*"
+)
+ACCEPT_LINE = re.compile(
+    TIME + r" (?P<syscall>accept4?) +pid=(?P<pid>\d+)/\S+ lfd=(?P<lfd>\d+) -> "
+    r"(?:fd (?P<fd>\d+) from (?P<peer>[0-9a-f.:?]+):(?P<port>\d+)|(?P<err>E[A-Z]+))"
+    r" \((?P<us>\d+) us\)"
+)
+EPOLL_LINE = re.compile(
+    TIME + r" (?P<syscall>epoll_p?wait2?) pid=(?P<pid>\d+)/\S+ epfd=(?P<epfd>\d+) "
+    r"max=(?P<max>\d+) timeout=(?P<timeout>-?\d+)ms -> (?:(?P<ready>\d+) ready|(?P<err>E[A-Z]+))"
+    r" after (?P<ms>\d+\.\d{3}) ms"
+)
+
+# Server child transitions as the kernel reports them (tests/test_probe_kernel.py);
+# the kprobe on tcp_set_state misses what inet_sk_set_state() sets.
+SERVER_CHILD = [
+    ("LISTEN", "SYN_RECV"), ("SYN_RECV", "ESTABLISHED"), ("ESTABLISHED", "CLOSE_WAIT"),
+    ("CLOSE_WAIT", "LAST_ACK"), ("LAST_ACK", "CLOSE"),
+]  # fmt: skip
+CLIENT = [
+    ("CLOSE", "SYN_SENT"), ("SYN_SENT", "ESTABLISHED"), ("ESTABLISHED", "FIN_WAIT1"),
+    ("FIN_WAIT1", "FIN_WAIT2"), ("FIN_WAIT2", "CLOSE"),
+]  # fmt: skip
+LISTENER = [("CLOSE", "LISTEN"), ("LISTEN", "CLOSE")]
+NOT_VIA_TCP_SET_STATE = {("LISTEN", "SYN_RECV"), ("CLOSE", "LISTEN")}
+
+
+def seen_in_mode(seq: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    if os.environ.get("TCPLAB_ATTACH") == "kprobe":
+        return [t for t in seq if t not in NOT_VIA_TCP_SET_STATE]
+    return seq
+
+
+class Watch:
+    """`tcplab watch ARGS` in text mode: its lines read with a deadline."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [TCPLAB, "watch", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        self.lines: list[str] = []
+        self._buf = b""
+        assert self.proc.stderr is not None
+        first = self.proc.stderr.readline().decode()
+        if not first.startswith("attached: "):
+            self.stop()
+            pytest.fail(f"watch did not attach: {first!r}")
+
+    def until(self, pred: Callable[[list[str]], bool], what: str) -> list[str]:
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + DEADLINE_S
+        while not pred(self.lines):
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                pytest.fail(f"watch printed no {what}; got {self.lines}")
+            # Raw reads: a buffered readline would hide lines from select().
+            if select.select([fd], [], [], 0.1)[0]:
+                self._buf += os.read(fd, 65536)
+                *done, self._buf = self._buf.split(b"\n")
+                self.lines += [line.decode() for line in done]
+        return self.lines
+
+    def stop(self) -> tuple[int, str]:
+        """Ctrl-C; the exit code and the last stderr line."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        out, err = self.proc.communicate(timeout=DEADLINE_S)
+        self.lines += [line for line in (self._buf + out).decode().split("\n") if line]
+        return self.proc.returncode, err.decode().strip().splitlines()[-1]
+
+
+def tcp_lines(lines: list[str]) -> list[re.Match[str]]:
+    matches = [TCP_LINE.fullmatch(line) for line in lines]
+    assert None not in matches, f"lines not in watch's tcp format: {lines}"
+    return [m for m in matches if m is not None]
+
+
+def transitions(lines: list[str]) -> list[tuple[str, str]]:
+    return [(m["old"], m["new"]) for m in tcp_lines(lines)]
+
+
+def closed(n: int) -> Callable[[list[str]], bool]:
+    """At least n transitions to CLOSE printed."""
+    return lambda lines: sum(" -> CLOSE  " in line for line in lines) >= n
+
+
+def test_watch_lport_shows_the_local_side_only() -> None:
+    """-L PORT: the listener and the server's child (local port PORT), never
+    the client, whose local port is its ephemeral one."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    port = srv.getsockname()[1]
+    w = Watch("-L", str(port), "--probe", "tcp_state")
+    try:
+        srv.listen()
+        cli = socket.create_connection(("127.0.0.1", port))
+        child, _ = srv.accept()
+        cli.close()
+        assert child.recv(1) == b""  # the client's FIN is in: the child closes second
+        child.close()
+        srv.close()
+        w.until(closed(2), "closes of the child and the listener")
+    finally:
+        code, last = w.stop()
+    assert code == 0 and last.startswith("drops: 0 (tcp_state ")
+    assert {int(m["sport"]) for m in tcp_lines(w.lines)} == {port}
+    assert sorted(transitions(w.lines)) == sorted(seen_in_mode(SERVER_CHILD + LISTENER))
+
+
+def test_watch_dport_shows_the_remote_side_only() -> None:
+    """-D PORT: the client's socket (remote port PORT) from SYN_SENT, whose
+    source port is still 0 (tcp_v4_connect sets the state before choosing it)."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    port = srv.getsockname()[1]
+    w = Watch("-D", str(port), "--probe", "tcp_state")
+    try:
+        cli = socket.create_connection(("127.0.0.1", port))
+        cport = cli.getsockname()[1]
+        child, _ = srv.accept()
+        cli.close()
+        assert child.recv(1) == b""
+        child.close()
+        w.until(closed(1), "the client's close")
+    finally:
+        code, last = w.stop()
+        srv.close()
+    assert code == 0 and last.startswith("drops: 0 (tcp_state ")
+    lines = tcp_lines(w.lines)
+    assert [(int(m["sport"]), int(m["dport"])) for m in lines] == [(0, port)] + [(cport, port)] * 4
+    assert transitions(w.lines) == CLIENT
+
+
+def test_watch_lport_and_dport_together_select_one_connection() -> None:
+    """-L A -D B: only the server child of the client bound to port B; the
+    listener, the client and another client's connection stay out. The child's
+    first transition (LISTEN -> SYN_RECV) is made before its remote port is set
+    (inet_csk_clone_lock), so the filter lets it in from SYN_RECV on."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    port = srv.getsockname()[1]
+    chosen = socket.socket()
+    chosen.bind(("127.0.0.1", 0))
+    cport = chosen.getsockname()[1]
+    w = Watch("-L", str(port), "-D", str(cport), "--probe", "tcp_state")
+    try:
+        other = socket.create_connection(("127.0.0.1", port))
+        chosen.connect(("127.0.0.1", port))
+        children = [srv.accept()[0] for _ in range(2)]
+        for s in (other, chosen):
+            s.close()
+        for c in children:
+            assert c.recv(1) == b""
+            c.close()
+        w.until(closed(1), "the chosen child's close")
+    finally:
+        code, last = w.stop()
+        srv.close()
+    assert code == 0 and last.startswith("drops: 0 (tcp_state ")
+    assert {(int(m["sport"]), int(m["dport"])) for m in tcp_lines(w.lines)} == {(port, cport)}
+    assert transitions(w.lines) == SERVER_CHILD[1:]
+
+
+# A process for watch -p: a listener, then (on "go") a non-blocking accept on
+# the empty queue, a blocking one, and an epoll wait that times out.
+WORKER = r"""
+import select, socket, sys
+srv = socket.create_server(("127.0.0.1", 0))
+print(srv.getsockname()[1], srv.fileno(), flush=True)
+sys.stdin.readline()
+srv.setblocking(False)
+try:
+    srv.accept()
+except BlockingIOError:
+    pass
+srv.setblocking(True)
+conn, _ = srv.accept()
+ep = select.epoll()
+print(conn.fileno(), ep.fileno(), len(ep.poll(0.01, 4)), flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_watch_text_format_of_each_probe() -> None:
+    """watch -p PID prints one line per event in the documented text format:
+    the process's accept4 (EAGAIN, then a peer), its epoll_wait timing out,
+    and TCP states (those run on its CPU time; which ones is up to the
+    scheduler, so only their format is checked)."""
+    worker = subprocess.Popen(
+        [sys.executable, "-c", WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert worker.stdin is not None and worker.stdout is not None
+    try:
+        port, lfd = map(int, worker.stdout.readline().split())
+        w = Watch("-p", str(worker.pid))
+        try:
+            worker.stdin.write("go\n")
+            worker.stdin.flush()
+            cli = socket.create_connection(("127.0.0.1", port))
+            cport = cli.getsockname()[1]
+            fd, epfd, ready = map(int, worker.stdout.readline().split())
+            assert ready == 0
+            lines = w.until(
+                lambda ls: (
+                    any(EPOLL_LINE.fullmatch(x) for x in ls)
+                    and sum(bool(ACCEPT_LINE.fullmatch(x)) for x in ls) >= 2
+                ),
+                "accept and epoll lines",
+            )
+            cli.close()
+        finally:
+            worker.stdin.write("end\n")
+            worker.stdin.flush()
+            code, last = w.stop()
+    finally:
+        worker.wait(timeout=DEADLINE_S)
+    assert code == 0 and last.startswith("drops: 0 (")
+    accepts = [m for m in map(ACCEPT_LINE.fullmatch, lines) if m]
+    assert [(m["syscall"], int(m["pid"]), int(m["lfd"]), m["err"]) for m in accepts] == [
+        ("accept4", worker.pid, lfd, "EAGAIN"),
+        ("accept4", worker.pid, lfd, None),
+    ]
+    assert (int(accepts[1]["fd"]), accepts[1]["peer"], int(accepts[1]["port"])) == (
+        fd, "127.0.0.1", cport,
+    )  # fmt: skip
+    (wait,) = [m for m in map(EPOLL_LINE.fullmatch, lines) if m]
+    assert (int(wait["pid"]), int(wait["epfd"]), int(wait["max"])) == (worker.pid, epfd, 4)
+    assert (wait["timeout"], wait["ready"], wait["err"]) == ("10", "0", None)
+    assert float(wait["ms"]) >= 10.0  # the kernel never ends a timed wait early
+    # Every other line is a TCP state line (tcp_lines fails on any other).
+    tcp_lines([x for x in lines if not (ACCEPT_LINE.fullmatch(x) or EPOLL_LINE.fullmatch(x))])

@@ -141,6 +141,18 @@ def test_state_balance_counts_sockets_per_state() -> None:
     assert {n: int(v) for n, v in enumerate(balance) if v} == {7: -2, 1: 1, 5: 1}
 
 
+def test_a_server_child_enters_syn_recv_without_taking_the_listener_away() -> None:
+    """The child's first transition reads LISTEN -> SYN_RECV (cloned from the
+    listener): the listener is still there."""
+    steps = [(7, 10), (10, 3), (3, 1)]  # listen; the child: clone, then ESTABLISHED
+    raw = b"".join(
+        TCP_STATE_PACK.pack(i, 1, 0, 0, b"", 2, 0, 0, old, new, V4_LOOP, V4_LOOP)
+        for i, (old, new) in enumerate(steps)
+    )
+    balance = state_balance(decode_batch(make_body("tcp_state", TCP_STATE, raw)))
+    assert {n: int(v) for n, v in enumerate(balance) if v} == {7: -1, 10: 1, 1: 1}
+
+
 def test_the_layout_id_is_the_memo_key_and_is_checked() -> None:
     """The same description gives the same id and dtype; a changed description
     under a known id is refused on first sight of that id."""
@@ -202,3 +214,27 @@ def test_layout_of_a_ctypes_class_as_bcc_builds_it() -> None:
     ]  # fmt: skip
     cls = type("", (ct.Structure,), {"_fields_": fields})
     assert layout_of(cls) == TCP_STATE
+
+
+def test_the_live_tally_counts_raw_batches_and_sockets_per_state() -> None:
+    """lab/run.py's Tally: events per probe and sockets per state from the raw
+    batch (numpy), as the live view shows them."""
+    from bus.rawbatch import state_counts
+    from bus.schema import Envelope, Kind
+    from lab.run import Tally
+
+    steps = [(7, 10), (10, 3), (3, 1), (7, 2), (2, 1), (1, 4), (4, 5), (5, 7)]
+    raw = b"".join(
+        TCP_STATE_PACK.pack(i, 1, 0, 0, b"", 2, 0, 0, old, new, V4_LOOP, V4_LOOP)
+        for i, (old, new) in enumerate(steps)
+    )
+    tally = Tally()
+    for seq in (1, 2):
+        tally.add(
+            Envelope(Kind.KERNEL_RAW, "probes", seq, 0, make_body("tcp_state", TCP_STATE, raw))
+        )
+    tally.add(Envelope(Kind.KERNEL_RAW, "probes", 3, 0, make_body("epoll", EPOLL, bytes(64 * 3))))
+    assert tally.kernel_events == {"tcp_state": 16, "epoll": 3}
+    # Twice: a listener (LISTEN) whose child is ESTABLISHED, and a client gone
+    # through FIN_WAIT2 to CLOSE. CLOSE is where sockets come from: never shown.
+    assert state_counts(tally.kernel_states) == {"ESTABLISHED": 2, "LISTEN": 2}
