@@ -90,14 +90,6 @@ def _errname(n: int) -> str:
     return errno.errorcode.get(n, f"errno {n}")
 
 
-class _Stop(Exception):
-    pass
-
-
-def _on_term(_signum: int, _frame: FrameType | None) -> None:
-    raise _Stop
-
-
 @click.command()
 @click.option("-p", "--pid", "pids", type=int, multiple=True, help="only this process")
 @click.option("-P", "--port", "ports", type=int, multiple=True, help="local or remote port")
@@ -146,21 +138,27 @@ def watch(
         pending.clear()
         out.flush()
 
-    old = signal.signal(signal.SIGTERM, _on_term)
+    # Ctrl-C and SIGTERM only raise a flag, seen between polls: an exception
+    # in the middle of printing would print the lines again at the end.
+    stopped: list[int] = []
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        stopped.append(signum)
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     stats: dict[str, Any] = {}
     try:
         probes.start(show)
         click.echo("attached: " + "; ".join(plan.describe()[1:]), err=True)
         end = None if duration is None else time.monotonic() + duration
-        while end is None or time.monotonic() < end:
+        while not stopped and (end is None or time.monotonic() < end):
             probes.poll(0.1 if end is None else max(0.0, min(0.1, end - time.monotonic())))
             flush()
-    except (KeyboardInterrupt, _Stop):
-        pass
     except ProbeError as e:
         raise click.ClickException(str(e)) from None
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for s, handler in old.items():
+            signal.signal(s, handler)
         if probes.probes:
             probes.drain_all()
             stats = probes.stats()
