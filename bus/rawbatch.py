@@ -147,17 +147,67 @@ def make_body(probe: str, layout: Layout, records: bytes) -> dict[str, Any]:
     return {"probe": probe, "layout": layout, "records": records}
 
 
+# What consumers read of each known probe's records (events.h's field names):
+# "int" any integer, "text" a char array, "addr" a u8[16] address image.
+FIELDS: dict[str, dict[str, str]] = {
+    "tcp_state": {
+        "ts": "int", "skaddr": "int", "pid": "int", "tid": "int", "comm": "text",
+        "family": "int", "sport": "int", "dport": "int", "oldstate": "int",
+        "newstate": "int", "saddr": "addr", "daddr": "addr",
+    },
+    "accept": {
+        "ts": "int", "dur_ns": "int", "pid": "int", "tid": "int", "comm": "text", "lfd": "int",
+        "fd": "int", "err": "int", "family": "int", "peer_port": "int", "peer_addr": "addr",
+        "syscall": "int",
+    },
+    "epoll": {
+        "ts": "int", "dur_ns": "int", "pid": "int", "tid": "int", "comm": "text", "epfd": "int",
+        "maxevents": "int", "timeout_ms": "int", "ready": "int", "err": "int", "syscall": "int",
+    },
+}  # fmt: skip
+_TS_MAX = np.iinfo(np.int64).max
+# State and syscall numbers index tables of 256: one byte.
+_BYTE_FIELDS = ("oldstate", "newstate", "syscall")
+
+
+def _fits(dt: np.dtype[Any], name: str, kind: str) -> bool:
+    if dt.names is None or name not in dt.names:
+        return False
+    f = dt.fields[name][0] if dt.fields else None
+    if f is None:
+        return False
+    if kind == "text":
+        return f.kind == "S"
+    if kind == "addr":
+        return f.shape == (16,) and f.base == np.dtype(np.uint8)
+    if name in _BYTE_FIELDS:
+        return f.shape == () and f == np.dtype(np.uint8)
+    return f.shape == () and f.kind in "ui"
+
+
 def check_body(body: Mapping[str, Any]) -> None:
-    """Raise RawBatchError unless `body` decodes: a known-good layout and whole
-    records. What the bus checks at its boundary, without touching a record."""
+    """Raise RawBatchError unless `body` decodes: a known-good layout, with the
+    fields its consumers read (FIELDS; an unknown probe's records at least an
+    integer ts), and whole records. What the bus checks at its boundary,
+    without touching a record."""
     records = body.get("records")
     if not isinstance(records, bytes | bytearray | memoryview):
         raise RawBatchError("records is not bytes")
-    if not isinstance(body.get("probe"), str):
+    probe = body.get("probe")
+    if not isinstance(probe, str):
         raise RawBatchError("probe is not a string")
-    itemsize = dtype_of(body.get("layout")).itemsize  # type: ignore[arg-type]
-    if len(records) % itemsize:
-        raise RawBatchError(f"{len(records)} bytes are not whole records of {itemsize}")
+    dt = dtype_of(body.get("layout"))  # type: ignore[arg-type]
+    if len(records) % dt.itemsize:
+        raise RawBatchError(f"{len(records)} bytes are not whole records of {dt.itemsize}")
+    # Every record has its time, whichever probe wrote it (the merge orders by it).
+    wanted = FIELDS.get(probe, {"ts": "int"})
+    wrong = [n for n, kind in wanted.items() if not _fits(dt, n, kind)]
+    if wrong:
+        raise RawBatchError(f"{probe} records lack or mistype {', '.join(wrong)}")
+    # Times are CLOCK_MONOTONIC nanoseconds: consumers hold them as int64.
+    ts = np.frombuffer(records, dtype=dt)["ts"]
+    if ts.size and (ts.min() < 0 or ts.max() > _TS_MAX):
+        raise RawBatchError("a record's ts is not a CLOCK_MONOTONIC time (0 .. 2**63-1 ns)")
 
 
 def decode_batch(body: Mapping[str, Any]) -> np.ndarray:
@@ -322,12 +372,5 @@ def events(probe: str, records: np.ndarray) -> list[dict[str, Any]]:
 
 def batch_events(body: Mapping[str, Any]) -> list[dict[str, Any]]:
     """A KERNEL_RAW body's records as bus/records.py dicts. Raises RawBatchError."""
-    probe = body.get("probe")
-    if not isinstance(probe, str):
-        raise RawBatchError("probe is not a string")
-    try:
-        return events(probe, decode_batch(body))
-    except (ValueError, KeyError) as e:  # a field events.h must have is missing
-        if isinstance(e, RawBatchError):
-            raise
-        raise RawBatchError(f"{probe} records lack a field: {e}") from None
+    check_body(body)
+    return events(body["probe"], decode_batch(body))

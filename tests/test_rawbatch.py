@@ -9,16 +9,22 @@ tests/test_probe_kernel.py.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import socket
 import struct
 from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bus.rawbatch import (
+    FIELDS,
     RawBatchError,
     batch_events,
+    check_body,
     count,
     decode_batch,
     dtype_of,
@@ -187,8 +193,11 @@ def test_bad_bodies_raise_one_error_type(change: dict[str, Any], reason: str) ->
 
 def test_a_layout_without_a_field_the_probe_needs_is_refused() -> None:
     thin = make_layout(["ts"], ["<u8"], [0], 8)
-    with pytest.raises(RawBatchError, match="tcp_state records lack a field"):
+    with pytest.raises(RawBatchError, match="tcp_state records lack or mistype skaddr, pid"):
         batch_events(make_body("tcp_state", thin, b"\0" * 16))
+    text_ts = make_layout(["ts"], ["|S8"], [0], 8)
+    with pytest.raises(RawBatchError, match="epoll records lack or mistype ts, dur_ns"):
+        batch_events(make_body("epoll", text_ts, b"\0" * 16))
 
 
 def test_decoded_columns_are_numpy_views_of_the_batch() -> None:
@@ -238,3 +247,64 @@ def test_the_live_tally_counts_raw_batches_and_sockets_per_state() -> None:
     # Twice: a listener (LISTEN) whose child is ESTABLISHED, and a client gone
     # through FIN_WAIT2 to CLOSE. CLOSE is where sockets come from: never shown.
     assert state_counts(tally.kernel_states) == {"ESTABLISHED": 2, "LISTEN": 2}
+
+
+NAMES = sorted({n for fields in FIELDS.values() for n in fields} | {"pad", "x"})
+FORMATS = ["<u8", "<i4", "<u2", "|u1", "|S16", "|S4", "(16,)|u1", "(4,)|u1", "|V8", ">u4"]
+
+
+@st.composite
+def raw_bodies(draw: st.DrawFn) -> dict[str, Any]:
+    """Bodies as a hostile or confused sender could make them: any probe name,
+    any fields in any formats and places, a right or wrong id, any bytes."""
+    probe = draw(st.sampled_from([*FIELDS, "tcp_probe"]))
+    names = draw(st.lists(st.sampled_from(NAMES), min_size=1, max_size=14, unique=True))
+    formats = [draw(st.sampled_from(FORMATS)) for _ in names]
+    offsets = [draw(st.integers(0, 96)) for _ in names]
+    itemsize = draw(st.integers(1, 128))
+    layout: dict[str, Any] = {
+        "names": names, "formats": formats, "offsets": offsets, "itemsize": itemsize,
+    }  # fmt: skip
+    good_id = hashlib.blake2b(
+        json.dumps([names, formats, offsets, itemsize], separators=(",", ":")).encode(),
+        digest_size=8,
+    ).hexdigest()
+    layout["id"] = draw(st.sampled_from([good_id, "0" * 16]))
+    records = draw(st.binary(max_size=4 * itemsize + 3))
+    return {"probe": probe, "layout": layout, "records": records}
+
+
+REAL = {"tcp_state": TCP_STATE, "accept": ACCEPT, "epoll": EPOLL}
+
+
+@st.composite
+def garbage_records(draw: st.DrawFn) -> dict[str, Any]:
+    """The probes' own layouts holding any bytes: states, syscalls and
+    families out of range, command names that are not UTF-8."""
+    probe = draw(st.sampled_from(sorted(REAL)))
+    size = REAL[probe]["itemsize"]
+    records = draw(st.binary(min_size=size, max_size=8 * size))
+    return make_body(probe, REAL[probe], records[: len(records) // size * size])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(raw_bodies(), garbage_records()))
+def test_a_body_the_bus_accepts_never_breaks_a_consumer(body: dict[str, Any]) -> None:
+    """check_body() (the bus boundary) refuses with RawBatchError, or every
+    consumer takes the body: the dicts, the live tally, the correlator's columns."""
+    from bus.schema import Envelope, Kind
+    from correlator.columns import Columns
+    from lab.run import Tally
+
+    try:
+        check_body(body)
+    except RawBatchError:
+        return
+    n = len(body["records"]) // body["layout"]["itemsize"]
+    if body["probe"] in FIELDS:
+        assert len(batch_events(body)) == n
+    tally = Tally()
+    tally.add(Envelope(Kind.KERNEL_RAW, "probes", 1, 0, body))
+    assert tally.kernel_events == {body["probe"]: n}
+    batches = Columns({}).raw(body)
+    assert sum(len(b.ts) for b in batches) == n
