@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -45,6 +46,19 @@ def bpf_programs() -> dict[int, str]:
         ["bpftool", "prog", "show", "--json"], capture_output=True, text=True, check=True
     ).stdout
     return {p["id"]: p.get("name", "") for p in json.loads(out or "[]")}
+
+
+def held_programs(pid: int) -> set[int]:
+    """Ids of the BPF programs process `pid` holds a file descriptor of."""
+    ids = set()
+    fdinfo = Path(f"/proc/{pid}/fdinfo")
+    for f in fdinfo.iterdir():
+        try:
+            text = f.read_text()
+        except OSError:  # closed meanwhile
+            continue
+        ids |= {int(line.split()[1]) for line in text.splitlines() if line.startswith("prog_id:")}
+    return ids
 
 
 def start_probes(
@@ -92,10 +106,11 @@ def test_probe_process_streams_kernel_batches_stats_and_eof(
     detaches every program, ships EOF, and leaves nothing loaded."""
     srv = socket.create_server(("127.0.0.1", 0))
     port = srv.getsockname()[1]
-    before = set(bpf_programs())
     p = start_probes(procs, endpoints, "probes", "--port", str(port))
     hub.wait_ready(["probes"], DEADLINE_S)
-    ours = {i: n for i, n in bpf_programs().items() if i not in before}
+    # The programs this process holds (others may load programs meanwhile).
+    held = held_programs(p.pid)
+    ours = {i: n for i, n in bpf_programs().items() if i in held}
     assert ours and all(n.startswith(OUR_PROGRAMS) for n in ours.values())
 
     connect_once(srv)

@@ -230,7 +230,7 @@ def test_the_live_tally_counts_raw_batches_and_sockets_per_state() -> None:
     batch (numpy), as the live view shows them."""
     from bus.rawbatch import state_counts
     from bus.schema import Envelope, Kind
-    from lab.run import Tally
+    from lab.tally import Tally
 
     steps = [(7, 10), (10, 3), (3, 1), (7, 2), (2, 1), (1, 4), (4, 5), (5, 7)]
     raw = b"".join(
@@ -294,7 +294,7 @@ def test_a_body_the_bus_accepts_never_breaks_a_consumer(body: dict[str, Any]) ->
     consumer takes the body: the dicts, the live tally, the correlator's columns."""
     from bus.schema import Envelope, Kind
     from correlator.columns import Columns
-    from lab.run import Tally
+    from lab.tally import Tally
 
     try:
         check_body(body)
