@@ -81,6 +81,18 @@ def _sorted(ts: list[int], tie0: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return t, tie, None
 
 
+def _all_valid_tcp(evs: list[dict[str, Any]]) -> bool:
+    """The probes' own shape (int skaddr and cpu_pid, str states): no check per field."""
+    try:
+        return (
+            all(type(e["skaddr"]) is int for e in evs)
+            and all(type(e["old"]) is str and type(e["new"]) is str for e in evs)
+            and all(type(e.get("cpu_pid", -1)) is int for e in evs)
+        )
+    except (KeyError, TypeError):
+        return False
+
+
 def _valid_tcp(ev: dict[str, Any]) -> bool:
     try:
         int(ev["skaddr"]), str(ev["old"]), str(ev["new"]), int(ev.get("cpu_pid", -1))
@@ -119,17 +131,16 @@ class Columns:
         ties = np.fromiter((t for t, _ in items), dtype=np.int64, count=len(items))
         arrival_ties = ties
         ts = np.fromiter((e["ts"] for e in evs), dtype=np.int64, count=len(evs))
-        if kind == "tcp_state":
+        if kind == "tcp_state" and not _all_valid_tcp(evs):
             good = [_valid_tcp(e) for e in evs]
-            if not all(good):
-                # Counted as seen and as unusable, as the one-pass engine did.
-                bad = len(good) - sum(good)
-                self._count("kernel.tcp_state", bad)
-                self._count("rejected.kernel_event", bad)
-                keep = np.array(good)
-                evs = [e for e, g in zip(evs, good, strict=True) if g]
-                ts, ties = ts[keep], ties[keep]
-                arrival_ties = ties
+            # Counted as seen and as unusable, as the one-pass engine did.
+            bad = len(good) - sum(good)
+            self._count("kernel.tcp_state", bad)
+            self._count("rejected.kernel_event", bad)
+            keep = np.array(good)
+            evs = [e for e, g in zip(evs, good, strict=True) if g]
+            ts, ties = ts[keep], ties[keep]
+            arrival_ties = ties
         order = np.argsort(ts, kind="stable") if len(ts) > 1 else None
         if order is not None and bool(np.all(order[1:] > order[:-1])):
             order = None
@@ -145,10 +156,12 @@ class Columns:
             d = _DEFAULTS.get(name)
             cols[name] = [e.get(name, d) for e in evs]
         if kind == "tcp_state":
-            cols["skaddr"] = [int(x) for x in cols["skaddr"]]
-            cols["old"] = [str(x) for x in cols["old"]]
-            cols["new"] = [str(x) for x in cols["new"]]
-            cols["cpu_pid"] = [int(x) for x in cols["cpu_pid"]]
+            # Valid but loosely typed fields (a str skaddr, say) are converted.
+            for name, conv in (("skaddr", int), ("old", str), ("new", str), ("cpu_pid", int)):
+                col = cols[name]
+                want = int if conv is int else str
+                if not all(type(x) is want for x in col):
+                    cols[name] = [conv(x) for x in col]
         else:
             cols["pid"] = [int(x) for x in cols["pid"]]
             if kind == "accept":

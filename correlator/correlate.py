@@ -198,14 +198,17 @@ class Correlator:
         j = self.joins
         grace = self.cfg.grace_ns
         prev_now = self.now
+        nowl = now.tolist()
+        q = j.finishing
         for fp, k, what, item in fold:
             ix = fp - base
-            before = int(now[ix - 1]) if ix else prev_now
-            j.now = before
-            j.settle(before - grace)
-            j.now = int(now[ix])
+            before = nowl[ix - 1] if ix else prev_now
+            if q and q[0][0] <= before - grace:
+                j.now = before
+                j.settle(before - grace)
+            j.now = nowl[ix]
             if what == 0:
-                j.milestone(fp, k, item, before, int(now[ix]))
+                j.milestone(fp, k, item, before, nowl[ix])
             elif what == 1:
                 _, t, pid, fd, err, peer, port = item
                 j.accept(fp, t, pid, fd, err, peer, port)

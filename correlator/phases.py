@@ -21,7 +21,9 @@ class Phases:
         # does after that (killing a leaker closes its sockets) is not its result.
         ends = [e for e in self.ends if e is not None]
         self.experiment_end: int | None = max(ends) if ends else None
-        self.counts: dict[str, dict[str, Any]] = {}
+        self._counts: dict[str, dict[str, Any]] = {}
+        # Counts are kept flat, (phase, dotted path) -> n, and nested on demand.
+        self._flat: dict[tuple[str, str], int] = {}
         # Per phase, each actor's last progress report sent before it ended.
         self.progress: dict[str, dict[str, tuple[int, dict[str, Any]]]] = {}
 
@@ -36,20 +38,30 @@ class Phases:
     def count(self, ts: int, path: str, n: int = 1) -> None:
         name = self.of(ts)
         if name is not None:
-            self.count_in(name, path, n)
+            key = (name, path)
+            self._flat[key] = self._flat.get(key, 0) + n
 
     def count_in(self, name: str, path: str, n: int = 1) -> None:
-        node = self.counts.setdefault(name, {})
-        *parents, leaf = path.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = node.get(leaf, 0) + n
+        key = (name, path)
+        self._flat[key] = self._flat.get(key, 0) + n
+
+    @property
+    def counts(self) -> dict[str, dict[str, Any]]:
+        """Per phase, the counts as a tree of dotted paths."""
+        for (name, path), n in self._flat.items():
+            node = self._counts.setdefault(name, {})
+            *parents, leaf = path.split(".")
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[leaf] = node.get(leaf, 0) + n
+        self._flat.clear()
+        return self._counts
 
     def peak(self, ts: int, path: str, value: int) -> None:
         name = self.of(ts)
         if name is None:
             return
-        node = self.counts.setdefault(name, {})
+        node = self._counts.setdefault(name, {})
         *parents, leaf = path.split(".")
         for p in parents:
             node = node.setdefault(p, {})
