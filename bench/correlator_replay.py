@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/correlator_replay.py                 # 1k/10k/100k held + 1M events
     .venv/bin/python bench/correlator_replay.py --events 10000000  # the 10M-event case too
+    .venv/bin/python bench/correlator_replay.py --libraries 1000000,10000000
+                                 # polars vs DuckDB on the correlator's steps (needs duckdb)
 
 Each case writes a synthetic recording under bench/out/, then replays it in
 a fresh process twice: correlation only (a sink that discards) and the full
@@ -201,6 +203,86 @@ def measure(run_dir: Path, mode: str) -> dict[str, Any]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def library_child(n: int, lib: str) -> None:
+    """The correlator's column steps on n synthetic transitions, in polars or
+    DuckDB: sort by time, incarnations (previous state per skaddr, a new life
+    after CLOSE, numbered by a running sum), a group-by per life, an as-of
+    join of the transitions on (pid, fd, time) with owner facts."""
+    import numpy as np
+
+    nconn = n // 10
+    conn = np.repeat(np.arange(nconn), 10)
+    ts = (conn * 2000 + np.tile(np.arange(10) * 100, nconn)).astype(np.int64)
+    sk = np.uint64(0xFFFF888100000000) + ((conn % 50000) * 2048).astype(np.uint64)
+    new = np.tile(np.array([1, 2, 3, 4, 5, 6, 7, 8, 9, 0], dtype=np.uint8), nconn)
+    old = np.roll(new, 1)
+    pid = np.full(n, 100, np.int32)
+    fd = (conn % 1000).astype(np.int32)
+    facts = {"ts": ts[::10] + 50, "pid": pid[::10], "fd": fd[::10], "life": np.arange(nconn)}
+    base = rss_mb()
+    start = time.perf_counter()
+    if lib == "polars":
+        import polars as pl
+
+        df = pl.DataFrame({"ts": ts, "sk": sk, "old": old, "new": new, "pid": pid, "fd": fd})
+        df = df.sort("ts").with_columns(prev=pl.col("new").shift(1).over("sk"))
+        df = df.with_columns(
+            life=(pl.col("prev").is_null() | (pl.col("prev") == 0)).cast(pl.Int64).cum_sum()
+        )
+        lives = df.group_by("life").agg(pl.col("ts").first(), pl.col("ts").last().alias("end"))
+        owners = pl.DataFrame(facts).sort("ts")
+        joined = df.select("ts", "pid", "fd").join_asof(
+            owners, on="ts", by=["pid", "fd"], check_sortedness=False
+        )
+        result = (len(lives), joined["life"].null_count())
+    else:
+        import duckdb
+
+        con = duckdb.connect()
+        con.register("ev", {"ts": ts, "sk": sk, "old": old, "new": new, "pid": pid, "fd": fd})
+        con.register("facts", facts)
+        con.execute(
+            "CREATE TEMP TABLE e AS SELECT *, sum(CASE WHEN prev IS NULL OR prev = 0 THEN 1"
+            " ELSE 0 END) OVER (ORDER BY ts ROWS UNBOUNDED PRECEDING) AS life FROM"
+            " (SELECT *, lag(new) OVER (PARTITION BY sk ORDER BY ts) AS prev FROM ev)"
+        )
+        lives = con.execute("SELECT life, min(ts), max(ts) FROM e GROUP BY life").fetchall()
+        (unowned,) = con.execute(
+            "SELECT count(*) - count(o.life) FROM e ASOF LEFT JOIN facts o"
+            " ON e.pid = o.pid AND e.fd = o.fd AND e.ts >= o.ts"
+        ).fetchone() or (0,)
+        result = (len(lives), unowned)
+    secs = time.perf_counter() - start
+    print(
+        json.dumps(
+            {
+                "lib": lib,
+                "n": n,
+                "seconds": round(secs, 2),
+                "lives": result[0],
+                "rss_growth_mb": round(rss_mb() - base),
+            }
+        )
+    )
+
+
+def compare_libraries(sizes: list[int]) -> None:
+    print(f"{'library':<10}{'transitions':>13}{'s':>8}{'lives':>10}{'rss growth':>12}")
+    for n in sizes:
+        for lib in ("polars", "duckdb"):
+            out = subprocess.run(
+                [sys.executable, __file__, "--child-lib", str(n), lib],
+                capture_output=True,
+                text=True,
+            )
+            if out.returncode:
+                last = (out.stderr.strip().splitlines() or ["?"])[-1]
+                print(f"{lib:<10}{n:>13}  failed: {last} (pip install duckdb to compare)")
+                continue
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"{lib:<10}{n:>13}{r['seconds']:>8}{r['lives']:>10}{r['rss_growth_mb']:>10} MB")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--held", default="1000,10000,100000")
@@ -208,7 +290,15 @@ def main() -> None:
     ap.add_argument("--bomb", default="300000", help="events of the port-bomb shape")
     ap.add_argument("--child", nargs=2, metavar=("RUN_DIR", "MODE"))
     ap.add_argument("--keep", action="store_true", help="keep bench/out/ recordings")
+    ap.add_argument("--libraries", help="compare polars and DuckDB at these sizes")
+    ap.add_argument("--child-lib", nargs=2, metavar=("N", "LIB"))
     args = ap.parse_args()
+    if args.child_lib:
+        library_child(int(args.child_lib[0]), args.child_lib[1])
+        return
+    if args.libraries:
+        compare_libraries([int(n) for n in args.libraries.split(",")])
+        return
     if args.child:
         child(Path(args.child[0]), args.child[1])
         return
