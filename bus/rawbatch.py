@@ -33,6 +33,7 @@ from typing import Any, TypedDict
 
 import numpy as np
 
+from bus.internals import CONG_STATES, SAMPLE_WHY, SOCK_EVENTS
 from bus.records import TCP_STATES
 
 # The syscall numbering of accept_event.syscall and epoll_call_event.syscall:
@@ -361,8 +362,46 @@ def events(probe: str, records: np.ndarray) -> list[dict[str, Any]]:
             "errno": r["err"].tolist(),
             "dur_ns": r["dur_ns"].tolist(),
         }
+    elif probe == "tcp_probe":
+        cols = {
+            "ts": r["ts"].tolist(),
+            "skaddr": r["skaddr"].tolist(),
+            "family": r["family"].tolist(),
+            "saddr": addr_text(r["family"], r["saddr"]),
+            "sport": r["sport"].tolist(),
+            "daddr": addr_text(r["family"], r["daddr"]),
+            "dport": r["dport"].tolist(),
+            "snd_cwnd": r["snd_cwnd"].tolist(),
+            "ssthresh": r["ssthresh"].tolist(),
+            "snd_wnd": r["snd_wnd"].tolist(),
+            "rcv_wnd": r["rcv_wnd"].tolist(),
+            "srtt_us": r["srtt_us"].tolist(),
+            "in_flight": (r["snd_nxt"] - r["snd_una"]).astype(np.uint32).tolist(),
+            "data_len": r["data_len"].tolist(),
+            "hits": r["hits"].tolist(),
+            "why": _names(SAMPLE_WHY, r["why"]),
+        }
+    elif probe == "tcp_events":
+        what = _names(SOCK_EVENTS, r["what"])
+        cong = _names(CONG_STATES, np.clip(r["code"], 0, 255))
+        cols = {
+            "ts": r["ts"].tolist(),
+            "what": what,
+            "skaddr": r["skaddr"].tolist(),
+            "cpu_pid": r["pid"].tolist(),
+            "family": r["family"].tolist(),
+            "saddr": addr_text(r["family"], r["saddr"]),
+            "sport": r["sport"].tolist(),
+            "daddr": addr_text(r["family"], r["daddr"]),
+            "dport": r["dport"].tolist(),
+            "state": state_names(r["state"]),
+            "code": r["code"].tolist(),
+            "cong_state": [c if w == "cong_state" else "" for w, c in zip(what, cong, strict=True)],
+        }
     else:
-        raise RawBatchError(f"unknown probe {probe!r}: tcp_state, accept or epoll")
+        raise RawBatchError(
+            f"unknown probe {probe!r}: tcp_state, accept, epoll, tcp_probe or tcp_events"
+        )
     keys = ["type", *cols]
     return [
         dict(zip(keys, row, strict=True))

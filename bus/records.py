@@ -164,6 +164,7 @@ class ProgramStats(Struct):
     ring_peak: Count | UnsetType = UNSET
     ring_size: Count | UnsetType = UNSET
     retries: Count | UnsetType = UNSET  # ring submissions tried twice (probes/common.bpf.c emit)
+    hits: Count | UnsetType = UNSET  # sampling probes: tracepoint hits before sampling
 
 
 class EpollHistogram(Struct):

@@ -18,7 +18,7 @@ import click
 from bus.rawbatch import batch_events, make_body
 from lab.exitcodes import need_root
 from probes.loader import Filters, ProbeSet
-from probes.plan import PROBES, ProbeError, make_plan
+from probes.plan import DEFAULT_PROBES, INTERNALS, PROBES, ProbeError, make_plan
 
 Event = dict[str, Any]
 
@@ -76,6 +76,22 @@ def _human(e: Event, t0: int) -> str:
             f"{t} {e['syscall']:<6} pid={e['pid']}/{e['comm']} lfd={e['lfd']} -> {result} "
             f"({e['dur_ns'] / 1000:.0f} us)"
         )
+    if e["type"] == "tcp_probe":
+        return (
+            f"{t} cwnd   {e['saddr']}:{e['sport']} -> {e['daddr']}:{e['dport']}  "
+            f"cwnd={e['snd_cwnd']} ssthresh={e['ssthresh']} snd_wnd={e['snd_wnd']} "
+            f"rcv_wnd={e['rcv_wnd']} srtt={e['srtt_us']}us in_flight={e['in_flight']} "
+            f"({e['why']}, {e['hits']} hits)"
+        )
+    if e["type"] == "tcp_events":
+        detail = {
+            "cong_state": e["cong_state"],
+            "sk_error": _errname(e["code"]),
+            "retransmit": f"state {e['state']}" + (f" err {e['code']}" if e["code"] else ""),
+        }.get(e["what"], f"state {e['state']}")
+        return (
+            f"{t} {e['what']:<13} {e['saddr']}:{e['sport']} -> {e['daddr']}:{e['dport']}  {detail}"
+        )
     result = f"{e['ready']} ready" if e["errno"] == 0 else _errname(e["errno"])
     return (
         f"{t} {e['syscall']:<6} pid={e['pid']}/{e['comm']} epfd={e['epfd']} "
@@ -96,6 +112,9 @@ def _errname(n: int) -> str:
 @click.option("-L", "--lport", "lports", type=int, multiple=True, help="local port")
 @click.option("-D", "--dport", "dports", type=int, multiple=True, help="remote port")
 @click.option("--probe", "names", type=click.Choice(PROBES), multiple=True, help="only this probe")
+@click.option(
+    "--internals", is_flag=True, help="also the TCP internals: cwnd, windows, retransmits, resets"
+)
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of text")
 @click.option("--duration", type=float, default=None, help="stop after S seconds")
 def watch(
@@ -104,6 +123,7 @@ def watch(
     lports: tuple[int, ...],
     dports: tuple[int, ...],
     names: tuple[str, ...],
+    internals: bool,
     as_json: bool,
     duration: float | None,
 ) -> None:
@@ -119,7 +139,8 @@ def watch(
     try:
         filters = Filters(set(pids), set(lports), set(dports), set(ports))
         plan = make_plan()
-        wanted = list(names) or plan.usable()
+        default = DEFAULT_PROBES + (INTERNALS if internals else ())
+        wanted = list(names) or [n for n in plan.usable() if n in default]
         probes = ProbeSet(plan, wanted, filters)
     except ProbeError as e:
         raise click.ClickException(str(e)) from None

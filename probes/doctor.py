@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bus.rawbatch import batch_events, make_body
+from probes import tpformat
 from probes.loader import Filters, ProbeSet
 from probes.plan import (
+    INTERNALS,
     KPROBE_SYSCALLS,
     PROBES,
     RINGBUF_SINCE,
@@ -89,11 +91,29 @@ def checks() -> list[Check]:
             fix = "mount tracefs; syscall tracepoints need CONFIG_FTRACE_SYSCALLS"
             if "pwait2" in hook.target:
                 fix = "epoll_pwait2 exists since 5.11: the other epoll calls are traced without it"
+            if probe in INTERNALS:
+                fix = f"{probe} runs without it: {tpformat.MEANING.get(hook.target, '')}"
             out.append(
                 Check(
-                    f"tracepoint {hook.target}", present, "present" if present else "missing", fix
+                    f"tracepoint {hook.target}",
+                    present,
+                    "present" if present else "missing",
+                    fix,
+                    required=probe not in INTERNALS,
                 )
             )
+    for probe in INTERNALS:
+        # What the format files of this kernel lack (fields that came later).
+        gaps = [g for g in tpformat.gaps(root, probe) if " missing:" not in g]
+        out.append(
+            Check(
+                f"{probe} layout",
+                not gaps,
+                "; ".join(gaps) or "every field it reads is there",
+                "fallbacks in use (probes/tpformat.py); a newer kernel has the fields",
+                required=False,
+            )
+        )
     kp = kprobes_supported()
     out.append(
         Check(

@@ -62,6 +62,44 @@ struct epoll_call_event {
     u8 pad[3];
 };
 
+/* tcp:tcp_probe, sampled in the kernel (probes/tcp_probe.bpf.c). */
+struct tcp_probe_event {
+    u64 ts;
+    u64 skaddr;    /* the struct sock (tracepoint field from 6.12); 0 before: join by 4-tuple */
+    u32 snd_cwnd;  /* segments */
+    u32 ssthresh;  /* segments; 0x7fffffff = not set yet (TCP_INFINITE_SSTHRESH) */
+    u32 snd_wnd;   /* bytes the peer lets us send (its window, scaled) */
+    u32 rcv_wnd;   /* bytes we let the peer send */
+    u32 srtt_us;   /* smoothed RTT, microseconds */
+    u32 snd_nxt;   /* snd_nxt - snd_una = bytes in flight */
+    u32 snd_una;
+    u32 hits;      /* tracepoint hits on this socket since its last event, this one included */
+    u16 family;    /* AF_INET (2) or AF_INET6 (10) */
+    u16 sport;     /* host order, the socket's own port */
+    u16 dport;
+    u16 data_len;  /* payload of the segment that fired it */
+    u8 why;        /* TCPLAB_SAMPLE_*: why this hit became an event */
+    u8 pad[7];
+    u8 saddr[16];  /* AF_INET: first 4 bytes */
+    u8 daddr[16];
+};
+
+/* Discrete TCP events (probes/tcp_events.bpf.c): retransmits, congestion
+ * state changes, resets sent and received, errors handed to the application. */
+struct tcp_sock_event {
+    u64 ts;
+    u64 skaddr;    /* 0 where the tracepoint has none (inet_sk_error_report; a reset with no socket) */
+    u32 pid;       /* on-CPU tgid: mostly a softirq's victim */
+    s32 code;      /* per what: new cong state, errno, reset reason, retransmit error */
+    u16 family;
+    u16 sport;     /* host order, the socket's own port */
+    u16 dport;
+    u8 what;       /* TCPLAB_EV_*: which tracepoint */
+    u8 state;      /* TCP state where the tracepoint gives it, else 0 */
+    u8 saddr[16];
+    u8 daddr[16];
+};
+
 /* Key of the in-kernel epoll histograms: one log2 slot per pid. */
 struct hist_key {
     u32 pid;

@@ -24,7 +24,7 @@ from typing import Any
 from bus.rawbatch import Layout
 from probes.layout import event_layout
 from probes.plan import PROBES, AttachPlan, Hook, ProbeError, ProbePlan
-from probes.program import RING_PAGES, Cfg, Cnt, cflags, program_text
+from probes.program import RING_PAGES, SAMPLE_MS, SAMPLING, Cfg, Cnt, cflags, program_text
 from probes.ring import RingReader
 
 # Read rings from their mmap (fast, see probes/ring.py) only where the CPU's
@@ -147,7 +147,10 @@ class Probe:
         retries = sum(values[ctypes.c_int(Cnt.RETRIES)])
         if self.ring is not None:
             drops += self.ring.skipped
-        return {"events": int(events), "drops": int(drops), "retries": int(retries)}
+        out = {"events": int(events), "drops": int(drops), "retries": int(retries)}
+        if self.name in SAMPLING:
+            out["hits"] = int(sum(values[ctypes.c_int(Cnt.HITS)]))
+        return out
 
     def set_filters(self, f: Filters) -> None:
         """Fill the filter maps, then switch each filter on (or off when empty)."""
@@ -220,6 +223,7 @@ class ProbeSet:
                 # Filters go in before attaching: no unfiltered event slips out.
                 p.set_filters(self.filters)
                 p.set_value(Cfg.SELF_PID, os.getpid() if exclude_self else 0)
+                p.set_value(Cfg.SAMPLE_MS, SAMPLE_MS)
         except BaseException:
             self.close()
             raise

@@ -18,7 +18,17 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-PROBES = ("tcp_state", "accept", "epoll")
+from probes import tpformat
+
+PROBES = ("tcp_state", "accept", "epoll", "tcp_probe", "tcp_events")
+# The TCP internals (probes/tpformat.py), tracepoints only: no kprobe
+# variant, so a forced kprobe mode keeps them on their tracepoints; each
+# attaches the hooks this kernel has and says what it lacks.
+INTERNALS = ("tcp_probe", "tcp_events")
+# What runs unless asked otherwise: the internals cost a compilation and
+# events on every data segment's path, so a scenario or a user asks for
+# them (`[lab] internals = true`, `--internals`).
+DEFAULT_PROBES = ("tcp_state", "accept", "epoll")
 TRACEFS_ROOTS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 # The kprobe PMU (>= 4.17) or the legacy kprobe_events file must exist for a
 # kprobe to attach at all; neither exists with CONFIG_KPROBES off.
@@ -126,6 +136,10 @@ TRACEPOINT_HOOKS: dict[str, list[Hook]] = {
         for call in ("epoll_wait", "epoll_pwait", "epoll_pwait2")
         for edge in ("enter", "exit")
     ],
+    **{
+        probe: [Hook("tracepoint", tp, "tp_" + tp.partition(":")[2]) for tp in tps]
+        for probe, tps in tpformat.TRACEPOINTS.items()
+    },
 }
 
 # Syscall name -> (entry BPF function, return BPF function) for kprobe mode.
@@ -159,7 +173,21 @@ def kprobe_hooks(probe: str) -> tuple[list[Hook], list[str]]:
     return hooks, missing
 
 
+def _plan_tracepoint_only(name: str, force: str) -> ProbePlan:
+    hooks = [h for h in TRACEPOINT_HOOKS[name] if tracepoint_exists(h.target)]
+    if not hooks:
+        missing = ", ".join(h.target for h in TRACEPOINT_HOOKS[name])
+        return ProbePlan(name, None, [], f"missing tracepoints {missing}: mount tracefs")
+    why = "tracepoints " + ", ".join(h.target for h in hooks)
+    if force == "kprobe":
+        why += " (no kprobe variant: these tracepoints are older than any kernel tcplab runs on)"
+    gaps = tpformat.gaps(tracefs(), name)
+    return ProbePlan(name, "tracepoint", hooks, why + ("; " + "; ".join(gaps) if gaps else ""))
+
+
 def _plan_probe(name: str, force: str) -> ProbePlan:
+    if name in INTERNALS:
+        return _plan_tracepoint_only(name, force)
     tp_hooks = TRACEPOINT_HOOKS[name]
     tp_missing = [h.target for h in tp_hooks if not tracepoint_exists(h.target)]
     kp_hooks, kp_missing = kprobe_hooks(name)

@@ -24,7 +24,7 @@ from actors.runtime import Runtime, UsageError, parser, run
 from bus.rawbatch import Layout, make_body
 from bus.schema import Kind
 from probes.loader import Filters, ProbeSet
-from probes.plan import PROBES, ProbeError, make_plan
+from probes.plan import DEFAULT_PROBES, INTERNALS, PROBES, ProbeError, make_plan
 
 BATCH_MAX = 1000
 BATCH_AGE_S = 0.05
@@ -53,6 +53,11 @@ def build_parser() -> Any:
         action="append",
         choices=PROBES,
         help="load only this probe (repeatable; default: all)",
+    )
+    p.add_argument(
+        "--internals",
+        action="store_true",
+        help="also load the TCP internals probes (tcp_probe sampled, tcp_events)",
     )
     p.add_argument(
         "--epoll-aggregate-only",
@@ -150,7 +155,10 @@ def _run(args: Any) -> int:
     probes: ProbeSet | None = None
     try:
         try:
-            probes = ProbeSet(plan, args.probe or plan.usable(), filters)
+            wanted = DEFAULT_PROBES + (INTERNALS if args.internals else ())
+            probes = ProbeSet(
+                plan, args.probe or [n for n in plan.usable() if n in wanted], filters
+            )
             batcher.layouts = {name: probes.layout(name) for name in probes.probes}
             probes.start(batcher.add)
         except ProbeError as e:

@@ -10,9 +10,11 @@ from __future__ import annotations
 from enum import IntEnum
 from pathlib import Path
 
+from bus.internals import SAMPLE_WHY, SOCK_EVENTS
 from bus.rawbatch import ACCEPT_SYSCALLS, EPOLL_SYSCALLS
 from bus.records import TCP_STATES
-from probes.plan import PROBES, ProbeError
+from probes import tpformat
+from probes.plan import PROBES, ProbeError, tracefs
 
 HERE = Path(__file__).resolve().parent
 
@@ -21,7 +23,13 @@ HERE = Path(__file__).resolve().parent
 # descheduled for 100-190 ms at a time, once 1.2 s (at nice -5 too), which
 # 4 MiB (~250 ms) did not ride out: 32 MiB (~2 s) does. It costs 32 MiB of
 # kernel memory per probe process and nothing per event.
-RING_PAGES = {"tcp_state": 8192, "accept": 1024, "epoll": 1024}
+RING_PAGES = {
+    "tcp_state": 8192,
+    "accept": 1024,
+    "epoll": 1024,
+    "tcp_probe": 1024,
+    "tcp_events": 1024,
+}
 
 # The struct each probe writes (probes/events.h): the shared output helper
 # in common.bpf.c takes a pointer to it, so that bcc learns the record's
@@ -30,7 +38,15 @@ EVENT_STRUCT = {
     "tcp_state": "tcp_state_event",
     "accept": "accept_event",
     "epoll": "epoll_call_event",
+    "tcp_probe": "tcp_probe_event",
+    "tcp_events": "tcp_sock_event",
 }
+
+# tcp_probe: a socket whose cwnd, ssthresh and windows do not change gets
+# one event per this many ms (a bulk transfer makes ~150k hits/s).
+SAMPLE_MS = 20
+# Probes that count their tracepoint hits apart from their events.
+SAMPLING = ("tcp_probe",)
 
 
 class Cfg(IntEnum):
@@ -42,6 +58,7 @@ class Cfg(IntEnum):
     PORTS = 3  # filter by either port on
     EPOLL_AGG_ONLY = 4  # epoll: histograms only, no per-call events
     SELF_PID = 5  # the reader's own pid: never traced
+    SAMPLE_MS = 6  # tcp_probe: at most one event per socket per this many ms (else on change)
 
 
 class Cnt(IntEnum):
@@ -50,6 +67,7 @@ class Cnt(IntEnum):
     EVENTS = 0  # records handed to the channel
     DROPS = 1  # records the channel refused (full)
     RETRIES = 2  # ring buffer records that failed once and were tried again
+    HITS = 3  # sampling probes (tcp_probe): tracepoint hits, before filter and sampling
 
 
 def constants() -> dict[str, int]:
@@ -61,6 +79,8 @@ def constants() -> dict[str, int]:
     out |= {f"TCPLAB_SYS_{n.upper()}": i for i, n in enumerate(ACCEPT_SYSCALLS)}
     out |= {f"TCPLAB_SYS_{n.upper()}": i for i, n in enumerate(EPOLL_SYSCALLS)}
     out["TCPLAB_TCP_CLOSE"] = TCP_STATES.index("CLOSE")
+    out |= {f"TCPLAB_SAMPLE_{w.upper()}": i for i, w in enumerate(SAMPLE_WHY)}
+    out |= {f"TCPLAB_EV_{w.upper()}": i for i, w in enumerate(SOCK_EVENTS)}
     return out
 
 
@@ -83,4 +103,5 @@ def cflags(name: str, mode: str, delivery: str) -> list[str]:
     flags.append("-DTCPLAB_KPROBE" if mode == "kprobe" else "-DTCPLAB_TRACEPOINT")
     if delivery == "perf":
         flags.append("-DTCPLAB_PERFBUF")
+    flags += tpformat.layout_flags(tracefs(), name)
     return flags

@@ -84,7 +84,29 @@ def test_doctor_checks_loads_a_program_and_prints_the_plan() -> None:
     )
     plan = lines[lines.index("attach plan:") + 1 :]
     plan = plan[: next((i for i, line in enumerate(plan) if not line.startswith("  ")), None)]
-    assert plan == [f"  {x}" for x in expected_plan(mode)]
+    core = expected_plan(mode)
+    assert plan[: len(core)] == [f"  {x}" for x in core]
+    # The TCP internals: tracepoints in either mode, those this kernel has;
+    # what its formats lack follows after "; " (tests/test_probe_internals.py).
+    events = [
+        tp
+        for tp in (
+            "tcp:tcp_retransmit_skb",
+            "tcp:tcp_cong_state_set",
+            "tcp:tcp_send_reset",
+            "tcp:tcp_receive_reset",
+            "sock:inet_sk_error_report",
+        )
+        if has_tracepoint(tp)
+    ]
+    internals = [
+        "  tcp_probe: tracepoint (tracepoints tcp:tcp_probe",
+        f"  tcp_events: tracepoint (tracepoints {', '.join(events)}",
+    ]
+    assert len(plan) == len(core) + 2
+    for line, start in zip(plan[len(core) :], internals, strict=True):
+        assert line.startswith(start), line
+        assert ("no kprobe variant" in line) == (mode == "kprobe")
     if mode == "tracepoint":
         assert "[ok] tracepoint sock:inet_sock_set_state: present" in lines
     # kprobes exist when the kernel offers their PMU or tracefs their control file.

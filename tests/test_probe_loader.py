@@ -20,7 +20,7 @@ import pytest
 from bus.rawbatch import batch_events, make_body
 from probes import loader, ring
 from probes.loader import Filters, ProbeSet
-from probes.plan import KPROBE_SYSCALLS, PROBES, ProbeError, make_plan
+from probes.plan import INTERNALS, KPROBE_SYSCALLS, PROBES, ProbeError, make_plan
 from probes.program import cflags, program_text
 from probes.ring import RingReader
 
@@ -37,7 +37,7 @@ SLOW = float(os.environ.get("TCPLAB_TEST_SLOW", "1"))
 def test_plan_prefers_tracepoints_where_the_kernel_has_them(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """auto picks the tracepoints for all three probes on this kernel."""
+    """auto picks the tracepoints for every probe on this kernel."""
     monkeypatch.delenv("TCPLAB_ATTACH", raising=False)
     plan = make_plan()
     assert {n: p.mode for n, p in plan.probes.items()} == {n: "tracepoint" for n in PROBES}
@@ -46,11 +46,15 @@ def test_plan_prefers_tracepoints_where_the_kernel_has_them(
 
 
 def test_forced_attach_mode_is_honoured_or_explained(monkeypatch: pytest.MonkeyPatch) -> None:
-    """TCPLAB_ATTACH=kprobe gives kprobe hooks where kprobes exist, else says why not."""
+    """TCPLAB_ATTACH=kprobe gives kprobe hooks where kprobes exist, else says why not;
+    the TCP internals have no kprobe variant and stay on their tracepoints, saying so."""
     monkeypatch.setenv("TCPLAB_ATTACH", "kprobe")
     plan = make_plan()
     for p in plan.probes.values():
-        if p.mode is None:
+        if p.name in INTERNALS:
+            assert p.mode in ("tracepoint", None)
+            assert "no kprobe variant" in p.why or p.mode is None
+        elif p.mode is None:
             assert "kprobe" in p.why
             assert p.hooks == []
         else:
@@ -87,7 +91,7 @@ KPROBE_FUNCTIONS = {
 
 @pytest.mark.root
 @pytest.mark.bpf
-@pytest.mark.parametrize("probe", PROBES)
+@pytest.mark.parametrize("probe", [p for p in PROBES if p not in INTERNALS])
 def test_kprobe_variants_compile_and_pass_the_verifier(probe: str) -> None:
     """Every kprobe/kretprobe function loads (the verifier accepts it) without
     attaching, and they are the functions the kprobe plan attaches."""

@@ -178,7 +178,7 @@ def test_the_layout_id_is_the_memo_key_and_is_checked() -> None:
         ({"records": "text"}, "records is not bytes"),
         ({"layout": "x"}, "layout is not a map"),
         ({"probe": 3}, "probe is not a string"),
-        ({"probe": "tcp_probe"}, "unknown probe 'tcp_probe'"),
+        ({"probe": "tcp_nosuch"}, "unknown probe 'tcp_nosuch'"),
         ({"layout": {**TCP_STATE, "formats": ["O"] * 12}}, "not a plain scalar"),
         ({"layout": {**TCP_STATE, "itemsize": 60}}, "not a valid record|beyond"),
         ({"layout": {**TCP_STATE, "names": ["ts"]}}, "lists of one length"),

@@ -1,0 +1,171 @@
+/* Discrete TCP events: retransmits, congestion state, resets, socket errors.
+ *
+ * Each is rare next to tcp_probe (at most one per segment sent, usually far
+ * fewer), so every one becomes an event; only the port filter applies (they
+ * run in softirq or timer context: the on-CPU pid is nobody's). One program
+ * for the five hooks: one compilation and one ring instead of five. The
+ * hooks this kernel lacks are not compiled (probes/program.py passes
+ * TCPLAB_TP_<event> for those present; probes/plan.py says which are missing).
+ *
+ * - tcp:tcp_retransmit_skb (4.15+): every segment retransmitted, fast
+ *   retransmit, RTO, tail loss probe and zero-window probe alike. `err`
+ *   (6.x) is the result of the transmit, 0 when it went out.
+ * - tcp:tcp_cong_state_set (6.1+): icsk_ca_state changes (Open, Disorder,
+ *   CWR, Recovery, Loss).
+ * - tcp:tcp_send_reset (4.15+): a RST sent, with or without a socket. From
+ *   6.10 it has no sport/dport and its saddr/daddr are sockaddr images;
+ *   from 6.11 a `reason` of type enum sk_rst_reason, which the 6.1 headers
+ *   used here do not define: bcc's generated struct would not compile, so a
+ *   placeholder of the same size (an enum is an int) is declared first.
+ * - tcp:tcp_receive_reset (4.15+): a RST accepted on a socket.
+ * - sock:inet_sk_error_report (5.13+, covered from 6.1 here): the errno the
+ *   kernel hands the application (ETIMEDOUT, ECONNRESET, ECONNREFUSED). It
+ *   has no skaddr: the 4-tuple joins it.
+ */
+#include <uapi/linux/in.h>
+#include <uapi/linux/in6.h>
+#include "events.h"
+
+#ifdef TCPLAB_ENUM_sk_rst_reason
+enum sk_rst_reason { TCPLAB_SK_RST_REASON_PLACEHOLDER };
+#endif
+
+/* The classic layout of the TCP tracepoints: ports, and IPv4 and IPv6
+ * address fields (TP_STORE_ADDRS: a v4 socket also gets its v4-mapped
+ * address in the v6 fields). `family` is a field on newer kernels only
+ * (format file); with family 0 it is told from the v6 address. */
+static __always_inline void set_tuple(struct tcp_sock_event *e, u16 family, u16 sport, u16 dport,
+                                      const u8 *s4, const u8 *d4, const u8 *s6, const u8 *d6)
+{
+    if (family == 0) {
+        u8 a[16];
+        __builtin_memcpy(a, s6, 16);
+        u64 lo = *(u64 *)a;
+        u32 mid = *(u32 *)(a + 8);
+        family = (lo == 0 && mid == 0xffff0000) ? AF_INET : AF_INET6;
+    }
+    e->family = family;
+    e->sport = sport;
+    e->dport = dport;
+    if (family == AF_INET) {
+        __builtin_memcpy(e->saddr, s4, 4);
+        __builtin_memcpy(e->daddr, d4, 4);
+    } else {
+        __builtin_memcpy(e->saddr, s6, 16);
+        __builtin_memcpy(e->daddr, d6, 16);
+    }
+}
+
+/* ctx fields are copied out by bpf_probe_read_kernel: with plain copies
+ * the compiler may address them from a moved ctx pointer, which the
+ * verifier refuses ("dereference of modified ctx ptr"). */
+#define SET_TUPLE(e, args, family)                                                  \
+    do {                                                                            \
+        u8 s4_[4], d4_[4], s6_[16], d6_[16];                                        \
+        bpf_probe_read_kernel(s4_, 4, (args)->saddr);                                  \
+        bpf_probe_read_kernel(d4_, 4, (args)->daddr);                                  \
+        bpf_probe_read_kernel(s6_, 16, (args)->saddr_v6);                              \
+        bpf_probe_read_kernel(d6_, 16, (args)->daddr_v6);                              \
+        set_tuple(&(e), family, (args)->sport, (args)->dport, s4_, d4_, s6_, d6_);  \
+    } while (0)
+
+static __always_inline int send(void *ctx, struct tcp_sock_event *e, u8 what)
+{
+    if (!ports_ok(e->sport, e->dport))
+        return 0;
+    e->ts = bpf_ktime_get_ns();
+    e->pid = bpf_get_current_pid_tgid() >> 32;
+    e->what = what;
+    emit(ctx, e);
+    return 0;
+}
+
+#ifdef TCPLAB_TP_tcp_retransmit_skb
+int tp_tcp_retransmit_skb(struct tracepoint__tcp__tcp_retransmit_skb *args)
+{
+    struct tcp_sock_event e = {};
+    e.skaddr = (u64)args->skaddr;
+    e.state = args->state;
+#ifdef TCPLAB_TP_tcp_retransmit_skb_family
+    SET_TUPLE(e, args, args->family);
+#else
+    SET_TUPLE(e, args, 0);
+#endif
+#ifdef TCPLAB_TP_tcp_retransmit_skb_err
+    e.code = args->err;
+#endif
+    return send(args, &e, TCPLAB_EV_RETRANSMIT);
+}
+#endif
+
+#ifdef TCPLAB_TP_tcp_cong_state_set
+int tp_tcp_cong_state_set(struct tracepoint__tcp__tcp_cong_state_set *args)
+{
+    struct tcp_sock_event e = {};
+    e.skaddr = (u64)args->skaddr;
+    e.code = args->cong_state;
+    SET_TUPLE(e, args, args->family);
+    return send(args, &e, TCPLAB_EV_CONG_STATE);
+}
+#endif
+
+#ifdef TCPLAB_TP_tcp_send_reset
+int tp_tcp_send_reset(struct tracepoint__tcp__tcp_send_reset *args)
+{
+    struct tcp_sock_event e = {};
+    e.skaddr = (u64)args->skaddr;
+    e.state = args->state;
+#if defined(TCPLAB_TP_tcp_send_reset_sport) && defined(TCPLAB_TP_tcp_send_reset_family)
+    SET_TUPLE(e, args, args->family);
+#elif defined(TCPLAB_TP_tcp_send_reset_sport)
+    SET_TUPLE(e, args, 0);
+#else
+    /* 6.10+: sockaddr images, from the socket or (no socket) the segment
+     * being answered, in the socket's own view either way. */
+    u8 src[28], dst[28];
+    bpf_probe_read_kernel(src, sizeof(src), args->saddr);
+    bpf_probe_read_kernel(dst, sizeof(dst), args->daddr);
+    e.family = *(u16 *)src;
+    e.sport = ntohs(*(u16 *)(src + 2));
+    e.dport = ntohs(*(u16 *)(dst + 2));
+    if (e.family == AF_INET) {
+        __builtin_memcpy(e.saddr, src + 4, 4);
+        __builtin_memcpy(e.daddr, dst + 4, 4);
+    } else {
+        __builtin_memcpy(e.saddr, src + 8, 16);
+        __builtin_memcpy(e.daddr, dst + 8, 16);
+    }
+#endif
+#ifdef TCPLAB_TP_tcp_send_reset_reason
+    e.code = args->reason;
+#endif
+    return send(args, &e, TCPLAB_EV_SEND_RESET);
+}
+#endif
+
+#ifdef TCPLAB_TP_tcp_receive_reset
+int tp_tcp_receive_reset(struct tracepoint__tcp__tcp_receive_reset *args)
+{
+    struct tcp_sock_event e = {};
+    e.skaddr = (u64)args->skaddr;
+#ifdef TCPLAB_TP_tcp_receive_reset_family
+    SET_TUPLE(e, args, args->family);
+#else
+    SET_TUPLE(e, args, 0);
+#endif
+    return send(args, &e, TCPLAB_EV_RECEIVE_RESET);
+}
+#endif
+
+#ifdef TCPLAB_TP_inet_sk_error_report
+int tp_inet_sk_error_report(struct tracepoint__sock__inet_sk_error_report *args)
+{
+    /* It fires for every inet socket: UDP, SCTP and MPTCP too. */
+    if (args->protocol != IPPROTO_TCP)
+        return 0;
+    struct tcp_sock_event e = {};
+    e.code = args->error;
+    SET_TUPLE(e, args, args->family);
+    return send(args, &e, TCPLAB_EV_SK_ERROR);
+}
+#endif

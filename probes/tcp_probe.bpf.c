@@ -1,0 +1,142 @@
+/* Congestion and flow control of each connection, sampled in the kernel.
+ *
+ * Hook: the tcp:tcp_probe tracepoint (since 4.16, when the tcp_probe module
+ * became a tracepoint). It fires at the top of tcp_rcv_established() for
+ * every segment an established socket receives: on a bulk sender once per
+ * ACK, on its receiver once per data segment (zero-window probes included).
+ * A bulk transfer here makes 130-180k hits a second (measured, loopback and
+ * veth), so hits are not events: a hit becomes an event when snd_cwnd or
+ * ssthresh changed, when snd_wnd or rcv_wnd crossed zero (either way), or
+ * when the socket's last event is older than config[CFG_SAMPLE_MS]; the
+ * rest are only counted (per socket in the event's `hits`, per CPU in
+ * counters[CNT_HITS]).
+ *
+ * Its format changed (pick by the format file: probes/program.py passes
+ * TCPLAB_TP_tcp_probe_<field> for the fields this kernel has):
+ * - saddr/daddr are sockaddr images (sockaddr_in or sockaddr_in6) since
+ *   4.16; `family` is a field only after 5.10: before, it is read from the
+ *   image's sa_family;
+ * - skaddr (the struct sock) only from 6.12: before, the socket is known by
+ *   its 4-tuple (sample map key and event), which the correlator joins on.
+ */
+#include <uapi/linux/in.h>
+#include <uapi/linux/in6.h>
+#include "events.h"
+
+struct sample_key {
+    u64 skaddr;        /* 6.12+: the socket; the 4-tuple below stays zero */
+    u8 saddr[16];      /* before 6.12: the 4-tuple */
+    u8 daddr[16];
+    u16 sport;
+    u16 dport;
+    u32 pad;
+};
+
+struct sample_state {
+    u64 last_ts;       /* when this socket's last event went out */
+    u32 snd_cwnd;
+    u32 ssthresh;
+    u32 snd_wnd;
+    u32 rcv_wnd;
+    u32 hits;          /* hits since last_ts, not yet reported */
+    u32 pad;
+};
+
+/* The last reported values per socket. Inserted by the handler at a
+ * socket's first hit, updated at each hit, read by the handler only. LRU
+ * (nothing tells this program that a socket closed): a socket evicted and
+ * seen again starts over with a TCPLAB_SAMPLE_FIRST event. */
+BPF_TABLE("lru_hash", struct sample_key, struct sample_state, samples, 16384);
+
+/* The address part of a sockaddr image into a u8[16] (AF_INET: 4 bytes). */
+static __always_inline void image_addr(u8 *dst, const u8 *img, u16 family)
+{
+    if (family == AF_INET)
+        __builtin_memcpy(dst, img + 4, 4);
+    else
+        __builtin_memcpy(dst, img + 8, 16);
+}
+
+static __always_inline int zero_crossed(u32 before, u32 now)
+{
+    return (before == 0) != (now == 0);
+}
+
+int tp_tcp_probe(struct tracepoint__tcp__tcp_probe *args)
+{
+    count(CNT_HITS);
+    u16 sport = args->sport, dport = args->dport;
+    if (!ports_ok(sport, dport))
+        return 0;
+    u8 saddr[28], daddr[28];
+    /* Read, not copied: see tcp_events.bpf.c SET_TUPLE. */
+    bpf_probe_read_kernel(saddr, sizeof(saddr), args->saddr);
+    bpf_probe_read_kernel(daddr, sizeof(daddr), args->daddr);
+#ifdef TCPLAB_TP_tcp_probe_family
+    u16 family = args->family;
+#else
+    u16 family = *(u16 *)saddr;   /* sa_family, the image's first field */
+#endif
+    struct sample_key key = {};
+#ifdef TCPLAB_TP_tcp_probe_skaddr
+    key.skaddr = (u64)args->skaddr;
+#else
+    image_addr(key.saddr, saddr, family);
+    image_addr(key.daddr, daddr, family);
+    key.sport = sport;
+    key.dport = dport;
+#endif
+    u64 now = bpf_ktime_get_ns();
+    u32 cwnd = args->snd_cwnd, ssthresh = args->ssthresh;
+    u32 snd_wnd = args->snd_wnd, rcv_wnd = args->rcv_wnd;
+    u8 why;
+    struct sample_state *last = samples.lookup(&key);
+    if (!last) {
+        struct sample_state fresh = {};
+        fresh.hits = 1;
+        samples.update(&key, &fresh);
+        last = samples.lookup(&key);
+        if (!last)
+            return 0;
+        why = TCPLAB_SAMPLE_FIRST;
+    } else {
+        last->hits++;
+        u32 k = CFG_SAMPLE_MS;
+        u32 *ms = config.lookup(&k);
+        u64 every = ms ? (u64)*ms * 1000000 : 0;
+        if (cwnd != last->snd_cwnd || ssthresh != last->ssthresh)
+            why = TCPLAB_SAMPLE_CWND;
+        else if (zero_crossed(last->snd_wnd, snd_wnd) || zero_crossed(last->rcv_wnd, rcv_wnd))
+            why = TCPLAB_SAMPLE_ZERO_WINDOW;
+        else if (now - last->last_ts >= every)
+            why = TCPLAB_SAMPLE_PERIOD;
+        else
+            return 0;
+    }
+    struct tcp_probe_event e = {};
+    e.ts = now;
+    e.skaddr = key.skaddr;
+    e.snd_cwnd = cwnd;
+    e.ssthresh = ssthresh;
+    e.snd_wnd = snd_wnd;
+    e.rcv_wnd = rcv_wnd;
+    e.srtt_us = args->srtt;
+    e.snd_nxt = args->snd_nxt;
+    e.snd_una = args->snd_una;
+    e.hits = last->hits;
+    e.family = family;
+    e.sport = sport;
+    e.dport = dport;
+    e.data_len = args->data_len;
+    e.why = why;
+    image_addr(e.saddr, saddr, family);
+    image_addr(e.daddr, daddr, family);
+    last->last_ts = now;
+    last->snd_cwnd = cwnd;
+    last->ssthresh = ssthresh;
+    last->snd_wnd = snd_wnd;
+    last->rcv_wnd = rcv_wnd;
+    last->hits = 0;
+    emit(args, &e);
+    return 0;
+}
