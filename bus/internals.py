@@ -9,6 +9,8 @@ reasons are the kernel's own numbering.
 
 from __future__ import annotations
 
+# The probes (probes/*.bpf.c) whose records these are.
+INTERNALS = ("tcp_probe", "tcp_events")
 # Why a tcp:tcp_probe hit became an event (probes/tcp_probe.bpf.c).
 SAMPLE_WHY = ("first", "cwnd", "zero_window", "period")
 # Which tracepoint a tcp_sock_event came from (probes/tcp_events.bpf.c).

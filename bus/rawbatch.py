@@ -165,10 +165,21 @@ FIELDS: dict[str, dict[str, str]] = {
         "ts": "int", "dur_ns": "int", "pid": "int", "tid": "int", "comm": "text", "epfd": "int",
         "maxevents": "int", "timeout_ms": "int", "ready": "int", "err": "int", "syscall": "int",
     },
+    "tcp_probe": {
+        "ts": "int", "skaddr": "int", "snd_cwnd": "int", "ssthresh": "int", "snd_wnd": "int",
+        "rcv_wnd": "int", "srtt_us": "int", "snd_nxt": "int", "snd_una": "int", "hits": "int",
+        "family": "int", "sport": "int", "dport": "int", "data_len": "int", "why": "int",
+        "saddr": "addr", "daddr": "addr",
+    },
+    "tcp_events": {
+        "ts": "int", "skaddr": "int", "pid": "int", "code": "int", "family": "int",
+        "sport": "int", "dport": "int", "what": "int", "state": "int", "saddr": "addr",
+        "daddr": "addr",
+    },
 }  # fmt: skip
 _TS_MAX = np.iinfo(np.int64).max
 # State and syscall numbers index tables of 256: one byte.
-_BYTE_FIELDS = ("oldstate", "newstate", "syscall")
+_BYTE_FIELDS = ("oldstate", "newstate", "syscall", "why", "what", "state")
 
 
 def _fits(dt: np.dtype[Any], name: str, kind: str) -> bool:

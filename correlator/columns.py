@@ -16,6 +16,7 @@ import numpy as np
 import polars as pl
 
 from bus import rawbatch
+from bus.internals import INTERNALS
 
 TCP_SCHEMA: dict[str, Any] = {
     "ts": pl.Int64,
@@ -179,6 +180,10 @@ class Columns:
         """A raw body: ring buffer records of one probe, decoded by numpy."""
         self._count("envelopes.kernel")
         probe = body.get("probe")
+        if probe in INTERNALS:
+            # The TCP internals are series per socket, not lifecycle events:
+            # correlator/internals.py reads them (reports/build.py feeds both).
+            return []
         r = rawbatch.decode_batch(body)
         n = len(r)
         ties = np.arange(self.tie, self.tie + n, dtype=np.int64)

@@ -18,13 +18,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from bus.internals import INTERNALS
 from probes import tpformat
 
-PROBES = ("tcp_state", "accept", "epoll", "tcp_probe", "tcp_events")
-# The TCP internals (probes/tpformat.py), tracepoints only: no kprobe
-# variant, so a forced kprobe mode keeps them on their tracepoints; each
-# attaches the hooks this kernel has and says what it lacks.
-INTERNALS = ("tcp_probe", "tcp_events")
+# The TCP internals (INTERNALS, probes/tpformat.py) are tracepoints only: no
+# kprobe variant, so a forced kprobe mode keeps them on their tracepoints;
+# each attaches the hooks this kernel has and says what it lacks.
+PROBES = ("tcp_state", "accept", "epoll", *INTERNALS)
 # What runs unless asked otherwise: the internals cost a compilation and
 # events on every data segment's path, so a scenario or a user asks for
 # them (`[lab] internals = true`, `--internals`).
