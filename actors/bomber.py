@@ -17,74 +17,20 @@ from __future__ import annotations
 
 import argparse
 import errno
-import ipaddress
-import os
 import socket
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 from actors import runtime
 from actors.runtime import Runtime, UsageError, error_fields, parse_hostport, sock_fields
-from lab.link import LAB_NET
+from actors.targets import check_target
 
-LAB_PREFIX = "tcplab-"
 # Failure records per errno per second; the rest are only counted (STATS
 # carries every one). Exhausted connect() fails in microseconds: logging
 # each would flood the bus with identical records.
 FAILURE_RECORDS_PER_S = 100
 SERVICE_EVERY = 64  # loop turns between bus services: ~3 ms at full speed
-
-
-def _in_lab_namespace() -> bool:
-    """True when this process runs in a network namespace named tcplab-*."""
-    try:
-        mine = os.stat("/proc/self/ns/net").st_ino
-        for path in Path("/run/netns").glob(f"{LAB_PREFIX}*"):
-            if path.stat().st_ino == mine:
-                return True
-    except OSError:
-        return False
-    return False
-
-
-def _local_addresses() -> set[str]:
-    from pyroute2 import IPRoute
-
-    with IPRoute() as ipr:
-        return {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr()}
-
-
-def _lab_link_peers() -> list[ipaddress.IPv4Network]:
-    """Subnets in 198.18.0.0/15 (a lab link's range) of this namespace's addresses."""
-    from pyroute2 import IPRoute
-
-    with IPRoute() as ipr:
-        nets = [ipaddress.ip_interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}").network
-                for a in ipr.get_addr(family=socket.AF_INET)]
-    return [n for n in nets if isinstance(n, ipaddress.IPv4Network) and n.subnet_of(LAB_NET)]
-
-
-def check_target(host: str) -> None:
-    """Refuse anything but loopback, an address of this lab namespace, or
-    the far end of its lab link (198.18.0.0/15, on a subnet of this host)."""
-    try:
-        addr = ipaddress.ip_address(host)
-    except ValueError:
-        raise UsageError(
-            f"target {host!r} is not an IP address: give 127.0.0.1 or ::1 (no names)"
-        ) from None
-    if addr.is_loopback:
-        return
-    if _in_lab_namespace() and str(addr) in _local_addresses():
-        return
-    if _in_lab_namespace() and any(addr in net for net in _lab_link_peers()):
-        return
-    raise UsageError(
-        f"refusing to bomb {host}: a port bomb is an attack outside loopback; "
-        "target 127.0.0.1 / ::1 or an address inside the lab namespace"
-    )
 
 
 class Bomber:
@@ -226,7 +172,7 @@ class Bomber:
 
 def bomb(args: argparse.Namespace) -> int:
     target = parse_hostport(args.target)
-    check_target(target[0])
+    check_target(target[0], "bomb")
     if args.pool < 0 or args.rate < 0 or (args.count is not None and args.count < 0):
         raise UsageError("--pool, --rate and --count must be 0 or more")
     rt = Runtime("bomber", args)

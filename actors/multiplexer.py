@@ -29,6 +29,7 @@ from typing import IO, Any
 
 from actors import runtime
 from actors.runtime import Runtime, UsageError, error_fields, parse_hostport, raise_nofile
+from actors.targets import check_target
 
 PER_PROCESS = 19000  # leaves room under the 20000 hard limit for the bus, epoll, stdio
 # Open files a process needs besides its connections (ZeroMQ, epoll, stdio, pipes).
@@ -227,6 +228,7 @@ class Multiplexer:
 
 def multiplex(args: argparse.Namespace) -> int:
     target = parse_hostport(args.target)
+    check_target(target[0], "open thousands of connections to")
     if args.connections < 0 or args.interval <= 0 or not 1 <= args.per_process <= PER_PROCESS:
         raise UsageError(
             f"--connections >= 0, --interval > 0, --per-process 1..{PER_PROCESS} please"

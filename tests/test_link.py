@@ -141,14 +141,15 @@ def test_stale_sweep_removes_hosts_of_a_dead_run() -> None:
 
 @pytest.mark.root
 @pytest.mark.netns
-def test_bomber_accepts_the_link_peer_and_nothing_else() -> None:
-    """Inside a host, the far end of the lab link is a lab target; others are not."""
+def test_load_generators_accept_the_link_peer_and_nothing_else() -> None:
+    """Inside a host, the far end of the lab link is a lab target; others are
+    not (the check the bomber and the multiplexer make before any connect)."""
     hosts = Hosts("bombtest", [HostSpec("a"), HostSpec("b")]).create()
     try:
         Link(LinkSpec(hosts=("a", "b")), hosts.names()).create()
-        code = ("import sys; from actors.bomber import check_target\n"
+        code = ("import sys; from actors.targets import check_target\n"
                 "for t in sys.argv[1:]:\n"
-                "    try:\n        check_target(t); print(t, 'ok')\n"
+                "    try:\n        check_target(t, 'bomb'); print(t, 'ok')\n"
                 "    except Exception as e:\n        print(t, 'refused')\n")
         out = hosts["a"].run(
             [sys.executable, "-c", code, "198.18.0.2", "198.18.9.9", "192.0.2.1", "127.0.0.1"],
@@ -169,3 +170,13 @@ def test_lab_addresses_are_never_routed() -> None:
 
     assert not LAB_NET.is_global
     assert ipaddress.ip_address("198.19.255.255") in LAB_NET
+
+
+@pytest.mark.parametrize("module", ["bomber", "multiplexer"])
+def test_load_generators_refuse_a_target_outside_the_lab(module: str) -> None:
+    """Outside any lab namespace only loopback is allowed: one line, exit 2."""
+    out = subprocess.run([sys.executable, "-m", f"actors.{module}", "--target", "192.0.2.7:80"],
+                         capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert out.returncode == 2
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith(f"{module}: error: refusing to") and "192.0.2.7" in line
