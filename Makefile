@@ -8,7 +8,7 @@ ifneq ($(shell id -u),0)
 $(error tcplab: run as root (sudo make $(or $(MAKECMDGOALS),lab)): the eBPF probes and the lab's network namespaces need root)
 endif
 
-.PHONY: lab test bench test-kernels provision lint
+.PHONY: lab test bench test-kernels provision lint go
 
 # make itself can only exit 0 or 2: the code of `tcplab run all` (the worst
 # of its runs, README "Exit codes") is printed when it is not 0.
@@ -23,6 +23,10 @@ bench: provision
 
 provision:
 	@bash scripts/provision.sh --if-needed
+
+# The seed's Go programs (examples/go/bin); provision builds them too.
+go:
+	bash scripts/build-go.sh
 
 lint: provision
 	$(BIN)/ruff check . && $(BIN)/mypy actors bus correlator lab probes reports orchestrator.py

@@ -100,6 +100,7 @@ def raise_nofile(wanted: int | None = None) -> int:
 
 Progress = Callable[[], dict[str, Any]]
 SetHandler = Callable[[dict[str, Any]], dict[str, Any]]
+StartHandler = Callable[[], dict[str, Any]]
 
 
 class Runtime:
@@ -132,6 +133,9 @@ class Runtime:
         self.exit_code = EXIT_OK
         self.progress: Progress | None = None
         self.on_set: SetHandler | None = None
+        # Work to do before `start` is acknowledged (a relay spawns its
+        # program); its result goes into the ack, a UsageError refuses it.
+        self.on_start: StartHandler | None = None
         # Where report() goes instead of the bus or stderr (a worker's pipe).
         self.reporter: Callable[[dict[str, Any]], None] | None = None
         self._next_stats = time.monotonic() + STATS_INTERVAL_S
@@ -213,7 +217,15 @@ class Runtime:
     def _handle(self, cmd: Envelope) -> None:
         assert self.control is not None
         name, args = cmd.body["name"], cmd.body["args"]
-        if name == "start":
+        if name == "start" and self.on_start is not None and not self.started:
+            try:
+                result = self.on_start()
+            except UsageError as e:
+                self.control.ack(cmd, False, error=str(e))
+            else:
+                self.started = True
+                self.control.ack(cmd, True, result=result)
+        elif name == "start":
             self.started = True
             self.control.ack(cmd, True)
         elif name == "stop":

@@ -58,6 +58,11 @@ class Joins:
             if isinstance(info, dict) and isinstance(info.get("pid"), int):
                 self.pid_actor[info["pid"]] = name
                 self.pid_learnt[info["pid"]] = -1
+        # The programs foreign actors started (actors/foreign.py) are those actors.
+        for name, pid in (meta.get("programs") or {}).items():
+            if isinstance(pid, int):
+                self.pid_actor[pid] = name
+                self.pid_learnt[pid] = -1
         self.listeners: dict[tuple[str, int], Conn] = {}
         self.by_tuple: dict[Tuple4, list[Conn]] = {}
         self.by_pidfd: dict[tuple[int, int], Conn] = {}

@@ -74,6 +74,9 @@ class LabRun:
         self.endpoints: Endpoints | None = None
         self._hub: Hub | None = None
         self._recorder: Recorder | None = None
+        # Foreign actors' programs (actors/foreign.py): actor -> the pid its
+        # `start` answered with. The probes and observers follow them too.
+        self.programs: dict[str, int] = {}
 
     @property
     def hub(self) -> Hub:
@@ -178,10 +181,14 @@ class LabRun:
             self._wait_ready([a.name], ACTOR_READY_S)
         if self.halted:
             return
-        names = [a.name for a in self.scenario.actors]
-        # Now the pids are known: the probes' syscall programs trace only the
-        # lab's processes, and the observer counts their open fds.
-        pids = [self.sup.processes[n].pid for n in names]
+        self._share_pids()
+
+    def _share_pids(self) -> None:
+        """The probes' syscall programs trace only the lab's processes (the
+        actors and the programs foreign actors started), and the observer
+        counts their open fds."""
+        pids = [self.sup.processes[a.name].pid for a in self.scenario.actors]
+        pids += self.programs.values()
         self._command(PROBES, "set", {"pids": pids})
         for a in self.scenario.actors:
             if a.role == "observer":
@@ -212,7 +219,12 @@ class LabRun:
             return False
         if not ack.body["ok"]:
             self.tally.errors.append(f"{actor} refused {name}: {ack.body.get('error')}")
-        return bool(ack.body["ok"])
+            return False
+        pid = (ack.body.get("result") or {}).get("pid")
+        if name == "start" and isinstance(pid, int) and actor != PROBES:
+            self.programs[actor] = pid
+            self._share_pids()
+        return True
 
     def _run_phases(self) -> None:
         if self.halted:
@@ -392,6 +404,7 @@ class LabRun:
             "namespace": {"name": self.ns.name, "sysctls": s.sysctls},
             **({"lab": self.hostlab.describe()} if self.hostlab else {}),
             "actors": {n: p.describe() for n, p in self.sup.processes.items()},
+            **({"programs": self.programs} if self.programs else {}),
             "phases": self.phases,
             "bus": hub.events_ledger.summary() if hub else {},
             "control_bus": hub.control_ledger.summary() if hub else {},

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import json
 import math
 import re
+import signal
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,14 +24,20 @@ from lab.hosts import HostSpec
 from lab.link import LinkSpec
 from lab.topology import TopologyError, parse_capture, parse_hosts, parse_link, parse_phase_link
 
-SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
+REPO = Path(__file__).resolve().parent.parent
+SCENARIO_DIR = REPO / "scenarios"
 ROLES = ("server", "client", "bomber", "leaker", "multiplexer", "observer")
+# A foreign actor is any program (`command = [...]`), run by actors/foreign.py.
+FOREIGN = "foreign"
 
 # The keys each table may hold: anything else is a typo that would otherwise
 # be ignored in silence (`until_don` made a phase run to its full length).
 TOP_KEYS = ("name", "summary", "description", "lab", "actors", "phases", "expected")
 LAB_KEYS = ("ports", "sysctls", "hosts", "link", "capture")
 ACTOR_KEYS = ("name", "role", "args", "host")
+FOREIGN_KEYS = ("name", "command", "env", "cwd", "host", "ready", "stop_signal")
+READY_KEYS = ("port",)
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 PHASE_KEYS = ("name", "duration_s", "commands", "until_done", "link")
 COMMAND_KEYS = ("actor", "name", "args")
 
@@ -196,6 +204,42 @@ def _check_bomber_target(args: list[str], link: LinkSpec | None, where: str) -> 
         )
 
 
+def _foreign(a: dict[str, Any], where: str) -> ActorSpec:
+    """`command = [...]` with env, cwd, ready = { port = N } and stop_signal:
+    the relay's arguments (actors/foreign.py). A relative program path with
+    a slash (examples/go/bin/server) is the repository's."""
+    _known_keys(a, FOREIGN_KEYS, where)
+    command = _list(a["command"], f"{where} command")
+    if not command or not all(isinstance(x, str) and x for x in command):
+        raise ScenarioError(f"{where}: `command` must be a list of strings, the program first")
+    if "/" in command[0] and not Path(command[0]).is_absolute():
+        command = [str(REPO / command[0]), *command[1:]]
+    _check_args(command, where)
+    args = ["--command", json.dumps(command)]
+    env = _table(a.get("env", {}), f"{where} env")
+    for key, value in env.items():
+        if not ENV_NAME.fullmatch(key) or not isinstance(value, str | int) or isinstance(
+                value, bool):
+            raise ScenarioError(f"{where} env: {key} = {value!r}: give NAME = \"text\"")
+        args += ["--env", f"{key}={value}"]
+    if "cwd" in a:
+        args += ["--cwd", str(REPO / _need(a, "cwd", str, where))]
+    ready = _table(a.get("ready", {}), f"{where} ready")
+    _known_keys(ready, READY_KEYS, f"{where} ready")
+    if "port" in ready:
+        port = ready["port"]
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            raise ScenarioError(f"{where}: ready = {{ port = N }} takes a port from 1 to 65535")
+        args += ["--ready-port", str(port)]
+    stop = a.get("stop_signal", "SIGTERM")
+    if stop not in signal.Signals.__members__:
+        raise ScenarioError(f"{where}: stop_signal {stop!r}: give a name such as SIGTERM, "
+                            "SIGINT or SIGKILL")
+    args += ["--stop-signal", str(stop)]
+    return ActorSpec(name=_need(a, "name", str, where), role=FOREIGN, args=args,
+                     host=a.get("host"))
+
+
 def load(path: Path) -> Scenario:
     where = str(path)
     try:
@@ -207,7 +251,10 @@ def load(path: Path) -> Scenario:
     actors = []
     for i, a in enumerate(_need(data, "actors", list, where)):
         aw = f"{where} actors[{i}]"
-        _known_keys(_table(a, aw), ACTOR_KEYS, aw)
+        if "command" in _table(a, aw):
+            actors.append(_foreign(a, aw))
+            continue
+        _known_keys(a, ACTOR_KEYS, aw)
         spec = ActorSpec(
             name=_need(a, "name", str, aw),
             role=_need(a, "role", str, aw),
@@ -216,7 +263,8 @@ def load(path: Path) -> Scenario:
         )
         if spec.role not in ROLES:
             raise ScenarioError(f"{where}: actor {spec.name!r} has role {spec.role!r}; "
-                                f"roles are {', '.join(ROLES)}")
+                                f"roles are {', '.join(ROLES)}, or give `command = [...]` "
+                                "to run any program")
         _check_args(spec.args, f"{aw} ({spec.name})")
         actors.append(spec)
     names = {a.name for a in actors}

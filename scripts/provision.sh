@@ -21,7 +21,8 @@ in_place() {
     [ -f "$venv/.tcplab-installed" ] && [ ! "$repo/pyproject.toml" -nt "$venv/.tcplab-installed" ] &&
         [ -e "/lib/modules/$kernel/build/Makefile" ] &&
         mountpoint -q /sys/kernel/tracing &&
-        "$venv/bin/python" -c 'import bcc, zmq' 2>/dev/null
+        "$venv/bin/python" -c 'import bcc, zmq' 2>/dev/null &&
+        bash "$repo/scripts/build-go.sh" >/dev/null
 }
 if [ "${1:-}" = --if-needed ] && in_place; then
     exit 0
@@ -131,6 +132,9 @@ if [ ! -f "$stamp" ] || [ "$repo/pyproject.toml" -nt "$stamp" ]; then
 else
     say "venv up to date"
 fi
+
+# --- the seed's Go programs (scenarios go-*, `tcplab trace` examples) --------
+bash "$repo/scripts/build-go.sh"
 
 # --- self-check -------------------------------------------------------------
 [ "$changed" -eq 0 ] && say "nothing changed"

@@ -1,0 +1,76 @@
+// bomb: the seed's port bomb. Dials the target and closes at once, as fast
+// as it can, so the kernel fills with TIME_WAIT sockets (the active closer
+// keeps them) until connect fails with EADDRNOTAVAIL: "cannot assign
+// requested address", no ephemeral port left for this destination.
+//
+//	bomb -target 127.0.0.1:8080 -duration 10s
+package main
+
+import (
+	"flag"
+	"net"
+	"os"
+	"os/signal"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"tcplab/examples/go/internal/jlog"
+	"tcplab/examples/go/internal/labnet"
+)
+
+// Failures logged one by one; past this many only the counts in the progress
+// records (a bomb fails thousands of times a second once the ports are gone).
+const maxLoggedFailures = 200
+
+func main() {
+	target := flag.String("target", "127.0.0.1:8080", "server address (loopback or 198.18.0.0/15)")
+	duration := flag.Duration("duration", 10*time.Second, "how long to bomb")
+	workers := flag.Int("workers", 4, "goroutines dialling at once")
+	flag.Parse()
+	if err := labnet.CheckTarget(*target); err != nil {
+		labnet.Fail("bomb", err)
+	}
+	var ok, failed atomic.Int64
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, syscall.SIGINT, syscall.SIGTERM)
+	done := make(chan struct{})
+	for w := 0; w < *workers; w++ {
+		go func() {
+			for {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				conn, err := net.Dial("tcp", *target)
+				if err != nil {
+					if failed.Add(1) <= maxLoggedFailures {
+						jlog.Error("connect_failed", "error", err)
+					}
+					continue
+				}
+				conn.Close()
+				ok.Add(1)
+			}
+		}()
+	}
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	end := time.After(*duration)
+	start := time.Now()
+	for {
+		select {
+		case <-tick.C:
+			jlog.Info("progress", "connections", ok.Load(), "failed", failed.Load())
+			continue
+		case s := <-stop:
+			jlog.Info("stopping", "signal", s.String())
+		case <-end:
+		}
+		break
+	}
+	close(done)
+	jlog.Info("done", "connections", ok.Load(), "failed", failed.Load(),
+		"seconds", time.Since(start).Seconds())
+}

@@ -1,0 +1,3 @@
+module tcplab/examples/go
+
+go 1.19
