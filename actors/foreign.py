@@ -5,8 +5,10 @@
 
 The program does not speak the bus; this relay does it for it. On `start`
 it spawns the program (in the relay's own namespace and process group),
-waits until it listens on --ready-port if given, and answers with the
-program's pid, so the orchestrator can point the probes at it. Every line
+answers with the program's pid, so the orchestrator can point the probes
+at it, and reports `listening` once the program listens on --ready-port
+(checked here, inside the actor's namespace): the orchestrator waits for
+that before the phase goes on. Every line
 the program writes to stdout or stderr goes onto the bus as an application
 record (actors/lines.py). On `stop` the program gets --stop-signal, then
 SIGKILL if it outlives the grace period. A program that ends by itself is
@@ -19,6 +21,7 @@ import argparse
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,7 +35,7 @@ from actors.lines import to_record
 from actors.runtime import Runtime, UsageError
 from lab.supervisor import PDEATHSIG
 
-READY_S = 8.0  # below the orchestrator's 10 s wait for the `start` ack
+READY_S = 10.0  # how long a program may take to listen on its ready port
 STOP_GRACE_S = 5.0
 # /proc/net/tcp's state column for LISTEN.
 TCP_LISTEN = "0A"
@@ -75,9 +78,22 @@ class Relay:
         self.relayed = 0
         self.exit_code: int | None = None
         self.stopped_by_us = False
+        # --ready-port: None until the program listens (True) or cannot (False).
+        self.ready: bool | None = None
+        self.ready_error = ""
+        self.ready_deadline = 0.0
 
     # -- start -----------------------------------------------------------------
     def start(self) -> dict[str, Any]:
+        program = self.command[0]
+        if "/" in program:
+            found = os.access(Path(self.args.cwd or ".", program), os.X_OK)
+        else:
+            found = shutil.which(program, path=self.env.get("PATH")) is not None
+        if not found:
+            # setpriv would start and then fail to exec it: say so here.
+            raise UsageError(f"cannot start {program}: no such program (for examples/go/bin: "
+                             "`make go` builds them)")
         try:
             self.proc = subprocess.Popen(
                 [*PDEATHSIG, *self.command], cwd=self.args.cwd, env=self.env,
@@ -90,28 +106,34 @@ class Relay:
             assert pipe is not None
             threading.Thread(target=_pump, args=(pipe, name, self.lines), daemon=True).start()
             self.open_pipes += 1
-        if self.args.ready_port:
-            self._wait_listening(self.args.ready_port)
+        self.ready_deadline = time.monotonic() + READY_S
         return {"pid": self.proc.pid}
 
-    def _wait_listening(self, port: int) -> None:
-        deadline = time.monotonic() + READY_S
-        while not listening(port):
-            self.relay()
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise UsageError(f"{self.command[0]} exited with code {self.proc.returncode} "
-                                 f"before it listened on port {port}")
-            if time.monotonic() > deadline:
-                raise UsageError(f"{self.command[0]} does not listen on port {port} after "
-                                 f"{READY_S:g}s: check its `ready` port")
-            time.sleep(0.01)
+    def _check_ready(self) -> None:
+        """Once the program listens on --ready-port, say so at once (the
+        orchestrator waits for it before the phase goes on)."""
+        port = self.args.ready_port
+        if not port or self.ready is not None or self.proc is None:
+            return
+        if listening(port):
+            self.ready = True
+            self._record("program_ready", port=port)
+        elif self.exit_code is not None or time.monotonic() > self.ready_deadline:
+            self.ready = False
+            why = (f"exited with code {self.exit_code}" if self.exit_code is not None
+                   else f"does not listen after {READY_S:g}s")
+            self.ready_error = f"{self.command[0]} {why}: it never listened on port {port}"
+            self._record("program_not_ready", level="error", port=port, reason=self.ready_error)
+        else:
+            return
+        self.rt.report(self.progress())
 
     # -- the loop ----------------------------------------------------------------
     def loop(self) -> None:
         while not self.rt.stopping:
             self.relay()
             self._reap()
+            self._check_ready()
             self.rt.service(20)
         self.stop()
 
@@ -167,6 +189,9 @@ class Relay:
             "lines": self.relayed,
             "running": self.proc is not None and self.exit_code is None,
         }
+        if self.ready is not None:
+            body.update(listening=self.ready, **({"error": self.ready_error} if not self.ready
+                                                 else {}))
         if done:
             body.update(done=True, exit_code=self.exit_code)
         return body

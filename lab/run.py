@@ -35,6 +35,8 @@ from lab.tally import Tally
 
 PROBE_READY_S = 90.0  # BPF compilation takes seconds per program on 2 cores
 ACTOR_READY_S = 30.0
+# A foreign program's relay gives up after 10 s (actors/foreign.py READY_S).
+PROGRAM_READY_S = 15.0
 EOF_WAIT_S = 10.0
 # Errors that end a run early but are no bug: recorded in run.json, and the
 # run still tears down and writes what it can.
@@ -224,7 +226,27 @@ class LabRun:
         if name == "start" and isinstance(pid, int) and actor != PROBES:
             self.programs[actor] = pid
             self._share_pids()
+            return self._wait_program(actor)
         return True
+
+    def _wait_program(self, actor: str) -> bool:
+        """A foreign actor with a ready port: wait until its relay says the
+        program listens (or cannot). One that cannot breaks the run."""
+        spec = next(a for a in self.scenario.actors if a.name == actor)
+        if "--ready-port" not in spec.args:
+            return True
+        deadline = time.monotonic() + PROGRAM_READY_S
+        while not self.halted:
+            listening = self.tally.progress.get(actor, {}).get("listening")
+            if listening is True:
+                return True
+            if listening is False or time.monotonic() > deadline:
+                why = self.tally.progress.get(actor, {}).get("error") or (
+                    f"no word from its relay in {PROGRAM_READY_S:g}s")
+                self._fail(f"{actor}: {why}; see {self.sup.processes[actor].log_path}")
+                return False
+            self._pump(20)
+        return False
 
     def _run_phases(self) -> None:
         if self.halted:

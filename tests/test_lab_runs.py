@@ -101,6 +101,28 @@ def test_leak_close_wait_owned_by_leaker_and_emfile(all_runs: tuple[int, Runs]) 
     assert any("CLOSE_WAIT" in line and "leaker" in line for line in summary["diagnosis"])
 
 
+def connections(run_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run_dir / "connections.jsonl").read_text().splitlines()]
+
+
+def test_go_leak_close_wait_owned_by_the_go_server(all_runs: tuple[int, Runs]) -> None:
+    """The seed's Go server (a foreign program, started by its relay): every
+    stuck CLOSE_WAIT socket is owned by its pid (accept4), joined to its own
+    log lines (accept, peer_close, leaked); EMFILE from the kernel and its log."""
+    run_dir, summary = run_scenario("go-leak", all_runs)
+    assert_clean_run(run_dir, summary)
+    go_pid = json.loads((run_dir / "run.json").read_text())["programs"]["server"]
+    stuck = [c for c in connections(run_dir) if c["outcome"] == "stuck_close_wait"]
+    assert len(stuck) >= 50
+    assert {(c["owner"]["actor"], c["owner"]["pid"], c["owner"]["via"]) for c in stuck} == {
+        ("server", go_pid, "accept4")}
+    assert sum(c["app"].get("leaked", 0) for c in stuck) >= 50
+    counts = summary["counts"]
+    assert counts["accept"]["EMFILE"] > 0 and counts["errors"]["EMFILE"] > 0
+    assert any(f"CLOSE_WAIT, owned by server pid {go_pid}" in line
+               for line in summary["diagnosis"]), summary["diagnosis"]
+
+
 def test_multiplex_holds_ten_thousand_on_epoll(all_runs: tuple[int, Runs]) -> None:
     run_dir, summary = run_scenario("multiplex", all_runs)
     assert_clean_run(run_dir, summary)
