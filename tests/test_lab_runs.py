@@ -123,6 +123,35 @@ def test_go_leak_close_wait_owned_by_the_go_server(all_runs: tuple[int, Runs]) -
                for line in summary["diagnosis"]), summary["diagnosis"]
 
 
+def test_go_bomb_logs_eaddrnotavail_joined_to_the_kernel(all_runs: tuple[int, Runs]) -> None:
+    """The Go bomb's "connect: cannot assign requested address" lines are
+    named EADDRNOTAVAIL and stand beside the kernel's own count of connects
+    that ended without a port."""
+    run_dir, summary = run_scenario("go-bomb", all_runs)
+    assert_clean_run(run_dir, summary)
+    counts = summary["counts"]
+    assert counts["states_peak"]["TIME_WAIT"] >= 3000
+    assert counts["errors"]["EADDRNOTAVAIL"] > 0
+    assert counts["kernel_errors"]["EADDRNOTAVAIL"] > 0
+    failed = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()
+              if '"connect_failed"' in line and '"src":"app"' in line]
+    assert failed and all(r["error"] == "EADDRNOTAVAIL" and r["actor"] == "bomb" and
+                          r["error_text"].endswith("connect: cannot assign requested address")
+                          for r in failed)
+
+
+def test_go_netpoll_many_goroutines_few_threads(all_runs: tuple[int, Runs]) -> None:
+    """2000 goroutines, each blocked in Read as the program sees it: the
+    kernel sees a few Go threads in epoll_wait, the Python loop in one."""
+    run_dir, summary = run_scenario("go-netpoll", all_runs)
+    assert_clean_run(run_dir, summary)
+    by_actor = summary["counts"]["epoll_by_actor"]
+    assert by_actor["gomux"]["connections_held"] >= 1900
+    assert 1 <= by_actor["gomux"]["threads"] <= 16
+    assert by_actor["pymux"]["threads"] <= 3
+    assert by_actor["gomux"]["max_ready"] > 1
+
+
 def test_multiplex_holds_ten_thousand_on_epoll(all_runs: tuple[int, Runs]) -> None:
     run_dir, summary = run_scenario("multiplex", all_runs)
     assert_clean_run(run_dir, summary)

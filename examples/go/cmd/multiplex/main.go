@@ -44,6 +44,8 @@ func main() {
 			continue
 		}
 		open.Add(1)
+		// One record per connection: its fd and 4-tuple name the owner.
+		jlog.Info("connect", labnet.Fields(conn)...)
 		wg.Add(1)
 		go func(n int, c net.Conn) {
 			defer wg.Done()
