@@ -164,6 +164,8 @@ class LabRun:
             return
         self.phase = "attaching probes"
         args = [a for port in self.scenario.ports for a in ("--port", str(port))]
+        if self.scenario.internals:
+            args.append("--internals")
         self.sup.spawn(PROBES, PROBES, self._python("probes", PROBES, args))
         self._wait_ready([PROBES], PROBE_READY_S)
 

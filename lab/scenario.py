@@ -33,7 +33,7 @@ FOREIGN = "foreign"
 # The keys each table may hold: anything else is a typo that would otherwise
 # be ignored in silence (`until_don` made a phase run to its full length).
 TOP_KEYS = ("name", "summary", "description", "lab", "actors", "phases", "expected")
-LAB_KEYS = ("ports", "sysctls", "hosts", "link", "capture")
+LAB_KEYS = ("ports", "sysctls", "hosts", "link", "capture", "internals")
 ACTOR_KEYS = ("name", "role", "args", "host")
 FOREIGN_KEYS = ("name", "command", "env", "cwd", "host", "ready", "stop_signal")
 READY_KEYS = ("port",)
@@ -95,6 +95,8 @@ class Scenario:
     hosts: list[HostSpec] = field(default_factory=list)
     link: LinkSpec | None = None
     capture: CaptureSpec | None = None
+    # Load the TCP internals probes (cwnd, windows, retransmits, resets).
+    internals: bool = False
 
     @property
     def duration_s(self) -> float:
@@ -343,7 +345,14 @@ def load(path: Path) -> Scenario:
         hosts=hosts,
         link=link,
         capture=capture,
+        internals=_flag(lab.get("internals", False), f"{where} [lab]: `internals`"),
     )
+
+
+def _flag(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise ScenarioError(f"{where} must be true or false")
+    return value
 
 
 def available(directory: Path = SCENARIO_DIR) -> list[Scenario]:

@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from correlator.correlate import Correlator, CorrelatorConfig
+from correlator.internals import Internals
 from correlator.recording import RecordingReader, read_run_meta, recording_path
 from correlator.summary import build_summary
 from reports.html import write_html
 from reports.packets import handshakes, wire_counts
 from reports.packets import sentences as packet_sentences
+from reports.series import series_counters, write_series
 from reports.snapshots import LinkSink, sentences, snapshot_counts
 from reports.writers import RunSink, TraceWriter
 
@@ -32,22 +34,33 @@ def build_reports(run_dir: Path, config: CorrelatorConfig | None = None) -> dict
     # A two-host run's connections also say where each end lives and what it negotiated.
     sink = LinkSink(run_dir, trace, meta) if meta.get("lab") else RunSink(run_dir, trace)
     corr = Correlator(sink, meta, config)
+    internals = Internals(t0)
     try:
         for env in reader:
             if trace.t0 == 0:
                 # No run.json start: the first envelope is time zero.
                 trace.t0 = env.mono_ns
             corr.feed(env)
+            internals.feed(env)
         result = corr.finish()
     except BaseException:
         sink.close(complete=False)  # no half-written Parquet left behind
         raise
     sink.close()
+    tcp = internals.finish()
+    write_series(run_dir, tcp)
     packets = handshakes(run_dir)
-    extra = {**snapshot_counts(run_dir), **wire_counts(packets)}
+    extra = {**snapshot_counts(run_dir), **wire_counts(packets), **tcp["counts"]}
     summary = build_summary(
-        result, reader.stats, meta, extra, sentences(extra) + packet_sentences(packets)
+        result,
+        reader.stats,
+        meta,
+        extra,
+        sentences(extra) + packet_sentences(packets) + tcp["sentences"],
     )
+    if tcp["plots"]:
+        summary["tcp_series"] = tcp["plots"]
+        series_counters(trace, tcp["plots"], (t0 - trace.t0) / 1e9 if t0 else 0.0)
     if packets is not None:
         summary["packets"] = {k: v for k, v in packets.items() if k != "all_syns"}
     plots = summary["plots"]

@@ -19,6 +19,7 @@ matplotlib.rcParams["svg.hashsalt"] = "tcplab"
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from reports.internals_html import internals_section  # noqa: E402
 from reports.link_html import link_section  # noqa: E402
 
 # Fixed colours per state and outcome so every report reads the same way.
@@ -318,6 +319,7 @@ def render(s: dict[str, Any]) -> str:
     parts += [f"<li>{_e(line)}</li>" for line in s["diagnosis"]]
     parts.append("</ul></div>")
     parts.append(link_section(s))
+    parts.append(internals_section(s))
 
     if s["expectations"]:
         parts.append("<h2>Expected kernel signature</h2>")

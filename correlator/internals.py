@@ -1,0 +1,284 @@
+"""The TCP internals of a run: per-socket series and what they show.
+
+Fed the recording's KERNEL_RAW batches of the internals probes
+(probes/tcp_probe.bpf.c, probes/tcp_events.bpf.c); everything else is
+ignored. A socket is its own view of the 4-tuple ("laddr:lport >
+raddr:rport"): both ends of a lab connection are sockets of this kernel,
+each with its own series. `finish()` gives the counts the expectations
+read (`internals.*`), the sentences of the diagnosis, the series file's
+rows and downsampled series for the plots and the trace.
+
+Zero window: a socket's window is closed from the sample where snd_wnd
+(the sender's view) reaches 0 to the next where it is not 0. Probes: the
+ACKs that socket received while its window was closed, which are the
+peer's answers to its zero-window probes (each sample's `hits` counts the
+tracepoint's hits since the socket's previous sample).
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bus import rawbatch
+from bus.internals import CONG_STATES, INFINITE_SSTHRESH, INTERNALS, SAMPLE_WHY, SOCK_EVENTS
+from bus.schema import Envelope, Kind
+
+# Samples per socket kept for the plots and trace counters (evenly thinned).
+PLOT_POINTS = 600
+PLOT_SOCKETS = 6
+
+
+@dataclass
+class SocketFigures:
+    key: str
+    samples: int = 0
+    hits: int = 0
+    retransmits: int = 0
+    cong: list[tuple[float, str]] = field(default_factory=list)
+    resets_sent: int = 0
+    resets_received: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    zero_periods: int = 0
+    zero_closed_s: float = 0.0
+    zero_probes: int = 0
+    rcv_zero_closed_s: float = 0.0
+    bytes_acked: int = 0
+    seconds: float = 0.0
+    cwnd_max: int = 0
+    cwnd_drop: tuple[int, int, float] | None = None  # from, to, at (s)
+
+
+class Internals:
+    """Feed every envelope; finish() once at the end."""
+
+    def __init__(self, t0: int) -> None:
+        self.t0 = t0
+        self.samples: list[np.ndarray] = []
+        self.events: list[np.ndarray] = []
+
+    def feed(self, env: Envelope) -> None:
+        if env.kind is not Kind.KERNEL_RAW or env.body.get("probe") not in INTERNALS:
+            return
+        records = rawbatch.decode_batch(env.body).copy()
+        (self.samples if env.body["probe"] == "tcp_probe" else self.events).append(records)
+
+    def finish(self) -> dict[str, Any]:
+        """{"counts", "sentences", "rows", "plots"}; empty figures without internals."""
+        if not self.samples and not self.events:
+            return {"counts": {}, "sentences": [], "rows": [], "plots": []}
+        samples = _concat(self.samples)
+        events = _concat(self.events)
+        figures: dict[str, SocketFigures] = {}
+        rows: list[dict[str, Any]] = []
+        plots: list[dict[str, Any]] = []
+        if samples is not None:
+            keys = _keys(samples)
+            for key in sorted(set(keys)):
+                s = samples[np.asarray([k == key for k in keys])]
+                f = figures.setdefault(key, SocketFigures(key))
+                rows += self._sample_rows(key, s)
+                self._series(f, s)
+                plots.append(self._plot(key, s))
+        if events is not None:
+            keys = _keys(events)
+            order = np.argsort(events["ts"], kind="stable")
+            for i in order.tolist():
+                e, key = events[i], keys[i]
+                f = figures.setdefault(key, SocketFigures(key))
+                n = int(e["what"])
+                what = SOCK_EVENTS[n] if n < len(SOCK_EVENTS) else str(n)
+                t = (int(e["ts"]) - self.t0) / 1e9
+                code = int(e["code"])
+                row: dict[str, Any] = {"socket": key, "t_s": round(t, 6), "event": what}
+                if what == "retransmit":
+                    f.retransmits += 1
+                elif what == "cong_state":
+                    name = CONG_STATES[code] if 0 <= code < len(CONG_STATES) else str(code)
+                    f.cong.append((t, name))
+                    row["cong_state"] = name
+                elif what == "send_reset":
+                    f.resets_sent += 1
+                elif what == "receive_reset":
+                    f.resets_received += 1
+                elif what == "sk_error":
+                    name = errno.errorcode.get(code, str(code))
+                    f.errors[name] = f.errors.get(name, 0) + 1
+                    row["error"] = name
+                rows.append(row)
+        plots.sort(key=lambda p: -p["samples"])
+        for p in plots:
+            p["marks"] = [r for r in rows if r.get("event") and r["socket"] == p["socket"]][:200]
+        return {
+            "counts": {"internals": _counts(figures)},
+            "sentences": _sentences(figures),
+            "rows": rows,
+            "plots": plots[:PLOT_SOCKETS],
+        }
+
+    def _sample_rows(self, key: str, s: np.ndarray) -> list[dict[str, Any]]:
+        t = (s["ts"].astype(np.int64) - self.t0) / 1e9
+        in_flight = (s["snd_nxt"] - s["snd_una"]).astype(np.uint32)
+        why = [SAMPLE_WHY[w] if w < len(SAMPLE_WHY) else str(w) for w in s["why"].tolist()]
+        cols = zip(
+            t.round(6).tolist(),
+            s["snd_cwnd"].tolist(),
+            s["ssthresh"].tolist(),
+            s["srtt_us"].tolist(),
+            s["snd_wnd"].tolist(),
+            s["rcv_wnd"].tolist(),
+            in_flight.tolist(),
+            s["hits"].tolist(),
+            why,
+            strict=True,
+        )
+        names = ("t_s", "cwnd", "ssthresh", "srtt_us", "snd_wnd", "rcv_wnd", "in_flight", "hits")
+        out = []
+        for row in cols:
+            d = {"socket": key, **dict(zip(names, row[:8], strict=True)), "why": row[8]}
+            if d["ssthresh"] >= INFINITE_SSTHRESH:
+                d["ssthresh"] = None
+            out.append(d)
+        return out
+
+    def _series(self, f: SocketFigures, s: np.ndarray) -> None:
+        ts = s["ts"].astype(np.int64)
+        f.samples = len(s)
+        f.hits = int(s["hits"].sum())
+        cwnd = s["snd_cwnd"].astype(np.int64)
+        f.cwnd_max = int(cwnd.max())
+        if len(cwnd) > 1:
+            drops = cwnd[:-1] - cwnd[1:]
+            i = int(np.argmax(drops))
+            if drops[i] > 0:
+                f.cwnd_drop = (int(cwnd[i]), int(cwnd[i + 1]), (int(ts[i + 1]) - self.t0) / 1e9)
+        una = s["snd_una"].astype(np.uint32)
+        f.bytes_acked = int(((una[1:] - una[:-1]).astype(np.uint32)).astype(np.int64).sum())
+        f.seconds = (int(ts[-1]) - int(ts[0])) / 1e9
+        f.zero_periods, f.zero_closed_s, f.zero_probes = _closed(ts, s["snd_wnd"], s["hits"])
+        _, f.rcv_zero_closed_s, _ = _closed(ts, s["rcv_wnd"], s["hits"])
+
+    def _plot(self, key: str, s: np.ndarray) -> dict[str, Any]:
+        step = max(1, len(s) // PLOT_POINTS)
+        # Keep every zero-window crossing and cwnd change beyond the thinning.
+        keep = np.zeros(len(s), bool)
+        keep[::step] = True
+        keep[s["why"] != SAMPLE_WHY.index("period")] = True
+        if keep.sum() > 4 * PLOT_POINTS:
+            keep[:] = False
+            keep[:: max(1, len(s) // (4 * PLOT_POINTS))] = True
+        t = (s["ts"][keep].astype(np.int64) - self.t0) / 1e9
+        ssthresh = s["ssthresh"][keep].astype(np.int64)
+        return {
+            "socket": key,
+            "samples": len(s),
+            "t": t.round(6).tolist(),
+            "cwnd": s["snd_cwnd"][keep].tolist(),
+            "ssthresh": np.where(ssthresh >= INFINITE_SSTHRESH, -1, ssthresh).tolist(),
+            "srtt_us": s["srtt_us"][keep].tolist(),
+            "snd_wnd": s["snd_wnd"][keep].tolist(),
+            "rcv_wnd": s["rcv_wnd"][keep].tolist(),
+            "in_flight": (s["snd_nxt"][keep] - s["snd_una"][keep]).astype(np.uint32).tolist(),
+        }
+
+
+def _concat(parts: list[np.ndarray]) -> np.ndarray | None:
+    if not parts:
+        return None
+    # One layout per probe in a recording; a recording mixing kernels would
+    # differ, so each part is reduced to the fields read here first.
+    if len({p.dtype for p in parts}) > 1:
+        names = [
+            n for n in parts[0].dtype.names or () if all(n in (p.dtype.names or ()) for p in parts)
+        ]
+        parts = [p[names] for p in parts]
+    return np.concatenate(parts)
+
+
+def _keys(r: np.ndarray) -> list[str]:
+    saddr = rawbatch.addr_text(r["family"], r["saddr"])
+    daddr = rawbatch.addr_text(r["family"], r["daddr"])
+    return [
+        f"{sa}:{sp} > {da}:{dp}"
+        for sa, sp, da, dp in zip(
+            saddr, r["sport"].tolist(), daddr, r["dport"].tolist(), strict=True
+        )
+    ]
+
+
+def _closed(ts: np.ndarray, wnd: np.ndarray, hits: np.ndarray) -> tuple[int, float, int]:
+    """Periods with the window at 0, their total seconds, and the hits while
+    closed (from the sample after the one that closed it up to the one that
+    reopened it, less the reopening hit itself)."""
+    periods, closed_ns, answered = 0, 0, 0
+    start: int | None = None
+    for i in range(len(ts)):
+        zero = int(wnd[i]) == 0
+        if zero and start is None:
+            start = i
+        elif start is not None and (not zero or i == len(ts) - 1):
+            periods += 1
+            closed_ns += int(ts[i]) - int(ts[start])
+            answered += int(hits[start + 1 : i + 1].sum()) - (0 if zero else 1)
+            start = None
+    return periods, closed_ns / 1e9, max(answered, 0)
+
+
+def _counts(figures: dict[str, SocketFigures]) -> dict[str, Any]:
+    fs = list(figures.values())
+    cong: dict[str, int] = {}
+    errors: dict[str, int] = {}
+    for f in fs:
+        for _, name in f.cong:
+            cong[name] = cong.get(name, 0) + 1
+        for name, n in f.errors.items():
+            errors[name] = errors.get(name, 0) + n
+    return {
+        "sockets": len(fs),
+        "samples": sum(f.samples for f in fs),
+        "hits": sum(f.hits for f in fs),
+        "retransmits": sum(f.retransmits for f in fs),
+        "cong_states": cong,
+        "resets_sent": sum(f.resets_sent for f in fs),
+        "resets_received": sum(f.resets_received for f in fs),
+        "errors": errors,
+        "cwnd_max": max((f.cwnd_max for f in fs), default=0),
+        "bytes_acked": sum(f.bytes_acked for f in fs),
+        "zero_window": {
+            "sockets": sum(1 for f in fs if f.zero_periods),
+            "periods": sum(f.zero_periods for f in fs),
+            "closed_s": round(max((f.zero_closed_s for f in fs), default=0.0), 3),
+            "probes": sum(f.zero_probes for f in fs),
+        },
+    }
+
+
+def _sentences(figures: dict[str, SocketFigures]) -> list[str]:
+    out = []
+    for f in figures.values():
+        if f.zero_periods:
+            out.append(
+                f"{f.key}: the receiver's window was 0 for {f.zero_closed_s:.1f} s "
+                f"({f.zero_periods} times): its reader fell behind; "
+                f"{f.zero_probes} zero-window probes answered while it was closed."
+            )
+        if f.retransmits:
+            text = f"{f.key}: {f.retransmits} segment(s) retransmitted"
+            if f.bytes_acked and f.seconds > 0:
+                text += f", {f.bytes_acked / f.seconds / 1e6:.2f} MB/s acknowledged"
+            if f.cwnd_drop and f.retransmits:
+                a, b, t = f.cwnd_drop
+                text += f"; cwnd fell from {a} to {b} at {t:.1f} s"
+            states = [name for _, name in f.cong if name != "Open"]
+            if states:
+                seen = {n: states.count(n) for n in dict.fromkeys(states)}
+                text += "; congestion states entered: " + ", ".join(
+                    f"{n} {k}x" for n, k in seen.items()
+                )
+            out.append(text + ".")
+        for name, n in f.errors.items():
+            out.append(f"{f.key}: the kernel reported {name} to the application ({n}x).")
+    return out
