@@ -41,6 +41,19 @@ from bus.records import TCP_STATES
 # -D flags (TCPLAB_SYS_ACCEPT4=1, ...), so this is their one definition.
 ACCEPT_SYSCALLS = ("accept", "accept4")
 EPOLL_SYSCALLS = ("epoll_wait", "epoll_pwait", "epoll_pwait2")
+# The syscall barrier's numbering (fd_event.kind, .syscall, .how), the same
+# way. The reads come first: the C code tells a read by syscall < WRITE.
+FD_KINDS = ("eof", "close", "error")
+IO_SYSCALLS = (
+    "read", "readv", "recvfrom", "recvmsg",
+    "write", "writev", "sendto", "sendmsg", "sendfile", "close",
+)  # fmt: skip
+FD_HOW = ("unknown", "accept", "connect")
+# struct fd_counters' figures as every fd_event carries them.
+FD_COUNTERS = (
+    "opened_ts", "eof_ts", "reads", "read_bytes", "writes", "write_bytes",
+    "eagain_reads", "eagain_writes", "errors",
+)  # fmt: skip
 
 # The numpy formats a layout may use: little- or big-endian integers, byte
 # strings (char arrays), opaque bytes, and fixed-size arrays of those. Never
@@ -409,9 +422,38 @@ def events(probe: str, records: np.ndarray) -> list[dict[str, Any]]:
             "code": r["code"].tolist(),
             "cong_state": [c if w == "cong_state" else "" for w, c in zip(what, cong, strict=True)],
         }
+    elif probe == "connect":
+        cols = {
+            "ts": r["ts"].tolist(),
+            "pid": r["pid"].tolist(),
+            "tid": r["tid"].tolist(),
+            "comm": comm_text(r["comm"]),
+            "fd": r["fd"].tolist(),
+            "skaddr": r["skaddr"].tolist(),
+            "errno": r["err"].tolist(),
+            "family": r["family"].tolist(),
+            "daddr": addr_text(r["family"], r["daddr"]),
+            "dport": r["dport"].tolist(),
+            "dur_ns": r["dur_ns"].tolist(),
+        }
+    elif probe == "fdio":
+        cols = {
+            "ts": r["ts"].tolist(),
+            "pid": r["pid"].tolist(),
+            "tid": r["tid"].tolist(),
+            "comm": comm_text(r["comm"]),
+            "fd": r["fd"].tolist(),
+            "what": _names(FD_KINDS, r["kind"]),
+            "syscall": _names(IO_SYSCALLS, r["syscall"]),
+            "errno": r["err"].tolist(),
+            "how": _names(FD_HOW, r["how"]),
+            "skaddr": r["skaddr"].tolist(),
+            **{f: r[f].tolist() for f in FD_COUNTERS},
+        }
     else:
         raise RawBatchError(
-            f"unknown probe {probe!r}: tcp_state, accept, epoll, tcp_probe or tcp_events"
+            f"unknown probe {probe!r}: tcp_state, accept, epoll, tcp_probe, tcp_events, "
+            "connect or fdio"
         )
     keys = ["type", *cols]
     return [

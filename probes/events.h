@@ -106,4 +106,63 @@ struct hist_key {
     u32 slot;
 };
 
+/* connect(2) at syscall exit: a client socket's owner from the kernel alone. */
+struct connect_event {
+    u64 ts;          /* at exit */
+    u64 dur_ns;      /* exit - enter: a blocking connect waits for the handshake */
+    u64 skaddr;      /* the socket that went CLOSE -> SYN_SENT inside this call; 0 if none */
+    u32 pid;         /* the caller: the socket's owner */
+    u32 tid;
+    char comm[TCPLAB_COMM_LEN];
+    s32 fd;          /* the fd passed in */
+    s32 err;         /* positive errno (EINPROGRESS, ECONNREFUSED, EADDRNOTAVAIL, ETIMEDOUT, ...) or 0 */
+    u16 family;      /* of the destination sockaddr */
+    u16 dport;       /* host order */
+    u8 pad[4];
+    u8 daddr[16];
+};
+
+/* The syscall barrier, per socket fd: kept in the kernel (fdio.bpf.c
+ * `socks`, a bulk transfer adds to it and sends nothing) and copied into an
+ * fd_event only on EOF, close and errors. */
+struct fd_counters {
+    u64 skaddr;        /* from sock:sock_{recv,send}_length inside a read/write; 0 until one */
+    u64 opened_ts;     /* when accept/connect handed the fd over */
+    u64 eof_ts;        /* the first read that returned 0; 0 if none */
+    u64 reads;         /* read/readv/recvfrom/recvmsg calls that returned > 0 */
+    u64 read_bytes;
+    u64 writes;        /* write/writev/sendto/sendmsg calls that returned > 0 */
+    u64 write_bytes;
+    u32 eagain_reads;  /* calls that returned EAGAIN: nothing to read yet */
+    u32 eagain_writes; /* ... the send buffer was full */
+    u32 errors;        /* calls that failed otherwise (ECONNRESET, EPIPE, ETIMEDOUT, ...) */
+    u8 how;            /* TCPLAB_HOW_*: accept or connect (bus/rawbatch.py FD_HOW) */
+    u8 pad[3];
+};
+
+/* The same counters flat (numpy layouts have no nested structs), then what
+ * happened. */
+struct fd_event {
+    u64 ts;
+    u64 skaddr;
+    u64 opened_ts;
+    u64 eof_ts;
+    u64 reads;
+    u64 read_bytes;
+    u64 writes;
+    u64 write_bytes;
+    u32 eagain_reads;
+    u32 eagain_writes;
+    u32 errors;
+    u32 pid;
+    u32 tid;
+    char comm[TCPLAB_COMM_LEN];
+    s32 fd;
+    s32 err;           /* positive errno of an error; 0 otherwise */
+    u8 kind;           /* TCPLAB_FD_*: eof, close, error (bus/rawbatch.py FD_KINDS) */
+    u8 syscall;        /* TCPLAB_IO_*: the call (bus/rawbatch.py IO_SYSCALLS) */
+    u8 how;
+    u8 pad[5];
+};
+
 #endif

@@ -24,10 +24,12 @@ from probes import tpformat
 # The TCP internals (INTERNALS, probes/tpformat.py) are tracepoints only: no
 # kprobe variant, so a forced kprobe mode keeps them on their tracepoints;
 # each attaches the hooks this kernel has and says what it lacks.
-PROBES = ("tcp_state", "accept", "epoll", *INTERNALS)
+PROBES = ("tcp_state", "accept", "epoll", *INTERNALS, "connect", "fdio")
 # What runs unless asked otherwise: the internals cost a compilation and
 # events on every data segment's path, so a scenario or a user asks for
 # them (`[lab] internals = true`, `--internals`).
+# connect and fdio (owners and the syscall barrier) are for `tcplab watch`
+# until the correlator reads them.
 DEFAULT_PROBES = ("tcp_state", "accept", "epoll")
 TRACEFS_ROOTS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 # The kprobe PMU (>= 4.17) or the legacy kprobe_events file must exist for a
@@ -140,7 +142,40 @@ TRACEPOINT_HOOKS: dict[str, list[Hook]] = {
         probe: [Hook("tracepoint", tp, "tp_" + tp.partition(":")[2]) for tp in tps]
         for probe, tps in tpformat.TRACEPOINTS.items()
     },
+    "connect": [
+        Hook("tracepoint", "syscalls:sys_enter_connect", "tp_enter_connect"),
+        Hook("tracepoint", "syscalls:sys_exit_connect", "tp_exit_connect"),
+        Hook("tracepoint", "sock:inet_sock_set_state", "tp_inet_sock_set_state"),
+    ],
+    "fdio": [
+        Hook("tracepoint", "syscalls:sys_exit_accept4", "tp_exit_accept4"),
+        Hook("tracepoint", "syscalls:sys_exit_accept", "tp_exit_accept"),
+        Hook("tracepoint", "syscalls:sys_enter_connect", "tp_enter_connect"),
+        Hook("tracepoint", "syscalls:sys_enter_close", "tp_enter_close"),
+        *(
+            Hook("tracepoint", f"syscalls:sys_{edge}_{call}", f"tp_{edge}_{call}")
+            for call in (
+                "read", "readv", "recvfrom", "recvmsg",
+                "write", "writev", "sendto", "sendmsg", "sendfile64",
+            )  # fmt: skip
+            for edge in ("enter", "exit")
+        ),
+        Hook("tracepoint", "sock:sock_recv_length", "tp_sock_recv_length"),
+        Hook("tracepoint", "sock:sock_send_length", "tp_sock_send_length"),
+    ],
 }
+
+# Tracepoints a probe does without where the kernel lacks them, and what is
+# lost then: epoll_pwait2 exists since 5.11, sock_{recv,send}_length since
+# 6.3 (without them fdio's records carry no skaddr).
+OPTIONAL_TRACEPOINTS = {
+    "epoll": {"syscalls:sys_enter_epoll_pwait2", "syscalls:sys_exit_epoll_pwait2"},
+    "fdio": {"sock:sock_recv_length", "sock:sock_send_length"},
+}
+
+# Probes with no kprobe variant besides the internals: a forced kprobe mode
+# leaves them on their tracepoints.
+TRACEPOINT_ONLY = ("fdio",)
 
 # Syscall name -> (entry BPF function, return BPF function) for kprobe mode.
 KPROBE_SYSCALLS: dict[str, list[tuple[str, str, str]]] = {
@@ -153,6 +188,7 @@ KPROBE_SYSCALLS: dict[str, list[tuple[str, str, str]]] = {
         ("epoll_pwait", "kp_enter_epoll_pwait", "kp_exit_epoll"),
         ("epoll_pwait2", "kp_enter_epoll_pwait2", "kp_exit_epoll"),
     ],
+    "connect": [("connect", "kp_enter_connect", "kp_exit_connect")],
 }
 
 
@@ -163,7 +199,12 @@ def kprobe_hooks(probe: str) -> tuple[list[Hook], list[str]]:
         return [Hook("kprobe", "tcp_set_state", "kp_tcp_set_state")], (
             [] if present else ["tcp_set_state"]
         )
+    if probe not in KPROBE_SYSCALLS:
+        return [], [f"a kprobe variant ({probe} is tracepoints only)"]
     hooks, missing = [], []
+    if probe == "connect" and tracepoint_exists("sock:inet_sock_set_state"):
+        # The skaddr comes from the state tracepoint in both modes.
+        hooks.append(Hook("tracepoint", "sock:inet_sock_set_state", "tp_inet_sock_set_state"))
     for call, enter_fn, exit_fn in KPROBE_SYSCALLS[probe]:
         target = syscall_function(call)
         if target is None:
@@ -193,14 +234,14 @@ def _plan_probe(name: str, force: str) -> ProbePlan:
     kp_hooks, kp_missing = kprobe_hooks(name)
     if not kprobes_supported():
         kp_missing = ["kprobes (CONFIG_KPROBES is off in this kernel)"]
-    if name == "epoll" and tp_missing == [
-        "syscalls:sys_enter_epoll_pwait2",
-        "syscalls:sys_exit_epoll_pwait2",
-    ]:
-        # epoll_pwait2 only exists since 5.11: trace the other two without it.
-        tp_hooks = [h for h in tp_hooks if "pwait2" not in h.target]
+    optional = OPTIONAL_TRACEPOINTS.get(name, set())
+    if tp_missing and set(tp_missing) <= optional:
+        tp_hooks = [h for h in tp_hooks if h.target not in tp_missing]
         tp_missing = []
     tp_why = "tracepoints " + ", ".join(sorted({h.target for h in tp_hooks}))
+    if name in TRACEPOINT_ONLY and not tp_missing:
+        # No kprobe variant to force: it stays on its tracepoints.
+        return ProbePlan(name, "tracepoint", tp_hooks, tp_why)
     if force in ("auto", "tracepoint") and not tp_missing:
         return ProbePlan(name, "tracepoint", tp_hooks, tp_why)
     if force in ("auto", "kprobe") and not kp_missing and kp_hooks:

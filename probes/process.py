@@ -52,7 +52,7 @@ def build_parser() -> Any:
         "--probe",
         action="append",
         choices=PROBES,
-        help="load only this probe (repeatable; default: all)",
+        help="load only this probe (repeatable; default: tcp_state, accept, epoll)",
     )
     p.add_argument(
         "--internals",

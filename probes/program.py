@@ -11,7 +11,7 @@ from enum import IntEnum
 from pathlib import Path
 
 from bus.internals import SAMPLE_WHY, SOCK_EVENTS
-from bus.rawbatch import ACCEPT_SYSCALLS, EPOLL_SYSCALLS
+from bus.rawbatch import ACCEPT_SYSCALLS, EPOLL_SYSCALLS, FD_HOW, FD_KINDS, IO_SYSCALLS
 from bus.records import TCP_STATES
 from probes import tpformat
 from probes.plan import PROBES, ProbeError, tracefs
@@ -29,7 +29,14 @@ RING_PAGES = {
     "epoll": 1024,
     "tcp_probe": 1024,
     "tcp_events": 1024,
+    # connect and fdio send a record per connection at most (fdio: EOF,
+    # close, errors; never per read or write).
+    "connect": 1024,
+    "fdio": 2048,
 }
+# Socket fds the syscall barrier accounts at once (fdio.bpf.c `socks`, an
+# LRU hash, preallocated: ~110 bytes each, 14 MiB of kernel memory).
+FDIO_SOCKS = 131072
 
 # The struct each probe writes (probes/events.h): the shared output helper
 # in common.bpf.c takes a pointer to it, so that bcc learns the record's
@@ -40,6 +47,8 @@ EVENT_STRUCT = {
     "epoll": "epoll_call_event",
     "tcp_probe": "tcp_probe_event",
     "tcp_events": "tcp_sock_event",
+    "connect": "connect_event",
+    "fdio": "fd_event",
 }
 
 # tcp_probe: a socket whose cwnd, ssthresh and windows do not change gets
@@ -81,6 +90,11 @@ def constants() -> dict[str, int]:
     out["TCPLAB_TCP_CLOSE"] = TCP_STATES.index("CLOSE")
     out |= {f"TCPLAB_SAMPLE_{w.upper()}": i for i, w in enumerate(SAMPLE_WHY)}
     out |= {f"TCPLAB_EV_{w.upper()}": i for i, w in enumerate(SOCK_EVENTS)}
+    out["TCPLAB_TCP_SYN_SENT"] = TCP_STATES.index("SYN_SENT")
+    out |= {f"TCPLAB_FD_{n.upper()}": i for i, n in enumerate(FD_KINDS)}
+    out |= {f"TCPLAB_IO_{n.upper()}": i for i, n in enumerate(IO_SYSCALLS)}
+    out |= {f"TCPLAB_HOW_{n.upper()}": i for i, n in enumerate(FD_HOW)}
+    out["TCPLAB_FDIO_SOCKS"] = FDIO_SOCKS
     return out
 
 
