@@ -17,8 +17,10 @@ import click
 
 from bus.rawbatch import batch_events, make_body
 from lab.exitcodes import need_root
+from probes.fdtable import listening_owners
 from probes.loader import Filters, ProbeSet
-from probes.plan import DEFAULT_PROBES, INTERNALS, PROBES, ProbeError, make_plan
+from probes.owners import Owners
+from probes.plan import DEFAULT_PROBES, INTERNALS, OWNER_PROBES, PROBES, ProbeError, make_plan
 
 Event = dict[str, Any]
 
@@ -64,8 +66,26 @@ def _human(e: Event, t0: int) -> str:
         return (
             f"{t} tcp    {e['saddr']}:{e['sport']} -> {e['daddr']}:{e['dport']}  "
             f"{e['old']} -> {e['new']}  sk={e['skaddr']:#x} "
-            f"on-cpu={e['cpu_pid']}/{e['cpu_comm']}"
+            f"on-cpu={e['cpu_pid']}/{e['cpu_comm']} {_owner(e)}"
         )
+    if e["type"] == "connect":
+        result = "ok" if e["errno"] == 0 else _errname(e["errno"])
+        return (
+            f"{t} connect pid={e['pid']}/{e['comm']} fd={e['fd']} -> "
+            f"{e['daddr']}:{e['dport']} {result} sk={e['skaddr']:#x} "
+            f"({e['dur_ns'] / 1000:.0f} us)"
+        )
+    if e["type"] == "fdio":
+        what = e["what"] if e["what"] != "error" else f"error {_errname(e['errno'])}"
+        eof = f" eof@{(e['eof_ts'] - t0) / 1e9:.6f}" if e["eof_ts"] else ""
+        return (
+            f"{t} fd     pid={e['pid']}/{e['comm']} fd={e['fd']} {what} ({e['syscall']}) "
+            f"sk={e['skaddr']:#x} reads={e['reads']}/{e['read_bytes']}B "
+            f"writes={e['writes']}/{e['write_bytes']}B eagain={e['eagain_reads']}/"
+            f"{e['eagain_writes']}{eof}"
+        )
+    if e["type"] == "stuck":
+        return _stuck_line(e, t0)
     if e["type"] == "accept":
         result = (
             f"fd {e['fd']} from {e['peer_addr'] or '?'}:{e['peer_port']}"
@@ -100,6 +120,28 @@ def _human(e: Event, t0: int) -> str:
     )
 
 
+def _owner(e: Event) -> str:
+    if e.get("owner_pid") is None:
+        return "owner=?"
+    return f"owner={e['owner_pid']}/{e['owner_comm']} fd={e['owner_fd']} ({e['owner_how']})"
+
+
+def _stuck_line(e: Event, t0: int) -> str:
+    owner = (
+        f"pid {e['owner_pid']}/{e['owner_comm']} fd {e['owner_fd']} ({e['owner_how']})"
+        if e["owner_pid"] is not None
+        else "owner unknown"
+    )
+    eof = f"read EOF at {(e['eof_ts'] - t0) / 1e9:.2f} s" if e["eof_ts"] else "no EOF read seen"
+    closed = (
+        f"closed at {(e['closed_ts'] - t0) / 1e9:.2f} s" if e["closed_ts"] else "never closed"
+    )
+    return (
+        f"{(e['since'] - t0) / 1e9:10.6f} STUCK  {e['tuple']} {e['state']} for {e['for_s']:.1f} s"
+        f"  sk={e['skaddr']:#x} {owner}: {eof}, {closed}"
+    )
+
+
 def _errname(n: int) -> str:
     import errno
 
@@ -117,6 +159,13 @@ def _errname(n: int) -> str:
 )
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of text")
 @click.option("--duration", type=float, default=None, help="stop after S seconds")
+@click.option(
+    "--stuck",
+    type=float,
+    default=None,
+    metavar="S",
+    help="report sockets in CLOSE_WAIT or FIN_WAIT2 for longer than S seconds",
+)
 def watch(
     pids: tuple[int, ...],
     ports: tuple[int, ...],
@@ -126,20 +175,28 @@ def watch(
     internals: bool,
     as_json: bool,
     duration: float | None,
+    stuck: float | None,
 ) -> None:
     """Run the probes alone against any process and print kernel events.
 
     Ports filter TCP state changes; pids filter all three probes (with
     ports but no pid, accept and epoll stay quiet: they have no ports).
+    Every TCP transition carries its socket's owner (pid, comm, fd and how
+    it was learned: accept, connect, or unknown) next to the on-CPU pid.
+    With --stuck S, sockets in CLOSE_WAIT or FIN_WAIT2 for longer than S
+    seconds are reported once each, with their owner and whether their fd
+    read EOF and was closed, and listed again at the end.
     Ctrl-C stops; the counts of events and drops go to stderr at the end.
     """
     if duration is not None and duration <= 0:
         raise click.BadParameter("give a positive number of seconds", param_hint="--duration")
+    if stuck is not None and stuck < 0:
+        raise click.BadParameter("give 0 or more seconds", param_hint="--stuck")
     need_root("tcplab watch", "the eBPF probes need it")
     try:
         filters = Filters(set(pids), set(lports), set(dports), set(ports))
         plan = make_plan()
-        default = DEFAULT_PROBES + (INTERNALS if internals else ())
+        default = DEFAULT_PROBES + OWNER_PROBES + (INTERNALS if internals else ())
         wanted = list(names) or [n for n in plan.usable() if n in default]
         probes = ProbeSet(plan, wanted, filters)
     except ProbeError as e:
@@ -147,6 +204,8 @@ def watch(
     t0 = time.monotonic_ns()
     out = sys.stdout
     pending: list[Event] = []
+    owners = Owners()
+    stuck_ns = None if stuck is None else int(stuck * 1e9)
 
     def show(probe: str, records: bytes) -> None:
         pending.extend(batch_events(make_body(probe, probes.layout(probe), records)))
@@ -154,6 +213,9 @@ def watch(
     def flush() -> None:
         # Each probe has its own ring: merge what one poll brought by time.
         pending.sort(key=lambda e: e["ts"])
+        owners.feed(pending)
+        if stuck_ns is not None:
+            pending.extend(owners.newly_stuck(time.monotonic_ns(), stuck_ns))
         for e in pending:
             out.write((json.dumps(e) if as_json else _human(e, t0)) + "\n")
         pending.clear()
@@ -170,6 +232,8 @@ def watch(
     stats: dict[str, Any] = {}
     try:
         probes.start(show)
+        # After attaching: a listener opened from now on shows its CLOSE -> LISTEN.
+        owners.add_listeners(listening_owners())
         click.echo("attached: " + "; ".join(plan.describe()[1:]), err=True)
         end = None if duration is None else time.monotonic() + duration
         while not stopped and (end is None or time.monotonic() < end):
@@ -185,6 +249,11 @@ def watch(
             stats = probes.stats()
         probes.close()
         flush()
+    if stuck_ns is not None:
+        table = owners.stuck(time.monotonic_ns(), stuck_ns)
+        click.echo(f"stuck sockets at the end: {len(table)}", err=True)
+        for r in table:
+            click.echo(json.dumps({**r, "type": "stuck_at_end"}) if as_json else _stuck_line(r, t0))
     programs = stats.get("programs", {})
     total = sum(p["drops"] for p in programs.values())
     counts = ", ".join(f"{n} {p['events']} events {p['drops']} drops" for n, p in programs.items())

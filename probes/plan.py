@@ -28,9 +28,10 @@ PROBES = ("tcp_state", "accept", "epoll", *INTERNALS, "connect", "fdio")
 # What runs unless asked otherwise: the internals cost a compilation and
 # events on every data segment's path, so a scenario or a user asks for
 # them (`[lab] internals = true`, `--internals`).
-# connect and fdio (owners and the syscall barrier) are for `tcplab watch`
-# until the correlator reads them.
 DEFAULT_PROBES = ("tcp_state", "accept", "epoll")
+# Owners and the syscall barrier: `tcplab watch` loads them by default; lab
+# runs not yet (the correlator does not read them).
+OWNER_PROBES = ("connect", "fdio")
 TRACEFS_ROOTS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 # The kprobe PMU (>= 4.17) or the legacy kprobe_events file must exist for a
 # kprobe to attach at all; neither exists with CONFIG_KPROBES off.
