@@ -189,10 +189,20 @@ FIELDS: dict[str, dict[str, str]] = {
         "sport": "int", "dport": "int", "what": "int", "state": "int", "saddr": "addr",
         "daddr": "addr",
     },
+    "connect": {
+        "ts": "int", "dur_ns": "int", "skaddr": "int", "pid": "int", "tid": "int",
+        "comm": "text", "fd": "int", "err": "int", "family": "int", "dport": "int",
+        "daddr": "addr",
+    },
+    "fdio": {
+        "ts": "int", "pid": "int", "tid": "int", "comm": "text", "fd": "int", "err": "int",
+        "kind": "int", "syscall": "int", "how": "int", "skaddr": "int",
+        **{f: "int" for f in FD_COUNTERS},
+    },
 }  # fmt: skip
 _TS_MAX = np.iinfo(np.int64).max
 # State and syscall numbers index tables of 256: one byte.
-_BYTE_FIELDS = ("oldstate", "newstate", "syscall", "why", "what", "state")
+_BYTE_FIELDS = ("oldstate", "newstate", "syscall", "why", "what", "state", "kind", "how")
 
 
 def _fits(dt: np.dtype[Any], name: str, kind: str) -> bool:

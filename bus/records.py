@@ -106,12 +106,58 @@ class EpollEvent(TypedDict):
     dur_ns: Count
 
 
+class ConnectEvent(TypedDict):
+    """connect exit: the caller owns the socket skaddr (0 if no TCP socket
+    went SYN_SENT inside the call); errno 0, EINPROGRESS or a failure."""
+
+    type: Literal["connect"]
+    ts: Count  # at syscall exit
+    pid: Count
+    tid: Count
+    comm: str
+    fd: int
+    skaddr: Count
+    errno: Count
+    family: int
+    daddr: str
+    dport: Count
+    dur_ns: Count
+
+
+class FdEvent(TypedDict):
+    """The syscall barrier (probes/fdio.bpf.c): a socket fd's EOF, close or
+    error, with its running counters."""
+
+    type: Literal["fdio"]
+    ts: Count
+    pid: Count
+    tid: Count
+    comm: str
+    fd: int
+    what: str  # "eof", "close", "error"
+    syscall: str  # the call: "read", ..., "close"
+    errno: Count  # of an error, else 0
+    how: str  # who handed the fd over: "accept", "connect"
+    skaddr: Count  # 0 until a read or write named the socket
+    opened_ts: Count
+    eof_ts: Count  # 0: no EOF read yet
+    reads: Count
+    read_bytes: Count
+    writes: Count
+    write_bytes: Count
+    eagain_reads: Count
+    eagain_writes: Count
+    errors: Count
+
+
 # A KERNEL batch holds the events of one probe: its name picks their record.
 # A new probe adds its record here.
 KERNEL_EVENTS: dict[str, type] = {
     "tcp_state": TcpStateEvent,
     "accept": AcceptEvent,
     "epoll": EpollEvent,
+    "connect": ConnectEvent,
+    "fdio": FdEvent,
 }
 
 

@@ -24,7 +24,7 @@ from probes import tpformat
 # The TCP internals (INTERNALS, probes/tpformat.py) are tracepoints only: no
 # kprobe variant, so a forced kprobe mode keeps them on their tracepoints;
 # each attaches the hooks this kernel has and says what it lacks.
-PROBES = ("tcp_state", "accept", "epoll", *INTERNALS, "connect", "fdio")
+PROBES = ("tcp_state", "accept", "epoll", "connect", "fdio", *INTERNALS)
 # What runs unless asked otherwise: the internals cost a compilation and
 # events on every data segment's path, so a scenario or a user asks for
 # them (`[lab] internals = true`, `--internals`).
@@ -242,7 +242,8 @@ def _plan_probe(name: str, force: str) -> ProbePlan:
     tp_why = "tracepoints " + ", ".join(sorted({h.target for h in tp_hooks}))
     if name in TRACEPOINT_ONLY and not tp_missing:
         # No kprobe variant to force: it stays on its tracepoints.
-        return ProbePlan(name, "tracepoint", tp_hooks, tp_why)
+        note = " (no kprobe variant)" if force == "kprobe" else ""
+        return ProbePlan(name, "tracepoint", tp_hooks, tp_why + note)
     if force in ("auto", "tracepoint") and not tp_missing:
         return ProbePlan(name, "tracepoint", tp_hooks, tp_why)
     if force in ("auto", "kprobe") and not kp_missing and kp_hooks:

@@ -57,16 +57,33 @@ def expected_plan(mode: str) -> list[str]:
         + (["epoll_pwait2"] if has_tracepoint("syscalls:sys_enter_epoll_pwait2") else []),
     }
     lines = [f"delivery: {os.environ.get('TCPLAB_DELIVERY') or 'ringbuf'}"]
+    io = ["read", "readv", "recvfrom", "recvmsg", "write", "writev", "sendto", "sendmsg"]
+    fdio = [f"syscalls:sys_{edge}_{c}" for c in [*io, "sendfile64"] for edge in ("enter", "exit")]
+    fdio += ["syscalls:sys_exit_accept", "syscalls:sys_exit_accept4"]
+    fdio += ["syscalls:sys_enter_connect", "syscalls:sys_enter_close"]
+    # The socket of a read or write, since 6.3; fdio goes without before.
+    fdio += [t for t in ("sock:sock_recv_length", "sock:sock_send_length") if has_tracepoint(t)]
     if mode == "tracepoint":
         lines.append("tcp_state: tracepoint (tracepoints sock:inet_sock_set_state)")
         for probe, names in calls.items():
             tps = sorted(f"syscalls:sys_{edge}_{c}" for c in names for edge in ("enter", "exit"))
             lines.append(f"{probe}: tracepoint (tracepoints {', '.join(tps)})")
+        lines.append(
+            "connect: tracepoint (tracepoints sock:inet_sock_set_state, "
+            "syscalls:sys_enter_connect, syscalls:sys_exit_connect)"
+        )
+        lines.append(f"fdio: tracepoint (tracepoints {', '.join(sorted(fdio))})")
     else:
         lines.append("tcp_state: kprobe (kprobes on tcp_set_state)")
         for probe, names in calls.items():
             fns = sorted(kallsyms_function(c) for c in names)
             lines.append(f"{probe}: kprobe (kprobes on {', '.join(fns)})")
+        lines.append(
+            f"connect: kprobe (kprobes on {kallsyms_function('connect')}, sock:inet_sock_set_state)"
+        )
+        lines.append(
+            f"fdio: tracepoint (tracepoints {', '.join(sorted(fdio))}) (no kprobe variant)"
+        )
     return lines
 
 
@@ -216,6 +233,15 @@ EPOLL_LINE = re.compile(
     TIME + r" (?P<syscall>epoll_p?wait2?) pid=(?P<pid>\d+)/\S+ epfd=(?P<epfd>\d+) "
     r"max=(?P<max>\d+) timeout=(?P<timeout>-?\d+)ms -> (?:(?P<ready>\d+) ready|(?P<err>E[A-Z]+))"
     r" after (?P<ms>\d+\.\d{3}) ms"
+)
+FD_LINE = re.compile(
+    TIME + r" fd     pid=(?P<pid>\d+)/\S+ fd=(?P<fd>\d+) (?P<what>eof|close|error E[A-Z]+) "
+    r"\((?P<syscall>[a-z0-9]+)\) sk=(?P<sk>0x[0-9a-f]+) reads=\d+/\d+B writes=\d+/\d+B "
+    r"eagain=\d+/\d+(?: eof@\d+\.\d{6})?"
+)
+CONNECT_LINE = re.compile(
+    TIME + r" connect pid=(?P<pid>\d+)/\S+ fd=(?P<fd>\d+) -> (?P<daddr>[0-9a-f.:]+):(?P<dport>\d+)"
+    r" (?P<result>ok|E[A-Z]+) sk=(?P<sk>0x[0-9a-f]+) \((?P<us>\d+) us\)"
 )
 
 # Server child transitions as the kernel reports them (tests/test_probe_kernel.py);
@@ -451,5 +477,7 @@ def test_watch_text_format_of_each_probe() -> None:
     assert (int(wait["pid"]), int(wait["epfd"]), int(wait["max"])) == (worker.pid, epfd, 4)
     assert (wait["timeout"], wait["ready"], wait["err"]) == ("10", "0", None)
     assert float(wait["ms"]) >= 10.0  # the kernel never ends a timed wait early
-    # Every other line is a TCP state line (tcp_lines fails on any other).
-    tcp_lines([x for x in lines if not (ACCEPT_LINE.fullmatch(x) or EPOLL_LINE.fullmatch(x))])
+    # Every other line is a TCP state line (tcp_lines fails on any other), or
+    # the syscall barrier's (the worker's fds closing as it exits).
+    others = (ACCEPT_LINE, EPOLL_LINE, FD_LINE, CONNECT_LINE)
+    tcp_lines([x for x in lines if not any(p.fullmatch(x) for p in others)])

@@ -51,7 +51,9 @@ def test_forced_attach_mode_is_honoured_or_explained(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("TCPLAB_ATTACH", "kprobe")
     plan = make_plan()
     for p in plan.probes.values():
-        if p.name in INTERNALS:
+        if p.name == "fdio":  # no kprobe variant either
+            assert p.mode == "tracepoint" and p.why.endswith(" (no kprobe variant)")
+        elif p.name in INTERNALS:
             assert p.mode in ("tracepoint", None)
             assert "no kprobe variant" in p.why or p.mode is None
         elif p.mode is None:
@@ -59,7 +61,11 @@ def test_forced_attach_mode_is_honoured_or_explained(monkeypatch: pytest.MonkeyP
             assert p.hooks == []
         else:
             assert p.mode == "kprobe"
-            assert {h.kind for h in p.hooks} <= {"kprobe", "kretprobe"}
+            kinds = {h.kind for h in p.hooks if h.kind != "tracepoint"}
+            assert kinds == {"kprobe"} if p.name == "tcp_state" else {"kprobe", "kretprobe"}
+            # connect names its socket from the state tracepoint in both modes.
+            tps = [h.target for h in p.hooks if h.kind == "tracepoint"]
+            assert tps == (["sock:inet_sock_set_state"] if p.name == "connect" else [])
 
 
 def test_bad_settings_are_one_line_errors(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -86,12 +92,13 @@ KPROBE_FUNCTIONS = {
         "kp_enter_epoll_pwait",
         "kp_enter_epoll_pwait2",
     ],
+    "connect": ["kp_enter_connect", "kp_exit_connect"],
 }
 
 
 @pytest.mark.root
 @pytest.mark.bpf
-@pytest.mark.parametrize("probe", [p for p in PROBES if p not in INTERNALS])
+@pytest.mark.parametrize("probe", list(KPROBE_FUNCTIONS))
 def test_kprobe_variants_compile_and_pass_the_verifier(probe: str) -> None:
     """Every kprobe/kretprobe function loads (the verifier accepts it) without
     attaching, and they are the functions the kprobe plan attaches."""
