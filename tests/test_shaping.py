@@ -187,3 +187,17 @@ def test_rate_from_a_scenario_changes_mid_run_and_goes_away(hosts: Hosts) -> Non
         assert tbf_rates(hosts, "b") == []
     finally:
         link.destroy()
+
+
+def test_doctor_says_how_each_knob_is_done() -> None:
+    """`tcplab doctor` lists every shaping knob with how this kernel does it,
+    or that it needs netem."""
+    out = subprocess.run([str(ROOT / ".venv/bin/tcplab"), "doctor", "--no-self-check"],
+                         capture_output=True, text=True, timeout=120)
+    lines = out.stdout.split("lab link shaping:\n", 1)[1].splitlines()[:4]
+    knobs = dict(line.strip().split(": ", 1) for line in lines)
+    assert set(knobs) == {"loss_pct", "rate_mbit", "delay_ms", "jitter_ms"}
+    assert "drop.bpf.c" in knobs["loss_pct"] and knobs["rate_mbit"] == "tbf"
+    netem = support()["delay_ms"] is not None
+    assert (knobs["delay_ms"] == "netem") == netem
+    assert ("needs netem" in knobs["jitter_ms"]) != netem
