@@ -416,7 +416,7 @@ def full_lab(
     scenario = dataclasses.replace(base, actors=actors)
     runs_dir = OUT / "runs"
     shutil.rmtree(runs_dir, ignore_errors=True)
-    last_run: list[Path] = []
+    kept: dict[bool, Path] = {}  # the last run directory with records, and without
     lab_loss = Loss()
     records: list[int] = []  # LOG records the hub received per lab run with records on
     # CPU microseconds per connection, by process, per run: alone, in the lab
@@ -425,8 +425,8 @@ def full_lab(
 
     def in_lab(with_records: bool = True) -> float:
         lab = LabRun(scenario, RunOptions(runs_dir=runs_dir, view="quiet"))
-        for old in last_run:
-            shutil.rmtree(old, ignore_errors=True)
+        if with_records in kept:  # a recording is ~40 MB: keep one per arm
+            shutil.rmtree(kept.pop(with_records), ignore_errors=True)
 
         def lab_pids() -> dict[str, int]:
             sup = getattr(lab, "sup", None)  # made by execute()
@@ -442,7 +442,7 @@ def full_lab(
                     run_dir = lab.execute()
         finally:
             used = sampler.stop()
-        last_run[:] = [run_dir]
+        kept[with_records] = run_dir
         done = lab.tally.finished.get("bomber")
         if done is None:
             raise BenchError(f"the lab's bomber did not finish: see {run_dir}")
@@ -476,16 +476,14 @@ def full_lab(
                 return rate
 
             full = paired(in_lab, alone, rounds, extra)
-            # The correlation below replays a run with records: keep that one.
             lean = paired(lambda: in_lab(with_records=False), alone, rounds, extra)
-            in_lab()
     finally:
         ns.destroy()
     fig.loss.add(lab_loss)
     # Correlation happens after the run (reports.build_reports): it cannot
     # slow the bomber, but it is part of the lab, so it runs and is timed.
     t = time.perf_counter()
-    summary = build_reports(last_run[0])
+    summary = build_reports(kept[True])
     secs = time.perf_counter() - t
     items = int(summary["outputs"]["events"])
     cov = summary.get("coverage", {})
