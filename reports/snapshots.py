@@ -23,11 +23,12 @@ from typing import Any
 
 import orjson
 
-from lab.snapshots import HANDSHAKE, SNAPSHOTS
+from lab.snapshots import HANDSHAKE, SNAPSHOT_HZ, SNAPSHOTS
 from reports.writers import RunSink, TraceWriter
 
 SIZES = ("snd_mss", "rcv_mss", "advmss", "pmtu", "snd_wscale", "rcv_wscale")
 OPTIONS = ("timestamps", "sack", "wscale", "ecn")
+SNAPSHOT_INTERVAL_NS = int(1e9 / SNAPSHOT_HZ)
 
 
 def _path(row: dict[str, Any]) -> str:
@@ -136,7 +137,10 @@ class LinkSink(RunSink):
     def _snapshot(self, row: dict[str, Any]) -> dict[str, Any] | None:
         key = (str(row.get("laddr")), int(row.get("lport") or 0), str(row.get("raddr")),
                int(row.get("rport") or 0))
-        start, end = row.get("start_ns") or 0, row.get("end_ns")
+        # A snapshot's time is taken as its query starts: a socket made while
+        # the query ran is seen with a time a little before its first state.
+        start = (row.get("start_ns") or 0) - SNAPSHOT_INTERVAL_NS
+        end = row.get("end_ns")
         for snap in self.established.get(key, []):
             if start <= snap["t_mono_ns"] and (end is None or snap["t_mono_ns"] <= end):
                 return snap
