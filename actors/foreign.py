@@ -94,10 +94,14 @@ class Relay:
             # setpriv would start and then fail to exec it: say so here.
             raise UsageError(f"cannot start {program}: no such program (for examples/go/bin: "
                              "`make go` builds them)")
+        # --gate: the process waits at a shell's `read` until `set release`
+        # (the tracer points the probes at its pid first); exec keeps the pid.
+        gate = ["sh", "-c", 'read _ && exec "$@"', "sh"] if self.args.gate else []
         try:
             self.proc = subprocess.Popen(
-                [*PDEATHSIG, *self.command], cwd=self.args.cwd, env=self.env,
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                [*PDEATHSIG, *gate, *self.command], cwd=self.args.cwd, env=self.env,
+                stdin=subprocess.PIPE if gate else subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             )
         except OSError as e:
             raise UsageError(f"cannot start {self.command[0]}: {e.strerror or e}") from None
@@ -108,6 +112,15 @@ class Relay:
             self.open_pipes += 1
         self.ready_deadline = time.monotonic() + READY_S
         return {"pid": self.proc.pid}
+
+    def on_set(self, args: dict[str, Any]) -> dict[str, Any]:
+        """`set release`: a gated program goes (its stdin then reads EOF)."""
+        if args.get("release") and self.proc is not None and self.proc.stdin is not None:
+            self.proc.stdin.write(b"go\n")
+            self.proc.stdin.close()
+            self.proc.stdin = None
+            self._record("released")
+        return {"released": self.proc is not None and self.proc.stdin is None}
 
     def _check_ready(self) -> None:
         """Once the program listens on --ready-port, say so at once (the
@@ -243,6 +256,7 @@ def serve(args: argparse.Namespace) -> int:
     rt = Runtime("foreign", args)
     relay = Relay(rt, args, command, env, stop_signal)
     rt.on_start = relay.start
+    rt.on_set = relay.on_set
     rt.progress = relay.progress
     rt.ready(command=relay.command)
     if not rt.attached:
@@ -263,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ready-port", type=int, default=None,
                    help="start is done when something listens on this TCP port")
     p.add_argument("--stop-signal", default="SIGTERM", help="the signal `stop` sends")
+    p.add_argument("--gate", action="store_true",
+                   help="the program waits after spawn until `set release`")
     args = p.parse_args(argv)
     return runtime.run(lambda: serve(args), "foreign")
 

@@ -268,10 +268,16 @@ class LabRun:
                     break
                 if phase.until_done and all(self._done(a) for a in phase.until_done):
                     break
+                if self._phase_over():
+                    break
                 self._pump(100)
             self.phases.append(
                 {"name": phase.name, "start_mono_ns": start_ns, "end_mono_ns": time.monotonic_ns()}
             )
+
+    def _phase_over(self) -> bool:
+        """Whether something other than time or actors ends the phase (a trace's process)."""
+        return False
 
     def _done(self, name: str) -> bool:
         """The actor finished its work (said so in its progress), or ended."""

@@ -48,12 +48,18 @@ class Filters:
     pids filter all probes (tcp_state by the on-CPU pid, then by socket).
     Ports filter tcp_state; accept and epoll have no ports to compare, so
     with port filters and no pid filter they report nothing.
+
+    tcp_state wants both the pid and the ports to match, unless `either`:
+    then one is enough. `tcplab trace` needs that: an accepted socket's
+    transitions run in its peer's context (a pid it does not trace), and
+    the traced program's listening ports catch them.
     """
 
     pids: set[int] = field(default_factory=set)
     lports: set[int] = field(default_factory=set)
     rports: set[int] = field(default_factory=set)
     ports: set[int] = field(default_factory=set)
+    either: bool = False
 
     def __post_init__(self) -> None:
         for p in self.pids:
@@ -166,10 +172,13 @@ class Probe:
             # never passes through an empty (= everything) filter.
             for v in values:
                 table[table.Key(v)] = table.Leaf(1)
+            # In `either` mode tcp_state adds the ports traced pids listen on.
+            keep_all = f.either and idx == Cfg.PORTS
             for key in list(table.keys()):
-                if key.value not in values:
+                if key.value not in values and not keep_all:
                     del table[key]
             config[ctypes.c_int(idx)] = ctypes.c_uint(1 if values else 0)
+        config[ctypes.c_int(Cfg.EITHER)] = ctypes.c_uint(int(f.either))
 
     def set_value(self, idx: Cfg, value: int) -> None:
         self.bpf[b"config"][ctypes.c_int(idx)] = ctypes.c_uint(value)

@@ -10,8 +10,8 @@ with events, drops and ring occupancy per program and the epoll
 histograms. READY goes out only once every program is attached; on stop,
 SIGTERM or SIGINT it detaches everything, ships what is left, then EOF.
 
-Command `set` (args: pids, lports, rports, ports: lists of ints;
-epoll_aggregate_only: bool) changes the filters while running.
+Command `set` (args: pids, lports, rports, ports: lists of ints; either,
+epoll_aggregate_only: bools) changes the filters while running.
 """
 
 from __future__ import annotations
@@ -60,6 +60,11 @@ def build_parser() -> Any:
         help="also load the TCP internals probes (tcp_probe sampled, tcp_events)",
     )
     p.add_argument(
+        "--either",
+        action="store_true",
+        help="tcp_state: a socket passes when its pid or its ports match (not both)",
+    )
+    p.add_argument(
         "--epoll-aggregate-only",
         action="store_true",
         help="epoll: in-kernel histograms only, no per-call events",
@@ -84,13 +89,15 @@ def filters_from(args: dict[str, Any], current: Filters) -> Filters:
             lports=ints("lports", current.lports),
             rports=ints("rports", current.rports),
             ports=ints("ports", current.ports),
+            either=bool(args.get("either", current.either)),
         )
     except ProbeError as e:
         raise UsageError(str(e)) from None
 
 
-def filters_dict(f: Filters) -> dict[str, list[int]]:
-    return {k: sorted(v) for k, v in vars(f).items()}
+def filters_dict(f: Filters) -> dict[str, Any]:
+    return {"pids": sorted(f.pids), "lports": sorted(f.lports), "rports": sorted(f.rports),
+            "ports": sorted(f.ports), "either": f.either}
 
 
 class Batcher:
@@ -146,7 +153,8 @@ def _run(args: Any) -> int:
             "(to watch events in a terminal use `tcplab watch`)"
         )
     try:
-        filters = Filters(set(args.pid), set(args.lport), set(args.rport), set(args.port))
+        filters = Filters(set(args.pid), set(args.lport), set(args.rport), set(args.port),
+                          either=args.either)
         plan = make_plan()
     except ProbeError as e:
         raise UsageError(str(e)) from None

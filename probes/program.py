@@ -68,6 +68,7 @@ class Cfg(IntEnum):
     EPOLL_AGG_ONLY = 4  # epoll: histograms only, no per-call events
     SELF_PID = 5  # the reader's own pid: never traced
     SAMPLE_MS = 6  # tcp_probe: at most one event per socket per this many ms (else on change)
+    EITHER = 7  # tcp_state: a socket passes when its pid OR its ports match (tcplab trace)
 
 
 class Cnt(IntEnum):

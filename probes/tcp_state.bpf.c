@@ -39,14 +39,28 @@
  * CLOSE, read by handle(). LRU: a missed CLOSE cannot fill it up. */
 BPF_TABLE("lru_hash", u64, u8, tracked, 65536);
 
-static __always_inline int traced(u64 skaddr, u16 sport, u16 dport, u32 tgid)
+static __always_inline int traced(u64 skaddr, u16 sport, u16 dport, u32 tgid, u8 newstate)
 {
     if (!cfg_on(CFG_PIDS) && !cfg_on(CFG_LPORTS) && !cfg_on(CFG_RPORTS) && !cfg_on(CFG_PORTS))
         return 1;
     if (tracked.lookup(&skaddr))
         return 1;
-    if (!pid_ok(tgid) || !ports_ok(sport, dport))
+    if (cfg_on(CFG_EITHER)) {
+        /* tcplab trace: the traced pids' own sockets, or any socket on the
+         * ports they listen on (accepted sockets change state in their
+         * peer's context, so the pid alone misses them). A traced pid's
+         * listen() adds its port here, in the kernel, before any peer can
+         * connect; user space only adds (never removes) in this mode. */
+        int by_pid = cfg_on(CFG_PIDS) && pid_ok(tgid);
+        if (!by_pid && !filter_ports.lookup(&sport) && !filter_ports.lookup(&dport))
+            return 0;
+        if (by_pid && newstate == 10 /* TCP_LISTEN */) {
+            u8 on = 1;
+            filter_ports.update(&sport, &on);
+        }
+    } else if (!pid_ok(tgid) || !ports_ok(sport, dport)) {
         return 0;
+    }
     u8 one = 1;
     tracked.update(&skaddr, &one);
     return 1;
@@ -57,7 +71,7 @@ static __always_inline int handle(void *ctx, struct tcp_state_event *e)
     u64 id = bpf_get_current_pid_tgid();
     e->pid = id >> 32;
     e->tid = (u32)id;
-    if (!traced(e->skaddr, e->sport, e->dport, e->pid))
+    if (!traced(e->skaddr, e->sport, e->dport, e->pid, e->newstate))
         return 0;
     if (e->newstate == TCPLAB_TCP_CLOSE)
         tracked.delete(&e->skaddr);
