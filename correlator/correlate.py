@@ -34,7 +34,7 @@ from correlator.rows import Rows, RowsChunk
 from correlator.samples import Samples
 from correlator.stats import Log2Histogram, Series
 
-CHUNK_ITEMS = 50000
+CHUNK_ITEMS = 20_000
 _KIND_CODE = {"tcp_state": 0, "accept": 1, "epoll": 2, "app": 3, "unknown": 4}
 _RAW_KIND = getattr(Kind, "KERNEL_RAW", None)
 MAX_TIDS = 4096

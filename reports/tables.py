@@ -66,6 +66,9 @@ EVENTS_SCHEMA: dict[str, Any] = {
     "fields": pl.String,
 }
 _APP_COLUMNS = [k for k in EVENTS_SCHEMA if k not in ("fields",)]
+# An app record's bool would pass as an int column: booleans stay in `fields`.
+_APP_COLUMNS.remove("cpu_is_owner")
+_STRING_COLUMNS = {k for k, t in EVENTS_SCHEMA.items() if t == pl.String}
 
 CONNECTIONS_SCHEMA: dict[str, Any] = {
     "id": pl.Int64,
@@ -119,11 +122,37 @@ CONNECTIONS_SCHEMA: dict[str, Any] = {
 }
 
 
-def _typed(v: Any, dtype: Any) -> Any:
-    """A free-form field's value if it fits its column, else None (kept in `fields`)."""
-    if dtype == pl.String:
-        return v if isinstance(v, str) else None
-    return v if type(v) is int and -(1 << 63) <= v < (1 << 63) else None
+def _app_frame(app: list[tuple[int, dict[str, Any]]]) -> pl.DataFrame:
+    """App rows: each field that fits a column of the same name goes there,
+    the others (and any that do not fit its type) into `fields`."""
+    m = len(app)
+    cols: dict[str, list[Any]] = {k: [None] * m for k in _APP_COLUMNS}
+    fields: list[str | None] = [None] * m
+    pos: list[int] = []
+    strings = _STRING_COLUMNS
+    for i, (p, row) in enumerate(app):
+        pos.append(p)
+        rest: dict[str, Any] = {}
+        for k, v in row.items():
+            col = cols.get(k)
+            if col is None or v is None:
+                if col is None:
+                    rest[k] = v
+            elif k in strings:
+                if isinstance(v, str):
+                    col[i] = v
+                else:
+                    rest[k] = v
+            elif k == "t":
+                col[i] = v
+            elif type(v) is int and -(1 << 63) <= v < (1 << 63):
+                col[i] = v
+            else:
+                rest[k] = v
+        if rest:
+            fields[i] = orjson.dumps(rest, default=str).decode()
+    schema = {"pos": pl.Int64, **{k: EVENTS_SCHEMA[k] for k in _APP_COLUMNS}, "fields": pl.String}
+    return pl.DataFrame({"pos": pos, **cols, "fields": fields}, schema=schema, strict=False)
 
 
 def events_frame(chunk: RowsChunk) -> pl.DataFrame:
@@ -138,21 +167,7 @@ def events_frame(chunk: RowsChunk) -> pl.DataFrame:
             ).drop("owner")
         frames.append(df)
     if chunk.app:
-        cols: dict[str, list[Any]] = {k: [] for k in ("pos", *_APP_COLUMNS, "fields")}
-        for pos, row in chunk.app:
-            cols["pos"].append(pos)
-            rest = {}
-            for k, v in row.items():
-                if k not in EVENTS_SCHEMA or k == "fields":
-                    rest[k] = v
-            for k in _APP_COLUMNS:
-                v = row.get(k)
-                typed = _typed(v, EVENTS_SCHEMA[k]) if k not in ("t",) else v
-                if v is not None and typed is None:
-                    rest[k] = v
-                cols[k].append(typed)
-            cols["fields"].append(orjson.dumps(rest, default=str).decode() if rest else None)
-        frames.append(pl.DataFrame(cols, schema={"pos": pl.Int64, **EVENTS_SCHEMA}, strict=False))
+        frames.append(_app_frame(chunk.app))
     df = pl.concat(frames, how="diagonal_relaxed").sort("pos")
     return df.select(
         [
