@@ -2,9 +2,10 @@
 
     .venv/bin/python -m bench.snapshots [--sockets 10000]
 
-A lab namespace holds N TCP sockets (N/2 loopback connections, both ends)
-on one port. One arm is a snapshot as the lab takes it (sock_diag with the
-port filter and tcp_info, parsed with struct); the peer is `ss -tin` for the
+A lab host's namespace (its own TCP hash table, as lab/hosts.py makes it)
+holds N TCP sockets (N/2 loopback connections, both ends) on one port.
+One arm is a snapshot as the lab takes it (sock_diag with the port filter
+and tcp_info, parsed with struct); the peer is `ss -tin` for the
 same port, as a person would run it, and pyroute2's own decoding of the same
 request is a second peer. Rows: time per snapshot (goal: well under 100 ms
 for 10k sockets) and the ratios, paired and alternating (bench.common).
@@ -22,6 +23,7 @@ from typing import Any
 from pyroute2 import DiagSocket, netns
 
 from bench.common import BenchError, Row, log, paired
+from lab.hosts import Hosts, HostSpec
 from lab.netns import LabNamespace
 from probes.sockdiag import DiagQuery
 
@@ -57,7 +59,16 @@ def _hold(ns: LabNamespace, n: int) -> list[socket.socket]:
 
 
 def snapshot_speed(n: int, pairs: int, extra: int) -> list[Row]:
-    ns = LabNamespace("bench-snap").create()
+    # A host as a lab makes it: with a TCP hash table of its own, so both
+    # arms walk these sockets, not every other run's on the machine.
+    parent = LabNamespace("bench-snap").create()
+    hosts = Hosts("bench-snap", [HostSpec("s")])
+    try:
+        hosts.create(parent)
+    except BaseException:
+        parent.destroy()
+        raise
+    ns = hosts["s"]
     held: list[socket.socket] = []
     try:
         held = _hold(ns, n)
@@ -99,7 +110,8 @@ def snapshot_speed(n: int, pairs: int, extra: int) -> list[Row]:
     finally:
         for s in held:
             s.close()
-        ns.destroy()
+        hosts.destroy()
+        parent.destroy()
     rows = [
         vs_ss.row("snapshot_vs_ss", SECTION, f"snapshot of {len(held)} sockets vs `ss -tin`",
                   "s", "ss -tin", ("sockdiag", "ss"), goal="<= 1.0",

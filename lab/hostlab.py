@@ -36,9 +36,10 @@ class HostLab:
         """Raise ShapingError (one line) if this kernel cannot shape as asked."""
         check_supported(self.shapes)
 
-    def create(self, run_dir: Path) -> HostLab:
-        """Namespaces, link, and snapshots written into `run_dir`."""
-        self.hosts.create()
+    def create(self, run_dir: Path, parent: LabNamespace | None = None) -> HostLab:
+        """Namespaces (made from inside `parent`, see lab.hosts), link, and
+        snapshots written into `run_dir`."""
+        self.hosts.create(parent)
         try:
             if self.link is not None:
                 self.link.create()

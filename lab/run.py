@@ -120,7 +120,7 @@ class LabRun:
             self._hub = Hub(self.endpoints.events, self.endpoints.control, record=self._record)
             self.ns.create()
             if self.hostlab is not None:
-                self.hostlab.create(self.run_dir)
+                self.hostlab.create(self.run_dir, parent=self.ns)
             with self.view:
                 try:
                     self._start_probes()

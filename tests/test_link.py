@@ -180,3 +180,30 @@ def test_load_generators_refuse_a_target_outside_the_lab(module: str) -> None:
     assert out.returncode == 2
     (line,) = out.stderr.strip().splitlines()
     assert line.startswith(f"{module}: error: refusing to") and "192.0.2.7" in line
+
+
+@pytest.mark.root
+@pytest.mark.netns
+def test_hosts_own_their_tcp_hash_table() -> None:
+    """Made from inside a lab namespace, a host has buckets of its own
+    (tcp_ehash_entries > 0; negative means the host's shared table), and
+    the machine's own setting is left as it was."""
+    from lab.hosts import CHILD_EHASH, EHASH_ENTRIES
+    from lab.netns import LabNamespace
+
+    if not CHILD_EHASH.exists():  # before 5.19: every namespace shares one table
+        hosts = Hosts("ehash", [HostSpec("a")]).create()
+        hosts.destroy()
+        return
+    before = CHILD_EHASH.read_text()
+    parent = LabNamespace("ehash").create()
+    try:
+        hosts = Hosts("ehash", [HostSpec("a")]).create(parent)
+        try:
+            assert int(hosts["a"].read_sysctl("net.ipv4.tcp_ehash_entries")) == EHASH_ENTRIES
+        finally:
+            hosts.destroy()
+        assert int(parent.read_sysctl("net.ipv4.tcp_ehash_entries")) < 0
+    finally:
+        parent.destroy()
+    assert CHILD_EHASH.read_text() == before
