@@ -14,7 +14,14 @@ INTERNALS = ("tcp_probe", "tcp_events")
 # Why a tcp:tcp_probe hit became an event (probes/tcp_probe.bpf.c).
 SAMPLE_WHY = ("first", "cwnd", "zero_window", "period")
 # Which tracepoint a tcp_sock_event came from (probes/tcp_events.bpf.c).
-SOCK_EVENTS = ("retransmit", "cong_state", "send_reset", "receive_reset", "sk_error")
+SOCK_EVENTS = (
+    "retransmit",
+    "cong_state",
+    "send_reset",
+    "receive_reset",
+    "sk_error",
+    "retransmit_synack",
+)
 # enum tcp_ca_state (include/net/tcp.h), the code of a cong_state event.
 CONG_STATES = ("Open", "Disorder", "CWR", "Recovery", "Loss")
 # ssthresh before the first loss: TCP_INFINITE_SSTHRESH.

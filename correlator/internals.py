@@ -38,6 +38,7 @@ class SocketFigures:
     samples: int = 0
     hits: int = 0
     retransmits: int = 0
+    retrans_failed: int = 0
     cong: list[tuple[float, str]] = field(default_factory=list)
     resets_sent: int = 0
     resets_received: int = 0
@@ -55,12 +56,23 @@ class SocketFigures:
 class Internals:
     """Feed every envelope; finish() once at the end."""
 
-    def __init__(self, t0: int) -> None:
+    def __init__(self, t0: int, meta: dict[str, Any] | None = None) -> None:
         self.t0 = t0
+        self.meta = meta or {}
         self.samples: list[np.ndarray] = []
         self.events: list[np.ndarray] = []
+        # Socket key -> the bulk sender's own report (actors/client.py bulk_sent).
+        self.bulk: dict[str, dict[str, Any]] = {}
 
     def feed(self, env: Envelope) -> None:
+        if env.kind is Kind.LOG:
+            for rec in env.body["records"]:
+                if rec.get("event") == "bulk_sent" and "lport" in rec:
+                    key = (
+                        f"{rec.get('laddr')}:{rec['lport']} > {rec.get('raddr')}:{rec.get('rport')}"
+                    )
+                    self.bulk[key] = rec
+            return
         if env.kind is not Kind.KERNEL_RAW or env.body.get("probe") not in INTERNALS:
             return
         records = rawbatch.decode_batch(env.body).copy()
@@ -94,8 +106,19 @@ class Internals:
                 t = (int(e["ts"]) - self.t0) / 1e9
                 code = int(e["code"])
                 row: dict[str, Any] = {"socket": key, "t_s": round(t, 6), "event": what}
-                if what == "retransmit":
+                if what == "retransmit" and code < 0:
+                    # 6.x (`err`): given up before it reached the device (no
+                    # memory, TSQ, still queued from the last time): not
+                    # counted in Tcp RetransSegs, which is counted just before
+                    # the transmit.
+                    f.retrans_failed += 1
+                    row["error"] = errno.errorcode.get(-code, str(code))
+                elif what in ("retransmit", "retransmit_synack"):
+                    # code > 0: the qdisc dropped it (NET_XMIT_DROP), counted
+                    # by the kernel as sent all the same.
                     f.retransmits += 1
+                    if code:
+                        row["qdisc_drop"] = True
                 elif what == "cong_state":
                     name = CONG_STATES[code] if 0 <= code < len(CONG_STATES) else str(code)
                     f.cong.append((t, name))
@@ -112,12 +135,62 @@ class Internals:
         plots.sort(key=lambda p: -p["samples"])
         for p in plots:
             p["marks"] = [r for r in rows if r.get("event") and r["socket"] == p["socket"]][:200]
+        counts = _counts(figures)
+        kernel = kernel_counters(self.meta)
+        if kernel:
+            counts["kernel"] = kernel
+            if "TCPWinProbe" in kernel:
+                # The probes sent, as the kernel counts them; the ACKs while
+                # closed (zero_window.acks) also hold window updates still at 0.
+                counts["zero_window"]["probes"] = kernel["TCPWinProbe"]
+        counts["actors"] = self._actors(figures)
         return {
-            "counts": {"internals": _counts(figures)},
-            "sentences": _sentences(figures),
+            "counts": {"internals": counts},
+            "sentences": self._bulk_sentences(figures)
+            + _sentences(figures, kernel, set(self.bulk)),
             "rows": rows,
             "plots": plots[:PLOT_SOCKETS],
         }
+
+    def _actors(self, figures: dict[str, SocketFigures]) -> dict[str, Any]:
+        """Per bulk-sending actor: its transfer as it reported it, and what
+        the kernel showed of its socket."""
+        out: dict[str, Any] = {}
+        for key, rec in self.bulk.items():
+            f = figures.get(key, SocketFigures(key))
+            seconds = float(rec.get("seconds") or 0)
+            out[str(rec.get("actor"))] = {
+                "bytes": int(rec.get("bytes") or 0),
+                "seconds": round(seconds, 3),
+                "mbit_s": round(int(rec.get("bytes") or 0) * 8 / seconds / 1e6, 2)
+                if seconds
+                else 0,
+                "retransmits": f.retransmits,
+                "cong_states": _entered(f),
+                "cwnd_max": f.cwnd_max,
+                "zero_window_s": round(f.zero_closed_s, 3),
+            }
+        return out
+
+    def _bulk_sentences(self, figures: dict[str, SocketFigures]) -> list[str]:
+        out = []
+        for key, rec in self.bulk.items():
+            f = figures.get(key)
+            seconds = float(rec.get("seconds") or 0)
+            n = int(rec.get("bytes") or 0)
+            text = f"{rec.get('actor')} ({rec.get('congestion') or 'default'}): {n / 1e6:.1f} MB"
+            if seconds:
+                text += f" in {seconds:.1f} s, {n * 8 / seconds / 1e6:.1f} Mbit/s"
+            if f is not None:
+                text += f"; {f.retransmits} segments retransmitted"
+                if f.cwnd_drop and f.retransmits:
+                    a, b, t = f.cwnd_drop
+                    text += f"; cwnd fell from {a} to {b} at {t:.1f} s"
+                entered = {k: v for k, v in _entered(f).items() if k != "Open"}
+                if entered:
+                    text += "; entered " + ", ".join(f"{k} {v}x" for k, v in entered.items())
+            out.append(text + ".")
+        return out
 
     def _sample_rows(self, key: str, s: np.ndarray) -> list[dict[str, Any]]:
         t = (s["ts"].astype(np.int64) - self.t0) / 1e9
@@ -227,6 +300,27 @@ def _closed(ts: np.ndarray, wnd: np.ndarray, hits: np.ndarray) -> tuple[int, flo
     return periods, closed_ns / 1e9, max(answered, 0)
 
 
+def _entered(f: SocketFigures) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for _, name in f.cong:
+        out[name] = out.get(name, 0) + 1
+    return out
+
+
+def kernel_counters(meta: dict[str, Any]) -> dict[str, int]:
+    """The kernel's TCP counters over the run, summed over the hosts
+    (lab/netstat.py, in run.json's lab.tcp_counters): end - start."""
+    out: dict[str, int] = {}
+    hosts = ((meta.get("lab") or {}).get("tcp_counters") or {}).values()
+    for c in hosts:
+        start, end = c.get("start") or {}, c.get("end") or {}
+        for k, v in end.items():
+            if k in start:
+                name = k.partition(".")[2]
+                out[name] = out.get(name, 0) + int(v) - int(start[k])
+    return out
+
+
 def _counts(figures: dict[str, SocketFigures]) -> dict[str, Any]:
     fs = list(figures.values())
     cong: dict[str, int] = {}
@@ -241,6 +335,7 @@ def _counts(figures: dict[str, SocketFigures]) -> dict[str, Any]:
         "samples": sum(f.samples for f in fs),
         "hits": sum(f.hits for f in fs),
         "retransmits": sum(f.retransmits for f in fs),
+        "retransmits_failed": sum(f.retrans_failed for f in fs),
         "cong_states": cong,
         "resets_sent": sum(f.resets_sent for f in fs),
         "resets_received": sum(f.resets_received for f in fs),
@@ -251,33 +346,45 @@ def _counts(figures: dict[str, SocketFigures]) -> dict[str, Any]:
             "sockets": sum(1 for f in fs if f.zero_periods),
             "periods": sum(f.zero_periods for f in fs),
             "closed_s": round(max((f.zero_closed_s for f in fs), default=0.0), 3),
+            "acks": sum(f.zero_probes for f in fs),
             "probes": sum(f.zero_probes for f in fs),
         },
     }
 
 
-def _sentences(figures: dict[str, SocketFigures]) -> list[str]:
+def _sentences(
+    figures: dict[str, SocketFigures], kernel: dict[str, int], bulk_keys: set[str]
+) -> list[str]:
     out = []
+    seen = sum(f.retransmits for f in figures.values())
+    if kernel.get("OutSegs"):
+        sent, retrans = kernel["OutSegs"], kernel.get("RetransSegs", 0)
+        out.append(
+            f"{retrans:,} segments retransmitted ({100 * retrans / sent:.1f}% of {sent:,} sent, "
+            f"the kernel's counters of the lab's hosts); tcp_retransmit_skb saw {seen:,}."
+        )
     for f in figures.values():
         if f.zero_periods:
+            probes = (
+                f"{kernel['TCPWinProbe']} zero-window probes sent (the kernel's TCPWinProbe), "
+                if "TCPWinProbe" in kernel
+                else ""
+            )
             out.append(
                 f"{f.key}: the receiver's window was 0 for {f.zero_closed_s:.1f} s "
                 f"({f.zero_periods} times): its reader fell behind; "
-                f"{f.zero_probes} zero-window probes answered while it was closed."
+                f"{probes}{f.zero_probes} ACKs received while it was closed."
             )
-        if f.retransmits:
+        if f.retransmits and f.key not in bulk_keys:
             text = f"{f.key}: {f.retransmits} segment(s) retransmitted"
             if f.bytes_acked and f.seconds > 0:
                 text += f", {f.bytes_acked / f.seconds / 1e6:.2f} MB/s acknowledged"
             if f.cwnd_drop and f.retransmits:
                 a, b, t = f.cwnd_drop
                 text += f"; cwnd fell from {a} to {b} at {t:.1f} s"
-            states = [name for _, name in f.cong if name != "Open"]
-            if states:
-                seen = {n: states.count(n) for n in dict.fromkeys(states)}
-                text += "; congestion states entered: " + ", ".join(
-                    f"{n} {k}x" for n, k in seen.items()
-                )
+            entered = {k: v for k, v in _entered(f).items() if k != "Open"}
+            if entered:
+                text += "; entered " + ", ".join(f"{k} {v}x" for k, v in entered.items())
             out.append(text + ".")
         for name, n in f.errors.items():
             out.append(f"{f.key}: the kernel reported {name} to the application ({n}x).")

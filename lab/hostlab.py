@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from lab import netstat
 from lab.capture import Capture
 from lab.hosts import Hosts
 from lab.link import Link
@@ -31,6 +32,8 @@ class HostLab:
         changes = [p.link for p in scenario.phases if p.link]
         self.link = Link(spec, self.hosts.names(), shaped=bool(changes)) if spec else None
         self.shapes = phase_shapes(spec, changes) if spec else []
+        # Per host: the kernel's TCP counters at the start and at the end.
+        self.counters: dict[str, dict[str, dict[str, int]]] = {}
 
     def check(self) -> None:
         """Raise ShapingError (one line) if this kernel cannot shape as asked."""
@@ -41,6 +44,7 @@ class HostLab:
         snapshots written into `run_dir`."""
         self.hosts.create(parent)
         try:
+            self._count("start")
             if self.link is not None:
                 self.link.create()
             self.snapshots = Snapshotter(self.hosts.names(), self.scenario.ports, run_dir)
@@ -71,6 +75,8 @@ class HostLab:
                       for h, ns in self.hosts.namespaces.items()},
             "actors": {a.name: a.host for a in self.scenario.actors},
         }
+        if self.counters:
+            out["tcp_counters"] = self.counters
         if self.snapshots is not None:
             out["snapshots"] = self.snapshots.describe()
         if self.capture is not None:
@@ -87,7 +93,17 @@ class HostLab:
             }
         return out
 
+    def _count(self, when: str) -> None:
+        for host, ns in self.hosts.namespaces.items():
+            self.counters.setdefault(host, {})[when] = netstat.read(ns.name)
+
+    def count_end(self) -> None:
+        """The kernel's TCP counters at the end of what the probes saw (once)."""
+        if self.counters and not any("end" in c for c in self.counters.values()):
+            self._count("end")
+
     def destroy(self) -> None:
+        self.count_end()  # a run that stopped before its probes did
         if self.capture is not None:
             self.capture.stop()
         if self.snapshots is not None:

@@ -332,6 +332,10 @@ class LabRun:
         self._stop_in_order(actors)
         # The probes go last: the actors' final transitions must be seen.
         self._stopping_probes = True
+        if self.hostlab is not None:
+            # The kernel's counters as the probes stop watching: what either
+            # sees afterwards (a FIN retransmitted at teardown) the other does not.
+            self.hostlab.count_end()
         self._stop_in_order([PROBES] if PROBES in self.sup.processes else [])
         # Whatever is still queued on the bus is part of the run.
         quiet_since = time.monotonic()

@@ -33,6 +33,8 @@ CLSACT_INGRESS = "ffff:fff2"
 THRESHOLD_ONE = 1 << 32  # drop.bpf.c drops when a u32 random number is below the threshold
 TBF_LATENCY = "50ms"  # the longest a packet may wait in tbf's queue before tbf drops it
 OFFLOADS = ("tx-tcp-segmentation", "tx-tcp6-segmentation", "tx-generic-segmentation", "rx-gro")
+# The kernel's default of a device's gso_max_segs (GSO_MAX_SEGS, include/linux/netdevice.h).
+GSO_MAX_SEGS = 65535
 CONFIG = Path("/proc/config.gz")
 
 
@@ -145,6 +147,15 @@ def set_offloads(netns_name: str, ifname: str, enable: bool) -> None:
             eth.set_features(ifname, features)
         finally:
             eth.close()
+        # Without offloads the wire carries one segment per packet, yet TCP
+        # still builds skbs of several segments (software GSO is always on
+        # for TCP: sk_setup_caps) and a retransmitted skb counts all of them
+        # in Tcp RetransSegs while tcp:tcp_retransmit_skb fires once. One
+        # segment per skb makes the tracepoint's count the kernel's.
+        with IPRoute() as ipr:
+            index = ipr.link_lookup(ifname=ifname)
+            if index:
+                ipr.link("set", index=index[0], gso_max_segs=GSO_MAX_SEGS if enable else 1)
     finally:
         netns.popns()
 

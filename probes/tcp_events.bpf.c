@@ -10,6 +10,9 @@
  * - tcp:tcp_retransmit_skb (4.15+): every segment retransmitted, fast
  *   retransmit, RTO, tail loss probe and zero-window probe alike. `err`
  *   (6.x) is the result of the transmit, 0 when it went out.
+ * - tcp:tcp_retransmit_synack (4.15+): a SYN-ACK sent again by a listener's
+ *   request (its timer): Tcp RetransSegs counts these too. skaddr is the
+ *   listener's; the ports are the request's.
  * - tcp:tcp_cong_state_set (6.1+): icsk_ca_state changes (Open, Disorder,
  *   CWR, Recovery, Loss).
  * - tcp:tcp_send_reset (4.15+): a RST sent, with or without a socket. From
@@ -95,6 +98,20 @@ int tp_tcp_retransmit_skb(struct tracepoint__tcp__tcp_retransmit_skb *args)
     e.code = args->err;
 #endif
     return send(args, &e, TCPLAB_EV_RETRANSMIT);
+}
+#endif
+
+#ifdef TCPLAB_TP_tcp_retransmit_synack
+int tp_tcp_retransmit_synack(struct tracepoint__tcp__tcp_retransmit_synack *args)
+{
+    struct tcp_sock_event e = {};
+    e.skaddr = (u64)args->skaddr;
+#ifdef TCPLAB_TP_tcp_retransmit_synack_family
+    SET_TUPLE(e, args, args->family);
+#else
+    SET_TUPLE(e, args, 0);
+#endif
+    return send(args, &e, TCPLAB_EV_RETRANSMIT_SYNACK);
 }
 #endif
 

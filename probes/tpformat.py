@@ -29,6 +29,7 @@ TRACEPOINTS: dict[str, dict[str, tuple[str, ...]]] = {
     "tcp_probe": {"tcp:tcp_probe": ("family", "skaddr")},
     "tcp_events": {
         "tcp:tcp_retransmit_skb": ("family", "err"),
+        "tcp:tcp_retransmit_synack": ("family",),
         "tcp:tcp_cong_state_set": ("family",),
         "tcp:tcp_send_reset": ("family", "sport", "reason"),
         "tcp:tcp_receive_reset": ("family",),
@@ -41,6 +42,7 @@ MEANING = {
     "tcp:tcp_cong_state_set": "no congestion-state changes (the tracepoint exists from 6.1)",
     "sock:inet_sk_error_report": "no socket errors from the kernel (from 5.13)",
     "tcp:tcp_retransmit_skb": "no retransmits",
+    "tcp:tcp_retransmit_synack": "no SYN-ACK retransmits",
     "tcp:tcp_send_reset": "no resets sent",
     "tcp:tcp_receive_reset": "no resets received",
     "tcp:tcp_probe family": "family read from the sockaddr image (the field exists after 5.10)",

@@ -34,7 +34,7 @@ def build_reports(run_dir: Path, config: CorrelatorConfig | None = None) -> dict
     # A two-host run's connections also say where each end lives and what it negotiated.
     sink = LinkSink(run_dir, trace, meta) if meta.get("lab") else RunSink(run_dir, trace)
     corr = Correlator(sink, meta, config)
-    internals = Internals(t0)
+    internals = Internals(t0, meta)
     try:
         for env in reader:
             if trace.t0 == 0:

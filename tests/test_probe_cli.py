@@ -109,6 +109,7 @@ def test_doctor_checks_loads_a_program_and_prints_the_plan() -> None:
         tp
         for tp in (
             "tcp:tcp_retransmit_skb",
+            "tcp:tcp_retransmit_synack",
             "tcp:tcp_cong_state_set",
             "tcp:tcp_send_reset",
             "tcp:tcp_receive_reset",
