@@ -176,72 +176,67 @@ class Lives:
         ids = idf.select(pl.col("id").forward_fill().over("sk")).to_series().to_numpy()
         ids = ids.astype(np.int64)
 
-        # Lives: new ones from their opening row; all touched ones get rows.
+        # Lives: new ones from their opening row; the rest by group-by on the
+        # life id (rows in position order within each life).
         conns: dict[int, Conn] = {c.id: c for c in carried.values()}
-        cur: dict[int, Conn] = {int(sk[i]): c for i, c in carried.items()}
         milestones: list[tuple[int, int, Conn]] = []
         end = self.experiment_end
-        sport = tcp["sport"].fill_null(0).to_list()
-        dport = tcp["dport"].fill_null(0).to_list()
-        saddr = tcp["saddr"].to_list()
-        daddr = tcp["daddr"].to_list()
+        sport = tcp["sport"].fill_null(0).to_numpy()
+        dport = tcp["dport"].fill_null(0).to_numpy()
         fam = tcp["family"].fill_null(0).to_list()
-        sk_l, old_l, new_l, ts_l, pos_l = (
-            sk.tolist(),
-            old.tolist(),
-            new.tolist(),
-            ts.tolist(),
-            pos.tolist(),
-        )
+        old_l, new_l, ts_l, pos_l = old.tolist(), new.tolist(), ts.tolist(), pos.tolist()
         cpu_l = tcp["cpu_pid"].to_list()
-        start_l, lost_l, ids_l = start.tolist(), lost.tolist(), ids.tolist()
-        # Walk the rows in order; the work per row is a few appends.
-        for i in range(n):
-            s_i = sk_l[i]
-            if start_l[i]:
-                if lost_l[i]:
-                    # The socket's open life never got its ->CLOSE: it ends here.
-                    pc = cur[s_i]
-                    pc.close_pos = pos_l[i]
-                    pc.end_ns = pc.state_ns
-                    pc.close_seen = False
-                    milestones.append((pos_l[i], LOST, pc))
-                c = Conn(
-                    id=ids_l[i],
-                    skaddr=s_i,
-                    role=role_of(old_l[i], new_l[i]),
-                    start_ns=ts_l[i],
-                    first_old=old_l[i],
-                    family=int(fam[i] or 0),
-                    first_cpu_pid=cpu_l[i],
-                    state=old_l[i],
-                    state_ns=ts_l[i],
-                )
-                conns[c.id] = c
-                cur[s_i] = c
-                milestones.append((pos_l[i], OPEN, c))
-            else:
-                c = cur[s_i]
-                if end is not None and c.state in ("CLOSE_WAIT", "FIN_WAIT2"):
-                    if c.state_ns <= end < ts_l[i]:
-                        c.stuck_in = c.state
-            if c.learn is None:
-                if c.dest is None and dport[i]:
-                    c.dest = (norm_addr(str(daddr[i])), int(dport[i]))
-                lt = _learn(c.role, saddr[i], int(sport[i]), daddr[i], int(dport[i]))
-                if lt is not None:
-                    c.learn = lt
-                    milestones.append((pos_l[i], LEARN, c))
-            if len(c.transitions) < MAX_TRANSITIONS:
-                c.transitions.append((ts_l[i], old_l[i], new_l[i], cpu_l[i], pos_l[i]))
-            else:
-                c.dropped_transitions += 1
-            c.last_old, c.state, c.state_ns = old_l[i], new_l[i], ts_l[i]
-            c.n_rows += 1
-            if new_l[i] == "CLOSE":
-                c.close_pos = pos_l[i]
-                c.end_ns = ts_l[i]
-                milestones.append((pos_l[i], CLOSE, c))
+        ids_l = ids.tolist()
+        prev_ts_l = prev_ts.tolist()
+        for i in np.nonzero(start)[0].tolist():
+            if lost[i]:
+                # The socket's open life never got its ->CLOSE: it ends at its
+                # last transition, and this one opens the next life.
+                pc = carried[i] if i in carried else conns[ids_l[prev_idx[i]]]
+                pc.close_pos = pos_l[i]
+                pc.end_ns = prev_ts_l[i]
+                pc.close_seen = False
+                milestones.append((pos_l[i], LOST, pc))
+            c = Conn(
+                id=ids_l[i],
+                skaddr=int(sk[i]),
+                role=role_of(old_l[i], new_l[i]),
+                start_ns=ts_l[i],
+                first_old=old_l[i],
+                family=int(fam[i] or 0),
+                first_cpu_pid=cpu_l[i],
+            )
+            conns[c.id] = c
+            milestones.append((pos_l[i], OPEN, c))
+        if end is not None:
+            # A CLOSE_WAIT or FIN_WAIT2 held across the experiment's end is stuck.
+            held = (
+                ~start
+                & np.isin(prev_new, ["CLOSE_WAIT", "FIN_WAIT2"])
+                & (prev_ts <= end)
+                & (ts > end)
+            )
+            for i in np.nonzero(held)[0].tolist():
+                conns[ids_l[i]].stuck_in = str(prev_new[i])
+        _learn_all(conns, ids, sport, dport, tcp, milestones, pos_l)
+        # Per life: its first transitions kept, its last one its state.
+        order = np.argsort(ids, kind="stable")
+        life, first, count = np.unique(ids[order], return_index=True, return_counts=True)
+        rows = order.tolist()
+        for cid, a, k in zip(life.tolist(), first.tolist(), count.tolist(), strict=True):
+            c = conns[cid]
+            room = MAX_TRANSITIONS - len(c.transitions)
+            kept = rows[a : a + min(k, room)] if room > 0 else []
+            c.transitions.extend([(ts_l[r], old_l[r], new_l[r], cpu_l[r], pos_l[r]) for r in kept])
+            c.dropped_transitions += k - len(kept)
+            r = rows[a + k - 1]
+            c.last_old, c.state, c.state_ns = old_l[r], new_l[r], ts_l[r]
+            c.n_rows += k
+        for i in np.nonzero(new == "CLOSE")[0].tolist():
+            c = conns[ids_l[i]]
+            c.close_pos = pos_l[i]
+            c.end_ns = ts_l[i]
+            milestones.append((pos_l[i], CLOSE, c))
 
         # Open lives carry over; closed (or lost) ones leave.
         for c in conns.values():
@@ -304,6 +299,44 @@ class Lives:
             gaps=int(gap.sum()),
             lost=int(lost.sum()),
         )
+
+
+def _learn_all(
+    conns: dict[int, Conn],
+    ids: np.ndarray,
+    sport: np.ndarray,
+    dport: np.ndarray,
+    tcp: pl.DataFrame,
+    milestones: list[tuple[int, int, Conn]],
+    pos_l: list[int],
+) -> None:
+    """Each life's tuple from its first transition with both ports (a
+    listener's: with its port), and its destination from the first one with
+    a destination port up to then; lives that know theirs already skip."""
+    waiting = [cid for cid, c in conns.items() if c.learn is None]
+    if not waiting:
+        return
+    wait = np.isin(ids, waiting)
+    listeners = [cid for cid in waiting if conns[cid].role == "listener"]
+    is_lst = np.isin(ids, listeners)
+    told = wait & np.where(is_lst, sport != 0, (sport != 0) & (dport != 0))
+    rows = np.nonzero(told)[0]
+    learnt, at = np.unique(ids[rows], return_index=True)
+    learn_row = dict(zip(learnt.tolist(), rows[at].tolist(), strict=True))
+    saddr = tcp["saddr"].to_list()
+    daddr = tcp["daddr"].to_list()
+    for cid, r in learn_row.items():
+        c = conns[cid]
+        c.learn = _learn(c.role, saddr[r], int(sport[r]), daddr[r], int(dport[r]))
+        milestones.append((pos_l[r], LEARN, c))
+    # The destination: only rows up to the one that told the tuple count.
+    dest_rows = np.nonzero(wait & (dport != 0))[0]
+    if len(dest_rows):
+        lives, at = np.unique(ids[dest_rows], return_index=True)
+        for cid, r in zip(lives.tolist(), dest_rows[at].tolist(), strict=True):
+            c = conns[cid]
+            if c.dest is None and r <= learn_row.get(cid, r):
+                c.dest = (norm_addr(str(daddr[r])), int(dport[r]))
 
 
 def bit_length(v: np.ndarray) -> np.ndarray:
