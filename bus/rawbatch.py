@@ -14,9 +14,12 @@ Decoding is vectorised: `decode_batch(body)` is one `np.frombuffer` over the
 records with the layout's structured dtype (memoized by the layout's id),
 whose field names are those of events.h (ts, skaddr, pid, ..., oldstate,
 newstate, saddr, daddr for tcp_state_event). `events(probe, records)` turns
-such an array into the dicts of bus/records.py (`tcplab watch`, the dict
-correlator); addresses and command names are converted once per distinct
-value, not per record.
+such an array into the dicts of bus/records.py (`tcplab watch`, `doctor`);
+addresses and command names are converted once per distinct value, not per
+record. `check_body(body)` is what the bus checks at its boundary (the
+layout against its id, the fields each probe's consumers read, whole
+records, times that fit an int64), so consumers never see a body they
+cannot decode.
 
 Pure code: numpy and the standard library only, so that the correlator and
 `tcplab report` read a recording on a machine without bcc.
