@@ -28,6 +28,7 @@ from lab import proctree
 from lab.netns import LabNamespace
 from lab.run import PROBE_READY_S, PROBES, LabRun, RunOptions
 from lab.scenario import FOREIGN, MAX_PHASE_S, ActorSpec, Command, Phase, Scenario
+from probes.plan import DEFAULT_PROBES, OWNER_PROBES
 
 TREE_EVERY_S = 0.2
 
@@ -103,6 +104,9 @@ class TraceRun(LabRun):
         # Nothing passes until the pids are known (a pid filter of the
         # orchestrator itself, which makes no TCP connections of its own).
         args = ["--either", "--pid", str(os.getpid())]
+        # Owners and the syscall barrier (EOF read, close) too: a foreign
+        # program says nothing of its fds, the kernel does.
+        args += [a for p in (*DEFAULT_PROBES, *OWNER_PROBES) for a in ("--probe", p)]
         args += [a for port in self.scenario.ports for a in ("--port", str(port))]
         self.sup.spawn(PROBES, PROBES, self._python("probes", PROBES, args))
         self._wait_ready([PROBES], PROBE_READY_S)

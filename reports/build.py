@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from correlator.barrier import Barrier
 from correlator.correlate import Correlator, CorrelatorConfig
 from correlator.internals import Internals
 from correlator.recording import RecordingReader, read_run_meta, recording_path
@@ -35,6 +36,7 @@ def build_reports(run_dir: Path, config: CorrelatorConfig | None = None) -> dict
     sink = LinkSink(run_dir, trace, meta) if meta.get("lab") else RunSink(run_dir, trace)
     corr = Correlator(sink, meta, config)
     internals = Internals(t0, meta)
+    barrier = Barrier()
     try:
         for env in reader:
             if trace.t0 == 0:
@@ -42,6 +44,7 @@ def build_reports(run_dir: Path, config: CorrelatorConfig | None = None) -> dict
                 trace.t0 = env.mono_ns
             corr.feed(env)
             internals.feed(env)
+            barrier.feed(env)
         result = corr.finish()
     except BaseException:
         sink.close(complete=False)  # no half-written Parquet left behind
@@ -50,13 +53,14 @@ def build_reports(run_dir: Path, config: CorrelatorConfig | None = None) -> dict
     tcp = internals.finish()
     write_series(run_dir, tcp)
     packets = handshakes(run_dir)
-    extra = {**snapshot_counts(run_dir), **wire_counts(packets), **tcp["counts"]}
+    fd_counts, fd_sentences = barrier.finish(run_dir)
+    extra = {**snapshot_counts(run_dir), **wire_counts(packets), **tcp["counts"], **fd_counts}
     summary = build_summary(
         result,
         reader.stats,
         meta,
         extra,
-        sentences(extra) + packet_sentences(packets) + tcp["sentences"],
+        sentences(extra) + packet_sentences(packets) + tcp["sentences"] + fd_sentences,
     )
     if tcp["plots"]:
         summary["tcp_series"] = tcp["plots"]

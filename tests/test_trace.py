@@ -85,7 +85,8 @@ def render(report: Path) -> str:
 def test_trace_the_leaking_go_server_then_ctrl_c(tmp_path: Path) -> None:
     """`tcplab trace -- server` with LEAK=true, 50 clients, Ctrl-C: exit 0;
     the summary says 50 sockets in CLOSE_WAIT owned by the Go process (by
-    accept4, not by whoever was on the CPU); report.html says it too."""
+    accept4, not by whoever was on the CPU), each with EOF read and no
+    close (the fdio probe); report.html says it too."""
     port = free_port()
     proc = subprocess.Popen(
         [TCPLAB, "trace", "--json", "--runs-dir", str(tmp_path), "--",
@@ -120,7 +121,16 @@ def test_trace_the_leaking_go_server_then_ctrl_c(tmp_path: Path) -> None:
     assert go_pid not in {s["cpu_pid"] for s in entered}
     assert {"server"} == {c["owner"]["actor"] for c in stuck}
     assert sum(c["app"].get("leaked", 0) for c in stuck) == CLIENTS
-    assert sentence in render(run_dir / "report.html")
+    # The syscall barrier (fdio), from the kernel alone: each fd read EOF and
+    # was never closed.
+    assert result["summary"]["counts"]["barrier"]["close_wait_eof_never_closed"] == CLIENTS
+    barrier = (f"The syscall barrier: {CLIENTS} sockets stuck in CLOSE_WAIT, owned by server "
+               f"pid {go_pid}, fds ")
+    (line,) = [x for x in result["summary"]["diagnosis"] if x.startswith(barrier)]
+    assert line.endswith(": each read EOF (the peer's FIN reached the application) and was "
+                         "never closed — the local application's bug.")
+    dom = render(run_dir / "report.html")
+    assert sentence in dom and barrier in dom
     for name in ("events.jsonl", "summary.json", "trace.json"):
         assert (run_dir / name).stat().st_size > 0
 
