@@ -249,11 +249,28 @@ class Runner:
                 ("snapshot_ms", f"one snapshot of {socks} sockets", "ms", "<= 100"),
             ],
         )
+        from bench.fdio import barrier_cost
+
+        fdio_bytes = (64 if cfg.mode == "tiny" else 1024) << 20
+        fdio_count = cfg.rate_count
+        with idle_spinners():
+            self.section(
+                "Syscall barrier",
+                lambda: barrier_cost(
+                    fdio_bytes, fdio_count, cfg.rate_rounds, cfg.extra_pairs, c_exe
+                ),
+                [
+                    ("fdio_bulk", "bulk transfer: CPU per MiB with fdio / without", "µs/MiB",
+                     "<= 1.05"),
+                    ("fdio_bomber", "bomber + C server: CPU per connection with fdio / without",
+                     "µs/conn", "<= 1.05"),
+                ],
+            )  # fmt: skip
         log(f"waiting for the {cfg.big_events:,}-event replay (stops at the budget)")
         self.rows.append(big.row())
         # Rows in the order, whatever order the sections ran in.
         order = ["Connection rate", "Observation overhead", "Event loss", "Pipeline capacity"]
-        order += ["C10k", "Scaling", "Socket snapshots"]
+        order += ["C10k", "Scaling", "Socket snapshots", "Syscall barrier"]
         self.rows.sort(key=lambda r: order.index(r.section) if r.section in order else 99)
         for r in self.rows:
             r.judge()

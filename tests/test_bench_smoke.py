@@ -38,6 +38,8 @@ ROWS = [
     "snapshot_vs_ss",
     "snapshot_vs_pyroute2",
     "snapshot_ms",
+    "fdio_bulk",
+    "fdio_bomber",
 ]
 
 
@@ -72,7 +74,7 @@ def test_tiny_bench_has_every_row_with_numbers(tmp_path: Path) -> None:
         if r["ratios"]:
             assert r["ratio"] == pytest.approx(statistics.median(r["ratios"]))
             assert r["pairs_run"] >= len(r["ratios"])
-    for key in ("conn_rate", "probe_overhead", "lab_overhead", "lab_records"):
+    for key in ("conn_rate", "probe_overhead", "lab_overhead", "lab_records", "fdio_bulk"):
         assert rows[key]["ratios"], f"{key} is not a paired row"
     assert {"nproc", "kernel", "cpu"} <= set(data["machine"])
     md = (tmp_path / "latest.md").read_text()
