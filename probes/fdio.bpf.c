@@ -43,12 +43,16 @@ BPF_TABLE("lru_hash", struct fd_key, struct fd_counters, socks, TCPLAB_FDIO_SOCK
 struct io_call {
     s32 fd;
     u8 syscall;
-    u8 empty;  /* a zero-length read: its 0 is not an EOF */
+    u8 empty;    /* a zero-length read: its 0 is not an EOF */
+    u8 need_sk;  /* the fd's skaddr is not known yet: io_sock() fills it */
 };
 
 /* Reads and writes in flight on an accounted fd, by thread (pid_tgid):
- * inserted at enter, read and deleted at exit. */
-BPF_TABLE("lru_hash", u64, struct io_call, pending, 16384);
+ * inserted at enter, read and deleted at exit. A plain hash, not LRU: an
+ * LRU update takes a list lock on every call, and entries only outlive
+ * their call when a thread dies inside it (a full table then skips some
+ * calls' counts, never blocks them). */
+BPF_HASH(pending, u64, struct io_call, 16384);
 
 static __always_inline void fill(struct fd_event *e, struct fd_counters *c)
 {
@@ -97,9 +101,10 @@ static __always_inline void io_enter(s32 fd, u8 syscall, int empty)
 {
     u64 id = bpf_get_current_pid_tgid();
     struct fd_key k = {.tgid = id >> 32, .fd = fd};
-    if (!socks.lookup(&k))
+    struct fd_counters *c = socks.lookup(&k);
+    if (!c)
         return;
-    struct io_call call = {.fd = fd, .syscall = syscall, .empty = empty};
+    struct io_call call = {.fd = fd, .syscall = syscall, .empty = empty, .need_sk = !c->skaddr};
     pending.update(&id, &call);
 }
 
@@ -151,8 +156,9 @@ static __always_inline void io_sock(u64 skaddr, u16 protocol)
 {
     u64 id = bpf_get_current_pid_tgid();
     struct io_call *p = pending.lookup(&id);
-    if (!p)
+    if (!p || !p->need_sk)
         return;
+    p->need_sk = 0;
     struct fd_key k = {.tgid = id >> 32, .fd = p->fd};
     if (protocol != IPPROTO_TCP) {
         socks.delete(&k);
