@@ -32,6 +32,7 @@ from lab.shaping import ShapingError
 from lab.stale import sweep
 from lab.supervisor import PROBES, Supervisor
 from lab.tally import Tally
+from probes.plan import DEFAULT_PROBES, INTERNALS, OWNER_PROBES
 
 PROBE_READY_S = 90.0  # BPF compilation takes seconds per program on 2 cores
 ACTOR_READY_S = 30.0
@@ -166,6 +167,11 @@ class LabRun:
         args = [a for port in self.scenario.ports for a in ("--port", str(port))]
         if self.scenario.internals:
             args.append("--internals")
+        if self.scenario.owners:
+            # --probe replaces the default set: name it all.
+            wanted = (*DEFAULT_PROBES, *OWNER_PROBES, *(INTERNALS if self.scenario.internals
+                                                       else ()))
+            args += [a for p in wanted for a in ("--probe", p)]
         self.sup.spawn(PROBES, PROBES, self._python("probes", PROBES, args))
         self._wait_ready([PROBES], PROBE_READY_S)
 

@@ -33,7 +33,7 @@ FOREIGN = "foreign"
 # The keys each table may hold: anything else is a typo that would otherwise
 # be ignored in silence (`until_don` made a phase run to its full length).
 TOP_KEYS = ("name", "summary", "description", "lab", "actors", "phases", "expected")
-LAB_KEYS = ("ports", "sysctls", "hosts", "link", "capture", "internals")
+LAB_KEYS = ("ports", "sysctls", "hosts", "link", "capture", "internals", "owners")
 ACTOR_KEYS = ("name", "role", "args", "host")
 FOREIGN_KEYS = ("name", "command", "env", "cwd", "host", "ready", "stop_signal")
 READY_KEYS = ("port",)
@@ -97,6 +97,8 @@ class Scenario:
     capture: CaptureSpec | None = None
     # Load the TCP internals probes (cwnd, windows, retransmits, resets).
     internals: bool = False
+    # Load the owner probes too (connect, fdio: EOF read, close per fd).
+    owners: bool = False
 
     @property
     def duration_s(self) -> float:
@@ -346,6 +348,7 @@ def load(path: Path) -> Scenario:
         link=link,
         capture=capture,
         internals=_flag(lab.get("internals", False), f"{where} [lab]: `internals`"),
+        owners=_flag(lab.get("owners", False), f"{where} [lab]: `owners`"),
     )
 
 

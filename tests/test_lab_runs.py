@@ -121,6 +121,8 @@ def test_go_leak_close_wait_owned_by_the_go_server(all_runs: tuple[int, Runs]) -
     assert counts["accept"]["EMFILE"] > 0 and counts["errors"]["EMFILE"] > 0
     assert any(f"CLOSE_WAIT, owned by server pid {go_pid}" in line
                for line in summary["diagnosis"]), summary["diagnosis"]
+    # The syscall barrier: every stuck socket's fd read EOF and was never closed.
+    assert counts["barrier"]["close_wait_eof_never_closed"] == len(stuck)
 
 
 def test_go_bomb_logs_eaddrnotavail_joined_to_the_kernel(all_runs: tuple[int, Runs]) -> None:
