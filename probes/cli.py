@@ -21,6 +21,9 @@ from probes.fdtable import listening_owners
 from probes.loader import Filters, ProbeSet
 from probes.owners import Owners
 from probes.plan import DEFAULT_PROBES, INTERNALS, OWNER_PROBES, PROBES, ProbeError, make_plan
+from probes.selectors import Selector
+from probes.sockdiag import DiagQuery
+from probes.timewait import INTERVAL_S, timewait_count
 
 Event = dict[str, Any]
 
@@ -86,6 +89,8 @@ def _human(e: Event, t0: int) -> str:
         )
     if e["type"] == "stuck":
         return _stuck_line(e, t0)
+    if e["type"] == "timewait":
+        return f"{t} TIME_WAIT {e['count']} sockets"
     if e["type"] == "accept":
         result = (
             f"fd {e['fd']} from {e['peer_addr'] or '?'}:{e['peer_port']}"
@@ -166,6 +171,11 @@ def _errname(n: int) -> str:
     metavar="S",
     help="report sockets in CLOSE_WAIT or FIN_WAIT2 for longer than S seconds",
 )
+@click.option("--comm", "comms", multiple=True, help="only events of processes with this name")
+@click.option("--cgroup", default=None, help="only events of processes in this cgroup (v2 path)")
+@click.option(
+    "--timewait", is_flag=True, help="print the TIME_WAIT count every second (sock_diag)"
+)
 def watch(
     pids: tuple[int, ...],
     ports: tuple[int, ...],
@@ -176,6 +186,9 @@ def watch(
     as_json: bool,
     duration: float | None,
     stuck: float | None,
+    comms: tuple[str, ...],
+    cgroup: str | None,
+    timewait: bool,
 ) -> None:
     """Run the probes alone against any process and print kernel events.
 
@@ -186,6 +199,10 @@ def watch(
     With --stuck S, sockets in CLOSE_WAIT or FIN_WAIT2 for longer than S
     seconds are reported once each, with their owner and whether their fd
     read EOF and was closed, and listed again at the end.
+    --comm and --cgroup keep the events of those processes (a transition's
+    by its owner). --timewait prints the TIME_WAIT count of this network
+    namespace (of the -P/-L/-D ports if given) every second: the state
+    tracepoint never shows TIME_WAIT.
     Ctrl-C stops; the counts of events and drops go to stderr at the end.
     """
     if duration is not None and duration <= 0:
@@ -206,6 +223,9 @@ def watch(
     pending: list[Event] = []
     owners = Owners()
     stuck_ns = None if stuck is None else int(stuck * 1e9)
+    selector = Selector(comms, cgroup)
+    diag = DiagQuery() if timewait else None
+    next_tw = time.monotonic()
 
     def show(probe: str, records: bytes) -> None:
         pending.extend(batch_events(make_body(probe, probes.layout(probe), records)))
@@ -216,7 +236,14 @@ def watch(
         owners.feed(pending)
         if stuck_ns is not None:
             pending.extend(owners.newly_stuck(time.monotonic_ns(), stuck_ns))
+        nonlocal next_tw
+        if diag is not None and time.monotonic() >= next_tw:
+            next_tw += INTERVAL_S
+            count = timewait_count(diag, filters.ports | filters.lports | filters.rports)
+            pending.append({"type": "timewait", "ts": time.monotonic_ns(), "count": count})
         for e in pending:
+            if e["type"] != "timewait" and not selector.keep(e):
+                continue
             out.write((json.dumps(e) if as_json else _human(e, t0)) + "\n")
         pending.clear()
         out.flush()
@@ -249,10 +276,12 @@ def watch(
             stats = probes.stats()
         probes.close()
         flush()
+        if diag is not None:
+            diag.close()
     if stuck_ns is not None:
         table = owners.stuck(time.monotonic_ns(), stuck_ns)
         click.echo(f"stuck sockets at the end: {len(table)}", err=True)
-        for r in table:
+        for r in filter(selector.keep, table):
             click.echo(json.dumps({**r, "type": "stuck_at_end"}) if as_json else _stuck_line(r, t0))
     programs = stats.get("programs", {})
     total = sum(p["drops"] for p in programs.values())

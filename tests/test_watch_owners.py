@@ -24,6 +24,8 @@ from typing import Any
 
 import pytest
 
+from probes import selectors
+
 TCPLAB = str(Path(sys.executable).with_name("tcplab"))
 SLOW = float(os.environ.get("TCPLAB_TEST_SLOW", "1"))
 DEADLINE_S = 60.0 * SLOW
@@ -145,3 +147,71 @@ def test_close_wait_of_a_c_server_is_owned_by_it(leaky_server: Any) -> None:
     assert len(client_sks) == CLIENTS
     closed = [e for e in ev if e["type"] == "fdio" and e["pid"] == os.getpid()]
     assert client_sks <= {e["skaddr"] for e in closed if e["what"] == "close"}
+
+
+def test_comm_and_cgroup_keep_only_that_process(leaky_server: Any) -> None:
+    """--comm and --cgroup: only the leaky server's events (its syscalls, and the
+    transitions of the sockets it owns); none of this test's own connects."""
+    server, port = leaky_server
+    root = Path(selectors.cgroup2_root())
+    group = root / f"tcplab-test-{os.getpid()}"
+    group.mkdir()
+    try:
+        (group / "cgroup.procs").write_text(str(server.pid))
+        watch = JsonWatch("--comm", "leaky_server", "--cgroup", str(group))
+        try:
+            for _ in range(5):
+                c = socket.create_connection(("127.0.0.1", port))
+                c.sendall(b"hi")
+                c.close()
+            watch.until(
+                lambda ev: sum(e["type"] == "fdio" and e["what"] == "eof" for e in ev) >= 5,
+                "5 EOF reads by the server",
+            )
+            assert watch.stop() == 0
+        finally:
+            if watch.proc.poll() is None:
+                watch.proc.kill()
+                watch.proc.communicate()
+        ev = watch.events
+        mine = [e for e in ev if e["type"] == "tcp_state" and e["sport"] == port]
+        assert sum(e["new"] == "CLOSE_WAIT" for e in mine) == 5
+        assert {e.get("owner_pid", e.get("pid")) for e in ev} == {server.pid}
+    finally:
+        server.kill()
+        server.wait()
+        deadline = time.monotonic() + DEADLINE_S
+        while True:  # the cgroup empties once the killed server is gone
+            try:
+                group.rmdir()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+
+def test_timewait_counts_come_from_sock_diag() -> None:
+    """--timewait -P PORT: the TIME_WAIT sockets this test leaves on its port."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    port = srv.getsockname()[1]
+    watch = JsonWatch("--probe", "tcp_state", "-P", str(port), "--timewait")
+    try:
+        for _ in range(5):  # the client closes first: its end stays in TIME_WAIT
+            c = socket.create_connection(("127.0.0.1", port))
+            a, _ = srv.accept()
+            c.close()
+            a.recv(1)
+            a.close()
+        watch.until(
+            lambda ev: any(e["type"] == "timewait" and e["count"] == 5 for e in ev),
+            "a TIME_WAIT count of 5",
+        )
+        assert watch.stop() == 0
+    finally:
+        if watch.proc.poll() is None:
+            watch.proc.kill()
+            watch.proc.communicate()
+        srv.close()
+    counts = [e["count"] for e in watch.events if e["type"] == "timewait"]
+    assert counts[0] <= 5 and max(counts) == 5
