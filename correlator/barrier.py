@@ -26,6 +26,11 @@ class FdFacts:
     closed_ts: int = 0
 
 
+# The running counters an fdio event carries for its fd (the last one seen
+# per fd holds the totals).
+IO_COUNTERS = ("reads", "eagain_reads", "writes", "eagain_writes")
+
+
 def _ranges(fds: list[int]) -> str:
     """7, 8, 9, 12 -> '7–9, 12' (at most a few runs shown)."""
     runs: list[list[int]] = []
@@ -46,6 +51,8 @@ class Barrier:
         # last incarnation of that fd seen.
         self.by_fd: dict[tuple[int, int], FdFacts] = {}
         self.by_sk: dict[int, FdFacts] = {}
+        # (pid, fd, opened_ts) -> the fd's counters at its last event.
+        self.io: dict[tuple[int, int, int], tuple[int, ...]] = {}
         self.events = 0
 
     def feed(self, env: Envelope) -> None:
@@ -63,6 +70,7 @@ class Barrier:
             self.by_fd[key] = facts
             if e["skaddr"]:
                 self.by_sk[int(e["skaddr"])] = facts
+            self.io[(*key, int(e["opened_ts"]))] = tuple(int(e[c]) for c in IO_COUNTERS)
 
     def _facts(self, conn: dict[str, Any]) -> FdFacts | None:
         owner = conn.get("owner") or {}
@@ -102,7 +110,45 @@ class Barrier:
                 f"{actor} pid {pid}{where}: {each} read EOF (the peer's FIN reached the "
                 "application) and was never closed — the local application's bug."
             )
+        by_actor, io_sentences = self._io_by_actor(run_dir)
         counts = {"barrier": {"fdio_events": self.events, "close_wait_eof_read": eof,
                               "close_wait_never_closed": never,
-                              "close_wait_eof_never_closed": both}}
-        return counts, sentences
+                              "close_wait_eof_never_closed": both, "by_actor": by_actor}}
+        return counts, sentences + io_sentences
+
+    def _io_by_actor(self, run_dir: Path) -> tuple[dict[str, dict[str, int]], list[str]]:
+        """Per actor (its processes' socket fds): reads and how many found
+        nothing yet (EAGAIN: a non-blocking reader goes back to epoll_wait)."""
+        try:
+            meta = json.loads((run_dir / "run.json").read_text())
+        except (OSError, ValueError):
+            meta = {}
+        names = {int(a["pid"]): n for n, a in (meta.get("actors") or {}).items()
+                 if isinstance(a, dict) and isinstance(a.get("pid"), int)}
+        names |= {int(p): n.split(" (child")[0] for n, p in (meta.get("programs") or {}).items()
+                  if isinstance(p, int)}
+        # The pid a sentence names: the actor's own, or its program's (not a child's).
+        pids = {n: p for p, n in names.items()}
+        pids |= {n: int(p) for n, p in (meta.get("programs") or {}).items()
+                 if isinstance(p, int) and " (child" not in n}
+        out: dict[str, dict[str, int]] = {}
+        for (pid, _fd, _opened), counters in self.io.items():
+            if pid not in names:
+                continue
+            a = out.setdefault(names[pid], {"fds": 0, **dict.fromkeys(IO_COUNTERS, 0)})
+            a["fds"] += 1
+            for c, v in zip(IO_COUNTERS, counters, strict=True):
+                a[c] += v
+        sentences = [
+            f"The syscall barrier: {actor} pid {pids[actor]}'s {a['fds']} socket fds made "
+            f"{a['reads']} reads, {_eagain(a['eagain_reads'])}, and {a['writes']} writes."
+            for actor, a in sorted(out.items()) if a["reads"]
+        ]
+        return out, sentences
+
+
+def _eagain(n: int) -> str:
+    if not n:
+        return "none of them EAGAIN (it read only what epoll_wait said was ready)"
+    return (f"{n} of them EAGAIN (nothing to read yet: non-blocking I/O, the reader "
+            "went back to epoll_wait)")

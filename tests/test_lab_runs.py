@@ -152,6 +152,11 @@ def test_go_netpoll_many_goroutines_few_threads(all_runs: tuple[int, Runs]) -> N
     assert 1 <= by_actor["gomux"]["threads"] <= 16
     assert by_actor["pymux"]["threads"] <= 3
     assert by_actor["gomux"]["max_ready"] > 1
+    # EAGAIN before each park: Go's reads find nothing, Python's never do
+    # (it reads only what epoll said is ready).
+    io = summary["counts"]["barrier"]["by_actor"]
+    assert io["gomux"]["fds"] >= 1900 and io["gomux"]["eagain_reads"] > 0
+    assert io["pymux"]["eagain_reads"] == 0
 
 
 def test_multiplex_holds_ten_thousand_on_epoll(all_runs: tuple[int, Runs]) -> None:
