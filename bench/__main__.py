@@ -266,11 +266,23 @@ class Runner:
                      "µs/conn", "<= 1.05"),
                 ],
             )  # fmt: skip
+        from bench.internals import internals_cost
+
+        mb = 100 if cfg.mode == "tiny" else 500
+        self.section(
+            "TCP internals",
+            lambda: internals_cost(mb, cfg.rate_rounds, cfg.extra_pairs),
+            [
+                ("internals_throughput", "bulk transfer, every probe / none", "B/s", ">= 0.95"),
+                ("internals_lost", "events lost with every probe", "events", "== 0"),
+                ("internals_sampling", "tcp_probe events vs hits", "events/s", "—"),
+            ],
+        )
         log(f"waiting for the {cfg.big_events:,}-event replay (stops at the budget)")
         self.rows.append(big.row())
         # Rows in the order, whatever order the sections ran in.
         order = ["Connection rate", "Observation overhead", "Event loss", "Pipeline capacity"]
-        order += ["C10k", "Scaling", "Socket snapshots", "Syscall barrier"]
+        order += ["C10k", "Scaling", "Socket snapshots", "Syscall barrier", "TCP internals"]
         self.rows.sort(key=lambda r: order.index(r.section) if r.section in order else 99)
         for r in self.rows:
             r.judge()

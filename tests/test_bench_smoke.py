@@ -40,6 +40,8 @@ ROWS = [
     "snapshot_ms",
     "fdio_bulk",
     "fdio_bomber",
+    "internals_throughput",
+    "internals_sampling",
 ]
 
 

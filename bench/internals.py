@@ -1,0 +1,190 @@
+"""What the TCP internals probes cost a bulk transfer, and what reaches user space.
+
+    sudo .venv/bin/python -m bench.internals [--mb 1000] [--pairs 3]
+
+Two hosts joined by a veth link (lab/hosts.py, lab/link.py, offloads on as
+in an unshaped lab). A receiver in host b reads to EOF; a sender in host a
+writes --mb MB. One arm has every probe attached in a probe process of its
+own (the internals included, filtered to the transfer's port, as a lab run
+attaches them), the other none; paired and alternating (bench.common).
+Rows: throughput with / without (goal >= 0.95), events lost (goal 0), and
+tcp_probe events reaching user space per second against the tracepoint's
+hits counted in the kernel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+from pyroute2 import netns
+
+from bench.common import Row, idle_spinners, log, paired
+from lab.hosts import Hosts, HostSpec
+from lab.link import Link, LinkSpec
+
+SECTION = "TCP internals"
+PORT = 19441
+CHUNK = 1 << 20
+RECEIVER = f"""
+import socket, sys, time
+srv = socket.create_server(("0.0.0.0", {PORT}))
+print("ready", flush=True)
+while True:
+    conn, _ = srv.accept()
+    buf = bytearray({CHUNK})
+    got, t0 = 0, None
+    while True:
+        n = conn.recv_into(buf)
+        if t0 is None:
+            t0 = time.perf_counter()
+        if not n:
+            break
+        got += n
+    print(got, time.perf_counter() - t0, flush=True)
+    conn.close()
+"""
+
+
+def attach_main(port: int) -> int:
+    """The probe arm's process: every probe attached, drained until SIGTERM,
+    then its counters as one JSON line."""
+    from probes.loader import Filters, ProbeSet
+    from probes.plan import make_plan
+
+    plan = make_plan()
+    counts: dict[str, int] = {}
+
+    def add(probe: str, records: bytes) -> None:
+        counts[probe] = counts.get(probe, 0) + len(records)
+
+    probes = ProbeSet(plan, plan.usable(), Filters(ports={port}))
+    probes.start(add)
+    stop: list[int] = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    print("ready", flush=True)
+    while not stop:
+        probes.poll(0.02)
+    probes.drain_all()
+    stats = probes.stats()["programs"]
+    probes.close()
+    print(json.dumps({"programs": stats, "bytes": counts}), flush=True)
+    return 0
+
+
+class Transfer:
+    def __init__(self, mb: int) -> None:
+        self.total = mb * CHUNK
+        self.hosts = Hosts("bench-int", [HostSpec("a"), HostSpec("b")])
+        self.hosts.create()
+        self.link = Link(LinkSpec(("a", "b")), self.hosts.names()).create()
+        argv = self.hosts["b"].command([sys.executable, "-c", RECEIVER])
+        self.receiver = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        assert self.receiver.stdout is not None
+        if self.receiver.stdout.readline().strip() != "ready":
+            raise RuntimeError("the receiver did not start")
+        self.payload = memoryview(bytearray(CHUNK))
+        self.last_probes: dict[str, Any] = {}
+        self.events_s: list[float] = []
+        self.hits_s: list[float] = []
+        self.drops = 0
+
+    def once(self) -> float:
+        """One transfer; bytes/s as the receiver timed it."""
+        netns.pushns(self.hosts["a"].name)
+        try:
+            s = socket.create_connection((self.link.address("b"), PORT))
+        finally:
+            netns.popns()
+        with s:
+            left = self.total
+            while left > 0:
+                left -= s.send(self.payload[: min(CHUNK, left)])
+            s.shutdown(socket.SHUT_WR)
+        assert self.receiver.stdout is not None
+        got, seconds = self.receiver.stdout.readline().split()
+        if int(got) != self.total:
+            raise RuntimeError(f"the receiver got {got} bytes of {self.total}")
+        return self.total / float(seconds)
+
+    def with_probes(self) -> float:
+        argv = [sys.executable, "-m", "bench.internals", "--attach", str(PORT)]
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != "ready":
+            proc.kill()
+            raise RuntimeError("the probes did not attach")
+        try:
+            t0 = time.perf_counter()
+            rate = self.once()
+            took = time.perf_counter() - t0
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            out, _ = proc.communicate(timeout=60)
+        programs = json.loads(out.strip().splitlines()[-1])["programs"]
+        self.drops += sum(p["drops"] for p in programs.values())
+        tp = programs.get("tcp_probe", {})
+        self.events_s.append(tp.get("events", 0) / took)
+        self.hits_s.append(tp.get("hits", 0) / took)
+        return rate
+
+    def close(self) -> None:
+        self.receiver.kill()
+        self.receiver.wait()
+        self.link.destroy()
+        self.hosts.destroy()
+
+
+def internals_cost(mb: int, pairs: int, extra: int) -> list[Row]:
+    t = Transfer(mb)
+    try:
+        log(f"{SECTION}: {mb} MB across the link, every probe attached vs none")
+        # Cores that never idle in both arms (bench.common.idle_spinners).
+        with idle_spinners():
+            p = paired(t.with_probes, t.once, pairs, extra)
+    finally:
+        t.close()
+    med = sorted(zip(t.events_s, t.hits_s, strict=True))[len(t.events_s) // 2]
+    rows = [
+        p.row("internals_throughput", SECTION,
+              f"bulk transfer ({mb} MB over the veth link), every probe attached / none",
+              "B/s", "no probes", ("with", "without"), goal=">= 0.95"),
+        Row("internals_lost", SECTION, "events lost in the probe arm (ring drops, all probes)",
+            float(t.drops), "events", goal="== 0", goal_on="value"),
+        Row("internals_sampling", SECTION,
+            "tcp_probe events reaching user space per second vs tracepoint hits per second",
+            med[0], "events/s", med[1], "hits/s (counted in the kernel)",
+            note="sampled in the kernel: on cwnd/ssthresh change, a window crossing 0, "
+            "else every 20 ms per socket; hits are machine-wide (counted before the "
+            "port filter)"),
+    ]  # fmt: skip
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.internals", description=__doc__)
+    ap.add_argument("--mb", type=int, default=1000)
+    ap.add_argument("--pairs", type=int, default=3)
+    ap.add_argument("--extra", type=int, default=2)
+    ap.add_argument("--attach", type=int, help=argparse.SUPPRESS)  # the probe arm's process
+    args = ap.parse_args(argv)
+    if args.attach:
+        return attach_main(args.attach)
+    if os.geteuid() != 0:
+        print("python -m bench.internals: run as root (namespaces and eBPF)", file=sys.stderr)
+        return 2
+    for r in internals_cost(args.mb, args.pairs, args.extra):
+        r.judge()
+        print(json.dumps(r.as_dict()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
