@@ -169,6 +169,7 @@ class Internals:
                 "cong_states": _entered(f),
                 "cwnd_max": f.cwnd_max,
                 "zero_window_s": round(f.zero_closed_s, 3),
+                "eagain": int(rec.get("eagain") or 0),
             }
         return out
 
@@ -189,6 +190,13 @@ class Internals:
                 entered = {k: v for k, v in _entered(f).items() if k != "Open"}
                 if entered:
                     text += "; entered " + ", ".join(f"{k} {v}x" for k, v in entered.items())
+                if f.zero_periods:
+                    # The client polls for writability (actors/client.py): it
+                    # waits while its send buffer is full, EAGAIN only in a race.
+                    text += (
+                        f"; while the window was closed it waited for its send buffer "
+                        f"({int(rec.get('eagain') or 0)} sends returned EAGAIN)"
+                    )
             out.append(text + ".")
         return out
 
