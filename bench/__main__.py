@@ -163,27 +163,29 @@ class Runner:
             )
             return [row]
 
-        rate = "conn/s"
+        rate, cpu = "conn/s", "µs CPU/conn"
         extra = cfg.extra_pairs
         # Equal idle conditions in both arms of every bomber ratio.
         with idle_spinners():
             self.section(
                 "Connection rate",
-                lambda: [
-                    connection_rate(
-                        c_exe, ports["rate"], cfg.rate_count, cfg.rate_rounds, extra, fig
-                    )
+                lambda: connection_rate(
+                    c_exe, ports["rate"], cfg.rate_count, cfg.rate_rounds, extra, fig
+                ),
+                [
+                    ("conn_rate", "bomber vs C connect loop", rate, ">= 0.95"),
+                    ("conn_rate_cpu", "CPU per connection: bomber vs C loop", cpu, "—"),
                 ],
-                [("conn_rate", "bomber vs C connect loop", rate, ">= 0.95")],
             )
             self.section(
                 "Observation overhead",
-                lambda: [
-                    probe_overhead(
-                        c_exe, ports["probes"], cfg.rate_count, cfg.probe_rounds, extra, fig
-                    )
+                lambda: probe_overhead(
+                    c_exe, ports["probes"], cfg.rate_count, cfg.probe_rounds, extra, fig
+                ),
+                [
+                    ("probe_overhead", "bomber with probes / without", rate, ">= 0.95"),
+                    ("probe_overhead_cpu", "bomber CPU with probes / without", cpu, "—"),
                 ],
-                [("probe_overhead", "bomber with probes / without", rate, ">= 0.95")],
             )
             self.section(
                 "Observation overhead",
@@ -191,6 +193,7 @@ class Runner:
                 [
                     ("lab_overhead", "bomber under the full lab / alone", rate, ">= 0.90"),
                     ("lab_records", "full lab without the actors' records / alone", rate, "—"),
+                    ("lab_cpu", "CPU per connection: full lab vs alone", cpu, "—"),
                 ],
             )
             self.section(

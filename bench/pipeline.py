@@ -55,7 +55,8 @@ def tcp_state_records(layout: Layout, n: int) -> bytes:
     records = np.zeros(n, dtype=dtype_of(layout))
     i = np.arange(n)
     records["ts"] = 1_000_000_000 + i * 1000
-    records["skaddr"] = 0xFFFF888100000000 + (i % 50000) * 2048
+    # In uint64: the kernel address does not fit numpy 2's int64 arithmetic.
+    records["skaddr"] = np.uint64(0xFFFF888100000000) + (i % 50000).astype(np.uint64) * 2048
     records["pid"] = records["tid"] = 4242
     records["comm"] = b"bomber"
     records["family"] = 2

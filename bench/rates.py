@@ -205,8 +205,8 @@ class BomberFigures:
 
 def connection_rate(
     exe: Path, port: int, count: int, rounds: int, extra: int, fig: BomberFigures
-) -> Row:
-    """The bomber alone vs the minimal C loop, both to the C server."""
+) -> list[Row]:
+    """The bomber alone vs the minimal C loop, both to the C server: rates and CPU."""
     cpu_b, cpu_c = fig.cpu.setdefault("bomber", []), fig.cpu.setdefault("c_loop", [])
     with c_server(exe, port):
         runs = paired(
@@ -217,7 +217,7 @@ def connection_rate(
         )
     fig.alone += runs.value
     fig.c_loop += runs.peer
-    return runs.row(
+    rate = runs.row(
         "conn_rate",
         "Connection rate",
         "bomber vs minimal C connect()/close() loop (to a C accept server)",
@@ -227,6 +227,16 @@ def connection_rate(
         goal=">= 0.95",
         note=cpu_note("bomber", cpu_b, "C loop", cpu_c, runs.window),
     )
+    cpu = cpu_row(
+        "conn_rate_cpu",
+        "Connection rate",
+        "CPU per connection: bomber vs the C loop (the same pairs)",
+        cpu_b,
+        cpu_c,
+        "C loop",
+        runs.window,
+    )
+    return [rate, cpu]
 
 
 def cpu_note(name: str, cpu: list[float], peer: str, peer_cpu: list[float], window: int) -> str:
@@ -241,6 +251,28 @@ def cpu_note(name: str, cpu: list[float], peer: str, peer_cpu: list[float], wind
         f"{median(peer_cpu):.1f} µs; {peer} / {name} {median(ratios):.2f} "
         f"({min(ratios):.2f}–{max(ratios):.2f})"
     )
+
+
+def cpu_row(
+    key: str,
+    section: str,
+    measure: str,
+    cpu: list[float],
+    peer_cpu: list[float],
+    peer_label: str,
+    window: int,
+) -> Row:
+    """A row of CPU per connection, paired like its rate row: ratio = peer /
+    value per pair, so above 1 means the value's arm costs less, as a rate
+    ratio above 1 means it runs faster. No goal: it is what to steer by when
+    the rate's spread is wide."""
+    vs, ps = cpu[-window:], peer_cpu[-window:]
+    ratios = [p / v for v, p in zip(vs, ps, strict=True) if v]
+    return Row(
+        key, section, measure, median(vs), "µs CPU/conn", median(ps), peer_label,
+        runs={"value": cpu, "peer": peer_cpu}, ratios=ratios, pairs_run=len(cpu),
+        note="user + system per connection; ratio = peer / value",
+    )  # fmt: skip
 
 
 def bomber_with_probes(server_pid: int, port: int, count: int, fig: BomberFigures) -> float:
@@ -273,14 +305,15 @@ def bomber_with_probes(server_pid: int, port: int, count: int, fig: BomberFigure
 
 def probe_overhead(
     exe: Path, port: int, count: int, rounds: int, extra: int, fig: BomberFigures
-) -> Row:
-    """The bomber with the probes attached vs without, in pairs."""
+) -> list[Row]:
+    """The bomber with the probes attached vs without, in pairs: rates and the
+    bomber's own CPU (the tracepoints run in its syscalls)."""
     without_cpu = fig.cpu.setdefault("without_probes", [])
     with c_server(exe, port) as srv:
         runs = paired(lambda: bomber_with_probes(srv.pid, port, count, fig),
                       lambda: run_bomber(port, count, without_cpu), rounds, extra)  # fmt: skip
     fig.with_probes += runs.value
-    return runs.row(
+    rate = runs.row(
         "probe_overhead",
         "Observation overhead",
         "bomber with probes attached (python -m probes -> bus -> hub) / without",
@@ -294,6 +327,16 @@ def probe_overhead(
             + cpu_note("with", fig.cpu["with_probes"], "without", without_cpu, runs.window)
         ),
     )
+    cpu = cpu_row(
+        "probe_overhead_cpu",
+        "Observation overhead",
+        "the bomber's own CPU per connection with probes attached vs without (the same pairs)",
+        fig.cpu["with_probes"],
+        without_cpu,
+        "without probes",
+        runs.window,
+    )
+    return [rate, cpu]
 
 
 def wait_in_namespace(ns: Any, port: int) -> None:
@@ -519,8 +562,19 @@ def full_lab(
             f"(medians): alone {alone_cpu}; lab with records {on}; without {off}"
         ),
     )
+    totals = {arm: [sum(run.values()) for run in runs] for arm, runs in cpu.items()}
+    cpu_rows = cpu_row(
+        "lab_cpu",
+        "Observation overhead",
+        "CPU per connection of the whole lab (bomber, server, probes, orchestrator) "
+        "vs bomber and server alone (the lab_overhead pairs)",
+        totals["lab"],
+        totals["alone"][: len(full.peer)],  # the first alone runs were full's peers
+        "alone",
+        full.window,
+    )
     details = {"correlate_s": secs, "items": items, "summary_lost": lost, "cpu_us_per_conn": cpu}
-    return [with_rows, without_rows], details
+    return [with_rows, without_rows, cpu_rows], details
 
 
 def cpu_text(runs: list[dict[str, float]]) -> str:

@@ -19,9 +19,12 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 ROWS = [
     "conn_rate",
+    "conn_rate_cpu",
     "probe_overhead",
+    "probe_overhead_cpu",
     "lab_overhead",
     "lab_records",
+    "lab_cpu",
     "loss_onset",
     "loss_full_speed",
     "bus_capacity",
@@ -76,7 +79,8 @@ def test_tiny_bench_has_every_row_with_numbers(tmp_path: Path) -> None:
         if r["ratios"]:
             assert r["ratio"] == pytest.approx(statistics.median(r["ratios"]))
             assert r["pairs_run"] >= len(r["ratios"])
-    for key in ("conn_rate", "probe_overhead", "lab_overhead", "lab_records", "fdio_bulk"):
+    paired_rows = ("conn_rate", "probe_overhead", "lab_overhead", "lab_records", "lab_cpu")
+    for key in (*paired_rows, "fdio_bulk"):
         assert rows[key]["ratios"], f"{key} is not a paired row"
     assert {"nproc", "kernel", "cpu"} <= set(data["machine"])
     md = (tmp_path / "latest.md").read_text()
