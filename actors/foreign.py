@@ -11,8 +11,10 @@ at it, and reports `listening` once the program listens on --ready-port
 that before the phase goes on. Every line
 the program writes to stdout or stderr goes onto the bus as an application
 record (actors/lines.py). On `stop` the program gets --stop-signal, then
-SIGKILL if it outlives the grace period. A program that ends by itself is
-recorded with its exit code and reported done.
+SIGKILL if it outlives the grace period; a phase's `stop` comes as `set
+stop_program` and does the same while the relay stays to record the end.
+A program that ends by itself is recorded with its exit code and reported
+done.
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ class Relay:
         self.ready: bool | None = None
         self.ready_error = ""
         self.ready_deadline = 0.0
+        self.kill_at = 0.0  # after a phase's stop: SIGKILL if still running then
 
     # -- start -----------------------------------------------------------------
     def start(self) -> dict[str, Any]:
@@ -114,13 +117,21 @@ class Relay:
         return {"pid": self.proc.pid}
 
     def on_set(self, args: dict[str, Any]) -> dict[str, Any]:
-        """`set release`: a gated program goes (its stdin then reads EOF)."""
+        """`set release`: a gated program goes (its stdin then reads EOF).
+        `set stop_program`: a phase's `stop` signals the program; the relay
+        stays (it records the exit and says done), SIGKILL after the grace."""
         if args.get("release") and self.proc is not None and self.proc.stdin is not None:
             self.proc.stdin.write(b"go\n")
             self.proc.stdin.close()
             self.proc.stdin = None
             self._record("released")
-        return {"released": self.proc is not None and self.proc.stdin is None}
+        if args.get("stop_program") and self.proc is not None and self.exit_code is None:
+            self.stopped_by_us = True
+            self.proc.send_signal(self.stop_signal)
+            self.kill_at = time.monotonic() + STOP_GRACE_S
+            self._record("signalled", signal=self.stop_signal.name)
+        return {"released": self.proc is not None and self.proc.stdin is None,
+                "running": self.proc is not None and self.exit_code is None}
 
     def _check_ready(self) -> None:
         """Once the program listens on --ready-port, say so at once (the
@@ -147,6 +158,10 @@ class Relay:
             self.relay()
             self._reap()
             self._check_ready()
+            if self.kill_at and time.monotonic() > self.kill_at and self.exit_code is None:
+                assert self.proc is not None
+                self.proc.kill()
+                self.kill_at = 0.0
             self.rt.service(20)
         self.stop()
 

@@ -27,7 +27,7 @@ from lab.hostlab import HostLab
 from lab.live import LiveView
 from lab.netns import LabNamespace, NamespaceError
 from lab.recording import Recorder, unique_run_dir, write_meta
-from lab.scenario import Scenario
+from lab.scenario import FOREIGN, Scenario
 from lab.shaping import ShapingError
 from lab.stale import sweep
 from lab.supervisor import PROBES, Supervisor
@@ -237,6 +237,9 @@ class LabRun:
             return self._wait_program(actor)
         return True
 
+    def _foreign(self) -> set[str]:
+        return {a.name for a in self.scenario.actors if a.role == FOREIGN}
+
     def _wait_program(self, actor: str) -> bool:
         """A foreign actor with a ready port: wait until its relay says the
         program listens (or cannot). One that cannot breaks the run."""
@@ -268,7 +271,12 @@ class LabRun:
             if self.hostlab is not None:
                 self.hostlab.reshape(phase.link)
             for c in phase.commands:
-                self._command(c.actor, c.name, c.args)
+                if c.name == "stop" and c.actor in self._foreign():
+                    # A foreign program is stopped by its relay, which stays
+                    # to record its end (ending the relay would be a crash).
+                    self._command(c.actor, "set", {"stop_program": True})
+                else:
+                    self._command(c.actor, c.name, c.args)
             while not self.halted:
                 if time.monotonic_ns() - start_ns >= phase.duration_s * 1e9:
                     break

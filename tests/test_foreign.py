@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from actor_harness import Lab, is_ready
+from lab_helpers import tcplab
 
 from actors.lines import errno_in, to_record
 from bus.endpoints import ipc_endpoints, make_run_dir
@@ -221,3 +222,85 @@ def test_missing_program_is_refused(lab: Lab) -> None:
         False, "cannot start /nonexistent/prog: no such program (for examples/go/bin: "
         "`make go` builds them)")
     assert lab.stop("ghost") == 0
+
+
+def test_a_phase_stop_signals_the_program_and_the_relay_stays(lab: Lab, go_bin: Path) -> None:
+    """`set stop_program` (what a phase's `stop` becomes): the program gets
+    its stop signal and exits; the relay records the exit, says done, and
+    still answers until the run's own stop."""
+    port = free_port()
+    command = json.dumps([str(go_bin / "server"), "-addr", f"127.0.0.1:{port}"])
+    lab.spawn("foreign", "server", "--command", command, "--ready-port", str(port),
+              "--stop-signal", "SIGINT")
+    lab.wait_for(is_ready("server"), 20, "relay ready")
+    pid = lab.hub.command("server", "start", timeout_s=10).body["result"]["pid"]
+    assert ready_report(lab, "server")["listening"] is True
+    ack = lab.hub.command("server", "set", {"stop_program": True}, timeout_s=10)
+    assert ack.body["ok"], ack.body
+    done = lab.wait_for(lambda e: e.kind is Kind.STATS and e.sender == "server"
+                        and e.body.get("done"), 20, "the relay's done report")
+    assert (done.body["exit_code"], done.body["running"]) == (0, False)
+    (exited,) = lab.records("server", "exited")
+    assert (exited["pid"], exited["level"]) == (pid, "info")
+    assert [r["signal"] for r in lab.records("server", "signalled")] == ["SIGINT"]
+    assert lab.procs["server"].poll() is None
+    assert lab.stop("server") == 0
+
+
+STOPPED = """
+name = "foreign-stop"
+summary = "a foreign program started and stopped by phase commands"
+
+[lab]
+ports = [9191]
+
+[[actors]]
+name = "server"
+command = ["examples/go/bin/server", "-addr", "127.0.0.1:9191"]
+ready = {{ port = 9191 }}
+stop_signal = "SIGINT"
+
+[[actors]]
+name = "client"
+command = ["examples/go/bin/client", "-target", "127.0.0.1:9191", "-conns", "3"]
+
+[[phases]]
+name = "up"
+duration_s = 5
+commands = [{{ actor = "server", name = "start" }}, {{ actor = "client", name = "start" }}]
+until_done = ["client"]
+
+[[phases]]
+name = "down"
+duration_s = {down_s}
+commands = [{{ actor = "server", name = "stop" }}]
+until_done = ["server"]
+
+[expected]
+connections = ">=3"
+"""
+
+
+@pytest.mark.root
+@pytest.mark.bpf
+@pytest.mark.netns
+@pytest.mark.slow
+def test_phase_commands_start_and_stop_a_foreign_program(tmp_path: Path, go_bin: Path) -> None:
+    """In a real lab run: `start` spawns the Go server (the phase waits until it
+    listens), the Go client's echoes pass, `stop` signals the server, which
+    exits 0 and ends the phase; no actor crashed; exit 0."""
+    path = tmp_path / "foreign-stop.toml"
+    # A phase of 20 minutes: only the server's exit can end it before the
+    # command's timeout (a hang here is the failure, no clock is compared).
+    path.write_text(STOPPED.format(down_s=1200))
+    out = tcplab("run", str(path), "--json", "--runs-dir", str(tmp_path / "runs"), timeout=600)
+    assert out.returncode == 0, (out.stdout[-2000:], out.stderr[-2000:])
+    final = json.loads(out.stdout.strip().splitlines()[-1])
+    run_dir = Path(final["run_dir"])
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert not any(a["crashed"] for a in meta["actors"].values()), meta["actors"]
+    records = [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines()
+               if '"src":"app"' in x]
+    exited = [r for r in records if r["type"] == "exited" and r["actor"] == "server"]
+    assert [(r["pid"], r["exit_code"]) for r in exited] == [(meta["programs"]["server"], 0)]
+    assert sum(r["type"] == "close" and r["actor"] == "client" for r in records) == 3
