@@ -52,6 +52,7 @@ IO_SYSCALLS = (
     "write", "writev", "sendto", "sendmsg", "sendfile", "close",
 )  # fmt: skip
 FD_HOW = ("unknown", "accept", "connect")
+PROC_KINDS = ("fork", "exec")
 # struct fd_counters' figures as every fd_event carries them.
 FD_COUNTERS = (
     "opened_ts", "eof_ts", "reads", "read_bytes", "writes", "write_bytes",
@@ -202,6 +203,7 @@ FIELDS: dict[str, dict[str, str]] = {
         "kind": "int", "syscall": "int", "how": "int", "skaddr": "int",
         **{f: "int" for f in FD_COUNTERS},
     },
+    "proc": {"ts": "int", "pid": "int", "child": "int", "comm": "text", "kind": "int"},
 }  # fmt: skip
 _TS_MAX = np.iinfo(np.int64).max
 # State and syscall numbers index tables of 256: one byte.
@@ -449,6 +451,14 @@ def events(probe: str, records: np.ndarray) -> list[dict[str, Any]]:
             "dport": r["dport"].tolist(),
             "dur_ns": r["dur_ns"].tolist(),
         }
+    elif probe == "proc":
+        cols = {
+            "ts": r["ts"].tolist(),
+            "pid": r["pid"].tolist(),
+            "child": r["child"].tolist(),
+            "comm": comm_text(r["comm"]),
+            "what": _names(PROC_KINDS, r["kind"]),
+        }
     elif probe == "fdio":
         cols = {
             "ts": r["ts"].tolist(),
@@ -466,7 +476,7 @@ def events(probe: str, records: np.ndarray) -> list[dict[str, Any]]:
     else:
         raise RawBatchError(
             f"unknown probe {probe!r}: tcp_state, accept, epoll, tcp_probe, tcp_events, "
-            "connect or fdio"
+            "connect, fdio or proc"
         )
     keys = ["type", *cols]
     return [

@@ -150,6 +150,17 @@ class FdEvent(TypedDict):
     errors: Count
 
 
+class ProcEvent(TypedDict):
+    """A traced process forked (child: a process or a thread) or exec'd."""
+
+    type: Literal["proc"]
+    ts: Count
+    pid: Count
+    child: Count
+    comm: str
+    what: str  # "fork", "exec"
+
+
 # A KERNEL batch holds the events of one probe: its name picks their record.
 # A new probe adds its record here.
 KERNEL_EVENTS: dict[str, type] = {
@@ -158,6 +169,7 @@ KERNEL_EVENTS: dict[str, type] = {
     "epoll": EpollEvent,
     "connect": ConnectEvent,
     "fdio": FdEvent,
+    "proc": ProcEvent,
 }
 
 

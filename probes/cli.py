@@ -18,6 +18,7 @@ import click
 from bus.rawbatch import batch_events, make_body
 from lab.exitcodes import need_root
 from probes.fdtable import listening_owners
+from probes.follow import Follower
 from probes.loader import Filters, ProbeSet
 from probes.owners import Owners
 from probes.plan import DEFAULT_PROBES, INTERNALS, OWNER_PROBES, PROBES, ProbeError, make_plan
@@ -89,6 +90,8 @@ def _human(e: Event, t0: int) -> str:
         )
     if e["type"] == "stuck":
         return _stuck_line(e, t0)
+    if e["type"] == "proc":
+        return f"{t} {e['what']:<6} pid={e['pid']}/{e['comm']} -> {e['child']}"
     if e["type"] == "timewait":
         return f"{t} TIME_WAIT {e['count']} sockets"
     if e["type"] == "accept":
@@ -154,7 +157,9 @@ def _errname(n: int) -> str:
 
 
 @click.command()
-@click.option("-p", "--pid", "pids", type=int, multiple=True, help="only this process")
+@click.option(
+    "-p", "--pid", "pids", type=int, multiple=True, help="only this process and its children"
+)
 @click.option("-P", "--port", "ports", type=int, multiple=True, help="local or remote port")
 @click.option("-L", "--lport", "lports", type=int, multiple=True, help="local port")
 @click.option("-D", "--dport", "dports", type=int, multiple=True, help="remote port")
@@ -214,6 +219,8 @@ def watch(
         filters = Filters(set(pids), set(lports), set(dports), set(ports))
         plan = make_plan()
         default = DEFAULT_PROBES + OWNER_PROBES + (INTERNALS if internals else ())
+        if pids:  # follow the children
+            default += ("proc",)
         wanted = list(names) or [n for n in plan.usable() if n in default]
         probes = ProbeSet(plan, wanted, filters)
     except ProbeError as e:
@@ -224,6 +231,7 @@ def watch(
     owners = Owners()
     stuck_ns = None if stuck is None else int(stuck * 1e9)
     selector = Selector(comms, cgroup)
+    follower = Follower(probes, filters)
     diag = DiagQuery() if timewait else None
     next_tw = time.monotonic()
 
@@ -234,6 +242,7 @@ def watch(
         # Each probe has its own ring: merge what one poll brought by time.
         pending.sort(key=lambda e: e["ts"])
         owners.feed(pending)
+        follower.feed(pending)
         if stuck_ns is not None:
             pending.extend(owners.newly_stuck(time.monotonic_ns(), stuck_ns))
         nonlocal next_tw

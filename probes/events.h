@@ -165,4 +165,14 @@ struct fd_event {
     u8 pad[5];
 };
 
+/* sched_process_fork/exec of a traced process (proc.bpf.c). */
+struct proc_event {
+    u64 ts;
+    u32 pid;       /* the traced process (the parent, for a fork) */
+    u32 child;     /* the new task: a process or a thread (user space tells) */
+    char comm[TCPLAB_COMM_LEN];  /* the parent's; after exec, the new program's */
+    u8 kind;       /* TCPLAB_PROC_*: fork, exec (bus/rawbatch.py PROC_KINDS) */
+    u8 pad[7];
+};
+
 #endif

@@ -24,13 +24,13 @@ from probes import tpformat
 # The TCP internals (INTERNALS, probes/tpformat.py) are tracepoints only: no
 # kprobe variant, so a forced kprobe mode keeps them on their tracepoints;
 # each attaches the hooks this kernel has and says what it lacks.
-PROBES = ("tcp_state", "accept", "epoll", "connect", "fdio", *INTERNALS)
+PROBES = ("tcp_state", "accept", "epoll", "connect", "fdio", "proc", *INTERNALS)
 # What runs unless asked otherwise: the internals cost a compilation and
 # events on every data segment's path, so a scenario or a user asks for
 # them (`[lab] internals = true`, `--internals`).
 DEFAULT_PROBES = ("tcp_state", "accept", "epoll")
 # Owners and the syscall barrier: `tcplab watch` loads them by default; lab
-# runs not yet (the correlator does not read them).
+# runs not yet (the correlator does not read them). proc: watch -p only.
 OWNER_PROBES = ("connect", "fdio")
 TRACEFS_ROOTS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 # The kprobe PMU (>= 4.17) or the legacy kprobe_events file must exist for a
@@ -164,6 +164,10 @@ TRACEPOINT_HOOKS: dict[str, list[Hook]] = {
         Hook("tracepoint", "sock:sock_recv_length", "tp_sock_recv_length"),
         Hook("tracepoint", "sock:sock_send_length", "tp_sock_send_length"),
     ],
+    "proc": [
+        Hook("tracepoint", "sched:sched_process_fork", "tp_sched_process_fork"),
+        Hook("tracepoint", "sched:sched_process_exec", "tp_sched_process_exec"),
+    ],
 }
 
 # Tracepoints a probe does without where the kernel lacks them, and what is
@@ -176,7 +180,7 @@ OPTIONAL_TRACEPOINTS = {
 
 # Probes with no kprobe variant besides the internals: a forced kprobe mode
 # leaves them on their tracepoints.
-TRACEPOINT_ONLY = ("fdio",)
+TRACEPOINT_ONLY = ("fdio", "proc")
 
 # Syscall name -> (entry BPF function, return BPF function) for kprobe mode.
 KPROBE_SYSCALLS: dict[str, list[tuple[str, str, str]]] = {

@@ -11,7 +11,14 @@ from enum import IntEnum
 from pathlib import Path
 
 from bus.internals import SAMPLE_WHY, SOCK_EVENTS
-from bus.rawbatch import ACCEPT_SYSCALLS, EPOLL_SYSCALLS, FD_HOW, FD_KINDS, IO_SYSCALLS
+from bus.rawbatch import (
+    ACCEPT_SYSCALLS,
+    EPOLL_SYSCALLS,
+    FD_HOW,
+    FD_KINDS,
+    IO_SYSCALLS,
+    PROC_KINDS,
+)
 from bus.records import TCP_STATES
 from probes import tpformat
 from probes.plan import PROBES, ProbeError, tracefs
@@ -33,6 +40,7 @@ RING_PAGES = {
     # close, errors; never per read or write).
     "connect": 1024,
     "fdio": 2048,
+    "proc": 64,
 }
 # Socket fds the syscall barrier accounts at once (fdio.bpf.c `socks`, an
 # LRU hash, preallocated: ~110 bytes each, 14 MiB of kernel memory).
@@ -49,6 +57,7 @@ EVENT_STRUCT = {
     "tcp_events": "tcp_sock_event",
     "connect": "connect_event",
     "fdio": "fd_event",
+    "proc": "proc_event",
 }
 
 # tcp_probe: a socket whose cwnd, ssthresh and windows do not change gets
@@ -96,6 +105,7 @@ def constants() -> dict[str, int]:
     out |= {f"TCPLAB_IO_{n.upper()}": i for i, n in enumerate(IO_SYSCALLS)}
     out |= {f"TCPLAB_HOW_{n.upper()}": i for i, n in enumerate(FD_HOW)}
     out["TCPLAB_FDIO_SOCKS"] = FDIO_SOCKS
+    out |= {f"TCPLAB_PROC_{n.upper()}": i for i, n in enumerate(PROC_KINDS)}
     return out
 
 

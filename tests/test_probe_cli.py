@@ -63,6 +63,7 @@ def expected_plan(mode: str) -> list[str]:
     fdio += ["syscalls:sys_enter_connect", "syscalls:sys_enter_close"]
     # The socket of a read or write, since 6.3; fdio goes without before.
     fdio += [t for t in ("sock:sock_recv_length", "sock:sock_send_length") if has_tracepoint(t)]
+    proc = "sched:sched_process_exec, sched:sched_process_fork"
     if mode == "tracepoint":
         lines.append("tcp_state: tracepoint (tracepoints sock:inet_sock_set_state)")
         for probe, names in calls.items():
@@ -73,6 +74,7 @@ def expected_plan(mode: str) -> list[str]:
             "syscalls:sys_enter_connect, syscalls:sys_exit_connect)"
         )
         lines.append(f"fdio: tracepoint (tracepoints {', '.join(sorted(fdio))})")
+        lines.append(f"proc: tracepoint (tracepoints {proc})")
     else:
         lines.append("tcp_state: kprobe (kprobes on tcp_set_state)")
         for probe, names in calls.items():
@@ -84,6 +86,7 @@ def expected_plan(mode: str) -> list[str]:
         lines.append(
             f"fdio: tracepoint (tracepoints {', '.join(sorted(fdio))}) (no kprobe variant)"
         )
+        lines.append(f"proc: tracepoint (tracepoints {proc}) (no kprobe variant)")
     return lines
 
 

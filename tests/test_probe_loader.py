@@ -51,7 +51,7 @@ def test_forced_attach_mode_is_honoured_or_explained(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("TCPLAB_ATTACH", "kprobe")
     plan = make_plan()
     for p in plan.probes.values():
-        if p.name == "fdio":  # no kprobe variant either
+        if p.name in ("fdio", "proc"):  # no kprobe variant either
             assert p.mode == "tracepoint" and p.why.endswith(" (no kprobe variant)")
         elif p.name in INTERNALS:
             assert p.mode in ("tracepoint", None)

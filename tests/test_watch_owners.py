@@ -215,3 +215,65 @@ def test_timewait_counts_come_from_sock_diag() -> None:
         srv.close()
     counts = [e["count"] for e in watch.events if e["type"] == "timewait"]
     assert counts[0] <= 5 and max(counts) == 5
+
+
+PARENT = r"""
+import subprocess, sys
+sys.stdin.readline()
+child = subprocess.Popen([sys.executable, "-c", sys.argv[1]], stdin=subprocess.PIPE)
+print(child.pid, flush=True)
+sys.stdin.readline()
+child.communicate(b"go\n")
+"""
+CHILD = r"""
+import socket, sys
+sys.stdin.readline()
+s = socket.create_connection(("127.0.0.1", {port}))
+s.sendall(b"x")
+s.close()
+"""
+
+
+def test_pid_filter_follows_the_children() -> None:
+    """watch -p PARENT: the fork is reported, and the child's connect and close,
+    which the pid filter alone would not show, are traced."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    port = srv.getsockname()[1]
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT, CHILD.format(port=port)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert parent.stdin is not None and parent.stdout is not None
+    watch = JsonWatch("-p", str(parent.pid))
+    try:
+        parent.stdin.write("fork\n")
+        parent.stdin.flush()
+        child = int(parent.stdout.readline())
+        watch.until(
+            lambda ev: any(e["type"] == "proc" and e["child"] == child for e in ev), "the fork"
+        )
+        parent.stdin.write("go\n")  # the child connects only now
+        parent.stdin.flush()
+        a, _ = srv.accept()
+        watch.until(
+            lambda ev: any(
+                e["type"] == "fdio" and e["pid"] == child and e["what"] == "close" for e in ev
+            ),
+            "the child's close",
+        )
+        a.close()
+        assert watch.stop() == 0
+    finally:
+        if watch.proc.poll() is None:
+            watch.proc.kill()
+            watch.proc.communicate()
+        parent.kill()
+        parent.wait()
+        srv.close()
+    ev = watch.events
+    (fork,) = [e for e in ev if e["type"] == "proc" and e["what"] == "fork"]
+    assert (fork["pid"], fork["child"]) == (parent.pid, child)
+    (conn,) = [e for e in ev if e["type"] == "connect"]
+    assert (conn["pid"], conn["dport"], conn["errno"]) == (child, port, 0)
+    syn = [e for e in ev if e["type"] == "tcp_state" and e["skaddr"] == conn["skaddr"]]
+    assert syn and all(e["owner_pid"] == child for e in syn)
