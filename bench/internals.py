@@ -53,9 +53,9 @@ while True:
 """
 
 
-def attach_main(port: int) -> int:
-    """The probe arm's process: every probe attached, drained until SIGTERM,
-    then its counters as one JSON line."""
+def attach_main(port: int, names: list[str]) -> int:
+    """The probe arm's process: the probes attached (every one by default),
+    drained until SIGTERM, then its counters as one JSON line."""
     from probes.loader import Filters, ProbeSet
     from probes.plan import make_plan
 
@@ -65,7 +65,7 @@ def attach_main(port: int) -> int:
     def add(probe: str, records: bytes) -> None:
         counts[probe] = counts.get(probe, 0) + len(records)
 
-    probes = ProbeSet(plan, plan.usable(), Filters(ports={port}))
+    probes = ProbeSet(plan, names or plan.usable(), Filters(ports={port}))
     probes.start(add)
     stop: list[int] = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
@@ -80,8 +80,9 @@ def attach_main(port: int) -> int:
 
 
 class Transfer:
-    def __init__(self, mb: int) -> None:
+    def __init__(self, mb: int, names: list[str]) -> None:
         self.total = mb * CHUNK
+        self.names = names
         self.hosts = Hosts("bench-int", [HostSpec("a"), HostSpec("b")])
         self.hosts.create()
         self.link = Link(LinkSpec(("a", "b")), self.hosts.names()).create()
@@ -116,6 +117,7 @@ class Transfer:
 
     def with_probes(self) -> float:
         argv = [sys.executable, "-m", "bench.internals", "--attach", str(PORT)]
+        argv += [a for n in self.names for a in ("--probe", n)]
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
         assert proc.stdout is not None
         if proc.stdout.readline().strip() != "ready":
@@ -142,10 +144,11 @@ class Transfer:
         self.hosts.destroy()
 
 
-def internals_cost(mb: int, pairs: int, extra: int) -> list[Row]:
-    t = Transfer(mb)
+def internals_cost(mb: int, pairs: int, extra: int, names: list[str] | None = None) -> list[Row]:
+    t = Transfer(mb, names or [])
+    which = ", ".join(names) if names else "every probe"
     try:
-        log(f"{SECTION}: {mb} MB across the link, every probe attached vs none")
+        log(f"{SECTION}: {mb} MB across the link, {which} attached vs none")
         # Cores that never idle in both arms (bench.common.idle_spinners).
         with idle_spinners():
             p = paired(t.with_probes, t.once, pairs, extra)
@@ -154,7 +157,7 @@ def internals_cost(mb: int, pairs: int, extra: int) -> list[Row]:
     med = sorted(zip(t.events_s, t.hits_s, strict=True))[len(t.events_s) // 2]
     rows = [
         p.row("internals_throughput", SECTION,
-              f"bulk transfer ({mb} MB over the veth link), every probe attached / none",
+              f"bulk transfer ({mb} MB over the veth link), {which} attached / none",
               "B/s", "no probes", ("with", "without"), goal=">= 0.95"),
         Row("internals_lost", SECTION, "events lost in the probe arm (ring drops, all probes)",
             float(t.drops), "events", goal="== 0", goal_on="value"),
@@ -173,14 +176,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mb", type=int, default=1000)
     ap.add_argument("--pairs", type=int, default=3)
     ap.add_argument("--extra", type=int, default=2)
+    ap.add_argument(
+        "--probe",
+        action="append",
+        default=[],
+        help="attach only this probe in the probe arm (repeatable; default: all)",
+    )
     ap.add_argument("--attach", type=int, help=argparse.SUPPRESS)  # the probe arm's process
     args = ap.parse_args(argv)
     if args.attach:
-        return attach_main(args.attach)
+        return attach_main(args.attach, args.probe)
     if os.geteuid() != 0:
         print("python -m bench.internals: run as root (namespaces and eBPF)", file=sys.stderr)
         return 2
-    for r in internals_cost(args.mb, args.pairs, args.extra):
+    for r in internals_cost(args.mb, args.pairs, args.extra, args.probe):
         r.judge()
         print(json.dumps(r.as_dict()))
     return 0
