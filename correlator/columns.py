@@ -86,6 +86,44 @@ def _sorted(ts: list[int], tie0: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return t, tie, None
 
 
+# Each kind's fields as dicts carry them (everything but our own `tie`).
+_FIELDS = {
+    kind: {k: t for k, t in schema.items() if k != "tie"} for kind, schema in SCHEMAS.items()
+}
+
+
+def _fast_frame(kind: str, evs: list[dict[str, Any]]) -> pl.DataFrame | None:
+    """The batch as polars reads dicts (in Rust), when every field has the
+    probes' own type; None when one does not (the checked path converts)."""
+    try:
+        df = pl.from_dicts(evs, schema=_FIELDS[kind])
+    except (TypeError, ValueError, OverflowError, pl.exceptions.PolarsError):
+        return None
+    return df.with_columns(
+        [pl.col(k).fill_null(v) for k, v in _DEFAULTS.items() if k in _FIELDS[kind]]
+        + [pl.col(k).fill_null(0) for k in ("errno", "ready") if k in _FIELDS[kind]]
+    )
+
+
+def _checked_frame(kind: str, evs: list[dict[str, Any]]) -> pl.DataFrame:
+    """The batch field by field, loosely typed values converted (a str skaddr)."""
+    cols: dict[str, list[Any]] = {}
+    for name in _FIELDS[kind]:
+        d = _DEFAULTS.get(name)
+        cols[name] = [e.get(name, d) for e in evs]
+    if kind == "tcp_state":
+        for name, conv in (("skaddr", int), ("old", str), ("new", str), ("cpu_pid", int)):
+            cols[name] = [conv(x) for x in cols[name]]
+    else:
+        cols["pid"] = [int(x) for x in cols["pid"]]
+        if kind == "accept":
+            cols["fd"] = [int(x) for x in cols["fd"]]
+        cols["errno"] = [int(x or 0) for x in cols["errno"]]
+        if kind == "epoll":
+            cols["ready"] = [int(x or 0) for x in cols["ready"]]
+    return pl.DataFrame(cols, schema=_FIELDS[kind], strict=False)
+
+
 def _all_valid_tcp(evs: list[dict[str, Any]]) -> bool:
     """The probes' own shape (int skaddr and cpu_pid, str states): no check per field."""
     try:
@@ -154,28 +192,10 @@ class Columns:
         if kind == "unknown":
             return Batch(kind, ts, ties, None)
         schema = SCHEMAS[kind]
-        cols: dict[str, list[Any]] = {}
-        for name in schema:
-            if name == "tie":
-                continue
-            d = _DEFAULTS.get(name)
-            cols[name] = [e.get(name, d) for e in evs]
-        if kind == "tcp_state":
-            # Valid but loosely typed fields (a str skaddr, say) are converted.
-            for name, conv in (("skaddr", int), ("old", str), ("new", str), ("cpu_pid", int)):
-                col = cols[name]
-                want = int if conv is int else str
-                if not all(type(x) is want for x in col):
-                    cols[name] = [conv(x) for x in col]
-        else:
-            cols["pid"] = [int(x) for x in cols["pid"]]
-            if kind == "accept":
-                cols["fd"] = [int(x) for x in cols["fd"]]
-            cols["errno"] = [int(x or 0) for x in cols["errno"]]
-            if kind == "epoll":
-                cols["ready"] = [int(x or 0) for x in cols["ready"]]
-        cols["tie"] = arrival_ties.tolist()
-        df = pl.DataFrame(cols, schema=schema, strict=False)
+        df = _fast_frame(kind, evs)
+        if df is None:
+            df = _checked_frame(kind, evs)
+        df = df.with_columns(tie=pl.Series(arrival_ties)).select(list(schema))
         if order is not None:
             df = df[order]
         return Batch(kind, ts, ties, df)
