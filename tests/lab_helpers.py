@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import selectors
 import subprocess
 import sys
@@ -61,9 +62,14 @@ clean = "{clean}"
 
 
 def small_scenario(
-    directory: Path, name: str = "small", *, port: int = 8080, listen_s: float = 0.5,
+    directory: Path, name: str = "small", *, port: int | None = None, listen_s: float = 0.5,
     clients_s: float = 1.0, clean: str = ">=3", extra: str = "",
 ) -> Path:
+    """A small scenario file. Its port is drawn below the ephemeral range: the
+    probes filter by port, not by namespace, so a lab elsewhere on this
+    machine using the same port (other test runs) would add its connections."""
+    port = port or random.randrange(20000, 30000)
+    extra = extra.replace("{port}", str(port))
     path = directory / f"{name}.toml"
     path.write_text(
         SMALL.format(name=name, port=port, listen_s=listen_s, clients_s=clients_s, clean=clean)

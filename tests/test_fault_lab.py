@@ -164,7 +164,7 @@ def test_sigint_to_a_run_process_is_a_crash(tmp_path: Path, victim: str) -> None
 def test_an_actor_that_fails_shows_its_last_log_lines(tmp_path: Path) -> None:
     """A second server on a taken port fails for real: exit 3, and the end
     of its log is in run.json, the terminal summary and report.html."""
-    extra = '\n[[actors]]\nname = "rival"\nrole = "server"\nargs = ["--port", "8080"]\n'
+    extra = '\n[[actors]]\nname = "rival"\nrole = "server"\nargs = ["--port", "{port}"]\n'
     path = small_scenario(tmp_path, extra=extra)
     runs = tmp_path / "runs"
     out = tcplab("run", str(path), "--runs-dir", str(runs))
@@ -219,7 +219,7 @@ def test_kill_9_of_an_actor_with_workers_leaves_no_worker(tmp_path: Path) -> Non
     """A multiplexer beyond its per-process share runs worker processes in
     its process group: kill -9 of the leader takes the workers with it."""
     extra = ('\n[[actors]]\nname = "mux"\nrole = "multiplexer"\nargs = ["--target", '
-             '"127.0.0.1:8080", "--connections", "300", "--per-process", "100"]\n'
+             '"127.0.0.1:{port}", "--connections", "300", "--per-process", "100"]\n'
              '\n[[phases]]\nname = "hold"\nduration_s = 8\n'
              'commands = [{ actor = "mux", name = "start" }]\n')
     run, runs = start(tmp_path, clients_s=0.5, extra=extra)

@@ -40,10 +40,11 @@ def run_scenario(name: str, all_runs: tuple[int, Runs]) -> tuple[Path, dict[str,
     return all_runs[1][name]
 
 
-def test_run_all_runs_every_scenario_and_every_one_holds(all_runs: tuple[int, Runs]) -> None:
-    """One run directory per scenario file, each with its report; exit 0."""
-    code, runs = all_runs
-    assert code == 0, {n: s["diagnosis"] for n, (_, s) in runs.items()}
+def test_run_all_runs_every_scenario_with_its_report(all_runs: tuple[int, Runs]) -> None:
+    """One run directory per scenario file, each with its report (the exit
+    code, the worst of the runs, is checked by the fixture; whether each
+    scenario holds, by that scenario's own test)."""
+    _code, runs = all_runs
     assert len({run_dir for run_dir, _ in runs.values()}) == len(runs)
     assert all((run_dir / "report.html").exists() for run_dir, _ in runs.values())
 
