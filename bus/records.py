@@ -5,7 +5,7 @@ body that does not fit never reaches the live tally, the recording or the
 correlator. Bodies are Structs: their fields are required unless they have
 a default; a field with the default UNSET may be left out but is never nil.
 Keys a Struct does not name are allowed (forward compatibility) and kept in
-the body the consumers see, except in KERNEL batches, which are exactly
+the body the consumers see, except in KERNEL and KERNEL_RAW batches, which are exactly
 the kernel event records below.
 
 The records carried in LOG and KERNEL batches are the join keys the

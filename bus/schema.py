@@ -78,6 +78,7 @@ BODIES: dict[Kind, type[msgspec.Struct]] = {
 _ENVELOPE = msgspec.msgpack.Decoder(tuple[Any, Any, Any, Any, Any, msgspec.Raw])
 _TYPED = {kind: msgspec.msgpack.Decoder(body) for kind, body in BODIES.items()}
 _KERNEL_BATCH = msgspec.msgpack.Decoder(KernelBody)
+_KERNEL_RAW_BATCH = msgspec.msgpack.Decoder(KernelRawBody)
 _KERNEL_EVENTS = {
     probe: msgspec.msgpack.Decoder(list[record])  # type: ignore[valid-type]
     for probe, record in KERNEL_EVENTS.items()
@@ -158,13 +159,18 @@ def _body(kind: Kind, raw: msgspec.Raw) -> dict[str, Any]:
                 known = ", ".join(KERNEL_EVENTS)
                 raise FrameError("bad_body", f"kernel body: probe {batch.probe!r} (known: {known})")
             return {"probe": batch.probe, "events": events.decode(batch.events)}
+        if kind is Kind.KERNEL_RAW:
+            # One pass, like KERNEL: the records' bytes are copied out once.
+            rb = _KERNEL_RAW_BATCH.decode(raw)
+            body = {"probe": rb.probe, "layout": msgspec.structs.asdict(rb.layout),
+                    "records": rb.records}  # fmt: skip
+            check_body(body)  # the layout against its id, its fields, whole records
+            return body
         # Checked against the Struct, then decoded again as a dict: keys the
         # definition does not name are kept for the consumers.
         _TYPED[kind].decode(raw)
-        body: dict[str, Any] = _PLAIN.decode(raw)
-        if kind is Kind.KERNEL_RAW:
-            check_body(body)  # the layout against its id, the bytes as whole records
-        return body
+        plain: dict[str, Any] = _PLAIN.decode(raw)
+        return plain
     except RawBatchError as e:
         raise FrameError("bad_body", f"{kind} body: {e}") from None
     except msgspec.ValidationError as e:

@@ -308,3 +308,18 @@ def test_a_body_the_bus_accepts_never_breaks_a_consumer(body: dict[str, Any]) ->
     assert tally.kernel_events == {body["probe"]: n}
     batches = Columns({}).raw(body)
     assert sum(len(b.ts) for b in batches) == n
+
+
+def test_the_bus_passes_a_raw_batch_through_and_rejects_a_bad_one_as_bad_body() -> None:
+    """bus.schema.decode: a KERNEL_RAW frame comes out as the body it was, bytes
+    and layout intact; one whose records are not whole is a bad_body."""
+    from bus.schema import Envelope, FrameError, Kind, decode, encode
+
+    raw = TCP_STATE_PACK.pack(1, 2, 3, 4, b"x", 2, 5, 6, 7, 2, V4_LOOP, V4_LOOP)
+    body = make_body("tcp_state", TCP_STATE, raw)
+    env = decode(encode(Envelope(Kind.KERNEL_RAW, "probes", 1, 5, body)))
+    assert (env.kind, env.body) == (Kind.KERNEL_RAW, body)
+    torn = make_body("tcp_state", TCP_STATE, raw[:-1])
+    with pytest.raises(FrameError, match="79 bytes are not whole records of 80") as e:
+        decode(encode(Envelope(Kind.KERNEL_RAW, "probes", 2, 5, torn)))
+    assert e.value.reason == "bad_body"
