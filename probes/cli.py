@@ -112,14 +112,24 @@ def _human(e: Event, t0: int) -> str:
             f"({e['why']}, {e['hits']} hits)"
         )
     if e["type"] == "tcp_events":
+        state = "" if e["state"] == "UNKNOWN" else f"in {e['state']}"
+        code = e["code"]
         detail = {
-            "cong_state": e["cong_state"],
-            "sk_error": _errname(e["code"]),
-            "retransmit": f"state {e['state']}" + (f" err {e['code']}" if e["code"] else ""),
-        }.get(e["what"], f"state {e['state']}")
+            "cong_state": f"-> {e['cong_state']}",
+            "sk_error": _errname(code),
+            "retransmit": state
+            + (
+                " (dropped by the qdisc)"
+                if code > 0
+                else f" failed: {_errname(-code)}"
+                if code
+                else ""
+            ),
+            "send_reset": state + (f" reason {code}" if code else ""),
+        }.get(e["what"], "")
         return (
             f"{t} {e['what']:<13} {e['saddr']}:{e['sport']} -> {e['daddr']}:{e['dport']}  {detail}"
-        )
+        ).rstrip()
     result = f"{e['ready']} ready" if e["errno"] == 0 else _errname(e["errno"])
     return (
         f"{t} {e['syscall']:<6} pid={e['pid']}/{e['comm']} epfd={e['epfd']} "
@@ -141,9 +151,7 @@ def _stuck_line(e: Event, t0: int) -> str:
         else "owner unknown"
     )
     eof = f"read EOF at {(e['eof_ts'] - t0) / 1e9:.2f} s" if e["eof_ts"] else "no EOF read seen"
-    closed = (
-        f"closed at {(e['closed_ts'] - t0) / 1e9:.2f} s" if e["closed_ts"] else "never closed"
-    )
+    closed = f"closed at {(e['closed_ts'] - t0) / 1e9:.2f} s" if e["closed_ts"] else "never closed"
     return (
         f"{(e['since'] - t0) / 1e9:10.6f} STUCK  {e['tuple']} {e['state']} for {e['for_s']:.1f} s"
         f"  sk={e['skaddr']:#x} {owner}: {eof}, {closed}"
@@ -178,9 +186,7 @@ def _errname(n: int) -> str:
 )
 @click.option("--comm", "comms", multiple=True, help="only events of processes with this name")
 @click.option("--cgroup", default=None, help="only events of processes in this cgroup (v2 path)")
-@click.option(
-    "--timewait", is_flag=True, help="print the TIME_WAIT count every second (sock_diag)"
-)
+@click.option("--timewait", is_flag=True, help="print the TIME_WAIT count every second (sock_diag)")
 def watch(
     pids: tuple[int, ...],
     ports: tuple[int, ...],
