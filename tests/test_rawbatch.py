@@ -323,3 +323,41 @@ def test_the_bus_passes_a_raw_batch_through_and_rejects_a_bad_one_as_bad_body() 
     with pytest.raises(FrameError, match="79 bytes are not whole records of 80") as e:
         decode(encode(Envelope(Kind.KERNEL_RAW, "probes", 2, 5, torn)))
     assert e.value.reason == "bad_body"
+
+
+def test_the_live_view_shows_the_kernel_row_beside_sock_diag() -> None:
+    """The states summed from raw batches fill the view's "tracepoint" row, in
+    the columns of their states; TIME_WAIT has none (the tracepoint never
+    reports it)."""
+    import io
+
+    from rich.console import Console
+
+    from bus.rawbatch import state_counts
+    from bus.schema import Envelope, Kind
+    from lab.live import STATE_ORDER, LiveView
+    from lab.tally import Tally
+
+    steps = [(7, 10), (10, 3), (3, 1), (7, 2), (2, 1)]  # a listener, its child, a client
+    raw = b"".join(
+        TCP_STATE_PACK.pack(i, 1, 0, 0, b"", 2, 0, 0, old, new, V4_LOOP, V4_LOOP)
+        for i, (old, new) in enumerate(steps)
+    )
+    tally = Tally()
+    tally.add(Envelope(Kind.KERNEL_RAW, "probes", 1, 0, make_body("tcp_state", TCP_STATE, raw)))
+    view = LiveView("quiet", "echo", 10.0)
+    view._status = {
+        "phase": "run",
+        "states": {"ESTABLISHED": 2, "TIME_WAIT": 5},
+        "kernel_states": state_counts(tally.kernel_states),
+    }
+    out = io.StringIO()
+    Console(file=out, width=200).print(view._render())
+    rows = {
+        cells[0]: dict(zip(STATE_ORDER, cells[1:], strict=True))
+        for line in out.getvalue().splitlines()
+        if len(cells := [c.strip() for c in line.strip("│┃ ").split("│")]) == len(STATE_ORDER) + 1
+    }
+    assert rows["tracepoint"] == {**{n: "0" for n in STATE_ORDER}, "ESTABLISHED": "2",
+                                  "LISTEN": "1", "TIME_WAIT": "-"}  # fmt: skip
+    assert rows["sock_diag"]["TIME_WAIT"] == "5"
