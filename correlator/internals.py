@@ -88,9 +88,13 @@ class Internals:
         rows: list[dict[str, Any]] = []
         plots: list[dict[str, Any]] = []
         if samples is not None:
-            keys = _keys(samples)
-            for key in sorted(set(keys)):
-                s = samples[np.asarray([k == key for k in keys])]
+            # One group per socket, each in time order (stable within a socket).
+            samples = samples[np.argsort(samples["ts"], kind="stable")]
+            names, group = np.unique(np.array(_keys(samples), dtype=object), return_inverse=True)
+            order = np.argsort(group, kind="stable")
+            bounds = np.searchsorted(group[order], np.arange(len(names) + 1))
+            for g, key in enumerate(names.tolist()):
+                s = samples[order[bounds[g] : bounds[g + 1]]]
                 f = figures.setdefault(key, SocketFigures(key))
                 rows += self._sample_rows(key, s)
                 self._series(f, s)
