@@ -115,8 +115,10 @@ def test_go_leak_close_wait_owned_by_the_go_server(all_runs: tuple[int, Runs]) -
     go_pid = json.loads((run_dir / "run.json").read_text())["programs"]["server"]
     stuck = [c for c in connections(run_dir) if c["outcome"] == "stuck_close_wait"]
     assert len(stuck) >= 50
-    assert {(c["owner"]["actor"], c["owner"]["pid"], c["owner"]["via"]) for c in stuck} == {
-        ("server", go_pid, "accept4")}
+    # Learnt from accept4 or from the program's own record of that socket,
+    # whichever the correlator met first: the same pid either way.
+    assert {(c["owner"]["actor"], c["owner"]["pid"]) for c in stuck} == {("server", go_pid)}
+    assert any(c["owner"]["via"] == "accept4" for c in stuck)
     assert sum(c["app"].get("leaked", 0) for c in stuck) >= 50
     counts = summary["counts"]
     assert counts["accept"]["EMFILE"] > 0 and counts["errors"]["EMFILE"] > 0
