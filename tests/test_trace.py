@@ -115,7 +115,9 @@ def test_trace_the_leaking_go_server_then_ctrl_c(tmp_path: Path) -> None:
     stuck = [c for c in map(json.loads, (run_dir / "connections.jsonl").read_text().splitlines())
              if c["outcome"] == "stuck_close_wait"]
     assert len(stuck) == CLIENTS
-    assert {(c["owner"]["pid"], c["owner"]["via"]) for c in stuck} == {(go_pid, "accept4")}
+    # From accept4 or the program's own record of the socket, whichever came first.
+    assert {c["owner"]["pid"] for c in stuck} == {go_pid}
+    assert any(c["owner"]["via"] == "accept4" for c in stuck)
     # Whoever ran the softirq of the peer's FIN is the client (this test), not the owner.
     entered = [next(s for s in c["states"] if s["state"] == "CLOSE_WAIT") for c in stuck]
     assert go_pid not in {s["cpu_pid"] for s in entered}
