@@ -1,7 +1,8 @@
 """`tcplab watch` names the owner of a foreign program's sockets from the kernel alone.
 
-A one-file C server (tests/data/leaky_server.c, built here with cc) accepts,
-reads to EOF and never closes: 50 clients connect, send, close. Watched
+A one-file C server (tests/data/leaky_server.c, built here with cc) and the
+project's Go server with LEAK=true (examples/go, built by scripts/build-go.sh)
+accept, read to EOF and never close: 50 clients connect, send, close. Watched
 from outside with `tcplab watch --json --stuck 0`, every CLOSE_WAIT
 transition of the server's sockets carries the server's pid as owner
 (learned from accept4, never from the on-CPU pid), each fd reports its EOF
@@ -35,17 +36,39 @@ SOURCE = Path(__file__).parent / "data" / "leaky_server.c"
 pytestmark = [pytest.mark.root, pytest.mark.bpf]
 
 
-@pytest.fixture
-def leaky_server(tmp_path: Path) -> Any:
-    cc = shutil.which("cc")
-    if cc is None:
-        pytest.fail("no C compiler: install build-essential (scripts/provision.sh does)")
-    binary = tmp_path / "leaky_server"
-    subprocess.run([cc, "-O2", "-Wall", "-o", str(binary), str(SOURCE)], check=True)
-    proc = subprocess.Popen([str(binary), "0"], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    port = int(proc.stdout.readline())
-    yield proc, port
+ROOT = Path(__file__).resolve().parent.parent
+GO_SERVER = ROOT / "examples" / "go" / "bin" / "server"
+# What each server's client sends before it closes, and the server's name.
+# The Go server echoes each line: its client waits for the echo, so that
+# the server's last act is the EOF read (a write after the peer's close
+# would draw a reset and take the socket out of CLOSE_WAIT).
+KINDS = {"c": (b"hello", "leaky_server"), "go": (b"hello\n", "server")}
+
+
+@pytest.fixture(params=list(KINDS))
+def leaky_server(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """A leaking server that is not one of tcplab's actors: (process, port, kind)."""
+    if request.param == "c":
+        cc = shutil.which("cc")
+        if cc is None:
+            pytest.fail("no C compiler: install build-essential (scripts/provision.sh does)")
+        binary = tmp_path / "leaky_server"
+        subprocess.run([cc, "-O2", "-Wall", "-o", str(binary), str(SOURCE)], check=True)
+        proc = subprocess.Popen([str(binary), "0"], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+    else:
+        build = subprocess.run(
+            ["bash", str(ROOT / "scripts" / "build-go.sh")], capture_output=True, text=True
+        )
+        assert build.returncode == 0, build.stderr
+        proc = subprocess.Popen(
+            [str(GO_SERVER), "-addr", "127.0.0.1:0"], stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "LEAK": "true"},
+        )  # fmt: skip
+        assert proc.stderr is not None  # its JSON log lines (a few KB here: the pipe holds them)
+        port = int(json.loads(proc.stderr.readline())["addr"].rsplit(":", 1)[1])
+    yield proc, port, request.param
     proc.kill()
     proc.wait()
 
@@ -86,16 +109,18 @@ class JsonWatch:
         return self.proc.returncode
 
 
-def test_close_wait_of_a_c_server_is_owned_by_it(leaky_server: Any) -> None:
-    server, port = leaky_server
+def test_close_wait_of_a_foreign_server_is_owned_by_it(leaky_server: Any) -> None:
+    server, port, kind = leaky_server
+    msg, comm = KINDS[kind]
     watch = JsonWatch("--stuck", "0")
     try:
-        clients = []
         for _ in range(CLIENTS):
             c = socket.create_connection(("127.0.0.1", port))
-            c.sendall(b"hello")
+            c.sendall(msg)
+            if kind == "go":
+                c.settimeout(DEADLINE_S)
+                assert c.recv(100) == b"ECHO: " + msg
             c.close()  # the server reads EOF, and keeps the fd
-            clients.append(c)
 
         def eofs(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
             return [
@@ -118,7 +143,7 @@ def test_close_wait_of_a_c_server_is_owned_by_it(leaky_server: Any) -> None:
     # The on-CPU pid is the client's (this test) or a softirq's; the owner is the
     # server: by its accept4, or, for a client that closed before the server
     # took it, by its listener (that socket's fd is not known yet).
-    assert {(e["owner_pid"], e["owner_comm"]) for e in close_wait} == {(server.pid, "leaky_server")}
+    assert {(e["owner_pid"], e["owner_comm"]) for e in close_wait} == {(server.pid, comm)}
     assert all(e["cpu_pid"] != server.pid for e in close_wait)
     assert all(e["owner_how"] in ("accept", "listener") for e in close_wait)
     assert all((e["owner_fd"] is None) == (e["owner_how"] == "listener") for e in close_wait)
@@ -126,10 +151,12 @@ def test_close_wait_of_a_c_server_is_owned_by_it(leaky_server: Any) -> None:
     stuck = [e for e in ev if e["type"] == "stuck_at_end" and e["owner_pid"] == server.pid]
     fds = {e["owner_fd"] for e in stuck}
     assert len(fds) == CLIENTS and None not in fds
-    # The syscall barrier: each of those fds read "hello" then EOF, and was never closed.
+    # The syscall barrier: each of those fds read the message then EOF, and was never closed.
     eof = {e["fd"]: e for e in eofs(ev)}
     assert set(eof) == fds
-    assert all(e["reads"] == 1 and e["read_bytes"] == 5 and e["eof_ts"] for e in eof.values())
+    assert all(
+        e["reads"] == 1 and e["read_bytes"] == len(msg) and e["eof_ts"] for e in eof.values()
+    )
     assert {e["skaddr"] for e in eof.values()} == {e["skaddr"] for e in close_wait}
     assert not [
         e for e in ev if e["type"] == "fdio" and e["pid"] == server.pid and e["what"] == "close"
@@ -149,10 +176,11 @@ def test_close_wait_of_a_c_server_is_owned_by_it(leaky_server: Any) -> None:
     assert client_sks <= {e["skaddr"] for e in closed if e["what"] == "close"}
 
 
+@pytest.mark.parametrize("leaky_server", ["c"], indirect=True)
 def test_comm_and_cgroup_keep_only_that_process(leaky_server: Any) -> None:
     """--comm and --cgroup: only the leaky server's events (its syscalls, and the
     transitions of the sockets it owns); none of this test's own connects."""
-    server, port = leaky_server
+    server, port, _ = leaky_server
     root = Path(selectors.cgroup2_root())
     group = root / f"tcplab-test-{os.getpid()}"
     group.mkdir()
