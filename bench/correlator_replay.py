@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/correlator_replay.py                 # 1k/10k/100k held + 1M events
     .venv/bin/python bench/correlator_replay.py --events 10000000  # the 10M-event case too
+    .venv/bin/python bench/correlator_replay.py --raw              # tcp_state as raw ring records
     .venv/bin/python bench/correlator_replay.py --libraries 1000000,10000000
                                  # polars vs DuckDB on the correlator's steps (needs duckdb)
 
@@ -203,6 +204,77 @@ def measure(run_dir: Path, mode: str) -> dict[str, Any]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+# struct tcp_state_event of probes/events.h, as numpy lays it out (what bcc's
+# parsed class gives probes/layout.py); the bench writes raw records with it.
+_TCP_STATE_FIELDS = [
+    ("ts", "<u8", 0),
+    ("skaddr", "<u8", 8),
+    ("pid", "<u4", 16),
+    ("tid", "<u4", 20),
+    ("comm", "|S16", 24),
+    ("family", "<u2", 40),
+    ("sport", "<u2", 42),
+    ("dport", "<u2", 44),
+    ("oldstate", "|u1", 46),
+    ("newstate", "|u1", 47),
+    ("saddr", "(16,)|u1", 48),
+    ("daddr", "(16,)|u1", 64),
+]
+
+
+def to_raw(run_dir: Path) -> None:
+    """Rewrite a synthetic recording's tcp_state batches as raw ring records
+    (KERNEL_RAW, bus/rawbatch.py), as the probe process now ships them."""
+    import socket
+
+    import numpy as np
+
+    from bus import rawbatch
+    from bus.records import TCP_STATES
+    from bus.schema import Envelope, Kind, encode
+    from correlator.recording import RecordingReader
+
+    names, formats, offsets = (list(x) for x in zip(*_TCP_STATE_FIELDS, strict=True))
+    layout = rawbatch.make_layout(names, formats, offsets, 80)
+    dt = rawbatch.dtype_of(layout)
+    state = {n: i for i, n in enumerate(TCP_STATES)}
+    addr: dict[str, bytes] = {}
+
+    def image(text: str) -> bytes:
+        if text not in addr:
+            fam = socket.AF_INET6 if ":" in text else socket.AF_INET
+            raw = socket.inet_pton(fam, text)
+            addr[text] = raw + bytes(16 - len(raw))
+        return addr[text]
+
+    src = run_dir / "recording.msgpack"
+    tmp = run_dir / "recording.raw"
+    with open(tmp, "wb") as out:
+        for env in RecordingReader(src):
+            evs = env.body.get("events") if env.kind is Kind.KERNEL else None
+            if evs and all(e.get("type") == "tcp_state" for e in evs):
+                r = np.zeros(len(evs), dtype=dt)
+                r["ts"] = [e["ts"] for e in evs]
+                r["skaddr"] = [e["skaddr"] for e in evs]
+                r["pid"] = r["tid"] = [e["cpu_pid"] for e in evs]
+                r["comm"] = [e["cpu_comm"].encode() for e in evs]
+                r["family"] = [e["family"] for e in evs]
+                r["sport"] = [e["sport"] for e in evs]
+                r["dport"] = [e["dport"] for e in evs]
+                r["oldstate"] = [state[e["old"]] for e in evs]
+                r["newstate"] = [state[e["new"]] for e in evs]
+                r["saddr"] = np.frombuffer(
+                    b"".join(image(e["saddr"]) for e in evs), np.uint8
+                ).reshape(-1, 16)
+                r["daddr"] = np.frombuffer(
+                    b"".join(image(e["daddr"]) for e in evs), np.uint8
+                ).reshape(-1, 16)
+                body = rawbatch.make_body("tcp_state", layout, r.tobytes())
+                env = Envelope(Kind.KERNEL_RAW, env.sender, env.seq, env.mono_ns, body)
+            out.write(encode(env))
+    tmp.replace(src)
+
+
 def library_child(n: int, lib: str) -> None:
     """The correlator's column steps on n synthetic transitions, in polars or
     DuckDB: sort by time, incarnations (previous state per skaddr, a new life
@@ -291,6 +363,9 @@ def main() -> None:
     ap.add_argument("--child", nargs=2, metavar=("RUN_DIR", "MODE"))
     ap.add_argument("--keep", action="store_true", help="keep bench/out/ recordings")
     ap.add_argument("--libraries", help="compare polars and DuckDB at these sizes")
+    ap.add_argument(
+        "--raw", action="store_true", help="tcp_state batches as raw ring records (KERNEL_RAW)"
+    )
     ap.add_argument("--child-lib", nargs=2, metavar=("N", "LIB"))
     args = ap.parse_args()
     if args.child_lib:
@@ -318,6 +393,8 @@ def main() -> None:
         run_dir.mkdir(parents=True)
         t = time.perf_counter()
         gen(run_dir, n)
+        if args.raw:
+            to_raw(run_dir)
         size = (run_dir / "recording.msgpack").stat().st_size / 1e6
         print(f"# {kind}-{n}: recording {size:.0f} MB written in {time.perf_counter() - t:.0f} s")
         for mode in ("correlate", "full"):
