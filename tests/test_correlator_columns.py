@@ -4,7 +4,12 @@ recording so far) or as raw ring records decoded by numpy (bus/rawbatch.py)."""
 from __future__ import annotations
 
 import ctypes
+import gzip
+import hashlib
+import json
+import shutil
 import socket
+from pathlib import Path
 
 import polars as pl
 
@@ -118,3 +123,56 @@ def test_raw_records_and_dicts_give_the_same_columns() -> None:
     assert ["CLOSE", "SYN_SENT", "LISTEN"] == raw.data["old"].to_list()
     assert raw.data.schema == from_dicts.data.schema
     assert pl.UInt64 == raw.data.schema["skaddr"]
+
+
+def test_a_recording_with_raw_records_correlates_as_its_dict_twin(tmp_path: Path) -> None:
+    """The real echo run's golden recording, its tcp_state batches rewritten
+    as raw ring records (as runs record them now): the same events.jsonl
+    and connections as the golden, which the one-pass engine made from dicts."""
+    import numpy as np
+
+    from bus.schema import Envelope, Kind, encode
+    from correlator.recording import RecordingReader
+    from reports.build import build_reports
+
+    golden = Path(__file__).parent / "data" / "golden" / "echo"
+    run_dir = tmp_path / "echo"
+    run_dir.mkdir()
+    shutil.copy(golden / "run.json", run_dir / "run.json")
+    dicts = tmp_path / "dicts.msgpack"
+    with gzip.open(golden / "recording.msgpack.gz", "rb") as f, open(dicts, "wb") as out:
+        shutil.copyfileobj(f, out)
+    layout = layout_of(TcpStateRecord)
+    dt = rawbatch.dtype_of(layout)
+    converted = 0
+    with open(run_dir / "recording.msgpack", "wb") as out:
+        for env in RecordingReader(dicts):
+            evs = env.body.get("events") if env.kind is Kind.KERNEL else None
+            if evs and all(e["type"] == "tcp_state" for e in evs):
+                recs = (TcpStateRecord * len(evs))()
+                for r, e in zip(recs, evs, strict=True):
+                    fam = e["family"]
+                    r.ts, r.skaddr, r.pid, r.tid = e["ts"], e["skaddr"], e["cpu_pid"], e["cpu_tid"]
+                    r.comm, r.family = e["cpu_comm"].encode(), fam
+                    r.sport, r.dport = e["sport"], e["dport"]
+                    r.oldstate = TCP_STATES.index(e["old"])
+                    r.newstate = TCP_STATES.index(e["new"])
+                    r.saddr, r.daddr = _addr(fam, e["saddr"]), _addr(fam, e["daddr"])
+                assert len(np.frombuffer(bytes(recs), dtype=dt)) == len(evs)
+                body = rawbatch.make_body("tcp_state", layout, bytes(recs))
+                env = Envelope(Kind.KERNEL_RAW, env.sender, env.seq, env.mono_ns, body)
+                converted += 1
+            out.write(encode(env))
+    assert converted > 0
+    summary = build_reports(run_dir)
+    want = json.loads((golden / "golden.json").read_text())
+    digest = hashlib.sha256((run_dir / "events.jsonl").read_bytes()).hexdigest()
+    assert want["events_jsonl_sha256"] == digest
+    with gzip.open(golden / "connections.jsonl.gz", "rt") as f:
+        conns = [json.loads(line) for line in f]
+    got = sorted(
+        (json.loads(line) for line in (run_dir / "connections.jsonl").open()),
+        key=lambda c: c["id"],
+    )
+    assert conns == got
+    assert want["counts"]["outcomes"] == summary["counts"]["outcomes"]
