@@ -124,6 +124,10 @@ class Observer:
             next_at += self.interval
             # A slow sample delays the next one rather than piling up.
             next_at = max(next_at, time.monotonic())
+            # Commands and heartbeats between every two samples, also when a
+            # sample took longer than the interval (a loaded machine, a large
+            # socket table): else `stop` would never be served.
+            rt.service(0)
             while rt.running and time.monotonic() < next_at:
                 rt.service(max(1, int((next_at - time.monotonic()) * 1000)))
 

@@ -23,7 +23,6 @@ from typing import Any
 
 import msgspec
 
-from bus.rawbatch import RawBatchError, check_body
 from bus.records import (
     KERNEL_EVENTS,
     AckBody,
@@ -164,21 +163,33 @@ def _body(kind: Kind, raw: msgspec.Raw) -> dict[str, Any]:
             rb = _KERNEL_RAW_BATCH.decode(raw)
             body = {"probe": rb.probe, "layout": msgspec.structs.asdict(rb.layout),
                     "records": rb.records}  # fmt: skip
-            check_body(body)  # the layout against its id, its fields, whole records
+            _check_raw(body)
             return body
         # Checked against the Struct, then decoded again as a dict: keys the
         # definition does not name are kept for the consumers.
         _TYPED[kind].decode(raw)
         plain: dict[str, Any] = _PLAIN.decode(raw)
         return plain
-    except RawBatchError as e:
-        raise FrameError("bad_body", f"{kind} body: {e}") from None
     except msgspec.ValidationError as e:
         raise FrameError("bad_body", f"{kind} body: {e}") from None
     except FrameError:
         raise
     except Exception as e:  # bad UTF-8 deep in a body, or a recursion bomb
         raise FrameError("malformed", f"{kind} body: {type(e).__name__}: {e}") from None
+
+
+def _check_raw(body: dict[str, Any]) -> None:
+    """A raw kernel batch: the layout against its id, its fields, whole records."""
+    # Imported here: bus.rawbatch needs numpy, and every actor imports this
+    # module for its commands; numpy at import would give each actor an
+    # OpenBLAS thread, ~0.3 s more start-up and more memory. Only receivers
+    # of raw batches (orchestrator, correlator) get here.
+    from bus.rawbatch import RawBatchError, check_body
+
+    try:
+        check_body(body)
+    except RawBatchError as e:
+        raise FrameError("bad_body", f"{Kind.KERNEL_RAW} body: {e}") from None
 
 
 class Sequencer:

@@ -193,3 +193,13 @@ def test_multiplexer_holds_ten_thousand_connections(lab: Lab) -> None:
     assert 10000 == len(lab.records("multiplexer", "connect"))
     assert 0 == lab.stop("multiplexer", timeout_s=60)
     assert 10000 == len(lab.records("multiplexer", "close"))
+
+
+def test_observer_serves_commands_when_samples_overrun(lab: Lab) -> None:
+    """A sample that takes longer than the interval (here every one: 1 us)
+    must not starve the command loop: `stop` is still acknowledged."""
+    lab.spawn("observer", "observer", "--interval", "0.000001")
+    lab.wait_for(is_ready("observer"), 20, "observer ready")
+    lab.hub.command("observer", "start")
+    lab.wait_for(lambda e: e.kind is Kind.STATS and "fds" in e.body, 20, "a sample")
+    assert 0 == lab.stop("observer")
