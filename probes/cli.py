@@ -203,8 +203,9 @@ def watch(
 ) -> None:
     """Run the probes alone against any process and print kernel events.
 
-    Ports filter TCP state changes; pids filter all three probes (with
-    ports but no pid, accept and epoll stay quiet: they have no ports).
+    Ports filter TCP state changes; pids filter the syscall probes (with
+    ports but no pid, they stay quiet: they have no ports), follow the
+    children, and keep the transitions of the sockets those pids own.
     Every TCP transition carries its socket's owner (pid, comm, fd and how
     it was learned: accept, connect, or unknown) next to the on-CPU pid.
     With --stuck S, sockets in CLOSE_WAIT or FIN_WAIT2 for longer than S
@@ -257,7 +258,7 @@ def watch(
             count = timewait_count(diag, filters.ports | filters.lports | filters.rports)
             pending.append({"type": "timewait", "ts": time.monotonic_ns(), "count": count})
         for e in pending:
-            if e["type"] != "timewait" and not selector.keep(e):
+            if e["type"] != "timewait" and not (selector.keep(e) and follower.keep(e)):
                 continue
             out.write((json.dumps(e) if as_json else _human(e, t0)) + "\n")
         pending.clear()
@@ -295,8 +296,9 @@ def watch(
             diag.close()
     if stuck_ns is not None:
         table = owners.stuck(time.monotonic_ns(), stuck_ns)
+        table = [r for r in table if selector.keep(r) and follower.keep(r)]
         click.echo(f"stuck sockets at the end: {len(table)}", err=True)
-        for r in filter(selector.keep, table):
+        for r in table:
             click.echo(json.dumps({**r, "type": "stuck_at_end"}) if as_json else _stuck_line(r, t0))
     programs = stats.get("programs", {})
     total = sum(p["drops"] for p in programs.values())

@@ -1,4 +1,11 @@
-"""`tcplab watch -p PID` follows the process's children.
+"""`tcplab watch -p PID`: the process, its children, and the sockets they own.
+
+A pid filter in the kernel passes what runs on that pid's CPU time; a
+server's sockets change state in softirq, on whatever CPU time the packet
+found (often the client's): tcp_state would miss the server's CLOSE_WAITs.
+So tcp_state gets the port filters only, and watch keeps the transitions
+that ran on a traced pid or whose socket a traced pid owns
+(probes/owners.py), as `keep()` says.
 
 The proc probe (probes/proc.bpf.c) reports every fork of a traced process;
 a child that is a process (not a thread of the same one: its Tgid in
@@ -28,10 +35,31 @@ def is_process(pid: int) -> bool:
     return False
 
 
+# Probes whose events are kept by their socket's owner in user space.
+BY_OWNER = ("tcp_state",)
+
+
 class Follower:
     def __init__(self, probes: ProbeSet, filters: Filters) -> None:
         self.probes = probes
         self.filters = filters
+        self.apply()
+
+    def apply(self) -> None:
+        """The filters into every probe; tcp_state without the pids (see above)."""
+        for name, probe in self.probes.probes.items():
+            if name in BY_OWNER and self.filters.pids:
+                probe.set_filters(replace(self.filters, pids=set()))
+            else:
+                probe.set_filters(self.filters)
+
+    def keep(self, e: dict[str, Any]) -> bool:
+        pids = self.filters.pids
+        if pids and e["type"] in ("stuck", "stuck_at_end"):
+            return e["owner_pid"] in pids
+        if not pids or e["type"] not in BY_OWNER:
+            return True
+        return e["cpu_pid"] in pids or e.get("owner_pid") in pids
 
     def feed(self, events: Iterable[dict[str, Any]]) -> list[int]:
         """Add the forked processes among `events` to the filters; the pids added."""
@@ -42,5 +70,5 @@ class Follower:
         ]  # fmt: skip
         if new:
             self.filters = replace(self.filters, pids=self.filters.pids | set(new))
-            self.probes.set_filters(self.filters)
+            self.apply()
         return new

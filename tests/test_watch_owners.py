@@ -305,3 +305,32 @@ def test_pid_filter_follows_the_children() -> None:
     assert (conn["pid"], conn["dport"], conn["errno"]) == (child, port, 0)
     syn = [e for e in ev if e["type"] == "tcp_state" and e["skaddr"] == conn["skaddr"]]
     assert syn and all(e["owner_pid"] == child for e in syn)
+
+
+@pytest.mark.parametrize("leaky_server", ["c"], indirect=True)
+def test_pid_filter_keeps_the_sockets_the_process_owns(leaky_server: Any) -> None:
+    """watch -p SERVER: its sockets' transitions, which run on the clients' CPU
+    time (softirq), are kept by their owner; nothing else of the clients'."""
+    server, port, _ = leaky_server
+    watch = JsonWatch("-p", str(server.pid), "--stuck", "0")
+    try:
+        for _ in range(5):
+            c = socket.create_connection(("127.0.0.1", port))
+            c.sendall(b"hello")
+            c.close()
+        watch.until(
+            lambda ev: sum(e["type"] == "fdio" and e["what"] == "eof" for e in ev) >= 5,
+            "5 EOF reads by the server",
+        )
+        assert watch.stop() == 0
+    finally:
+        if watch.proc.poll() is None:
+            watch.proc.kill()
+            watch.proc.communicate()
+    tcp = [e for e in watch.events if e["type"] == "tcp_state"]
+    close_wait = [e for e in tcp if e["new"] == "CLOSE_WAIT" and e["sport"] == port]
+    assert len(close_wait) == 5
+    assert all(e["owner_pid"] == server.pid != e["cpu_pid"] for e in close_wait)
+    assert all(server.pid in (e["cpu_pid"], e["owner_pid"]) for e in tcp)
+    stuck = [e for e in watch.events if e["type"] == "stuck_at_end"]
+    assert len(stuck) == 5 and {e["owner_pid"] for e in stuck} == {server.pid}
