@@ -20,6 +20,7 @@ from probes.loader import Filters, ProbeSet
 from probes.plan import (
     INTERNALS,
     KPROBE_SYSCALLS,
+    OPTIONAL_TRACEPOINTS,
     PROBES,
     RINGBUF_SINCE,
     TRACEPOINT_HOOKS,
@@ -85,12 +86,19 @@ def checks() -> list[Check]:
             "mount -t tracefs tracefs /sys/kernel/tracing",
         )
     )
+    seen: set[str] = set()  # a tracepoint several probes use is checked once
     for probe in PROBES:
         for hook in TRACEPOINT_HOOKS[probe]:
+            if hook.target in seen:
+                continue
+            seen.add(hook.target)
             present = tracepoint_exists(hook.target)
             fix = "mount tracefs; syscall tracepoints need CONFIG_FTRACE_SYSCALLS"
             if "pwait2" in hook.target:
                 fix = "epoll_pwait2 exists since 5.11: the other epoll calls are traced without it"
+            optional = hook.target in OPTIONAL_TRACEPOINTS.get("fdio", set())
+            if optional:
+                fix = "since 6.3: fdio counts without it, but its records carry no skaddr"
             if probe in INTERNALS:
                 fix = f"{probe} runs without it: {tpformat.MEANING.get(hook.target, '')}"
             out.append(
@@ -99,7 +107,7 @@ def checks() -> list[Check]:
                     present,
                     "present" if present else "missing",
                     fix,
-                    required=probe not in INTERNALS,
+                    required=probe not in INTERNALS and not optional,
                 )
             )
     for probe in INTERNALS:
