@@ -99,6 +99,8 @@ class Internals:
                 rows += self._sample_rows(key, s)
                 self._series(f, s)
                 plots.append(self._plot(key, s))
+        window = counters_window(self.meta)
+        in_window = 0
         if events is not None:
             keys = _keys(events)
             order = np.argsort(events["ts"], kind="stable")
@@ -121,6 +123,8 @@ class Internals:
                     # code > 0: the qdisc dropped it (NET_XMIT_DROP), counted
                     # by the kernel as sent all the same.
                     f.retransmits += 1
+                    if window and window[0] <= int(e["ts"]) <= window[1]:
+                        in_window += 1
                     if code:
                         row["qdisc_drop"] = True
                 elif what == "cong_state":
@@ -143,6 +147,10 @@ class Internals:
         kernel = kernel_counters(self.meta)
         if kernel:
             counts["kernel"] = kernel
+            # What the tracepoint saw between the two readings of the
+            # counters (the probes attach after the first and stop after
+            # the last): the figure to hold against RetransSegs.
+            counts["retransmits_between_readings"] = in_window
             if "TCPWinProbe" in kernel:
                 # The probes sent, as the kernel counts them; the ACKs while
                 # closed (zero_window.acks) also hold window updates still at 0.
@@ -151,7 +159,7 @@ class Internals:
         return {
             "counts": {"internals": counts},
             "sentences": self._bulk_sentences(figures)
-            + _sentences(figures, kernel, set(self.bulk)),
+            + _sentences(figures, kernel, set(self.bulk), in_window),
             "rows": rows,
             "plots": plots[:PLOT_SOCKETS],
         }
@@ -327,10 +335,20 @@ def kernel_counters(meta: dict[str, Any]) -> dict[str, int]:
     for c in hosts:
         start, end = c.get("start") or {}, c.get("end") or {}
         for k, v in end.items():
-            if k in start:
-                name = k.partition(".")[2]
+            name = k.partition(".")[2]
+            if k in start and name:
                 out[name] = out.get(name, 0) + int(v) - int(start[k])
     return out
+
+
+def counters_window(meta: dict[str, Any]) -> tuple[int, int] | None:
+    """(first start reading, last end reading) in CLOCK_MONOTONIC ns, or None."""
+    hosts = list(((meta.get("lab") or {}).get("tcp_counters") or {}).values())
+    starts = [int((c.get("start") or {}).get("mono_ns", 0)) for c in hosts]
+    ends = [int((c.get("end") or {}).get("mono_ns", 0)) for c in hosts]
+    if not hosts or not all(starts) or not all(ends):
+        return None
+    return min(starts), max(ends)
 
 
 def _counts(figures: dict[str, SocketFigures]) -> dict[str, Any]:
@@ -365,15 +383,15 @@ def _counts(figures: dict[str, SocketFigures]) -> dict[str, Any]:
 
 
 def _sentences(
-    figures: dict[str, SocketFigures], kernel: dict[str, int], bulk_keys: set[str]
+    figures: dict[str, SocketFigures], kernel: dict[str, int], bulk_keys: set[str], seen: int
 ) -> list[str]:
     out = []
-    seen = sum(f.retransmits for f in figures.values())
     if kernel.get("OutSegs"):
         sent, retrans = kernel["OutSegs"], kernel.get("RetransSegs", 0)
         out.append(
             f"{retrans:,} segments retransmitted ({100 * retrans / sent:.1f}% of {sent:,} sent, "
-            f"the kernel's counters of the lab's hosts); tcp_retransmit_skb saw {seen:,}."
+            f"the kernel's counters of the lab's hosts); tcp_retransmit_skb saw {seen:,} "
+            "between the two readings."
         )
     for f in figures.values():
         if f.zero_periods:

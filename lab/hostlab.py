@@ -8,6 +8,7 @@ a phase says so, and remove everything at the end.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -71,8 +72,10 @@ class HostLab:
     def describe(self) -> dict[str, Any]:
         """What run.json keeps: namespaces, addresses, shaping and drop counts."""
         out: dict[str, Any] = {
-            "hosts": {h: {"namespace": ns.name, "sysctls": ns.sysctls}
-                      for h, ns in self.hosts.namespaces.items()},
+            "hosts": {
+                h: {"namespace": ns.name, "sysctls": ns.sysctls}
+                for h, ns in self.hosts.namespaces.items()
+            },
             "actors": {a.name: a.host for a in self.scenario.actors},
         }
         if self.counters:
@@ -95,7 +98,10 @@ class HostLab:
 
     def _count(self, when: str) -> None:
         for host, ns in self.hosts.namespaces.items():
-            self.counters.setdefault(host, {})[when] = netstat.read(ns.name)
+            # When it was read: the report compares what the probes saw
+            # between the two readings.
+            reading = {**netstat.read(ns.name), "mono_ns": time.monotonic_ns()}
+            self.counters.setdefault(host, {})[when] = reading
 
     def count_end(self) -> None:
         """The kernel's TCP counters at the end of what the probes saw (once)."""

@@ -34,24 +34,28 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     return {r["scenario"]: (Path(r["run_dir"]), r["summary"]) for r in finals}
 
 
-def kernel_retrans(run_dir: Path) -> int:
-    """Tcp RetransSegs over the run, summed over the hosts, from run.json's
-    raw start/end readings (the lab's copy of /proc/net/snmp)."""
+def kernel_delta(run_dir: Path, name: str) -> int:
+    """A kernel counter over the run, summed over the hosts, from run.json's
+    raw start/end readings (the lab's copy of /proc/net/snmp and netstat)."""
     meta = json.loads((run_dir / "run.json").read_text())
     counters = meta["lab"]["tcp_counters"]
     assert sorted(counters) == ["a", "b"]
-    return sum(
-        c["end"]["Tcp.RetransSegs"] - c["start"]["Tcp.RetransSegs"] for c in counters.values()
-    )
+    return sum(c["end"][name] - c["start"][name] for c in counters.values())
 
 
 def test_retransmits_equal_the_kernels_counter(runs: Runs) -> None:
     """lossy-link's link has no offloads (one segment per packet and per skb,
-    lab/shaping.py): every retransmitted segment is one tracepoint hit."""
+    lab/shaping.py): every retransmitted segment is one tracepoint hit. What
+    6.18 counts in RetransSegs without a tcp_retransmit_skb hit, measured: at
+    most the tail loss probes (TCPLossProbes) of the run: 0 or 1 in the runs here."""
     run_dir, summary = runs["lossy-link"]
-    seen = summary["counts"]["internals"]["retransmits"]
+    internals = summary["counts"]["internals"]
+    seen = internals["retransmits_between_readings"]
+    kernel = kernel_delta(run_dir, "Tcp.RetransSegs")
     assert seen > 0  # the comparison is not 0 == 0
-    assert seen == kernel_retrans(run_dir)
+    assert kernel - kernel_delta(run_dir, "TcpExt.TCPLossProbes") <= seen <= kernel
+    # At most a few after the last reading (a FIN sent again at teardown).
+    assert 0 <= internals["retransmits"] - seen <= 3
 
 
 def test_zero_window_closed_and_reopened(runs: Runs) -> None:
