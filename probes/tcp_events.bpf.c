@@ -72,7 +72,7 @@ static __always_inline void set_tuple(struct tcp_sock_event *e, u16 family, u16 
         set_tuple(&(e), family, (args)->sport, (args)->dport, s4_, d4_, s6_, d6_);  \
     } while (0)
 
-static __always_inline int send(void *ctx, struct tcp_sock_event *e, u8 what)
+static __always_inline int deliver(void *ctx, struct tcp_sock_event *e, u8 what)
 {
     if (!ports_ok(e->sport, e->dport))
         return 0;
@@ -97,7 +97,7 @@ int tp_tcp_retransmit_skb(struct tracepoint__tcp__tcp_retransmit_skb *args)
 #ifdef TCPLAB_TP_tcp_retransmit_skb_err
     e.code = args->err;
 #endif
-    return send(args, &e, TCPLAB_EV_RETRANSMIT);
+    return deliver(args, &e, TCPLAB_EV_RETRANSMIT);
 }
 #endif
 
@@ -111,7 +111,7 @@ int tp_tcp_retransmit_synack(struct tracepoint__tcp__tcp_retransmit_synack *args
 #else
     SET_TUPLE(e, args, 0);
 #endif
-    return send(args, &e, TCPLAB_EV_RETRANSMIT_SYNACK);
+    return deliver(args, &e, TCPLAB_EV_RETRANSMIT_SYNACK);
 }
 #endif
 
@@ -122,7 +122,7 @@ int tp_tcp_cong_state_set(struct tracepoint__tcp__tcp_cong_state_set *args)
     e.skaddr = (u64)args->skaddr;
     e.code = args->cong_state;
     SET_TUPLE(e, args, args->family);
-    return send(args, &e, TCPLAB_EV_CONG_STATE);
+    return deliver(args, &e, TCPLAB_EV_CONG_STATE);
 }
 #endif
 
@@ -156,7 +156,7 @@ int tp_tcp_send_reset(struct tracepoint__tcp__tcp_send_reset *args)
 #ifdef TCPLAB_TP_tcp_send_reset_reason
     e.code = args->reason;
 #endif
-    return send(args, &e, TCPLAB_EV_SEND_RESET);
+    return deliver(args, &e, TCPLAB_EV_SEND_RESET);
 }
 #endif
 
@@ -170,7 +170,7 @@ int tp_tcp_receive_reset(struct tracepoint__tcp__tcp_receive_reset *args)
 #else
     SET_TUPLE(e, args, 0);
 #endif
-    return send(args, &e, TCPLAB_EV_RECEIVE_RESET);
+    return deliver(args, &e, TCPLAB_EV_RECEIVE_RESET);
 }
 #endif
 
@@ -183,6 +183,6 @@ int tp_inet_sk_error_report(struct tracepoint__sock__inet_sk_error_report *args)
     struct tcp_sock_event e = {};
     e.code = args->error;
     SET_TUPLE(e, args, args->family);
-    return send(args, &e, TCPLAB_EV_SK_ERROR);
+    return deliver(args, &e, TCPLAB_EV_SK_ERROR);
 }
 #endif

@@ -100,6 +100,8 @@ int tp_tcp_probe(struct tracepoint__tcp__tcp_probe *args)
             return 0;
         why = TCPLAB_SAMPLE_FIRST;
     } else {
+        /* Plain updates of the map value: tcp_rcv_established() runs under
+         * the socket's lock, so one socket's hits never race each other. */
         last->hits++;
         u32 k = CFG_SAMPLE_MS;
         u32 *ms = config.lookup(&k);
