@@ -138,3 +138,43 @@ def test_the_barrier_counts_in_the_kernel_and_reports_eof_close_errors(traced: T
     assert err["errno"] == failed.value.errno and err["syscall"] == "sendto"
     a2.close()
     srv.close()
+
+
+@pytest.mark.netns
+def test_connect_reports_eaddrnotavail_when_the_ports_run_out(traced: Traced) -> None:
+    """A namespace with two ephemeral ports and no TIME_WAIT reuse: the third
+    connect finds none free, and the probe says EADDRNOTAVAIL."""
+    from pyroute2 import netns
+
+    from lab.netns import LabNamespace
+
+    ns = LabNamespace(
+        "byo-ports",
+        {"net.ipv4.ip_local_port_range": [40000, 40001], "net.ipv4.tcp_tw_reuse": 0},
+    ).create()
+    try:
+        netns.pushns(ns.name)  # sockets made now belong to the namespace
+        try:
+            port = 8080  # its own namespace: outside the two ephemeral ports
+            srv = socket.create_server(("127.0.0.1", port))
+            for _ in range(2):  # the client closes first: its port stays in TIME_WAIT
+                c = socket.create_connection(("127.0.0.1", port))
+                a, _ = srv.accept()
+                c.close()
+                a.recv(1)
+                a.close()
+            third = socket.socket()
+            assert third.connect_ex(("127.0.0.1", port)) == errno.EADDRNOTAVAIL
+            fd = third.fileno()
+        finally:
+            netns.popns()
+        (ev,) = traced.until(
+            lambda e: e["type"] == "connect" and e["fd"] == fd and e["dport"] == port
+            and e["errno"] == errno.EADDRNOTAVAIL,
+            "EADDRNOTAVAIL",
+        )  # fmt: skip
+        assert ev["pid"] == os.getpid()
+        third.close()
+        srv.close()
+    finally:
+        ns.destroy()
