@@ -29,7 +29,7 @@ from bus.schema import Envelope, Kind
 
 # Samples per socket kept for the plots and trace counters (evenly thinned).
 PLOT_POINTS = 600
-PLOT_SOCKETS = 6
+PLOT_SOCKETS = 8
 
 
 @dataclass
@@ -140,8 +140,13 @@ class Internals:
                     f.errors[name] = f.errors.get(name, 0) + 1
                     row["error"] = name
                 rows.append(row)
-        plots.sort(key=lambda p: -p["samples"])
+        # The bulk senders' sockets first (what the scenario is about), then
+        # the busiest.
+        plots.sort(key=lambda p: (p["socket"] not in self.bulk, -p["samples"]))
         for p in plots:
+            rec = self.bulk.get(p["socket"])
+            if rec is not None:
+                p["label"] = f"{rec.get('actor')} ({rec.get('congestion') or 'default'})"
             p["marks"] = [r for r in rows if r.get("event") and r["socket"] == p["socket"]][:200]
         counts = _counts(figures)
         kernel = kernel_counters(self.meta)

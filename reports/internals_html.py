@@ -61,7 +61,8 @@ def _plot(p: dict[str, Any]) -> str:
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
-    seg.set_title(f"{p['socket']} ({p['samples']} samples)")
+    who = f"{p['label']}: " if p.get("label") else ""
+    seg.set_title(f"{who}{p['socket']} ({p['samples']} samples)")
     buf = io.StringIO()
     fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
     plt.close(fig)
