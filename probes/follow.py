@@ -16,6 +16,7 @@ meanwhile is followed too.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
@@ -43,6 +44,7 @@ class Follower:
     def __init__(self, probes: ProbeSet, filters: Filters) -> None:
         self.probes = probes
         self.filters = filters
+        self.full = False  # the pid filter could take no more children
         self.apply()
 
     def apply(self) -> None:
@@ -68,7 +70,17 @@ class Follower:
             if e["type"] == "proc" and e["what"] == "fork"
             and e["child"] not in self.filters.pids and is_process(e["child"])
         ]  # fmt: skip
-        if new:
-            self.filters = replace(self.filters, pids=self.filters.pids | set(new))
+        if not new:
+            return []
+        before = self.filters
+        self.filters = replace(before, pids=before.pids | set(new))
+        try:
             self.apply()
+        except Exception as e:  # the kernel's filter map is full (TCPLAB_FILTER_MAX)
+            self.filters = before
+            self.apply()
+            if not self.full:
+                self.full = True
+                print(f"tcplab watch: not following more children: {e}", file=sys.stderr)
+            return []
         return new
