@@ -17,6 +17,9 @@ holds back, never by the length of the run.
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -43,6 +46,25 @@ MAX_TIDS = 4096
 class Sink(Protocol):
     def rows(self, chunk: RowsChunk) -> None: ...
     def connection(self, row: dict[str, Any]) -> None: ...
+
+
+@contextmanager
+def _cyclic_gc_paused() -> Iterator[None]:
+    """Python's cycle collector off while a chunk is worked on.
+
+    A chunk makes tens of thousands of small objects (lives, owner facts,
+    rows) that mostly live on; the collector would scan them and every older
+    one again and again (a quarter of the CPU time on 10k held connections).
+    Paused, it runs once between chunks: memory stays bounded by the chunk.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 @dataclass
@@ -100,6 +122,10 @@ class Correlator:
     # ---- input -----------------------------------------------------------------
 
     def feed(self, env: Envelope) -> None:
+        with _cyclic_gc_paused():
+            self._feed(env)
+
+    def _feed(self, env: Envelope) -> None:
         kind = env.kind
         sender = env.sender
         rel = self.release
@@ -137,6 +163,10 @@ class Correlator:
     # ---- one chunk -------------------------------------------------------------
 
     def _process(self) -> None:
+        with _cyclic_gc_paused():
+            self._process_chunk()
+
+    def _process_chunk(self) -> None:
         parts = self.chunk.parts
         self.chunk = _Chunk()
         if not parts:
@@ -351,10 +381,11 @@ class Correlator:
         """Flush everything: the held batches, the last chunk, the live sockets."""
         self._take(self.release.drain())
         self._process()
-        self.joins.now = self.now
-        self._flush_rows(self.rows.end())
-        self.joins.end()
-        self._flush_rows(RowsChunk())  # forgets the lives finished at the end
+        with _cyclic_gc_paused():
+            self.joins.now = self.now
+            self._flush_rows(self.rows.end())
+            self.joins.end()
+            self._flush_rows(RowsChunk())  # forgets the lives finished at the end
         j = self.joins
         return Result(
             t0=self.t0,

@@ -710,3 +710,20 @@ def test_interleaved_probe_streams_with_a_sudden_backlog_stay_in_order(tmp_path:
     ts = [r["ts"] for r in sink.events]
     assert sorted(ts) == ts
     assert (0, 181) == (result.late_events, len(ts))
+
+
+def test_cycle_collector_is_back_after_a_replay(tmp_path: Path) -> None:
+    """The correlator pauses Python's cycle collector while it works on a
+    chunk: afterwards it is on again, and a caller who had it off keeps it off."""
+    import gc
+
+    assert gc.isenabled()
+    replay(tmp_path, echo(50), batch=20, app_batch=5, config=CorrelatorConfig(chunk_items=100))
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        (tmp_path / "off").mkdir()
+        replay(tmp_path / "off", echo(5), batch=20, app_batch=5)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
