@@ -182,12 +182,17 @@ class LabRun:
         # One at a time, in the scenario's order: an actor sets up before it
         # says ready (a server listens, a pool connects), so a pool listed
         # after its server finds it listening.
+        spawned: list[int] = []
         for a in self.scenario.actors:
             if self.halted:
                 return
             ns = self.hostlab.namespace(a.host) if self.hostlab and a.host else self.ns
             argv = ns.command(self._python(f"actors.{a.role}", a.name, a.args))
-            self.sup.spawn(a.name, a.role, argv)
+            spawned.append(self.sup.spawn(a.name, a.role, argv).pid)
+            # The probes follow the lab's pids from its first actor on: until
+            # then they pass every socket on the lab's ports, those of another
+            # run of the same scenario on this machine too.
+            self._command(PROBES, "set", {"pids": spawned})
             self._wait_ready([a.name], ACTOR_READY_S)
         if self.halted:
             return
