@@ -3,6 +3,7 @@ user would, with real probes; the run directory it leaves; usage errors."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -186,7 +187,10 @@ def test_proctree_follows_children() -> None:
         assert len(found) == 4
     finally:
         for pid in tree({sh.pid}) - {sh.pid}:
-            os.kill(pid, signal.SIGKILL)
+            # A sleep killed first ends its shell, which the outer shell reaps
+            # at once: that pid may be gone by its turn.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         for p in (sh, other):
             p.kill()
             p.wait()
