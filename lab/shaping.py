@@ -20,6 +20,7 @@ drop costs one MSS-sized segment, not a 64 KB super-packet.
 from __future__ import annotations
 
 import gzip
+import os
 import subprocess
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -36,6 +37,9 @@ OFFLOADS = ("tx-tcp-segmentation", "tx-tcp6-segmentation", "tx-generic-segmentat
 # The kernel's default of a device's gso_max_segs (GSO_MAX_SEGS, include/linux/netdevice.h).
 GSO_MAX_SEGS = 65535
 CONFIG = Path("/proc/config.gz")
+# Distribution kernels (Debian's among them) have no /proc/config.gz but ship
+# their build configuration beside the image.
+BOOT_CONFIG = Path("/boot") / f"config-{os.uname().release}"
 
 
 class ShapingError(RuntimeError):
@@ -87,7 +91,10 @@ def _kernel_config() -> dict[str, str]:
         with gzip.open(CONFIG, "rt") as f:
             lines = f.read().splitlines()
     except OSError:
-        return {}
+        try:
+            lines = BOOT_CONFIG.read_text().splitlines()
+        except OSError:
+            return {}
     return dict(line.split("=", 1) for line in lines if line.startswith("CONFIG_"))
 
 
