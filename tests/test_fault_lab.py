@@ -132,17 +132,22 @@ def test_ctrl_c_at_each_phase_boundary(tmp_path: Path, phase: str) -> None:
 
 def test_ctrl_c_while_the_report_is_built(tmp_path: Path) -> None:
     """The run itself is whole; the line says how to build the report later."""
-    run, runs = start(tmp_path, clients_s=0.5)
-    run.wait_phase("building report…")
-    run.proc.send_signal(signal.SIGINT)
-    code, out, err = run.finish()
-    run_dir, meta = run_meta(runs)
-    # Building takes seconds (the correlator and matplotlib load first): the
-    # signal sent on the line that announces it arrives while it runs.
-    assert code == Exit.INTERRUPTED, err
+    for attempt in range(3):
+        (tmp_path / str(attempt)).mkdir()
+        run, runs = start(tmp_path / str(attempt), clients_s=0.5)
+        run.wait_phase("building report…")
+        run.proc.send_signal(signal.SIGINT)
+        code, out, err = run.finish()
+        run_dir, meta = run_meta(runs)
+        assert code == Exit.INTERRUPTED, err
+        assert "Traceback" not in err
+        assert_clean_end(run)
+        # Building takes seconds (the correlator and matplotlib load first), so
+        # the signal sent on the line that announces it arrives while it runs;
+        # on a loaded machine this process may read that line too late: again.
+        if "interrupted between runs" not in err:
+            break
     assert f"`tcplab report {run_dir}` builds it" in err
-    assert "Traceback" not in err
-    assert_clean_end(run)
 
 
 @pytest.mark.parametrize("victim", ["probes", "client"])
