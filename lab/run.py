@@ -189,14 +189,17 @@ class LabRun:
             ns = self.hostlab.namespace(a.host) if self.hostlab and a.host else self.ns
             argv = ns.command(self._python(f"actors.{a.role}", a.name, a.args))
             spawned.append(self.sup.spawn(a.name, a.role, argv).pid)
-            # The probes follow the lab's pids from its first actor on: until
-            # then they pass every socket on the lab's ports, those of another
-            # run of the same scenario on this machine too.
-            self._command(PROBES, "set", {"pids": spawned})
+            self._follow_spawned(spawned)
             self._wait_ready([a.name], ACTOR_READY_S)
         if self.halted:
             return
         self._share_pids()
+
+    def _follow_spawned(self, pids: list[int]) -> None:
+        """The probes follow the lab's pids from its first actor on: until
+        then they pass every socket on the lab's ports, those of another run
+        of the same scenario on this machine too."""
+        self._command(PROBES, "set", {"pids": pids})
 
     def _share_pids(self) -> None:
         """The probes' syscall programs trace only the lab's processes (the

@@ -111,6 +111,9 @@ class TraceRun(LabRun):
         self.sup.spawn(PROBES, PROBES, self._python("probes", PROBES, args))
         self._wait_ready([PROBES], PROBE_READY_S)
 
+    def _follow_spawned(self, pids: list[int]) -> None:
+        """Nothing: the probes pass nothing until the program's tree is known."""
+
     def _share_pids(self) -> None:
         """The program's tree, not the relay (a Python process on the bus)."""
         self._look(force=True)
