@@ -113,12 +113,15 @@ int tp_enter_epoll_pwait(struct tracepoint__syscalls__sys_enter_epoll_pwait *arg
     return 0;
 }
 
+/* epoll_pwait2 since 5.11: on 5.10 its struct does not exist to be named. */
+#ifdef TCPLAB_TP_sys_enter_epoll_pwait2
 int tp_enter_epoll_pwait2(struct tracepoint__syscalls__sys_enter_epoll_pwait2 *args)
 {
     on_enter(args->epfd, args->maxevents, timespec_ms((u64)args->timeout),
              TCPLAB_SYS_EPOLL_PWAIT2);
     return 0;
 }
+#endif
 
 /* The three exits share one body; three functions because a tracepoint
  * program's context type names its tracepoint. */
@@ -134,11 +137,13 @@ int tp_exit_epoll_pwait(struct tracepoint__syscalls__sys_exit_epoll_pwait *args)
     return 0;
 }
 
+#ifdef TCPLAB_TP_sys_exit_epoll_pwait2
 int tp_exit_epoll_pwait2(struct tracepoint__syscalls__sys_exit_epoll_pwait2 *args)
 {
     on_exit(args, args->ret);
     return 0;
 }
+#endif
 #endif
 
 #ifdef TCPLAB_KPROBE

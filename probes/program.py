@@ -21,7 +21,7 @@ from bus.rawbatch import (
 )
 from bus.records import TCP_STATES
 from probes import tpformat
-from probes.plan import PROBES, ProbeError, tracefs
+from probes.plan import OPTIONAL_TRACEPOINTS, PROBES, ProbeError, tracefs, tracepoint_exists
 
 HERE = Path(__file__).resolve().parent
 
@@ -129,4 +129,11 @@ def cflags(name: str, mode: str, delivery: str) -> list[str]:
     if delivery == "perf":
         flags.append("-DTCPLAB_PERFBUF")
     flags += tpformat.layout_flags(tracefs(), name)
+    # A handler of a tracepoint this kernel lacks does not compile (bcc has no
+    # struct for it): the C code keeps such handlers under #ifdef TCPLAB_TP_<event>.
+    flags += [
+        f"-DTCPLAB_TP_{tp.partition(':')[2]}"
+        for tp in sorted(OPTIONAL_TRACEPOINTS.get(name, ()))
+        if tracepoint_exists(tp)
+    ]
     return flags
