@@ -83,7 +83,10 @@ in_root /opt/tcplab-venv/bin/python -c 'import bcc, zmq, msgpack, structlog, pyt
 releases=("$root"/lib/modules/*)
 [ ${#releases[@]} -eq 1 ] || die "expected one kernel in the root, found: ${releases[*]##*/}"
 release=${releases[0]##*/}
-[ -e "$root/lib/modules/$release/build/Makefile" ] ||
+# Checked inside the root: the build link is absolute (/usr/src/...), and
+# followed from the host it found the host's own headers for any kernel the
+# host also has (6.1), none for another (5.10).
+in_root test -e "/lib/modules/$release/build/Makefile" ||
     die "headers for $release are missing in the root: the headers package must match linux-image"
 grep -q '^CONFIG_KPROBES=y' "$root/boot/config-$release" ||
     die "kernel $release has no kprobes (CONFIG_KPROBES): it cannot test the kprobe attach mode"
