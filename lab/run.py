@@ -249,8 +249,11 @@ class LabRun:
         return {a.name for a in self.scenario.actors if a.role == FOREIGN}
 
     def _wait_program(self, actor: str) -> bool:
-        """A foreign actor with a ready port: wait until its relay says the
+        """The probes follow the program's pid now: let it go from its
+        relay's gate. With a ready port, wait until its relay says the
         program listens (or cannot). One that cannot breaks the run."""
+        if not self._command(actor, "set", {"release": True}):
+            return False
         spec = next(a for a in self.scenario.actors if a.name == actor)
         if "--ready-port" not in spec.args:
             return True

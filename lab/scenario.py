@@ -240,6 +240,9 @@ def _foreign(a: dict[str, Any], where: str) -> ActorSpec:
         raise ScenarioError(f"{where}: stop_signal {stop!r}: give a name such as SIGTERM, "
                             "SIGINT or SIGKILL")
     args += ["--stop-signal", str(stop)]
+    # The program waits at its relay's gate until the probes follow its pid
+    # (lab/run.py releases it): a client's first connections would be missed.
+    args.append("--gate")
     return ActorSpec(name=_need(a, "name", str, where), role=FOREIGN, args=args,
                      host=a.get("host"))
 
