@@ -12,7 +12,7 @@
 #   scripts/test-kernels.sh [--kernel NAME] [--rebuild] [--timeout S] [-- PYTEST_ARGS...]
 #     --kernel NAME  scripts/kernels/NAME.conf (default: debian12)
 #     --rebuild      rebuild the cached image even though its inputs did not change
-#     --timeout S    wall-clock limit for the VM run (default 2400: a hang guard;
+#     --timeout S    wall-clock limit for the VM run (default 3600: a hang guard;
 #                    a warm run takes about 16 minutes)
 #     PYTEST_ARGS    instead of the probe tests (tests/test_probe*.py) and the
 #                    link shaping tests (tests/test_shaping.py: netem's delay is
@@ -32,14 +32,14 @@ started=$SECONDS
 die() { printf 'test-kernels: error: %s\n' "$*" >&2; exit 2; }
 say() { printf 'test-kernels: %s\n' "$*"; }
 
-kernel=debian12 rebuild=0 timeout_s=2400
+kernel=debian12 rebuild=0 timeout_s=3600
 pytest_args=()
 while [ $# -gt 0 ]; do
     case $1 in
         --kernel) [ $# -ge 2 ] || die "--kernel needs a name (one of: $(cd "$kdir" && ls ./*.conf | sed 's|./||; s|\.conf||' | tr '\n' ' '))"
                   kernel=$2; shift 2 ;;
         --rebuild) rebuild=1; shift ;;
-        --timeout) [[ ${2:-} =~ ^[0-9]+$ ]] || die "--timeout needs a number of seconds, e.g. --timeout 2400"
+        --timeout) [[ ${2:-} =~ ^[0-9]+$ ]] || die "--timeout needs a number of seconds, e.g. --timeout 3600"
                    timeout_s=$2; shift 2 ;;
         --) shift; pytest_args=("$@"); break ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;

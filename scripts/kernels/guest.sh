@@ -58,14 +58,29 @@ for mode in "${modes[@]}"; do
     step "TCPLAB_ATTACH=$mode tcplab doctor"
     TCPLAB_ATTACH=$mode tcplab doctor 2>&1 | tee "$out/doctor-$mode.log"
     echo "${PIPESTATUS[0]}" >"$out/doctor-$mode.rc"
-    step "pytest with TCPLAB_ATTACH=$mode: ${args[*]}"
+    # The TCP internals and the link shaping have no kprobe variant: they run
+    # the same in either mode, so once (tracepoint mode) is enough, and the
+    # kprobe pass stays within CI's time.
+    run_args=()
+    for a in "${args[@]}"; do
+        case "$mode:$a" in
+            kprobe:tests/test_probe_internals.py|kprobe:tests/test_shaping.py) ;;
+            *) run_args+=("$a") ;;
+        esac
+    done
+    if [ ${#run_args[@]} -eq 0 ]; then
+        echo "no test of $mode mode among: ${args[*]}" >"$out/pytest-$mode.log"
+        echo 0 >"$out/pytest-$mode.rc"
+        continue
+    fi
+    step "pytest with TCPLAB_ATTACH=$mode: ${run_args[*]}"
     # Software emulation runs everything about 10x slower (clang compiling BPF
     # against kernel headers most): the tests scale their deadlines by
     # TCPLAB_TEST_SLOW. pytest-timeout's 300 s per test (pyproject) becomes
     # 900 s, not 3000: a hung test must fail by itself well inside the host's
-    # 2400 s guard on the whole VM, or no result of either mode comes back.
+    # 3600 s guard on the whole VM, or no result of either mode comes back.
     TCPLAB_ATTACH=$mode TCPLAB_REQUIRE_BPF=1 TCPLAB_TEST_SLOW=10 \
-        python -m pytest -ra --durations=10 -p no:cacheprovider --timeout=900 "${args[@]}" 2>&1 |
+        python -m pytest -ra --durations=10 -p no:cacheprovider --timeout=900 "${run_args[@]}" 2>&1 |
         tee "$out/pytest-$mode.log"
     echo "${PIPESTATUS[0]}" >"$out/pytest-$mode.rc"
 done
