@@ -144,7 +144,10 @@ def test_close_wait_of_a_foreign_server_is_owned_by_it(leaky_server: Any) -> Non
     # server: by its accept4, or, for a client that closed before the server
     # took it, by its listener (that socket's fd is not known yet).
     assert {(e["owner_pid"], e["owner_comm"]) for e in close_wait} == {(server.pid, comm)}
-    assert all(e["cpu_pid"] != server.pid for e in close_wait)
+    # No assertion on cpu_pid: usually the client's or a softirq's, but a FIN
+    # that arrives while the server holds the socket lock (inside its read) is
+    # put on the backlog and processed in the server's own context
+    # (release_sock), so the server may be on the CPU for some (seen under load).
     assert all(e["owner_how"] in ("accept", "listener") for e in close_wait)
     assert all((e["owner_fd"] is None) == (e["owner_how"] == "listener") for e in close_wait)
     # Each got an fd of the server once accepted.
