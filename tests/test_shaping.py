@@ -21,6 +21,8 @@ from lab.shaping import Shape, ShapingError, check_supported, support
 pytestmark = [pytest.mark.root, pytest.mark.netns]
 
 ROOT = Path(__file__).resolve().parent.parent
+# The console script beside this interpreter: .venv here, /opt/tcplab-venv in the kernel VM.
+TCPLAB = str(Path(sys.executable).with_name("tcplab"))
 PORT = 8098
 
 SINK = f"""
@@ -155,7 +157,7 @@ def test_cli_refuses_delay_without_netem_in_one_line(tmp_path: Path) -> None:
         # A kernel with netem (the VM): the same scenario passes the check.
         HostLab(load(scenario)).check()
         return
-    out = subprocess.run([str(ROOT / ".venv/bin/tcplab"), "run", str(scenario), "--quiet",
+    out = subprocess.run([TCPLAB, "run", str(scenario), "--quiet",
                           "--runs-dir", str(tmp_path / "runs")],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode != 0
@@ -192,7 +194,7 @@ def test_rate_from_a_scenario_changes_mid_run_and_goes_away(hosts: Hosts) -> Non
 def test_doctor_says_how_each_knob_is_done() -> None:
     """`tcplab doctor` lists every shaping knob with how this kernel does it,
     or that it needs netem."""
-    out = subprocess.run([str(ROOT / ".venv/bin/tcplab"), "doctor", "--no-self-check"],
+    out = subprocess.run([TCPLAB, "doctor", "--no-self-check"],
                          capture_output=True, text=True, timeout=120)
     lines = out.stdout.split("lab link shaping:\n", 1)[1].splitlines()[:4]
     knobs = dict(line.strip().split(": ", 1) for line in lines)
