@@ -84,9 +84,9 @@ def expected_plan(mode: str) -> list[str]:
             f"connect: kprobe (kprobes on {kallsyms_function('connect')}, sock:inet_sock_set_state)"
         )
         lines.append(
-            f"fdio: tracepoint (tracepoints {', '.join(sorted(fdio))}) (no kprobe variant)"
+            f"fdio: tracepoint (tracepoints {', '.join(sorted(fdio))} (no kprobe variant))"
         )
-        lines.append(f"proc: tracepoint (tracepoints {proc}) (no kprobe variant)")
+        lines.append(f"proc: tracepoint (tracepoints {proc} (no kprobe variant))")
     return lines
 
 
