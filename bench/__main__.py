@@ -65,7 +65,7 @@ class Config:
 
 
 def config(mode: str) -> Config:
-    from bench.rates import LEVELS
+    from bench.event_loss import LEVELS
 
     if mode == "tiny":
         return Config(
@@ -126,16 +126,12 @@ class Runner:
 
     def run(self) -> int:
         from bench.c10k import c10k
+        from bench.event_loss import loss_onset, loss_row
+        from bench.lab_overhead import full_lab
         from bench.pipeline import BigReplay, bus_capacity, correlator_scaling
         from bench.pipeline import correlator_throughput as corr_tp
-        from bench.rates import (
-            BomberFigures,
-            connection_rate,
-            full_lab,
-            loss_onset,
-            loss_row,
-            probe_overhead,
-        )
+        from bench.probe_overhead import probe_overhead
+        from bench.rates import BomberFigures, connection_rate
 
         cfg = self.cfg
         # Free ports, not fixed ones: another bench (a test, a colleague's

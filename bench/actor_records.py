@@ -18,7 +18,8 @@ import time
 from typing import Any
 
 from bench.common import PY, BenchError, log, median
-from bench.rates import CpuSampler, records_off
+from bench.cpu import CpuSampler
+from bench.lab_overhead import records_off
 from bus.endpoints import ipc_endpoints, make_run_dir
 from bus.schema import Kind
 from bus.transport import Hub

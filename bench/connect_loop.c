@@ -7,7 +7,7 @@
  *                                   second when given), prints conn/s
  *
  * Built at bench time by bench/actor_bomber.py and bench/common.py (gcc -O2);
- * bench/rates.py also runs N clients at once as a load generator for the
+ * bench/event_loss.py also runs N clients at once as a load generator for the
  * probes. Loopback only.
  */
 #include <arpa/inet.h>

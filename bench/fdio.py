@@ -37,7 +37,7 @@ from bench.common import (
     paired,
     reap,
 )
-from bench.rates import cpu_s
+from bench.cpu import cpu_s
 from probes.loader import ProbeSet
 from probes.plan import make_plan
 

@@ -1,7 +1,7 @@
 """Bench only: put this directory on PYTHONPATH and every Python process
 started with it drops the actors' per-connection records at the source.
 
-bench/rates.py (the `lab_records` row) runs the lab bomb with it, to
+bench/lab_overhead.py (the `lab_records` row) runs the lab bomb with it, to
 measure what those records cost against the same lab with them. Nothing in
 the product imports this.
 """
