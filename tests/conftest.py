@@ -11,11 +11,15 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from bus.endpoints import Endpoints, ipc_endpoints, make_run_dir
 from bus.transport import Hub
+
+if TYPE_CHECKING:
+    from probe_kernel_harness import Collector, Worker
 
 REQUIRE = os.environ.get("TCPLAB_REQUIRE_BPF") == "1"
 GUARDED = ("root", "bpf", "netns")
@@ -89,3 +93,31 @@ def hub(endpoints: Endpoints) -> Iterator[Hub]:
     h = Hub(endpoints.events, endpoints.control, heartbeat_s=0.1)
     yield h
     h.close()
+
+
+@pytest.fixture(scope="module")
+def collector() -> Iterator[Collector]:
+    """Every default probe attached once per test module (compiling takes
+    seconds) and drained into a Collector (tests/probe_kernel_harness.py)."""
+    from probe_kernel_harness import Collector
+
+    from probes.loader import ProbeSet
+    from probes.plan import DEFAULT_PROBES, make_plan
+
+    plan = make_plan()
+    # The probes these tests are about (fdio keeps reporting the fds it tracked
+    # before a filter was set, as tcp_state keeps its tracked sockets).
+    probes = ProbeSet(plan, DEFAULT_PROBES)
+    c = Collector(probes)
+    probes.start(c.add)
+    yield c
+    probes.close()
+
+
+@pytest.fixture
+def workers() -> Iterator[list[Worker]]:
+    """Worker processes a test starts (tests/probe_kernel_harness.py), killed after it."""
+    made: list[Worker] = []
+    yield made
+    for w in made:
+        w.close()

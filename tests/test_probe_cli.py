@@ -248,7 +248,7 @@ CONNECT_LINE = re.compile(
     r" (?P<result>ok|E[A-Z]+) sk=(?P<sk>0x[0-9a-f]+) \((?P<us>\d+) us\)"
 )
 
-# Server child transitions as the kernel reports them (tests/test_probe_kernel.py);
+# Server child transitions as the kernel reports them (tests/test_probe_kernel_states.py);
 # the kprobe on tcp_set_state misses what inet_sk_set_state() sets.
 SERVER_CHILD = [
     ("LISTEN", "SYN_RECV"), ("SYN_RECV", "ESTABLISHED"), ("ESTABLISHED", "CLOSE_WAIT"),

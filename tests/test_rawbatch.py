@@ -4,7 +4,7 @@ C compiler lays out probes/events.h, decode to the expected columns and dicts.
 The layouts below are written from the C structs (offsets by the C rules:
 each field at a multiple of its size); the real programs' layouts come
 from bcc's parsed struct and are checked against bcc's own decoding in
-tests/test_probe_kernel.py.
+tests/test_probe_kernel_decoding.py.
 """
 
 from __future__ import annotations
