@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 from bus.endpoints import ipc_endpoints, make_run_dir
+from bus.hub import Hub
 from bus.schema import Kind
-from bus.transport import Hub
 
 HERE = Path(__file__).resolve().parent
 

@@ -26,7 +26,7 @@ N = 50_000
 ROUNDS = 5
 DRAIN = """
 import sys, time
-from bus.transport import Hub
+from bus.hub import Hub
 hub = Hub(sys.argv[1], sys.argv[2])
 end = time.monotonic() + 120
 while time.monotonic() < end:

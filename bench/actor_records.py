@@ -21,8 +21,8 @@ from bench.common import PY, BenchError, log, median
 from bench.cpu import CpuSampler
 from bench.lab_overhead import records_off
 from bus.endpoints import ipc_endpoints, make_run_dir
+from bus.hub import Hub
 from bus.schema import Kind
-from bus.transport import Hub
 
 
 def one_run(count: int) -> dict[str, float]:

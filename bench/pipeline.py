@@ -26,9 +26,9 @@ import zmq
 
 from bench.common import OUT, PY, BenchError, Row, log, median
 from bus.endpoints import ipc_endpoints, make_run_dir
+from bus.hub import Hub
 from bus.rawbatch import Layout, count, dtype_of, make_body
 from bus.schema import Kind
-from bus.transport import Hub
 
 BATCH = 1000  # probes/process.py BATCH_MAX: the probe process's batch size (records)
 PROGRESS_EVERY = 1_000_000  # replay children report RSS every this many events

@@ -18,9 +18,9 @@ from typing import Any
 
 from bench.common import PY, BenchError, stop
 from bus.endpoints import ipc_endpoints, make_run_dir
+from bus.hub import Hub
 from bus.rawbatch import count
 from bus.schema import Kind
-from bus.transport import Hub
 
 PROBE_READY_S = 120.0  # BPF compilation takes seconds per program on 2 cores
 SETTLE_S = 0.4  # no new kernel batch for this long: the pipeline is drained

@@ -1,4 +1,4 @@
-"""Raw kernel records on the bus: the KERNEL_RAW batch body and its decoding.
+"""Raw kernel records on the bus: the KERNEL_RAW batch body, its contract.
 
 The probe process ships what the BPF programs write into their ring
 buffers as it is: the bytes of N records of one C struct from
@@ -10,16 +10,15 @@ recording decodes offline, from any batch on, without bcc.
 
     body = {"probe": "tcp_state", "layout": Layout, "records": bytes}
 
-Decoding is vectorised: `decode_batch(body)` is one `np.frombuffer` over the
-records with the layout's structured dtype (memoized by the layout's id),
-whose field names are those of events.h (ts, skaddr, pid, ..., oldstate,
-newstate, saddr, daddr for tcp_state_event). `events(probe, records)` turns
-such an array into the dicts of bus/records.py (`tcplab watch`, `doctor`);
-addresses and command names are converted once per distinct value, not per
-record. `check_body(body)` is what the bus checks at its boundary (the
-layout against its id, the fields each probe's consumers read, whole
-records, times that fit an int64), so consumers never see a body they
-cannot decode.
+`decode_batch(body)` is one `np.frombuffer` over the records with the
+layout's structured dtype (memoized by the layout's id), whose field names
+are those of events.h (ts, skaddr, pid, ..., oldstate, newstate, saddr,
+daddr for tcp_state_event). COLUMNS says, once per probe, which fields its
+consumers read and what each becomes in the bus/records.py dicts;
+bus/rawconvert.py does the converting from that table. `check_body(body)`
+is what the bus checks at its boundary (the layout against its id, the
+fields COLUMNS reads, whole records, times that fit an int64), so
+consumers never see a body they cannot decode.
 
 Pure code: numpy and the standard library only, so that the correlator and
 `tcplab report` read a recording on a machine without bcc.
@@ -30,14 +29,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import socket
-from collections.abc import Callable, Mapping
-from typing import Any, TypedDict
+from collections.abc import Mapping
+from typing import Any, Literal, NamedTuple, TypedDict
 
 import numpy as np
 
 from bus.internals import CONG_STATES, SAMPLE_WHY, SOCK_EVENTS
-from bus.records import TCP_STATES
 
 # The syscall numbering of accept_event.syscall and epoll_call_event.syscall:
 # the position in these tuples. probes/program.py hands them to the C code as
@@ -165,49 +162,114 @@ def make_body(probe: str, layout: Layout, records: bytes) -> dict[str, Any]:
     return {"probe": probe, "layout": layout, "records": records}
 
 
-# What consumers read of each known probe's records (events.h's field names):
-# "int" any integer, "text" a char array, "addr" a u8[16] address image.
-FIELDS: dict[str, dict[str, str]] = {
-    "tcp_state": {
-        "ts": "int", "skaddr": "int", "pid": "int", "tid": "int", "comm": "text",
-        "family": "int", "sport": "int", "dport": "int", "oldstate": "int",
-        "newstate": "int", "saddr": "addr", "daddr": "addr",
-    },
-    "accept": {
-        "ts": "int", "dur_ns": "int", "pid": "int", "tid": "int", "comm": "text", "lfd": "int",
-        "fd": "int", "err": "int", "family": "int", "peer_port": "int", "peer_addr": "addr",
-        "syscall": "int",
-    },
-    "epoll": {
-        "ts": "int", "dur_ns": "int", "pid": "int", "tid": "int", "comm": "text", "epfd": "int",
-        "maxevents": "int", "timeout_ms": "int", "ready": "int", "err": "int", "syscall": "int",
-    },
-    "tcp_probe": {
-        "ts": "int", "skaddr": "int", "snd_cwnd": "int", "ssthresh": "int", "snd_wnd": "int",
-        "rcv_wnd": "int", "srtt_us": "int", "snd_nxt": "int", "snd_una": "int", "hits": "int",
-        "family": "int", "sport": "int", "dport": "int", "data_len": "int", "why": "int",
-        "saddr": "addr", "daddr": "addr",
-    },
-    "tcp_events": {
-        "ts": "int", "skaddr": "int", "pid": "int", "code": "int", "family": "int",
-        "sport": "int", "dport": "int", "what": "int", "state": "int", "saddr": "addr",
-        "daddr": "addr",
-    },
-    "connect": {
-        "ts": "int", "dur_ns": "int", "skaddr": "int", "pid": "int", "tid": "int",
-        "comm": "text", "fd": "int", "err": "int", "family": "int", "dport": "int",
-        "daddr": "addr",
-    },
-    "fdio": {
-        "ts": "int", "pid": "int", "tid": "int", "comm": "text", "fd": "int", "err": "int",
-        "kind": "int", "syscall": "int", "how": "int", "skaddr": "int",
-        **{f: "int" for f in FD_COUNTERS},
-    },
-    "proc": {"ts": "int", "pid": "int", "child": "int", "comm": "text", "kind": "int"},
+# ---------------------------------------------------------------- columns
+
+# How a column comes out of a record's field(s):
+#   int    the integer as it is
+#   text   a char array, cut at its first NUL (command names)
+#   addr   a u8[16] address image, as text by the record's `family`
+#   state  a u8 TCP state number, as its name (bus.records.TCP_STATES)
+#   name   a u8 code, as its name in `names` (digits past its end)
+#   seq    `field` minus `other`, modulo 2**32 (sequence-number distances)
+#   gated  an integer code clipped to 0..255, as its name in `names` where
+#          the u8 field `other` equals `when`, else ""
+How = Literal["int", "text", "addr", "state", "name", "seq", "gated"]
+
+
+class Col(NamedTuple):
+    """One column of a probe's records as consumers see them: `key` in the
+    bus/records.py dict, made from events.h's `field` (and `other`) as `how` says."""
+
+    key: str
+    field: str = ""  # the events.h field; "" = the same as key
+    how: How = "int"
+    names: tuple[str, ...] = ()
+    other: str = ""
+    when: int = 0
+
+    @property
+    def source(self) -> str:
+        return self.field or self.key
+
+
+_CONG_STATE = SOCK_EVENTS.index("cong_state")
+
+# Each known probe's records, one description: the dicts' keys in their
+# order and where each comes from. What the bus checks a batch against
+# (FIELDS, below) is derived from it, so a consumer never reads a field
+# that the bus did not check.
+COLUMNS: dict[str, tuple[Col, ...]] = {
+    "tcp_state": (
+        Col("ts"), Col("skaddr"), Col("cpu_pid", "pid"), Col("cpu_tid", "tid"),
+        Col("cpu_comm", "comm", "text"), Col("family"), Col("saddr", how="addr"), Col("sport"),
+        Col("daddr", how="addr"), Col("dport"), Col("old", "oldstate", "state"),
+        Col("new", "newstate", "state"),
+    ),
+    "accept": (
+        Col("ts"), Col("pid"), Col("tid"), Col("comm", how="text"),
+        Col("syscall", how="name", names=ACCEPT_SYSCALLS), Col("lfd"), Col("fd"),
+        Col("errno", "err"), Col("family"), Col("peer_addr", how="addr"), Col("peer_port"),
+        Col("dur_ns"),
+    ),
+    "epoll": (
+        Col("ts"), Col("pid"), Col("tid"), Col("comm", how="text"),
+        Col("syscall", how="name", names=EPOLL_SYSCALLS), Col("epfd"), Col("maxevents"),
+        Col("timeout_ms"), Col("ready"), Col("errno", "err"), Col("dur_ns"),
+    ),
+    "tcp_probe": (
+        Col("ts"), Col("skaddr"), Col("family"), Col("saddr", how="addr"), Col("sport"),
+        Col("daddr", how="addr"), Col("dport"), Col("snd_cwnd"), Col("ssthresh"),
+        Col("snd_wnd"), Col("rcv_wnd"), Col("srtt_us"),
+        Col("in_flight", "snd_nxt", "seq", other="snd_una"), Col("data_len"), Col("hits"),
+        Col("why", how="name", names=SAMPLE_WHY),
+    ),
+    "tcp_events": (
+        Col("ts"), Col("what", how="name", names=SOCK_EVENTS), Col("skaddr"),
+        Col("cpu_pid", "pid"), Col("family"), Col("saddr", how="addr"), Col("sport"),
+        Col("daddr", how="addr"), Col("dport"), Col("state", how="state"), Col("code"),
+        Col("cong_state", "code", "gated", CONG_STATES, other="what", when=_CONG_STATE),
+    ),
+    "connect": (
+        Col("ts"), Col("pid"), Col("tid"), Col("comm", how="text"), Col("fd"), Col("skaddr"),
+        Col("errno", "err"), Col("family"), Col("daddr", how="addr"), Col("dport"),
+        Col("dur_ns"),
+    ),
+    "proc": (
+        Col("ts"), Col("pid"), Col("child"), Col("comm", how="text"),
+        Col("what", "kind", "name", PROC_KINDS),
+    ),
+    "fdio": (
+        Col("ts"), Col("pid"), Col("tid"), Col("comm", how="text"), Col("fd"),
+        Col("what", "kind", "name", FD_KINDS), Col("syscall", how="name", names=IO_SYSCALLS),
+        Col("errno", "err"), Col("how", how="name", names=FD_HOW), Col("skaddr"),
+        *(Col(f) for f in FD_COUNTERS),
+    ),
 }  # fmt: skip
+
+
+def _reads(cols: tuple[Col, ...]) -> dict[str, str]:
+    """The fields a description reads and what each must be: "int" any
+    integer, "byte" a u8 (it indexes a table of 256), "text" a char array,
+    "addr" a u8[16] address image."""
+    out: dict[str, str] = {}
+    for c in cols:
+        if c.how == "text":
+            out[c.source] = "text"
+        elif c.how == "addr":
+            out[c.source] = "addr"
+            out.setdefault("family", "int")
+        elif c.how in ("state", "name"):
+            out[c.source] = "byte"
+        else:
+            out.setdefault(c.source, "int")
+        if c.other:
+            out[c.other] = "byte" if c.how == "gated" else "int"
+    return out
+
+
+# What consumers read of each known probe's records (events.h's field names).
+FIELDS: dict[str, dict[str, str]] = {probe: _reads(cols) for probe, cols in COLUMNS.items()}
 _TS_MAX = np.iinfo(np.int64).max
-# State and syscall numbers index tables of 256: one byte.
-_BYTE_FIELDS = ("oldstate", "newstate", "syscall", "why", "what", "state", "kind", "how")
 
 
 def _fits(dt: np.dtype[Any], name: str, kind: str) -> bool:
@@ -220,14 +282,14 @@ def _fits(dt: np.dtype[Any], name: str, kind: str) -> bool:
         return f.kind == "S"
     if kind == "addr":
         return f.shape == (16,) and f.base == np.dtype(np.uint8)
-    if name in _BYTE_FIELDS:
+    if kind == "byte":
         return f.shape == () and f == np.dtype(np.uint8)
     return f.shape == () and f.kind in "ui"
 
 
 def check_body(body: Mapping[str, Any]) -> None:
     """Raise RawBatchError unless `body` decodes: a known-good layout, with the
-    fields its consumers read (FIELDS; an unknown probe's records at least an
+    fields its consumers read (FIELDS, from COLUMNS; an unknown probe's records at least an
     integer ts), and whole records. What the bus checks at its boundary,
     without touching a record."""
     records = body.get("records")
@@ -268,224 +330,3 @@ def count(body: Mapping[str, Any]) -> int:
     return len(body["records"]) // int(body["layout"]["itemsize"])
 
 
-# ---------------------------------------------------------------- columns
-
-
-def _per_distinct(values: np.ndarray, convert: Callable[[Any], str]) -> list[str]:
-    """convert() applied once per distinct value, the results spread back."""
-    if values.size == 0:
-        return []
-    uniq, inverse = np.unique(values, return_inverse=True)
-    texts = np.array([convert(v) for v in uniq.tolist()], dtype=object)
-    out: list[str] = texts[inverse.reshape(-1)].tolist()
-    return out
-
-
-def _addr(key: tuple[int, bytes]) -> str:
-    family, raw = key
-    if family == socket.AF_INET:
-        return socket.inet_ntop(socket.AF_INET, raw[:4])
-    if family == socket.AF_INET6:
-        return socket.inet_ntop(socket.AF_INET6, raw[:16])
-    return ""
-
-
-def addr_text(family: np.ndarray, addr: np.ndarray) -> list[str]:
-    """Text addresses ("127.0.0.1", "::1", "" for other families) of a family
-    column and a column of 16-byte address images (u8[16] in events.h)."""
-    key = np.empty(len(family), dtype=[("family", "<u2"), ("addr", "V16")])
-    key["family"] = family
-    key["addr"] = (
-        np.ascontiguousarray(addr, dtype=np.uint8).reshape(len(family), 16).view("V16")[:, 0]
-    )
-    return _per_distinct(key, lambda k: _addr((k[0], bytes(k[1]))))
-
-
-def comm_text(comm: np.ndarray) -> list[str]:
-    """Command names of a char[16] column, cut at the first NUL as the kernel ends them."""
-    return _per_distinct(comm, lambda raw: raw.split(b"\0", 1)[0].decode(errors="replace"))
-
-
-# u8 state -> name; numbers a newer kernel adds come out as digits.
-_STATE_NAMES = np.array(
-    [TCP_STATES[n] if n < len(TCP_STATES) else str(n) for n in range(256)], dtype=object
-)
-
-
-def state_names(states: np.ndarray) -> list[str]:
-    out: list[str] = _STATE_NAMES[states.astype(np.intp)].tolist()
-    return out
-
-
-def _names(table: tuple[str, ...], codes: np.ndarray) -> list[str]:
-    names = np.array(list(table) + [str(n) for n in range(len(table), 256)], dtype=object)
-    out: list[str] = names[codes.astype(np.intp)].tolist()
-    return out
-
-
-_LISTEN, _SYN_RECV, _CLOSE = (TCP_STATES.index(n) for n in ("LISTEN", "SYN_RECV", "CLOSE"))
-
-
-def state_balance(records: np.ndarray) -> np.ndarray:
-    """Per TCP state number (256 slots), the sockets that entered it minus
-    those that left it in these tcp_state records: summed over batches, how
-    many sockets are in each state now, of those the probes saw change.
-
-    A server's child is cloned from its listener, so its first transition
-    reads LISTEN -> SYN_RECV (measured, docs/probes.md): it enters SYN_RECV,
-    but the listener does not leave LISTEN."""
-    old, new = records["oldstate"], records["newstate"]
-    left = old[~((old == _LISTEN) & (new == _SYN_RECV))]
-    out: np.ndarray = np.bincount(new, minlength=256) - np.bincount(left, minlength=256)
-    return out
-
-
-def state_counts(balance: np.ndarray) -> dict[str, int]:
-    """A state_balance() sum as {state name: sockets} for the states that hold
-    some, CLOSE left out (where sockets come from and go to). Sockets that
-    were there before the probes attached and left a state since count below
-    zero there: shown as none; so do the states a kprobe on tcp_set_state
-    never sees entered (SYN_RECV, LISTEN)."""
-    held = np.flatnonzero(balance > 0)
-    return {str(_STATE_NAMES[n]): int(balance[n]) for n in held if n != _CLOSE}
-
-
-# ---------------------------------------------------------------- dicts
-
-
-def events(probe: str, records: np.ndarray) -> list[dict[str, Any]]:
-    """The records of one batch as bus/records.py dicts (TcpStateEvent,
-    AcceptEvent, EpollEvent), built column by column."""
-    r = records
-    if probe == "tcp_state":
-        cols = {
-            "ts": r["ts"].tolist(),
-            "skaddr": r["skaddr"].tolist(),
-            "cpu_pid": r["pid"].tolist(),
-            "cpu_tid": r["tid"].tolist(),
-            "cpu_comm": comm_text(r["comm"]),
-            "family": r["family"].tolist(),
-            "saddr": addr_text(r["family"], r["saddr"]),
-            "sport": r["sport"].tolist(),
-            "daddr": addr_text(r["family"], r["daddr"]),
-            "dport": r["dport"].tolist(),
-            "old": state_names(r["oldstate"]),
-            "new": state_names(r["newstate"]),
-        }
-    elif probe == "accept":
-        cols = {
-            "ts": r["ts"].tolist(),
-            "pid": r["pid"].tolist(),
-            "tid": r["tid"].tolist(),
-            "comm": comm_text(r["comm"]),
-            "syscall": _names(ACCEPT_SYSCALLS, r["syscall"]),
-            "lfd": r["lfd"].tolist(),
-            "fd": r["fd"].tolist(),
-            "errno": r["err"].tolist(),
-            "family": r["family"].tolist(),
-            "peer_addr": addr_text(r["family"], r["peer_addr"]),
-            "peer_port": r["peer_port"].tolist(),
-            "dur_ns": r["dur_ns"].tolist(),
-        }
-    elif probe == "epoll":
-        cols = {
-            "ts": r["ts"].tolist(),
-            "pid": r["pid"].tolist(),
-            "tid": r["tid"].tolist(),
-            "comm": comm_text(r["comm"]),
-            "syscall": _names(EPOLL_SYSCALLS, r["syscall"]),
-            "epfd": r["epfd"].tolist(),
-            "maxevents": r["maxevents"].tolist(),
-            "timeout_ms": r["timeout_ms"].tolist(),
-            "ready": r["ready"].tolist(),
-            "errno": r["err"].tolist(),
-            "dur_ns": r["dur_ns"].tolist(),
-        }
-    elif probe == "tcp_probe":
-        cols = {
-            "ts": r["ts"].tolist(),
-            "skaddr": r["skaddr"].tolist(),
-            "family": r["family"].tolist(),
-            "saddr": addr_text(r["family"], r["saddr"]),
-            "sport": r["sport"].tolist(),
-            "daddr": addr_text(r["family"], r["daddr"]),
-            "dport": r["dport"].tolist(),
-            "snd_cwnd": r["snd_cwnd"].tolist(),
-            "ssthresh": r["ssthresh"].tolist(),
-            "snd_wnd": r["snd_wnd"].tolist(),
-            "rcv_wnd": r["rcv_wnd"].tolist(),
-            "srtt_us": r["srtt_us"].tolist(),
-            "in_flight": (r["snd_nxt"] - r["snd_una"]).astype(np.uint32).tolist(),
-            "data_len": r["data_len"].tolist(),
-            "hits": r["hits"].tolist(),
-            "why": _names(SAMPLE_WHY, r["why"]),
-        }
-    elif probe == "tcp_events":
-        what = _names(SOCK_EVENTS, r["what"])
-        cong = _names(CONG_STATES, np.clip(r["code"], 0, 255))
-        cols = {
-            "ts": r["ts"].tolist(),
-            "what": what,
-            "skaddr": r["skaddr"].tolist(),
-            "cpu_pid": r["pid"].tolist(),
-            "family": r["family"].tolist(),
-            "saddr": addr_text(r["family"], r["saddr"]),
-            "sport": r["sport"].tolist(),
-            "daddr": addr_text(r["family"], r["daddr"]),
-            "dport": r["dport"].tolist(),
-            "state": state_names(r["state"]),
-            "code": r["code"].tolist(),
-            "cong_state": [c if w == "cong_state" else "" for w, c in zip(what, cong, strict=True)],
-        }
-    elif probe == "connect":
-        cols = {
-            "ts": r["ts"].tolist(),
-            "pid": r["pid"].tolist(),
-            "tid": r["tid"].tolist(),
-            "comm": comm_text(r["comm"]),
-            "fd": r["fd"].tolist(),
-            "skaddr": r["skaddr"].tolist(),
-            "errno": r["err"].tolist(),
-            "family": r["family"].tolist(),
-            "daddr": addr_text(r["family"], r["daddr"]),
-            "dport": r["dport"].tolist(),
-            "dur_ns": r["dur_ns"].tolist(),
-        }
-    elif probe == "proc":
-        cols = {
-            "ts": r["ts"].tolist(),
-            "pid": r["pid"].tolist(),
-            "child": r["child"].tolist(),
-            "comm": comm_text(r["comm"]),
-            "what": _names(PROC_KINDS, r["kind"]),
-        }
-    elif probe == "fdio":
-        cols = {
-            "ts": r["ts"].tolist(),
-            "pid": r["pid"].tolist(),
-            "tid": r["tid"].tolist(),
-            "comm": comm_text(r["comm"]),
-            "fd": r["fd"].tolist(),
-            "what": _names(FD_KINDS, r["kind"]),
-            "syscall": _names(IO_SYSCALLS, r["syscall"]),
-            "errno": r["err"].tolist(),
-            "how": _names(FD_HOW, r["how"]),
-            "skaddr": r["skaddr"].tolist(),
-            **{f: r[f].tolist() for f in FD_COUNTERS},
-        }
-    else:
-        raise RawBatchError(
-            f"unknown probe {probe!r}: tcp_state, accept, epoll, tcp_probe, tcp_events, "
-            "connect, fdio or proc"
-        )
-    keys = ["type", *cols]
-    return [
-        dict(zip(keys, row, strict=True))
-        for row in zip([probe] * len(r), *cols.values(), strict=True)
-    ]
-
-
-def batch_events(body: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """A KERNEL_RAW body's records as bus/records.py dicts. Raises RawBatchError."""
-    check_body(body)
-    return events(body["probe"], decode_batch(body))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bus import rawbatch
+from bus import rawconvert
 from bus.schema import Envelope, Kind
 
 
@@ -58,7 +58,7 @@ class Barrier:
     def feed(self, env: Envelope) -> None:
         if env.kind is not Kind.KERNEL_RAW or env.body.get("probe") != "fdio":
             return
-        for e in rawbatch.batch_events(env.body):
+        for e in rawconvert.batch_events(env.body):
             self.events += 1
             key = (int(e["pid"]), int(e["fd"]))
             facts = self.by_sk.get(e["skaddr"]) if e["skaddr"] else None

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from bus import rawbatch
+from bus import rawbatch, rawconvert
 from bus.internals import INTERNALS
 
 TCP_SCHEMA: dict[str, Any] = {
@@ -220,17 +220,17 @@ class Columns:
                 "tie": ties,
                 "skaddr": r["skaddr"].astype(np.uint64),
                 "cpu_pid": r["pid"].astype(np.int64),
-                "cpu_comm": rawbatch.comm_text(r["comm"]),
+                "cpu_comm": rawconvert.comm_text(r["comm"]),
                 "family": r["family"].astype(np.int64),
-                "saddr": rawbatch.addr_text(r["family"], r["saddr"]),
+                "saddr": rawconvert.addr_text(r["family"], r["saddr"]),
                 "sport": r["sport"].astype(np.int64),
-                "daddr": rawbatch.addr_text(r["family"], r["daddr"]),
+                "daddr": rawconvert.addr_text(r["family"], r["daddr"]),
                 "dport": r["dport"].astype(np.int64),
-                "old": rawbatch.state_names(r["oldstate"]),
-                "new": rawbatch.state_names(r["newstate"]),
+                "old": rawconvert.state_names(r["oldstate"]),
+                "new": rawconvert.state_names(r["newstate"]),
             }
         elif probe in ("accept", "epoll"):
-            dicts = rawbatch.events(str(probe), r)
+            dicts = rawconvert.events(str(probe), r)
             items = list(zip(ties.tolist(), dicts, strict=True))
             return [self._dict_batch(str(probe), items)]
         else:

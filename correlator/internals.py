@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from bus import rawbatch
+from bus import rawbatch, rawconvert
 from bus.internals import CONG_STATES, INFINITE_SSTHRESH, INTERNALS, SAMPLE_WHY, SOCK_EVENTS
 from bus.schema import Envelope, Kind
 
@@ -297,8 +297,8 @@ def _concat(parts: list[np.ndarray]) -> np.ndarray | None:
 
 
 def _keys(r: np.ndarray) -> list[str]:
-    saddr = rawbatch.addr_text(r["family"], r["saddr"])
-    daddr = rawbatch.addr_text(r["family"], r["daddr"])
+    saddr = rawconvert.addr_text(r["family"], r["saddr"])
+    daddr = rawconvert.addr_text(r["family"], r["daddr"])
     return [
         f"{sa}:{sp} > {da}:{dp}"
         for sa, sp, da, dp in zip(

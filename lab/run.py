@@ -21,8 +21,9 @@ from types import FrameType
 from typing import Any
 
 from bus.endpoints import Endpoints, ipc_endpoints, make_run_dir
-from bus.rawbatch import state_counts
-from bus.transport import BusError, Channel, Hub
+from bus.hub import Hub
+from bus.rawconvert import state_counts
+from bus.transport import BusError, Channel
 from lab.hostlab import HostLab
 from lab.live import LiveView
 from lab.netns import LabNamespace, NamespaceError

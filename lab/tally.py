@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from bus.rawbatch import count, decode_batch, state_balance
+from bus.rawbatch import count, decode_batch
+from bus.rawconvert import state_balance
 from bus.schema import Envelope, Kind
 from lab.supervisor import PROBES
 

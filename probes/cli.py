@@ -15,7 +15,8 @@ from typing import Any
 
 import click
 
-from bus.rawbatch import batch_events, make_body
+from bus.rawbatch import make_body
+from bus.rawconvert import batch_events
 from lab.exitcodes import need_root
 from probes.fdtable import listening_owners
 from probes.follow import Follower

@@ -14,7 +14,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bus.rawbatch import batch_events, make_body
+from bus.rawbatch import make_body
+from bus.rawconvert import batch_events
 from probes import tpformat
 from probes.loader import Filters, ProbeSet
 from probes.plan import (

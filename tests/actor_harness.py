@@ -15,8 +15,8 @@ from typing import Any
 import zmq
 
 from bus.endpoints import BUS_DIR_PREFIX, Endpoints, ipc_endpoints
+from bus.hub import Hub
 from bus.schema import Envelope, Kind, Sequencer, decode, encode
-from bus.transport import Hub
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from bus.endpoints import Endpoints, ipc_endpoints, make_run_dir
-from bus.transport import Hub
+from bus.hub import Hub
 
 if TYPE_CHECKING:
     from probe_kernel_harness import Collector, Worker

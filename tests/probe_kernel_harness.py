@@ -24,7 +24,8 @@ from typing import Any
 
 import pytest
 
-from bus.rawbatch import batch_events, make_body
+from bus.rawbatch import make_body
+from bus.rawconvert import batch_events
 from probes.loader import Filters, ProbeSet
 from probes.plan import make_plan
 

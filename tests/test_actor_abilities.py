@@ -14,8 +14,8 @@ import pytest
 from actor_harness import Lab, is_ready
 
 from bus.endpoints import ipc_endpoints, make_run_dir
+from bus.hub import Hub
 from bus.schema import Kind
-from bus.transport import Hub
 from probes.sockdiag import DiagQuery
 
 

@@ -13,8 +13,8 @@ from actor_harness import Lab, is_ready
 from pyroute2 import netns
 
 from bus.endpoints import ipc_endpoints, make_run_dir
+from bus.hub import Hub
 from bus.schema import Kind
-from bus.transport import Hub
 from lab.netns import LabNamespace
 
 pytestmark = [pytest.mark.root, pytest.mark.netns]

@@ -15,9 +15,10 @@ import pytest
 from actor_harness import Lab, attach, is_ready
 
 from bus.endpoints import Endpoints, ipc_endpoints, make_run_dir
+from bus.hub import Hub
 from bus.logging import SocketLog
 from bus.schema import Kind
-from bus.transport import EventSender, Hub
+from bus.transport import EventSender
 
 COUNT = 3000  # several LOG batches per actor (500 records each)
 

@@ -140,7 +140,7 @@ def body_ok(kind: str, b: Any) -> bool:
 
 
 def receive(events: str, control: str) -> int:
-    from bus.transport import Hub
+    from bus.hub import Hub
     from lab.tally import Tally
 
     hub = Hub(events, control)

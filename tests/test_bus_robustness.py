@@ -22,7 +22,7 @@ from bus.transport import ControlClient
 # ledgers saw and exits 0. Any crash exits non-zero.
 RECEIVER = """
 import json, sys, time
-from bus.transport import Hub
+from bus.hub import Hub
 hub = Hub(sys.argv[1], sys.argv[2])
 end = time.monotonic() + 120
 eof = done = False

@@ -15,7 +15,7 @@ import pytest
 import zmq
 
 from bus.endpoints import Endpoints
-from bus.transport import Hub
+from bus.hub import Hub
 
 # A well-behaved actor: hello (its session comes back), ready, obeys "emit"
 # (n STATS frames on events) and "stop" (eof, exit 0); exits 3 when the

@@ -15,8 +15,9 @@ import zmq
 from actor_harness import attach
 
 from bus.endpoints import Endpoints
+from bus.hub import Hub
 from bus.schema import Envelope, Gap, Kind, Sequencer, encode
-from bus.transport import BusError, Channel, EventSender, Hub
+from bus.transport import BusError, Channel, EventSender
 
 # The peer: hello, ready, then obeys "emit" (n LOG records) and "stop" (eof,
 # exit 0); exits 3 when the orchestrator goes quiet.

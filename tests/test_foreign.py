@@ -16,8 +16,8 @@ from lab_helpers import tcplab
 
 from actors.lines import errno_in, to_record
 from bus.endpoints import ipc_endpoints, make_run_dir
+from bus.hub import Hub
 from bus.schema import Kind
-from bus.transport import Hub
 from lab.scenario import ScenarioError, load
 
 ROOT = Path(__file__).resolve().parent.parent

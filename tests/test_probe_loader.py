@@ -17,7 +17,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from bus.rawbatch import batch_events, make_body
+from bus.rawbatch import make_body
+from bus.rawconvert import batch_events
 from probes import loader, ring
 from probes.loader import Filters, ProbeSet
 from probes.plan import INTERNALS, KPROBE_SYSCALLS, PROBES, ProbeError, make_plan

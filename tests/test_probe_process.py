@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 
 from bus.endpoints import Endpoints
-from bus.rawbatch import batch_events
+from bus.hub import Hub
+from bus.rawconvert import batch_events
 from bus.schema import Envelope, Kind
-from bus.transport import Channel, Hub
+from bus.transport import Channel
 
 pytestmark = [pytest.mark.root, pytest.mark.bpf]
 
