@@ -97,10 +97,9 @@ def constants() -> dict[str, int]:
     out["CNT_MAX"] = len(Cnt)
     out |= {f"TCPLAB_SYS_{n.upper()}": i for i, n in enumerate(ACCEPT_SYSCALLS)}
     out |= {f"TCPLAB_SYS_{n.upper()}": i for i, n in enumerate(EPOLL_SYSCALLS)}
-    out["TCPLAB_TCP_CLOSE"] = TCP_STATES.index("CLOSE")
     out |= {f"TCPLAB_SAMPLE_{w.upper()}": i for i, w in enumerate(SAMPLE_WHY)}
     out |= {f"TCPLAB_EV_{w.upper()}": i for i, w in enumerate(SOCK_EVENTS)}
-    out["TCPLAB_TCP_SYN_SENT"] = TCP_STATES.index("SYN_SENT")
+    out |= {f"TCPLAB_TCP_{n}": i for i, n in enumerate(TCP_STATES)}
     out |= {f"TCPLAB_FD_{n.upper()}": i for i, n in enumerate(FD_KINDS)}
     out |= {f"TCPLAB_IO_{n.upper()}": i for i, n in enumerate(IO_SYSCALLS)}
     out |= {f"TCPLAB_HOW_{n.upper()}": i for i, n in enumerate(FD_HOW)}

@@ -16,7 +16,8 @@
  * - server child: LISTEN -> SYN_RECV (the clone copies the listener's
  *   state, then inet_csk_clone_lock() sets SYN_RECV), SYN_RECV ->
  *   ESTABLISHED, then CLOSE_WAIT -> LAST_ACK -> CLOSE as passive closer.
- *   The request sock (NEW_SYN_RECV) never shows up.
+ *   The request sock (NEW_SYN_RECV) never shows up. Before 6.15 that first
+ *   change carries the listener's ports and addresses: see `first_of_child`.
  * - TIME_WAIT never appears: the active closer goes FIN_WAIT2 -> CLOSE
  *   while a separate timewait sock takes over.
  *
@@ -54,7 +55,7 @@ static __always_inline int traced(u64 skaddr, u16 sport, u16 dport, u32 tgid, u8
         int by_pid = cfg_on(CFG_PIDS) && pid_ok(tgid);
         if (!by_pid && !filter_ports.lookup(&sport) && !filter_ports.lookup(&dport))
             return 0;
-        if (by_pid && newstate == 10 /* TCP_LISTEN */) {
+        if (by_pid && newstate == TCPLAB_TCP_LISTEN) {
             u8 on = 1;
             filter_ports.update(&sport, &on);
         }
@@ -66,15 +67,22 @@ static __always_inline int traced(u64 skaddr, u16 sport, u16 dport, u32 tgid, u8
     return 1;
 }
 
+static __always_inline int passes(struct tcp_state_event *e)
+{
+    if (!traced(e->skaddr, e->sport, e->dport, e->pid, e->newstate))
+        return 0;
+    if (e->newstate == TCPLAB_TCP_CLOSE)
+        tracked.delete(&e->skaddr);
+    return 1;
+}
+
 static __always_inline int handle(void *ctx, struct tcp_state_event *e)
 {
     u64 id = bpf_get_current_pid_tgid();
     e->pid = id >> 32;
     e->tid = (u32)id;
-    if (!traced(e->skaddr, e->sport, e->dport, e->pid, e->newstate))
+    if (!passes(e))
         return 0;
-    if (e->newstate == TCPLAB_TCP_CLOSE)
-        tracked.delete(&e->skaddr);
     e->ts = bpf_ktime_get_ns();
     bpf_get_current_comm(&e->comm, sizeof(e->comm));
     emit(ctx, e);
@@ -82,6 +90,46 @@ static __always_inline int handle(void *ctx, struct tcp_state_event *e)
 }
 
 #ifdef TCPLAB_TRACEPOINT
+/* A server child's first change, LISTEN -> SYN_RECV, as the kernels before
+ * 6.15 report it, held until the child's own 4-tuple is known.
+ * Why: sock:inet_sock_set_state fires from inet_csk_clone_lock(), which up
+ * to 6.14 calls inet_sk_set_state(newsk, TCP_SYN_RECV) before it copies
+ * inet_dport, inet_num and inet_sport from the request sock (and before
+ * tcp_v4_syn_recv_sock()/tcp_v6_syn_recv_sock() set the addresses): the
+ * change carries the clone's copy of the listener's ports and addresses,
+ * dport 0 (measured on Debian 12's 6.1). Linux 6.15 fills the 4-tuple
+ * first (commit a3a128f611a9, "inet: consolidate inet_csk_clone_lock()"),
+ * as 6.18 here shows. Port filters, watch and the correlator key on the
+ * 4-tuple, so the event waits here as it was (its own ts, pid, comm) and
+ * leaves just before the socket's next change, which always comes and
+ * starts from SYN_RECV (-> ESTABLISHED, or -> CLOSE when the child is
+ * dropped), with that change's ports and addresses (the child's own); the
+ * filters judge it by those. A dport-0 SYN_RECV only happens before 6.15,
+ * so later kernels never use this map.
+ * Inserted by tp_inet_sock_set_state() on such a change; read and deleted
+ * by release_first() at the socket's next one. LRU: an entry whose socket
+ * never changed again (none known) cannot fill it.
+ * The kprobe variant never sees this change: inet_csk_clone_lock() does not
+ * call tcp_set_state(). */
+BPF_TABLE("lru_hash", u64, struct tcp_state_event, first_of_child, 16384);
+
+static __always_inline void release_first(void *ctx, struct tcp_state_event *next)
+{
+    struct tcp_state_event *held = first_of_child.lookup(&next->skaddr);
+    if (!held)
+        return;
+    struct tcp_state_event e = {};
+    __builtin_memcpy(&e, held, sizeof(e));
+    first_of_child.delete(&next->skaddr);
+    e.family = next->family;
+    e.sport = next->sport;
+    e.dport = next->dport;
+    __builtin_memcpy(e.saddr, next->saddr, sizeof(e.saddr));
+    __builtin_memcpy(e.daddr, next->daddr, sizeof(e.daddr));
+    if (passes(&e))
+        emit(ctx, &e);
+}
+
 int tp_inet_sock_set_state(struct tracepoint__sock__inet_sock_set_state *args)
 {
     /* The tracepoint also fires for SCTP and MPTCP sockets. */
@@ -101,6 +149,17 @@ int tp_inet_sock_set_state(struct tracepoint__sock__inet_sock_set_state *args)
         __builtin_memcpy(e.saddr, args->saddr_v6, 16);
         __builtin_memcpy(e.daddr, args->daddr_v6, 16);
     }
+    if (e.oldstate == TCPLAB_TCP_LISTEN && e.newstate == TCPLAB_TCP_SYN_RECV && e.dport == 0) {
+        u64 id = bpf_get_current_pid_tgid();
+        e.pid = id >> 32;
+        e.tid = (u32)id;
+        e.ts = bpf_ktime_get_ns();
+        bpf_get_current_comm(&e.comm, sizeof(e.comm));
+        first_of_child.update(&e.skaddr, &e);
+        return 0;
+    }
+    if (e.oldstate == TCPLAB_TCP_SYN_RECV)
+        release_first(args, &e);
     return handle(args, &e);
 }
 #endif
