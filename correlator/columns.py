@@ -199,7 +199,10 @@ class Columns:
             tie=pl.int_range(self.tie, self.tie + len(df), dtype=pl.Int64),
         )
         tcp = df.filter(pl.col("type") == "tcp_state")
-        if len(tcp) and tcp.select(pl.any_horizontal(pl.col(_TCP_REQUIRED).null_count() > 0)).item():
+        if (
+            len(tcp)
+            and tcp.select(pl.any_horizontal(pl.col(_TCP_REQUIRED).null_count() > 0)).item()
+        ):
             return None  # a missing or null field: the checked path rejects or defaults it
         self.tie += len(df)
         out = []
@@ -221,9 +224,7 @@ class Columns:
                     pl.col(k).fill_null(_DEFAULTS[k]) if k in _DEFAULTS else pl.col(k)
                     for k in SCHEMAS[kind_name]
                 ]
-            ).with_columns(
-                [pl.col(k).fill_null(0) for k in ("errno", "ready") if k in fields]
-            )
+            ).with_columns([pl.col(k).fill_null(0) for k in ("errno", "ready") if k in fields])
             if order is not None:
                 data = data[order]
             out.append(Batch(kind_name, ts, ties, data))

@@ -30,6 +30,28 @@ def norm_addr(addr: str) -> str:
     return addr[7:] if addr.startswith("::ffff:") else addr
 
 
+# Values every live connection keeps (states, addresses, pids) are one shared
+# object each: a column's to_list() makes a new str or int per row, ~60 bytes
+# per field per connection held. Bounded, as a bomb may use many addresses.
+_SHARED: dict[Any, Any] = {}
+_SHARED_MAX = 1 << 16
+
+
+def shared(values: list[Any]) -> list[Any]:
+    """`values` with each equal value the same object."""
+    if len(_SHARED) > _SHARED_MAX:
+        _SHARED.clear()
+    keep = _SHARED.setdefault
+    return [keep(v, v) for v in values]
+
+
+def shared_addr(addr: str) -> str:
+    a = norm_addr(addr)
+    if len(_SHARED) > _SHARED_MAX:
+        _SHARED.clear()
+    return _SHARED.setdefault(a, a)  # type: ignore[no-any-return]
+
+
 def role_of(old: str, new: str) -> str:
     if new == "LISTEN":
         return "listener"
@@ -184,8 +206,13 @@ class Lives:
         sport = tcp["sport"].fill_null(0).to_numpy()
         dport = tcp["dport"].fill_null(0).to_numpy()
         fam = tcp["family"].fill_null(0).to_list()
-        old_l, new_l, ts_l, pos_l = old.tolist(), new.tolist(), ts.tolist(), pos.tolist()
-        cpu_l = tcp["cpu_pid"].to_list()
+        old_l, new_l, ts_l, pos_l = (
+            shared(old.tolist()),
+            shared(new.tolist()),
+            ts.tolist(),
+            pos.tolist(),
+        )
+        cpu_l = shared(tcp["cpu_pid"].to_list())
         ids_l = ids.tolist()
         prev_ts_l = prev_ts.tolist()
         for i in np.nonzero(start)[0].tolist():
@@ -217,7 +244,7 @@ class Lives:
                 & (ts > end)
             )
             for i in np.nonzero(held)[0].tolist():
-                conns[ids_l[i]].stuck_in = str(prev_new[i])
+                conns[ids_l[i]].stuck_in = shared([str(prev_new[i])])[0]
         _learn_all(conns, ids, sport, dport, tcp, milestones, pos_l)
         # Per life: its first transitions kept, its last one its state.
         order = np.argsort(ids, kind="stable")
@@ -323,20 +350,23 @@ def _learn_all(
     rows = np.nonzero(told)[0]
     learnt, at = np.unique(ids[rows], return_index=True)
     learn_row = dict(zip(learnt.tolist(), rows[at].tolist(), strict=True))
-    saddr = tcp["saddr"].to_list()
-    daddr = tcp["daddr"].to_list()
-    for cid, r in learn_row.items():
+    at_rows = list(learn_row.values())
+    saddr = tcp["saddr"].gather(at_rows).to_list()
+    daddr = tcp["daddr"].gather(at_rows).to_list()
+    for (cid, r), sa, da in zip(learn_row.items(), saddr, daddr, strict=True):
         c = conns[cid]
-        c.learn = _learn(c.role, saddr[r], int(sport[r]), daddr[r], int(dport[r]))
+        c.learn = _learn(c.role, sa, int(sport[r]), da, int(dport[r]))
         milestones.append((pos_l[r], LEARN, c))
     # The destination: only rows up to the one that told the tuple count.
     dest_rows = np.nonzero(wait & (dport != 0))[0]
     if len(dest_rows):
         lives, at = np.unique(ids[dest_rows], return_index=True)
-        for cid, r in zip(lives.tolist(), dest_rows[at].tolist(), strict=True):
+        first = dest_rows[at]
+        dests = tcp["daddr"].gather(first).to_list()
+        for cid, r, da in zip(lives.tolist(), first.tolist(), dests, strict=True):
             c = conns[cid]
             if c.dest is None and r <= learn_row.get(cid, r):
-                c.dest = (norm_addr(str(daddr[r])), int(dport[r]))
+                c.dest = (shared_addr(str(da)), int(dport[r]))
 
 
 def bit_length(v: np.ndarray) -> np.ndarray:
@@ -354,7 +384,7 @@ def bit_length(v: np.ndarray) -> np.ndarray:
 def _learn(role: str, saddr: Any, sport: int, daddr: Any, dport: int) -> Tuple4 | None:
     """The tuple a transition tells (None while the ports are not chosen yet)."""
     if role == "listener":
-        return (norm_addr(str(saddr)), int(sport), "", 0) if sport else None
+        return (shared_addr(str(saddr)), int(sport), "", 0) if sport else None
     if not (sport and dport):
         return None  # SYN_SENT before the ephemeral port is chosen
-    return (norm_addr(str(saddr)), int(sport), norm_addr(str(daddr)), int(dport))
+    return (shared_addr(str(saddr)), int(sport), shared_addr(str(daddr)), int(dport))

@@ -176,3 +176,55 @@ def test_a_recording_with_raw_records_correlates_as_its_dict_twin(tmp_path: Path
     )
     assert conns == got
     assert want["counts"]["outcomes"] == summary["counts"]["outcomes"]
+
+
+def _mixed_body() -> dict[str, object]:
+    tcp = {"type": "tcp_state", "skaddr": 7, "cpu_pid": 5, "cpu_comm": "c", "family": 2}
+    tcp |= {"saddr": "10.0.0.1", "sport": 1, "daddr": "10.0.0.2", "dport": 2}
+    return {
+        "probe": "tcp_state",
+        "events": [
+            tcp | {"ts": 30, "old": "SYN_SENT", "new": "ESTABLISHED"},
+            {"type": "accept", "ts": 25, "pid": 9, "fd": 4, "peer_addr": "10.0.0.1"},
+            tcp | {"ts": 10, "old": "CLOSE", "new": "SYN_SENT", "type": ""},  # the probe's kind
+            {"type": "epoll", "ts": 20, "pid": 9, "tid": 9, "ready": 2, "dur_ns": 7},
+            {"type": "accept", "ts": 5, "pid": 9, "errno": 11},
+            {"type": "nosuch", "ts": 1},
+        ],
+    }
+
+
+def test_a_body_read_at_once_gives_the_batches_of_the_event_by_event_path() -> None:
+    """The fast path (one polars read of the body) against the checked path
+    taken per kind: same kinds in the same order, same times, ties and frames."""
+    body = _mixed_body()
+    assert Columns({})._kernel_fast(body["events"], "tcp_state") is not None  # taken
+    fast = Columns({}).kernel(body)
+    slow_cols = Columns({})
+    by_kind: dict[str, list[tuple[int, dict[str, object]]]] = {}
+    for tie, ev in enumerate(body["events"]):  # type: ignore[arg-type]
+        kind = ev.get("type") or "tcp_state"
+        kind = kind if kind in ("tcp_state", "accept", "epoll") else "unknown"
+        by_kind.setdefault(kind, []).append((tie, ev))
+    slow = [slow_cols._dict_batch(k, items) for k, items in by_kind.items()]
+    assert [b.kind for b in fast] == ["tcp_state", "accept", "epoll", "unknown"]
+    assert [b.kind for b in fast] == [b.kind for b in slow]
+    for f, s in zip(fast, slow, strict=True):
+        assert f.ts.tolist() == s.ts.tolist() and f.tie.tolist() == s.tie.tolist()
+        if f.data is None:
+            assert s.data is None
+        else:
+            assert f.data.schema == s.data.schema
+            assert f.data.to_dicts() == s.data.to_dicts()
+    assert fast[0].ts.tolist() == [10, 30] and fast[0].tie.tolist() == [2, 0]
+    assert fast[1].data["fd"].to_list() == [-1, 4]  # no fd: -1, as the checked path says
+
+
+def test_a_transition_without_its_cpu_pid_is_rejected_as_before() -> None:
+    """A null the fast path cannot tell from a default: the checked path decides."""
+    body = _mixed_body()
+    body["events"][0]["cpu_pid"] = None  # type: ignore[index]
+    n: dict[str, int] = {}
+    batches = Columns(n).kernel(body)
+    assert n["rejected.kernel_event"] == 1
+    assert batches[0].kind == "tcp_state" and batches[0].ts.tolist() == [10]
