@@ -19,6 +19,7 @@ from bus.endpoints import Endpoints, ipc_endpoints, make_run_dir
 from bus.hub import Hub
 
 if TYPE_CHECKING:
+    from actor_harness import Lab
     from probe_kernel_harness import Collector, Worker
 
 REQUIRE = os.environ.get("TCPLAB_REQUIRE_BPF") == "1"
@@ -93,6 +94,17 @@ def hub(endpoints: Endpoints) -> Iterator[Hub]:
     h = Hub(endpoints.events, endpoints.control, heartbeat_s=0.1)
     yield h
     h.close()
+
+
+@pytest.fixture
+def lab(endpoints: Endpoints) -> Iterator[Lab]:
+    """A Hub and the actor processes a test spawns on it (tests/actor_harness.py);
+    every process is stopped and the hub closed after the test."""
+    from actor_harness import Lab
+
+    lab = Lab(Hub(endpoints.events, endpoints.control), endpoints)
+    yield lab
+    lab.close()
 
 
 @pytest.fixture(scope="module")

@@ -7,24 +7,12 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from actor_harness import Lab, is_ready
 
-from bus.endpoints import ipc_endpoints, make_run_dir
-from bus.hub import Hub
 from bus.schema import Kind
 from probes.sockdiag import DiagQuery
-
-
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
-    ep = ipc_endpoints(make_run_dir(str(tmp_path)))
-    lab = Lab(Hub(ep.events, ep.control), ep)
-    yield lab
-    lab.close()
 
 
 def start(lab: Lab, module: str, name: str, *args: str) -> dict[str, object]:

@@ -5,15 +5,11 @@ from __future__ import annotations
 import socket
 import time
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from actor_harness import Lab, is_ready
 from pyroute2 import netns
 
-from bus.endpoints import ipc_endpoints, make_run_dir
-from bus.hub import Hub
 from bus.schema import Kind
 from lab.netns import LabNamespace
 
@@ -21,14 +17,6 @@ pytestmark = [pytest.mark.root, pytest.mark.netns]
 
 # 100 ports, no TIME_WAIT reuse: the 101st connection to one server fails.
 EXHAUST = {"net.ipv4.ip_local_port_range": [40000, 40099], "net.ipv4.tcp_tw_reuse": 0}
-
-
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
-    ep = ipc_endpoints(make_run_dir(str(tmp_path)))
-    lab = Lab(Hub(ep.events, ep.control), ep)
-    yield lab
-    lab.close()
 
 
 def run_bomber(lab: Lab, ns: LabNamespace, *args: str) -> dict[str, object]:

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from actor_harness import Lab, attach, is_ready
 
-from bus.endpoints import Endpoints, ipc_endpoints, make_run_dir
+from bus.endpoints import Endpoints
 from bus.hub import Hub
 from bus.logging import SocketLog
 from bus.schema import Kind
@@ -59,14 +57,6 @@ def test_typed_and_dict_records_arrive_complete_in_order(endpoints: Endpoints, h
     assert "info" == typed[0]["level"]
     times = [r["mono_ns"] for r in got]
     assert times == sorted(times)
-
-
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
-    ep = ipc_endpoints(make_run_dir(str(tmp_path)))
-    lab = Lab(Hub(ep.events, ep.control), ep)
-    yield lab
-    lab.close()
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0"])

@@ -6,23 +6,12 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from actor_harness import Lab, is_ready
 
-from bus.endpoints import ipc_endpoints, make_run_dir
-from bus.hub import Hub
 from bus.schema import Kind
-
-
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
-    ep = ipc_endpoints(make_run_dir(str(tmp_path)))
-    lab = Lab(Hub(ep.events, ep.control), ep)
-    yield lab
-    lab.close()
 
 
 def start_server(lab: Lab, module: str = "server", *args: str) -> int:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +14,6 @@ from actor_harness import Lab, is_ready
 from lab_helpers import tcplab
 
 from actors.lines import errno_in, to_record
-from bus.endpoints import ipc_endpoints, make_run_dir
-from bus.hub import Hub
 from bus.schema import Kind
 from lab.scenario import ScenarioError, load
 
@@ -153,14 +150,6 @@ def test_the_go_bomb_and_multiplex_refuse_targets_outside_the_lab(go_bin: Path) 
 
 
 # -- the relay over a real bus ----------------------------------------------
-
-
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
-    ep = ipc_endpoints(make_run_dir(str(tmp_path)))
-    lab = Lab(Hub(ep.events, ep.control), ep)
-    yield lab
-    lab.close()
 
 
 def ready_report(lab: Lab, name: str) -> dict[str, Any]:

@@ -10,25 +10,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from actor_harness import Lab, is_ready
 
-from bus.endpoints import ipc_endpoints, make_run_dir
-from bus.hub import Hub
 from bus.schema import Kind
 
 HARD_LIMIT = 700
-
-
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
-    ep = ipc_endpoints(make_run_dir(str(tmp_path)))
-    lab = Lab(Hub(ep.events, ep.control), ep)
-    yield lab
-    lab.close()
 
 
 def open_files(pid: int) -> int:
