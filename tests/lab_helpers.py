@@ -3,7 +3,8 @@
 The lab tests drive the installed console script (.venv/bin/tcplab) as a
 user does, read its --json status lines with a deadline, and check that a
 run left nothing behind: its processes, its namespace, its bus directory,
-the BPF programs its probe process loaded.
+the BPF programs its probe process loaded. in_ns() runs a call inside a
+lab namespace.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pyroute2 import netns
 
@@ -27,6 +29,7 @@ from lab.netns import PREFIX
 ROOT = Path(__file__).resolve().parent.parent
 TCPLAB = str(Path(sys.executable).parent / "tcplab")
 SLOW = float(os.environ.get("TCPLAB_TEST_SLOW", "1"))
+T = TypeVar("T")
 
 # A short scenario: a server, 3 clients' connections, two short phases.
 SMALL = """
@@ -218,3 +221,13 @@ def wait_nothing_left(
         if time.monotonic() > deadline:
             return left
         time.sleep(0.1)
+
+
+def in_ns(name: str, fn: Callable[[], T]) -> T:
+    """fn() with this thread in network namespace `name` (sockets it makes
+    belong there), then back where the thread was."""
+    netns.pushns(name)
+    try:
+        return fn()
+    finally:
+        netns.popns()

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from pyroute2 import netns
+from lab_helpers import in_ns
 
 from lab.capture import Capture, CaptureSpec
 from lab.hosts import Hosts, HostSpec
@@ -16,14 +16,6 @@ from lab.link import Link, LinkSpec
 from reports.packets import handshakes, wire_counts
 
 PORT = 8096
-
-
-def in_ns(name: str, fn):  # type: ignore[no-untyped-def]
-    netns.pushns(name)
-    try:
-        return fn()
-    finally:
-        netns.popns()
 
 
 @pytest.mark.root

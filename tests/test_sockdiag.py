@@ -11,7 +11,7 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
-from pyroute2 import netns
+from lab_helpers import in_ns
 
 from lab.hosts import Hosts, HostSpec
 from lab.link import Link, LinkSpec
@@ -39,14 +39,6 @@ def test_port_filter_bytecode_shape() -> None:
     """Two ports: four tests (sport, dport each), three JMPs between them."""
     code = port_filter([80, 443])
     assert len(code) == 4 * 8 + 3 * 4
-
-
-def in_ns(name: str, fn):  # type: ignore[no-untyped-def]
-    netns.pushns(name)
-    try:
-        return fn()
-    finally:
-        netns.popns()
 
 
 def connect(hosts: Hosts, keepalive: bool = False) -> tuple[socket.socket, socket.socket,
