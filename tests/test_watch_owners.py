@@ -108,6 +108,26 @@ class JsonWatch:
         self._take(out + b"\n")
         return self.proc.returncode
 
+    def close(self) -> None:
+        """Kill watch if a failed test left it running (stop() is the clean way out)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
+
+
+def close_five(watch: JsonWatch, port: int) -> None:
+    """Five clients connect, send and close; once watch has printed the leaky
+    server's five EOF reads (it keeps the fds: CLOSE_WAIT), watch is stopped."""
+    for _ in range(5):
+        c = socket.create_connection(("127.0.0.1", port))
+        c.sendall(b"hello")
+        c.close()
+    watch.until(
+        lambda ev: sum(e["type"] == "fdio" and e["what"] == "eof" for e in ev) >= 5,
+        "5 EOF reads by the server",
+    )
+    assert watch.stop() == 0
+
 
 def test_close_wait_of_a_foreign_server_is_owned_by_it(leaky_server: Any) -> None:
     server, port, kind = leaky_server
@@ -131,9 +151,7 @@ def test_close_wait_of_a_foreign_server_is_owned_by_it(leaky_server: Any) -> Non
         watch.until(lambda ev: len(eofs(ev)) >= CLIENTS, f"{CLIENTS} EOF reads by the server")
         assert watch.stop() == 0
     finally:
-        if watch.proc.poll() is None:
-            watch.proc.kill()
-            watch.proc.communicate()
+        watch.close()
     ev = watch.events
     close_wait = [
         e for e in ev
@@ -191,19 +209,9 @@ def test_comm_and_cgroup_keep_only_that_process(leaky_server: Any) -> None:
         (group / "cgroup.procs").write_text(str(server.pid))
         watch = JsonWatch("--comm", "leaky_server", "--cgroup", str(group))
         try:
-            for _ in range(5):
-                c = socket.create_connection(("127.0.0.1", port))
-                c.sendall(b"hi")
-                c.close()
-            watch.until(
-                lambda ev: sum(e["type"] == "fdio" and e["what"] == "eof" for e in ev) >= 5,
-                "5 EOF reads by the server",
-            )
-            assert watch.stop() == 0
+            close_five(watch, port)
         finally:
-            if watch.proc.poll() is None:
-                watch.proc.kill()
-                watch.proc.communicate()
+            watch.close()
         ev = watch.events
         mine = [e for e in ev if e["type"] == "tcp_state" and e["sport"] == port]
         assert sum(e["new"] == "CLOSE_WAIT" for e in mine) == 5
@@ -240,9 +248,7 @@ def test_timewait_counts_come_from_sock_diag() -> None:
         )
         assert watch.stop() == 0
     finally:
-        if watch.proc.poll() is None:
-            watch.proc.kill()
-            watch.proc.communicate()
+        watch.close()
         srv.close()
     counts = [e["count"] for e in watch.events if e["type"] == "timewait"]
     assert counts[0] <= 5 and max(counts) == 5
@@ -295,9 +301,7 @@ def test_pid_filter_follows_the_children() -> None:
         a.close()
         assert watch.stop() == 0
     finally:
-        if watch.proc.poll() is None:
-            watch.proc.kill()
-            watch.proc.communicate()
+        watch.close()
         parent.kill()
         parent.wait()
         srv.close()
@@ -317,19 +321,9 @@ def test_pid_filter_keeps_the_sockets_the_process_owns(leaky_server: Any) -> Non
     server, port, _ = leaky_server
     watch = JsonWatch("-p", str(server.pid), "--stuck", "0")
     try:
-        for _ in range(5):
-            c = socket.create_connection(("127.0.0.1", port))
-            c.sendall(b"hello")
-            c.close()
-        watch.until(
-            lambda ev: sum(e["type"] == "fdio" and e["what"] == "eof" for e in ev) >= 5,
-            "5 EOF reads by the server",
-        )
-        assert watch.stop() == 0
+        close_five(watch, port)
     finally:
-        if watch.proc.poll() is None:
-            watch.proc.kill()
-            watch.proc.communicate()
+        watch.close()
     tcp = [e for e in watch.events if e["type"] == "tcp_state"]
     close_wait = [e for e in tcp if e["new"] == "CLOSE_WAIT" and e["sport"] == port]
     assert len(close_wait) == 5
