@@ -36,6 +36,16 @@ class Lab:
         self.procs[name] = proc
         return proc
 
+    def start(
+        self, module: str, name: str, *args: str, prefix: list[str] | None = None
+    ) -> dict[str, Any]:
+        """Spawn an actor, wait for its READY and command start: the READY body."""
+        self.spawn(module, name, *args, prefix=prefix)
+        ready = self.wait_for(is_ready(name), 20, f"{name} ready")
+        ack = self.hub.command(name, "start")
+        assert ack.body["ok"], ack.body
+        return dict(ready.body)
+
     def pump(self, timeout_ms: int = 100) -> None:
         self.seen.extend(env for _, env in self.hub.poll(timeout_ms))
 

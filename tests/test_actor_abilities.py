@@ -9,17 +9,10 @@ import sys
 import time
 
 import pytest
-from actor_harness import Lab, is_ready
+from actor_harness import Lab
 
 from bus.schema import Kind
 from probes.sockdiag import DiagQuery
-
-
-def start(lab: Lab, module: str, name: str, *args: str) -> dict[str, object]:
-    lab.spawn(module, name, *args)
-    ready = lab.wait_for(is_ready(name), 20, f"{name} ready")
-    assert lab.hub.command(name, "start").body["ok"]
-    return dict(ready.body)
 
 
 def test_bulk_sender_against_a_slow_reader(lab: Lab) -> None:
@@ -27,9 +20,9 @@ def test_bulk_sender_against_a_slow_reader(lab: Lab) -> None:
     (the kernel holds what the application has not read); the client's
     records say what the kernel used (reno, the loopback MSS) and that all
     400000 bytes were acknowledged."""
-    port = int(str(start(lab, "server", "server", "--port", "0", "--read-chunk", "4096",
+    port = int(str(lab.start("server", "server", "--port", "0", "--read-chunk", "4096",
                          "--read-delay", "0.02", "--congestion", "reno")["port"]))
-    start(lab, "client", "client", "--target", f"127.0.0.1:{port}", "--lines", "0",
+    lab.start("client", "client", "--target", f"127.0.0.1:{port}", "--lines", "0",
           "--send-bytes", "400000", "--congestion", "reno")
     backlog = 0
     with DiagQuery() as q:
@@ -53,8 +46,8 @@ def test_bulk_sender_against_a_slow_reader(lab: Lab) -> None:
 
 def test_keepalive_and_congestion_are_set_on_the_socket(lab: Lab) -> None:
     """--keepalive 2,1,5 starts the kernel's keepalive timer on the idle connection."""
-    port = int(str(start(lab, "server", "server", "--port", "0")["port"]))
-    start(lab, "client", "client", "--target", f"127.0.0.1:{port}", "--lines", "1",
+    port = int(str(lab.start("server", "server", "--port", "0")["port"]))
+    lab.start("client", "client", "--target", f"127.0.0.1:{port}", "--lines", "1",
           "--idle", "30", "--keepalive", "2,1,5", "--congestion", "cubic")
     lab.wait_for(lambda e: bool(lab.records("client", "idle")), 20, "client idle")
     with DiagQuery() as q:

@@ -7,7 +7,7 @@ import time
 from collections import Counter
 
 import pytest
-from actor_harness import Lab, is_ready
+from actor_harness import Lab
 from pyroute2 import netns
 
 from bus.schema import Kind
@@ -22,12 +22,8 @@ EXHAUST = {"net.ipv4.ip_local_port_range": [40000, 40099], "net.ipv4.tcp_tw_reus
 def run_bomber(lab: Lab, ns: LabNamespace, *args: str) -> dict[str, object]:
     """Server and bomber inside `ns`; the bomber's final STATS."""
     inside = ["ip", "netns", "exec", ns.name]
-    lab.spawn("server", "server", "--port", "8080", prefix=inside)
-    lab.wait_for(is_ready("server"), 20, "server ready")
-    lab.hub.command("server", "start")
-    lab.spawn("bomber", "bomber", "--target", "127.0.0.1:8080", *args, prefix=inside)
-    lab.wait_for(is_ready("bomber"), 20, "bomber ready")
-    lab.hub.command("bomber", "start")
+    lab.start("server", "server", "--port", "8080", prefix=inside)
+    lab.start("bomber", "bomber", "--target", "127.0.0.1:8080", *args, prefix=inside)
     final = lab.wait_for(
         lambda e: (
             e.kind is Kind.STATS
@@ -122,15 +118,13 @@ def test_observer_agrees_with_ss(lab: Lab, method: str) -> None:
             while ss_counts(ns) != expected and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert expected == ss_counts(ns)
-            lab.spawn(
+            lab.start(
                 "observer",
                 "observer",
                 "--method",
                 method,
                 prefix=["ip", "netns", "exec", ns.name],
             )
-            lab.wait_for(is_ready("observer"), 20, "observer ready")
-            lab.hub.command("observer", "start")
             sample = lab.wait_for(
                 lambda e: e.kind is Kind.STATS and "states" in e.body, 20, "a sample"
             )

@@ -10,7 +10,7 @@ import os
 import time
 
 import pytest
-from actor_harness import Lab, attach, is_ready
+from actor_harness import Lab, attach
 
 from bus.endpoints import Endpoints
 from bus.hub import Hub
@@ -66,12 +66,8 @@ def test_bomber_and_server_records_match_connection_for_connection(lab: Lab, hos
     received, naming the same 4-tuples from both ends (the server reads its
     local end from the listener, or per connection when it listens on any
     address)."""
-    lab.spawn("server", "server", "--port", "0", "--host", host)
-    port = int(lab.wait_for(is_ready("server"), 20, "server ready").body["port"])
-    assert lab.hub.command("server", "start").body["ok"]
-    lab.spawn("bomber", "bomber", "--target", f"127.0.0.1:{port}", "--count", str(COUNT))
-    lab.wait_for(is_ready("bomber"), 20, "bomber ready")
-    lab.hub.command("bomber", "start")
+    port = int(lab.start("server", "server", "--port", "0", "--host", host)["port"])
+    lab.start("bomber", "bomber", "--target", f"127.0.0.1:{port}", "--count", str(COUNT))
     done = lab.wait_for(
         lambda e: e.kind is Kind.STATS and e.sender == "bomber" and bool(e.body.get("done")),
         60,

@@ -16,19 +16,14 @@ from bus.schema import Kind
 
 def start_server(lab: Lab, module: str = "server", *args: str) -> int:
     """Start a server-like actor on a free port; return the port from its READY."""
-    lab.spawn(module, module, "--port", "0", *args)
-    ready = lab.wait_for(is_ready(module), 20, f"{module} ready")
-    assert lab.hub.command(module, "start").body["ok"]
-    return int(ready.body["port"])
+    return int(lab.start(module, module, "--port", "0", *args)["port"])
 
 
 def test_echo_protocol_end_to_end(lab: Lab) -> None:
     """Each line the client sends comes back as 'ECHO: ' + line; both sides log
     every socket action with fd and the 4-tuple, and the two views agree."""
     port = start_server(lab)
-    lab.spawn("client", "client", "--target", f"127.0.0.1:{port}", "--lines", "3", "--repeat", "2")
-    lab.wait_for(is_ready("client"), 20, "client ready")
-    lab.hub.command("client", "start")
+    lab.start("client", "client", "--target", f"127.0.0.1:{port}", "--lines", "3", "--repeat", "2")
     lab.wait_for(
         lambda e: e.kind is Kind.STATS and e.sender == "client" and e.body["sessions"] == 2,
         20,
@@ -61,9 +56,7 @@ def test_leaker_logs_emfile_with_open_fds(lab: Lab) -> None:
     """Under RLIMIT_NOFILE=32 the leaker runs out of fds and logs accept_failed
     with errno EMFILE and its open-fd count, without spinning on the queue."""
     port = start_server(lab, "leaker", "--nofile", "32")
-    lab.spawn("bomber", "bomber", "--target", f"127.0.0.1:{port}", "--count", "60")
-    lab.wait_for(is_ready("bomber"), 20, "bomber ready")
-    lab.hub.command("bomber", "start")
+    lab.start("bomber", "bomber", "--target", f"127.0.0.1:{port}", "--count", "60")
     failed = lab.wait_for(
         lambda e: bool(lab.records("leaker", "accept_failed")), 20, "accept_failed"
     )
@@ -99,9 +92,7 @@ def test_actor_stops_when_orchestrator_vanishes(lab: Lab) -> None:
 def test_sigkilled_actor_is_detected(lab: Lab) -> None:
     """An actor killed with SIGKILL mid-run shows up in hub.silent()."""
     port = start_server(lab)
-    lab.spawn("bomber", "bomber", "--target", f"127.0.0.1:{port}", "--rate", "200")
-    lab.wait_for(is_ready("bomber"), 20, "bomber ready")
-    lab.hub.command("bomber", "start")
+    lab.start("bomber", "bomber", "--target", f"127.0.0.1:{port}", "--rate", "200")
     lab.wait_for(lambda e: bool(lab.records("bomber", "connect")), 20, "bomber running")
     lab.procs["bomber"].send_signal(signal.SIGKILL)
     lab.wait_for(lambda e: "bomber" in lab.hub.silent(1.0), 20, "bomber silent")
@@ -145,9 +136,7 @@ def test_observer_counts_open_fds_of_pids(lab: Lab) -> None:
     """fds: {pid: n} matches /proc/<pid>/fd for a process holding a known set."""
     holder = subprocess.Popen(["sleep", "60"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
-        lab.spawn("observer", "observer", "--pids", str(holder.pid))
-        lab.wait_for(is_ready("observer"), 20, "observer ready")
-        lab.hub.command("observer", "start")
+        lab.start("observer", "observer", "--pids", str(holder.pid))
         sample = lab.wait_for(lambda e: e.kind is Kind.STATS and "fds" in e.body, 20, "a sample")
         expected = len(list(Path(f"/proc/{holder.pid}/fd").iterdir()))
         assert {holder.pid: expected} == sample.body["fds"]
@@ -164,9 +153,7 @@ def test_multiplexer_holds_ten_thousand_connections(lab: Lab) -> None:
     Threads: the loop is one; ZeroMQ adds its I/O thread and its reaper.
     """
     port = start_server(lab)
-    lab.spawn("multiplexer", "multiplexer", "--target", f"127.0.0.1:{port}")
-    lab.wait_for(is_ready("multiplexer"), 20, "multiplexer ready")
-    lab.hub.command("multiplexer", "start")
+    lab.start("multiplexer", "multiplexer", "--target", f"127.0.0.1:{port}")
     full = lab.wait_for(
         lambda e: (
             e.kind is Kind.STATS
@@ -187,8 +174,6 @@ def test_multiplexer_holds_ten_thousand_connections(lab: Lab) -> None:
 def test_observer_serves_commands_when_samples_overrun(lab: Lab) -> None:
     """A sample that takes longer than the interval (here every one: 1 us)
     must not starve the command loop: `stop` is still acknowledged."""
-    lab.spawn("observer", "observer", "--interval", "0.000001")
-    lab.wait_for(is_ready("observer"), 20, "observer ready")
-    lab.hub.command("observer", "start")
+    lab.start("observer", "observer", "--interval", "0.000001")
     lab.wait_for(lambda e: e.kind is Kind.STATS and "fds" in e.body, 20, "a sample")
     assert 0 == lab.stop("observer")

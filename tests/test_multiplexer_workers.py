@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from actor_harness import Lab, is_ready
+from actor_harness import Lab
 
 from bus.schema import Kind
 
@@ -30,15 +30,12 @@ def test_connections_beyond_the_open_file_limit_go_to_worker_processes(lab: Lab)
     multiplexer holds what fits and worker processes hold the rest, each
     under the limit; the total counts them all and every worker is gone
     after stop."""
-    lab.spawn("server", "server", "--port", "0")
-    ready = lab.wait_for(is_ready("server"), 20, "server ready")
-    assert lab.hub.command("server", "start").body["ok"]
-    target = f"127.0.0.1:{ready.body['port']}"
+    ready = lab.start("server", "server", "--port", "0")
+    target = f"127.0.0.1:{ready['port']}"
     prefix = ["prlimit", f"--nofile={HARD_LIMIT}:{HARD_LIMIT}", "--"]
     args = ("--target", target, "--connections", "1500", "--interval", "0.5")
-    mux = lab.spawn("multiplexer", "multiplexer", *args, prefix=prefix)
-    lab.wait_for(is_ready("multiplexer"), 20, "multiplexer ready")
-    assert lab.hub.command("multiplexer", "start").body["ok"]
+    lab.start("multiplexer", "multiplexer", *args, prefix=prefix)
+    mux = lab.procs["multiplexer"]
     full = lab.wait_for(
         lambda e: (
             e.kind is Kind.STATS
