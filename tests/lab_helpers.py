@@ -28,6 +28,8 @@ from lab.netns import PREFIX
 
 ROOT = Path(__file__).resolve().parent.parent
 TCPLAB = str(Path(sys.executable).parent / "tcplab")
+# Under software emulation (the 6.1 VM of `make test-kernels`, scripts/kernels/guest.sh)
+# everything runs about 10x slower, BPF compilation most: guest.sh sets the factor.
 SLOW = float(os.environ.get("TCPLAB_TEST_SLOW", "1"))
 T = TypeVar("T")
 

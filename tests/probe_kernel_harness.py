@@ -14,7 +14,6 @@ inet_sk_set_state/inet_sk_state_store). A test helper, not part of the product.
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -23,16 +22,12 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from lab_helpers import SLOW
 
 from bus.rawbatch import make_body
 from bus.rawconvert import batch_events
 from probes.loader import Filters, ProbeSet
 from probes.plan import make_plan
-
-# Under software emulation (the 6.1 VM of `make test-kernels`, scripts/kernels/guest.sh)
-# everything runs about 10x slower, BPF compilation most: guest.sh sets the factor.
-SLOW = float(os.environ.get("TCPLAB_TEST_SLOW", "1"))
-
 
 DEADLINE_S = 10.0 * SLOW
 

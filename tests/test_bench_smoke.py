@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from lab_helpers import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 ROWS = [
     "conn_rate",
     "conn_rate_cpu",

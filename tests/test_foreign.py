@@ -11,13 +11,12 @@ from typing import Any
 
 import pytest
 from actor_harness import Lab, is_ready
-from lab_helpers import tcplab
+from lab_helpers import ROOT, tcplab
 
 from actors.lines import errno_in, to_record
 from bus.schema import Kind
 from lab.scenario import ScenarioError, load
 
-ROOT = Path(__file__).resolve().parent.parent
 GO_BIN = ROOT / "examples" / "go" / "bin"
 
 

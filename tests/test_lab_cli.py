@@ -10,12 +10,10 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from lab_helpers import TCPLAB, small_scenario, tcplab
+from lab_helpers import ROOT, TCPLAB, small_scenario, tcplab
 from pyroute2 import netns
 
 from lab.netns import PREFIX
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def one_line(text: str) -> str:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from lab_helpers import ROOT
 from rich.console import Console
 
 from bus.schema import Envelope, Kind
@@ -14,8 +15,6 @@ from lab.live import LiveView
 from lab.run import LabRun, RunOptions
 from lab.scenario import find
 from lab.tally import Tally
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def stats(sender: str, body: dict[str, object], seq: int = 1) -> Envelope:

@@ -10,14 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from lab_helpers import ROOT
 from pyroute2 import IPRoute, netns
 
 from lab.hosts import Hosts, HostSpec
 from lab.link import IFNAME, Link, LinkSpec
 from lab.netns import PREFIX, clean_stale
 from lab.scenario import ScenarioError, load
-
-ROOT = Path(__file__).resolve().parent.parent
 
 BASE = """
 name = "t"

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from lab_helpers import SLOW
 
 from bus.rawbatch import make_body
 from bus.rawconvert import batch_events
@@ -22,7 +23,6 @@ from probes.loader import Filters, ProbeSet
 from probes.plan import make_plan
 
 pytestmark = [pytest.mark.root, pytest.mark.bpf]
-SLOW = float(os.environ.get("TCPLAB_TEST_SLOW", "1"))
 DEADLINE_S = 20.0 * SLOW
 BULK = 4 << 20
 

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from lab_helpers import SLOW
 
 from bus.rawbatch import make_body
 from bus.rawconvert import batch_events
@@ -28,10 +29,6 @@ from probes.ring import RingReader
 # The ring buffer header's flag bits (include/uapi/linux/bpf.h).
 BPF_RINGBUF_BUSY_BIT = 1 << 31
 BPF_RINGBUF_DISCARD_BIT = 1 << 30
-
-# Under software emulation (the 6.1 VM of `make test-kernels`, scripts/kernels/guest.sh)
-# everything runs about 10x slower, BPF compilation most: guest.sh sets the factor.
-SLOW = float(os.environ.get("TCPLAB_TEST_SLOW", "1"))
 
 
 @pytest.mark.root  # tracefs is readable by root only

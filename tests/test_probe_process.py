@@ -4,7 +4,6 @@ real ZeroMQ over ipc://, real eBPF in the child."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lab_helpers import SLOW
 
 from bus.endpoints import Endpoints
 from bus.hub import Hub
@@ -24,9 +24,6 @@ from bus.transport import Channel
 
 pytestmark = [pytest.mark.root, pytest.mark.bpf]
 
-# Under software emulation (the 6.1 VM of `make test-kernels`, scripts/kernels/guest.sh)
-# everything runs about 10x slower, BPF compilation most: guest.sh sets the factor.
-SLOW = float(os.environ.get("TCPLAB_TEST_SLOW", "1"))
 # Compiling three programs takes a few seconds on 2 cores here, minutes emulated.
 DEADLINE_S = 30.0 * SLOW
 OUR_PROGRAMS = ("tp_", "kp_")

@@ -7,18 +7,17 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
+from lab_helpers import TCPLAB
 from synthetic import Actor, Lab, RecordingWriter, write_run_json
 
 from correlator.errors import NoRecordingError
 from reports import build_reports
 
-TCPLAB = str(Path(sys.executable).with_name("tcplab"))
 T0 = 5_000_000_000
 MS = 1_000_000
 SERVER, CLIENT, LEAKER = Actor("server", 100), Actor("client", 200), Actor("leaker", 300)

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from lab_helpers import ROOT, TCPLAB
 
 from lab.hostlab import HostLab
 from lab.hosts import Hosts, HostSpec
@@ -20,9 +21,7 @@ from lab.shaping import Shape, ShapingError, check_supported, support
 
 pytestmark = [pytest.mark.root, pytest.mark.netns]
 
-ROOT = Path(__file__).resolve().parent.parent
 # The console script beside this interpreter: .venv here, /opt/tcplab-venv in the kernel VM.
-TCPLAB = str(Path(sys.executable).with_name("tcplab"))
 PORT = 8098
 
 SINK = f"""

@@ -24,11 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lab_helpers import ROOT, SLOW, TCPLAB
 
 from probes import selectors
 
-TCPLAB = str(Path(sys.executable).with_name("tcplab"))
-SLOW = float(os.environ.get("TCPLAB_TEST_SLOW", "1"))
 DEADLINE_S = 60.0 * SLOW
 CLIENTS = 50
 SOURCE = Path(__file__).parent / "data" / "leaky_server.c"
@@ -36,7 +35,6 @@ SOURCE = Path(__file__).parent / "data" / "leaky_server.c"
 pytestmark = [pytest.mark.root, pytest.mark.bpf]
 
 
-ROOT = Path(__file__).resolve().parent.parent
 GO_SERVER = ROOT / "examples" / "go" / "bin" / "server"
 # What each server's client sends before it closes, and the server's name.
 # The Go server echoes each line: its client waits for the echo, so that
