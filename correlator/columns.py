@@ -63,12 +63,6 @@ EPOLL_SCHEMA: dict[str, Any] = {
 # connect's owners are not joined here yet.
 NOT_ORDERED = ("connect", "fdio")
 SCHEMAS = {"tcp_state": TCP_SCHEMA, "accept": ACCEPT_SCHEMA, "epoll": EPOLL_SCHEMA}
-# Every kind's fields at once, for a body read in one go.
-_UNION: dict[str, Any] = {"type": pl.String}
-for _schema in SCHEMAS.values():
-    _UNION.update({k: t for k, t in _schema.items() if k != "tie"})
-# What a transition cannot do without (the checked path rejects or defaults it).
-_TCP_REQUIRED = ["skaddr", "old", "new", "cpu_pid"]
 # Dict fields whose absence means this value (the probes always send them).
 _DEFAULTS = {"cpu_pid": -1, "pid": -1, "fd": -1}
 
@@ -164,9 +158,6 @@ class Columns:
         """A KERNEL body (a list of event dicts): one Batch per event type."""
         self._count("envelopes.kernel")
         default = str(body.get("probe", ""))
-        fast = self._kernel_fast(body["events"], default)
-        if fast is not None:
-            return fast
         by_kind: dict[str, list[tuple[int, dict[str, Any]]]] = {}
         for it in body["events"]:
             ts = it.get("ts") if isinstance(it, dict) else None
@@ -177,58 +168,6 @@ class Columns:
             by_kind.setdefault(kind if kind in SCHEMAS else "unknown", []).append((self.tie, it))
             self.tie += 1
         return [self._dict_batch(kind, items) for kind, items in by_kind.items()]
-
-    def _kernel_fast(self, evs: Any, default: str) -> list[Batch] | None:
-        """The whole body read by polars at once (in Rust), when every event
-        has the probes' own shape; None sends it to the checked path."""
-        if not isinstance(evs, list) or not evs:
-            return None
-        try:
-            if not all(type(e["ts"]) is int for e in evs):
-                return None
-            df = pl.from_dicts(evs, schema=_UNION)
-        except (KeyError, TypeError, ValueError, OverflowError, pl.exceptions.PolarsError):
-            return None
-        kind = (
-            pl.when(pl.col("type").is_null() | (pl.col("type") == ""))
-            .then(pl.lit(default))
-            .otherwise(pl.col("type"))
-        )
-        df = df.with_columns(
-            type=pl.when(kind.is_in(list(SCHEMAS))).then(kind).otherwise(pl.lit("unknown")),
-            tie=pl.int_range(self.tie, self.tie + len(df), dtype=pl.Int64),
-        )
-        tcp = df.filter(pl.col("type") == "tcp_state")
-        if (
-            len(tcp)
-            and tcp.select(pl.any_horizontal(pl.col(_TCP_REQUIRED).null_count() > 0)).item()
-        ):
-            return None  # a missing or null field: the checked path rejects or defaults it
-        self.tie += len(df)
-        out = []
-        for kind_name in df["type"].unique(maintain_order=True).to_list():
-            part = df.filter(pl.col("type") == kind_name)
-            ts = part["ts"].to_numpy()
-            ties = part["tie"].to_numpy()
-            order = np.argsort(ts, kind="stable") if len(ts) > 1 else None
-            if order is not None and bool(np.all(order[1:] > order[:-1])):
-                order = None
-            if order is not None:
-                ts, ties = ts[order], ties[order]
-            if kind_name == "unknown":
-                out.append(Batch(kind_name, ts, ties, None))
-                continue
-            fields = _FIELDS[kind_name]
-            data = part.select(
-                [
-                    pl.col(k).fill_null(_DEFAULTS[k]) if k in _DEFAULTS else pl.col(k)
-                    for k in SCHEMAS[kind_name]
-                ]
-            ).with_columns([pl.col(k).fill_null(0) for k in ("errno", "ready") if k in fields])
-            if order is not None:
-                data = data[order]
-            out.append(Batch(kind_name, ts, ties, data))
-        return out
 
     def _dict_batch(self, kind: str, items: list[tuple[int, dict[str, Any]]]) -> Batch:
         evs = [e for _, e in items]
