@@ -111,9 +111,15 @@ class Barrier:
                 "application) and was never closed — the local application's bug."
             )
         by_actor, io_sentences = self._io_by_actor(run_dir)
-        counts = {"barrier": {"fdio_events": self.events, "close_wait_eof_read": eof,
-                              "close_wait_never_closed": never,
-                              "close_wait_eof_never_closed": both, "by_actor": by_actor}}
+        counts = {
+            "barrier": {
+                "fdio_events": self.events,
+                "close_wait_eof_read": eof,
+                "close_wait_never_closed": never,
+                "close_wait_eof_never_closed": both,
+                "by_actor": by_actor,
+            }
+        }
         return counts, sentences + io_sentences
 
     def _io_by_actor(self, run_dir: Path) -> tuple[dict[str, dict[str, int]], list[str]]:
@@ -123,14 +129,23 @@ class Barrier:
             meta = json.loads((run_dir / "run.json").read_text())
         except (OSError, ValueError):
             meta = {}
-        names = {int(a["pid"]): n for n, a in (meta.get("actors") or {}).items()
-                 if isinstance(a, dict) and isinstance(a.get("pid"), int)}
-        names |= {int(p): n.split(" (child")[0] for n, p in (meta.get("programs") or {}).items()
-                  if isinstance(p, int)}
+        names = {
+            int(a["pid"]): n
+            for n, a in (meta.get("actors") or {}).items()
+            if isinstance(a, dict) and isinstance(a.get("pid"), int)
+        }
+        names |= {
+            int(p): n.split(" (child")[0]
+            for n, p in (meta.get("programs") or {}).items()
+            if isinstance(p, int)
+        }
         # The pid a sentence names: the actor's own, or its program's (not a child's).
         pids = {n: p for p, n in names.items()}
-        pids |= {n: int(p) for n, p in (meta.get("programs") or {}).items()
-                 if isinstance(p, int) and " (child" not in n}
+        pids |= {
+            n: int(p)
+            for n, p in (meta.get("programs") or {}).items()
+            if isinstance(p, int) and " (child" not in n
+        }
         out: dict[str, dict[str, int]] = {}
         for (pid, _fd, _opened), counters in self.io.items():
             if pid not in names:
@@ -142,7 +157,8 @@ class Barrier:
         sentences = [
             f"The syscall barrier: {actor} pid {pids[actor]}'s {a['fds']} socket fds made "
             f"{a['reads']} reads, {_eagain(a['eagain_reads'])}, and {a['writes']} writes."
-            for actor, a in sorted(out.items()) if a["reads"]
+            for actor, a in sorted(out.items())
+            if a["reads"]
         ]
         return out, sentences
 
@@ -150,5 +166,7 @@ class Barrier:
 def _eagain(n: int) -> str:
     if not n:
         return "none of them EAGAIN (it read only what epoll_wait said was ready)"
-    return (f"{n} of them EAGAIN (nothing to read yet: non-blocking I/O, the reader "
-            "went back to epoll_wait)")
+    return (
+        f"{n} of them EAGAIN (nothing to read yet: non-blocking I/O, the reader "
+        "went back to epoll_wait)"
+    )

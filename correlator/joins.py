@@ -169,7 +169,7 @@ class Joins:
                 conn.owner_fd = fd
         after = (conn.owner_actor, conn.owner_pid, conn.owner_fd, conn.owner_via)
         if after != before:
-            conn.owner_hist.append((pos, after))
+            conn.owner_hist.append((pos, *after))
 
     def accept(self, pos: int, ts: int, pid: int, fd: int, err: int, peer: Any, port: Any) -> None:
         self._count("kernel.accept")
@@ -268,9 +268,15 @@ class Joins:
         error: str | None,
     ) -> None:
         actor = rec.get("actor") if isinstance(rec.get("actor"), str) else None
-        conn.action_counts[event] = conn.action_counts.get(event, 0) + 1
-        if len(conn.actions) < MAX_ACTIONS:
+        if conn.actions is None:
+            conn.actions = [(ts, event)]
+        elif len(conn.actions) < MAX_ACTIONS:
             conn.actions.append((ts, event))
+        else:
+            past = conn.actions_past
+            if past is None:
+                past = conn.actions_past = {}
+            past[event] = past.get(event, 0) + 1
         if event in _SOCKET_ACTIONS or conn.owner_pid is None:
             self.set_owner(conn, pos, actor, pid, fd, f"app:{event}")
         if event == "accept":

@@ -22,7 +22,6 @@ MAX_TRANSITIONS = 24
 _OPENERS = ["CLOSE", "LISTEN"]
 
 Tuple4 = tuple[str, int, str, int]
-Owner = tuple[str | None, int | None, int | None, str | None]
 
 
 def norm_addr(addr: str) -> str:
@@ -95,13 +94,17 @@ class Conn:
     owner_pid: int | None = None
     owner_fd: int | None = None
     owner_via: str | None = None
-    # (position, (actor, pid, fd, via)) each time the owner changed.
-    owner_hist: list[tuple[int, Owner]] = field(default_factory=list)
+    # (position, actor, pid, fd, via) each time the owner changed.
+    owner_hist: list[tuple[int, str | None, int | None, int | None, str | None]] = field(
+        default_factory=list
+    )
     accepted: bool = False
     app_closed: bool = False
     error: str | None = None
-    actions: list[tuple[int, str]] = field(default_factory=list)
-    action_counts: dict[str, int] = field(default_factory=dict)
+    # The first MAX_ACTIONS app actions (ts, event), and the counts of those
+    # past them: a held connection keeps no dict of counts until it needs one.
+    actions: list[tuple[int, str]] | None = None
+    actions_past: dict[str, int] | None = None
     outcome: str | None = None
     # An orphaned active closer leaves FIN_WAIT2 for a timewait socket at once,
     # invisible to the tracepoint. Whether that socket then sat in FIN_WAIT2
@@ -120,6 +123,15 @@ class Conn:
                 break
             st = t[2]
         return st
+
+    def action_counts(self) -> dict[str, int]:
+        """Each app action's count, in the order each first happened."""
+        counts: dict[str, int] = {}
+        for _, event in self.actions or ():
+            counts[event] = counts.get(event, 0) + 1
+        for event, k in (self.actions_past or {}).items():
+            counts[event] = counts.get(event, 0) + k
+        return counts
 
     def ended_before(self, pos: int) -> bool:
         return self.close_pos is not None and self.close_pos < pos
@@ -171,15 +183,16 @@ class Lives:
         prev_ts = np.where(has_prev, ts[prev_idx], 0).astype(np.int64)
         first_rows = np.nonzero(~has_prev)[0]
         carried: dict[int, Conn] = {}
-        for i in first_rows.tolist():
-            c = carry.get(int(sk[i]))
+        none_prev = ~has_prev
+        for i, s in zip(first_rows.tolist(), sk[first_rows].tolist(), strict=True):
+            c = carry.get(s)
             if c is not None:
                 carried[i] = c
                 prev_new[i] = c.state
                 prev_ts[i] = c.state_ns
+                none_prev[i] = False
         is_opener = np.isin(old, _OPENERS)
-        none_prev = np.array([p is None for p in prev_new], dtype=bool)
-        prev_close = np.array([p == "CLOSE" for p in prev_new], dtype=bool)
+        prev_close = prev_new == "CLOSE"
         differs = (old != prev_new) & ~none_prev & ~prev_close
         lost = differs & is_opener
         start = none_prev | prev_close | lost

@@ -142,8 +142,8 @@ def lifecycle_row(
         "accepted": conn.accepted,
         "app_closed": conn.app_closed,
         "error": conn.error,
-        "app": dict(conn.action_counts),
+        "app": conn.action_counts(),
         # The first app actions in order, [ts_ns, event] (capped).
-        "actions": [list(a) for a in conn.actions],
+        "actions": [list(a) for a in conn.actions or ()],
         "phase": phase,
     }

@@ -325,7 +325,7 @@ class Rows:
         }
         conns = self.conns
         for cid in ids:
-            for hp, (actor, pid, fd, via) in conns[cid].owner_hist:
+            for hp, actor, pid, fd, via in conns[cid].owner_hist:
                 cols["conn"].append(cid)
                 cols["hp"].append(hp)
                 cols["o_actor"].append(actor)
