@@ -17,13 +17,12 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Any, NotRequired, TextIO, get_args, get_origin, get_type_hints
+from typing import Any, TextIO
 
-import msgspec
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from bus.records import AppRecord
+from bus.records import SocketRecord
 from bus.transport import EventSender
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
@@ -72,28 +71,6 @@ def plain_values(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
 def _all_plain(value: list[Any] | dict[Any, Any]) -> bool:
     items = value.values() if isinstance(value, dict) else value
     return all(isinstance(v, _PLAIN) for v in items)
-
-
-def _typed(record: Any) -> type[msgspec.Struct]:
-    """A TypedDict of bus.records as a msgspec Struct with the same fields in
-    the same order: required ones first, the NotRequired ones left out of
-    the frame unless given. It encodes to the very map the dict would be, so
-    the bus validates it against the one definition, `record` itself."""
-    # From the hints, not __required_keys__: Python 3.11 counts every key as
-    # required when the annotations are strings (from __future__ import annotations).
-    hints = get_type_hints(record, include_extras=True)
-    required = [(k, t) for k, t in hints.items() if get_origin(t) is not NotRequired]
-    optional = [
-        (k, get_args(t)[0] | msgspec.UnsetType, msgspec.UNSET)
-        for k, t in hints.items()
-        if get_origin(t) is NotRequired
-    ]
-    return msgspec.defstruct(f"Typed{record.__name__}", [*required, *optional], omit_defaults=True)
-
-
-# An AppRecord built positionally: event, actor, pid, mono_ns, wall, level,
-# fd, laddr, lport, raddr, rport.
-SocketRecord = _typed(AppRecord)
 
 
 class ShipToBus:

@@ -18,9 +18,18 @@ host-order ints, times CLOCK_MONOTONIC nanoseconds.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, NotRequired, TypedDict
+from typing import (
+    Annotated,
+    Any,
+    Literal,
+    NotRequired,
+    TypedDict,
+    get_args,
+    get_origin,
+    get_type_hints,
+)
 
-from msgspec import UNSET, Meta, Raw, Struct, UnsetType
+from msgspec import UNSET, Meta, Raw, Struct, UnsetType, defstruct
 
 # Counts, pids, fds, ports, times: a negative one is a bug or an attack.
 Count = Annotated[int, Meta(ge=0)]
@@ -50,6 +59,30 @@ class AppRecord(TypedDict):
     errno: NotRequired[Count]
     error: NotRequired[str]  # errno name, e.g. "EADDRNOTAVAIL", "EMFILE"
     open_fds: NotRequired[Count]
+
+
+def typed(record: Any) -> type[Struct]:
+    """A TypedDict of bus.records as a msgspec Struct with the same fields in
+    the same order: required ones first, the NotRequired ones left out of
+    the frame unless given. It encodes to the very map the dict would be, so
+    the bus validates it against the one definition, `record` itself."""
+    # From the hints, not __required_keys__: Python 3.11 counts every key as
+    # required when the annotations are strings (from __future__ import annotations).
+    hints = get_type_hints(record, include_extras=True)
+    required = [(k, t) for k, t in hints.items() if get_origin(t) is not NotRequired]
+    optional = [
+        (k, get_args(t)[0] | UnsetType, UNSET)
+        for k, t in hints.items()
+        if get_origin(t) is NotRequired
+    ]
+    return defstruct(f"Typed{record.__name__}", [*required, *optional], omit_defaults=True)
+
+
+# AppRecord as a Struct: actors build socket records with it positionally
+# (event, actor, pid, mono_ns, wall, level, fd, laddr, lport, raddr, rport:
+# bus/logging.py SocketLog.conn), and bus/schema.py checks every LOG record
+# against it.
+SocketRecord = typed(AppRecord)
 
 
 class TcpStateEvent(TypedDict):

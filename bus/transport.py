@@ -112,7 +112,7 @@ class EventSender:
 
     def log(self, record: Any, mono_ns: int = 0) -> None:
         """Queue one record for the next LOG batch (an AppRecord dict, or the
-        same record typed: bus.logging.SocketRecord); `mono_ns` is its time,
+        same record typed: bus.records.SocketRecord); `mono_ns` is its time,
         which ships the batch once it is due."""
         batch = self._batch
         if not batch:
