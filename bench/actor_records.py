@@ -28,7 +28,7 @@ from bus.schema import Kind
 def one_run(count: int) -> dict[str, float]:
     """CPU µs per connection by process, and the LOG records received."""
     ep = ipc_endpoints(make_run_dir())
-    hub = Hub(ep.events, ep.control)
+    hub = Hub(ep.events, ep.control, typed_log=True)  # as lab/run.py's
     procs: dict[str, subprocess.Popen[bytes]] = {}
     records = 0
 

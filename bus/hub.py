@@ -57,7 +57,8 @@ class Hub:
     `poll()` returns accepted envelopes (heartbeats excepted) with their
     channel; `wait_ready()` and `command()` keep everything they receive for
     the next `poll()`, so nothing is lost while waiting. `record`, if given,
-    is called with every accepted raw frame, heartbeats included.
+    is called with every accepted raw frame, heartbeats included. With
+    `typed_log`, LOG records come out typed (bus.schema.decode says how).
     """
 
     def __init__(
@@ -66,11 +67,12 @@ class Hub:
         control: str,
         *,
         record: Recorder | None = None,
+        typed_log: bool = False,
         heartbeat_s: float = HEARTBEAT_S,
         sender: str = "orchestrator",
         context: zmq.Context[Any] | None = None,
     ) -> None:
-        self.events_ledger = BusLedger()
+        self.events_ledger = BusLedger(typed_log=typed_log)
         self.control_ledger = BusLedger()
         self.actors: dict[str, ActorState] = {}
         # Kept after forget(): a reaped actor's last frames may still be queued.

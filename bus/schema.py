@@ -79,10 +79,10 @@ _ENVELOPE = msgspec.msgpack.Decoder(tuple[Any, Any, Any, Any, Any, msgspec.Raw])
 # What a decoded body is checked against: its kind's definition; a LOG
 # batch's records as SocketRecord, the same fields as a Struct, which
 # msgspec checks in about 2/3 of the time it takes for the TypedDict.
-_CHECK: dict[Kind, Any] = {
-    **BODIES,
-    Kind.LOG: msgspec.defstruct("LogCheck", [("records", list[SocketRecord])]),  # type: ignore[valid-type]
-}
+_LOG_TYPED = msgspec.msgpack.Decoder(
+    msgspec.defstruct("LogTyped", [("records", list[SocketRecord])])  # type: ignore[valid-type]
+)
+_CHECK: dict[Kind, Any] = {**BODIES, Kind.LOG: _LOG_TYPED.type}
 _KERNEL_BATCH = msgspec.msgpack.Decoder(KernelBody)
 _KERNEL_RAW_BATCH = msgspec.msgpack.Decoder(KernelRawBody)
 _KERNEL_EVENTS = {
@@ -121,8 +121,14 @@ def encode(env: Envelope) -> bytes:
     return _ENCODER.encode([VERSION, env.kind.value, sender, env.seq, env.mono_ns, env.body])
 
 
-def decode(frame: bytes) -> Envelope:
-    """Decode and validate one frame; raise FrameError, never anything else."""
+def decode(frame: bytes, *, typed_log: bool = False) -> Envelope:
+    """Decode and validate one frame; raise FrameError, never anything else.
+
+    `typed_log`: a LOG batch's records come out as SocketRecord Structs
+    (the fields AppRecord names; any other key is left out), checked and
+    decoded in one pass, about half the cost of dicts: for a receiver that
+    counts or forwards the records and never reads them whole (the
+    orchestrator's live loop; its recording keeps the frames as they came)."""
     if len(frame) > MAX_FRAME_BYTES:
         raise FrameError("oversized", f"{len(frame)} bytes > {MAX_FRAME_BYTES}")
     try:
@@ -151,7 +157,16 @@ def decode(frame: bytes) -> Envelope:
         raise FrameError("malformed", "seq is not a non-negative integer")
     if type(mono_ns) is not int or mono_ns < 0:
         raise FrameError("malformed", "mono_ns is not a non-negative integer")
-    return Envelope(k, sender, seq, mono_ns, _body(k, raw), session)
+    if typed_log and k is Kind.LOG:
+        try:
+            body: dict[str, Any] = {"records": _LOG_TYPED.decode(raw).records}  # type: ignore[attr-defined]
+        except msgspec.ValidationError as e:
+            raise FrameError("bad_body", f"{k} body: {e}") from None
+        except Exception as e:  # bad UTF-8 deep in a body, or a recursion bomb
+            raise FrameError("malformed", f"{k} body: {type(e).__name__}: {e}") from None
+    else:
+        body = _body(k, raw)
+    return Envelope(k, sender, seq, mono_ns, body, session)
 
 
 def _body(kind: Kind, raw: msgspec.Raw) -> dict[str, Any]:
@@ -233,6 +248,7 @@ class BusLedger:
     """
 
     keep: int = 20
+    typed_log: bool = False  # decode(typed_log=): LOG records as Structs
     frames: int = 0
     accepted: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
@@ -253,7 +269,7 @@ class BusLedger:
         still refuse it: see `reject`); None after recording why not."""
         self.frames += 1
         try:
-            return decode(frame)
+            return decode(frame, typed_log=self.typed_log)
         except FrameError as e:
             self._count(e.reason, e.detail, frame)
             return None

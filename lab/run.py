@@ -119,7 +119,11 @@ class LabRun:
             self.bus_dir = make_run_dir()
             self.endpoints = ipc_endpoints(self.bus_dir)
             self._recorder = Recorder(self.run_dir)
-            self._hub = Hub(self.endpoints.events, self.endpoints.control, record=self._record)
+            # The live loop only counts the actors' records (the recording keeps
+            # them whole): typed, the hub checks and decodes each in one pass.
+            self._hub = Hub(
+                self.endpoints.events, self.endpoints.control, record=self._record, typed_log=True
+            )
             self.ns.create()
             if self.hostlab is not None:
                 self.hostlab.create(self.run_dir, parent=self.ns)

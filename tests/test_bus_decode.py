@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import msgpack
+import msgspec
 import pytest
 
 from bus.schema import FrameError, Kind, decode
@@ -57,8 +58,25 @@ def test_a_log_batch_comes_out_whole_with_keys_the_definition_does_not_name() ->
         ("connect", "records[1]"),
     ],
 )
-def test_a_record_that_does_not_fit_refuses_the_batch_as_bad_body(bad: Any, where: str) -> None:
+@pytest.mark.parametrize("typed_log", [False, True])
+def test_a_record_that_does_not_fit_refuses_the_batch_as_bad_body(
+    bad: Any, where: str, typed_log: bool
+) -> None:
     with pytest.raises(FrameError) as e:
-        decode(log_frame([record(), bad]))
+        decode(log_frame([record(), bad]), typed_log=typed_log)
     assert "bad_body" == e.value.reason
     assert where in e.value.detail
+
+
+def test_typed_log_records_carry_the_fields_apprecord_names_and_drop_the_rest() -> None:
+    """What the orchestrator's live loop gets (lab/run.py): every record,
+    counted and checked, its AppRecord fields as sent; other keys left out."""
+    recs = [record(), record(event="progress", fd=DROP, made=120)]
+    env = decode(log_frame(recs), typed_log=True)
+    got = env.body["records"]
+    assert 2 == len(got)
+    assert ("connect", 41, 3, "127.0.0.1", 40000) == (
+        got[0].event, got[0].pid, got[0].fd, got[0].laddr, got[0].lport
+    )
+    assert ("progress", msgspec.UNSET) == (got[1].event, got[1].fd)
+    assert not hasattr(got[1], "made")
