@@ -27,6 +27,8 @@ from bus import rawbatch, rawconvert
 from bus.internals import CONG_STATES, INFINITE_SSTHRESH, INTERNALS, SAMPLE_WHY, SOCK_EVENTS
 from bus.schema import Envelope, Kind
 
+# The BPF function of tcp:tcp_retransmit_skb (probes/tcp_events.bpf.c).
+RETRANSMIT_HOOK = "tp_tcp_retransmit_skb"
 # Samples per socket kept for the plots and trace counters (evenly thinned).
 PLOT_POINTS = 600
 PLOT_SOCKETS = 8
@@ -63,8 +65,16 @@ class Internals:
         self.events: list[np.ndarray] = []
         # Socket key -> the bulk sender's own report (actors/client.py bulk_sent).
         self.bulk: dict[str, dict[str, Any]] = {}
+        # Runs of the retransmit hook the kernel skipped (probes/progstats.py).
+        self.retransmit_misses = 0
 
     def feed(self, env: Envelope) -> None:
+        if env.kind is Kind.STATS:
+            p = (env.body.get("programs") or {}).get("tcp_events") or {}
+            n = (p.get("misses_by_hook") or {}).get(RETRANSMIT_HOOK, 0)
+            if isinstance(n, int):  # a running total
+                self.retransmit_misses = max(self.retransmit_misses, n)
+            return
         if env.kind is Kind.LOG:
             for rec in env.body["records"]:
                 if rec.get("event") == "bulk_sent" and "lport" in rec:
@@ -77,6 +87,10 @@ class Internals:
             return
         records = rawbatch.decode_batch(env.body).copy()
         (self.samples if env.body["probe"] == "tcp_probe" else self.events).append(records)
+
+    def records(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The tcp_probe samples and the discrete events, each one array."""
+        return _concat(self.samples), _concat(self.events)
 
     def finish(self) -> dict[str, Any]:
         """{"counts", "sentences", "rows", "plots"}; empty figures without internals."""
@@ -103,6 +117,7 @@ class Internals:
         in_window = 0
         if events is not None:
             keys = _keys(events)
+            segs = _segs(events)
             order = np.argsort(events["ts"], kind="stable")
             for i in order.tolist():
                 e, key = events[i], keys[i]
@@ -121,10 +136,14 @@ class Internals:
                     row["error"] = errno.errorcode.get(-code, str(code))
                 elif what in ("retransmit", "retransmit_synack"):
                     # code > 0: the qdisc dropped it (NET_XMIT_DROP), counted
-                    # by the kernel as sent all the same.
-                    f.retransmits += 1
+                    # by the kernel as sent all the same. Counted in segments,
+                    # as Tcp RetransSegs counts them.
+                    n_segs = int(segs[i])
+                    f.retransmits += n_segs
                     if window and window[0] <= int(e["ts"]) <= window[1]:
-                        in_window += 1
+                        in_window += n_segs
+                    if n_segs > 1:
+                        row["segs"] = n_segs
                     if code:
                         row["qdisc_drop"] = True
                 elif what == "cong_state":
@@ -156,6 +175,10 @@ class Internals:
             # counters (the probes attach after the first and stop after
             # the last): the figure to hold against RetransSegs.
             counts["retransmits_between_readings"] = in_window
+            # Tracepoint hits whose program the kernel did not run (another
+            # BPF program was running on that CPU): each a retransmitted skb
+            # counted in RetransSegs that no event shows.
+            counts["retransmits_missed"] = self.retransmit_misses
             if "TCPWinProbe" in kernel:
                 # The probes sent, as the kernel counts them; the ACKs while
                 # closed (zero_window.acks) also hold window updates still at 0.
@@ -164,7 +187,7 @@ class Internals:
         return {
             "counts": {"internals": counts},
             "sentences": self._bulk_sentences(figures)
-            + _sentences(figures, kernel, set(self.bulk), in_window),
+            + _sentences(figures, kernel, set(self.bulk), in_window, self.retransmit_misses),
             "rows": rows,
             "plots": plots[:PLOT_SOCKETS],
         }
@@ -307,6 +330,14 @@ def _keys(r: np.ndarray) -> list[str]:
     ]
 
 
+def _segs(events: np.ndarray) -> np.ndarray:
+    """Segments per event: the skb's pcount (probes/tcp_events.bpf.c);
+    1 in recordings made before the probe read it."""
+    if "segs" not in (events.dtype.names or ()):
+        return np.ones(len(events), np.int64)
+    return np.maximum(events["segs"].astype(np.int64), 1)
+
+
 def _closed(ts: np.ndarray, wnd: np.ndarray, hits: np.ndarray) -> tuple[int, float, int]:
     """Periods with the window at 0, their total seconds, and the hits while
     closed (from the sample after the one that closed it up to the one that
@@ -388,16 +419,26 @@ def _counts(figures: dict[str, SocketFigures]) -> dict[str, Any]:
 
 
 def _sentences(
-    figures: dict[str, SocketFigures], kernel: dict[str, int], bulk_keys: set[str], seen: int
+    figures: dict[str, SocketFigures],
+    kernel: dict[str, int],
+    bulk_keys: set[str],
+    seen: int,
+    missed: int,
 ) -> list[str]:
     out = []
     if kernel.get("OutSegs"):
         sent, retrans = kernel["OutSegs"], kernel.get("RetransSegs", 0)
-        out.append(
+        text = (
             f"{retrans:,} segments retransmitted ({100 * retrans / sent:.1f}% of {sent:,} sent, "
             f"the kernel's counters of the lab's hosts); tcp_retransmit_skb saw {seen:,} "
-            "between the two readings."
+            "between the two readings"
         )
+        if missed:
+            text += (
+                f", and the kernel skipped its program {missed}x (another BPF program "
+                "was running on that CPU)"
+            )
+        out.append(text + ".")
     for f in figures.values():
         if f.zero_periods:
             probes = (

@@ -68,9 +68,11 @@ class Samples:
                 if isinstance(p, dict):
                     # Counters are running totals: the latest sample is the total.
                     cur = self.probe_programs.setdefault(str(name), {"events": 0, "drops": 0})
-                    for k in ("events", "drops"):
+                    # misses: runs the kernel skipped (probes/progstats.py),
+                    # in recordings from when the probes reported them.
+                    for k in ("events", "drops", "misses"):
                         if isinstance(p.get(k), int):
-                            cur[k] = max(cur[k], p[k])
+                            cur[k] = max(cur.get(k, 0), p[k])
             for h in body.get("epoll_hist") or []:
                 if isinstance(h, dict) and isinstance(h.get("pid"), int):
                     ready = h.get("ready_log2")

@@ -96,6 +96,8 @@ struct tcp_sock_event {
     u16 dport;
     u8 what;       /* TCPLAB_EV_*: which tracepoint */
     u8 state;      /* TCP state where the tracepoint gives it, else 0 */
+    u16 segs;      /* retransmits: segments in the skb (tcp_skb_pcount), what Tcp RetransSegs adds */
+    u8 pad[6];
     u8 saddr[16];
     u8 daddr[16];
 };

@@ -25,6 +25,7 @@ from bus.rawbatch import Layout
 from probes.layout import event_layout
 from probes.plan import PROBES, AttachPlan, Hook, ProbeError, ProbePlan
 from probes.program import RING_PAGES, SAMPLE_MS, SAMPLING, Cfg, Cnt, cflags, program_text
+from probes.progstats import recursion_misses
 from probes.ring import RingReader
 
 # Read rings from their mmap (fast, see probes/ring.py) only where the CPU's
@@ -146,16 +147,25 @@ class Probe:
         if records:
             self._callback(self.name, records)
 
-    def counters(self) -> dict[str, int]:
+    def counters(self) -> dict[str, Any]:
         values = self.bpf[b"counters"]
         events = sum(values[ctypes.c_int(Cnt.EVENTS)])
         drops = sum(values[ctypes.c_int(Cnt.DROPS)]) + self.lost
         retries = sum(values[ctypes.c_int(Cnt.RETRIES)])
         if self.ring is not None:
             drops += self.ring.skipped
-        out = {"events": int(events), "drops": int(drops), "retries": int(retries)}
+        out: dict[str, Any] = {"events": int(events), "drops": int(drops), "retries": int(retries)}
         if self.name in SAMPLING:
             out["hits"] = int(sum(values[ctypes.c_int(Cnt.HITS)]))
+        # Events lost before any of the probe's code ran (probes/progstats.py).
+        by_hook: dict[str, int] = {}
+        for fn in self.bpf.funcs.values():
+            n = recursion_misses(fn.fd)
+            if n:
+                by_hook[fn.name.decode()] = n
+        out["misses"] = sum(by_hook.values())
+        if by_hook:
+            out["misses_by_hook"] = by_hook
         return out
 
     def set_filters(self, f: Filters) -> None:

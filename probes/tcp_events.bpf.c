@@ -27,6 +27,8 @@
  */
 #include <uapi/linux/in.h>
 #include <uapi/linux/in6.h>
+#include <linux/skbuff.h>
+#include <net/tcp.h>
 #include "events.h"
 
 #ifdef TCPLAB_ENUM_sk_rst_reason
@@ -97,6 +99,16 @@ int tp_tcp_retransmit_skb(struct tracepoint__tcp__tcp_retransmit_skb *args)
 #ifdef TCPLAB_TP_tcp_retransmit_skb_err
     e.code = args->err;
 #endif
+    /* Tcp RetransSegs adds tcp_skb_pcount(skb) per retransmitted skb
+     * (__tcp_retransmit_skb, 4.15 to 6.18), and TCP builds skbs of several
+     * segments even where the device has no offloads (software GSO is
+     * always on for TCP): the skb is still the one in the retransmit queue
+     * here (a clone went out), its pcount the one counted. sk_buff.cb and
+     * tcp_skb_cb.tcp_gso_segs sit at the same offsets in the 5.10, 6.1 and
+     * 6.18 layouts. */
+    const u8 *skb = (const u8 *)args->skbaddr;
+    bpf_probe_read_kernel(&e.segs, sizeof(e.segs),
+                          skb + offsetof(struct sk_buff, cb) + offsetof(struct tcp_skb_cb, tcp_gso_segs));
     return deliver(args, &e, TCPLAB_EV_RETRANSMIT);
 }
 #endif
@@ -111,6 +123,7 @@ int tp_tcp_retransmit_synack(struct tracepoint__tcp__tcp_retransmit_synack *args
 #else
     SET_TUPLE(e, args, 0);
 #endif
+    e.segs = 1; /* tcp_rtx_synack adds 1 to Tcp RetransSegs */
     return deliver(args, &e, TCPLAB_EV_RETRANSMIT_SYNACK);
 }
 #endif

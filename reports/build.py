@@ -12,6 +12,7 @@ from correlator.correlate import Correlator, CorrelatorConfig
 from correlator.internals import Internals
 from correlator.recording import RecordingReader, read_run_meta, recording_path
 from correlator.summary import build_summary
+from reports.conn_internals import add_internals
 from reports.html import write_html
 from reports.packets import handshakes, wire_counts
 from reports.packets import sentences as packet_sentences
@@ -50,6 +51,7 @@ def build_reports(run_dir: Path, config: CorrelatorConfig | None = None) -> dict
         sink.close(complete=False)  # no half-written Parquet left behind
         raise
     sink.close()
+    add_internals(run_dir, internals)
     tcp = internals.finish()
     write_series(run_dir, tcp)
     packets = handshakes(run_dir)

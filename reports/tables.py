@@ -20,7 +20,10 @@ from typing import Any
 import orjson
 import polars as pl
 
+from correlator.conn_internals import FIELDS as INTERNALS_FIELDS
 from correlator.rows import RowsChunk
+
+INTERNALS_PREFIX = "internals_"
 
 EVENTS_SCHEMA: dict[str, Any] = {
     "ts": pl.Int64,
@@ -119,6 +122,9 @@ CONNECTIONS_SCHEMA: dict[str, Any] = {
     "host": pl.String,
     "peer_host": pl.String,
     "tcp_info": pl.String,
+    # Runs with the TCP internals probes (reports/conn_internals.py): the
+    # connection's retransmits, congestion, windows, resets and error.
+    **{INTERNALS_PREFIX + k: t for k, t in INTERNALS_FIELDS.items()},
 }
 
 

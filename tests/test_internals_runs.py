@@ -44,18 +44,53 @@ def kernel_delta(run_dir: Path, name: str) -> int:
 
 
 def test_retransmits_equal_the_kernels_counter(runs: Runs) -> None:
-    """lossy-link's link has no offloads (one segment per packet and per skb,
-    lab/shaping.py): every retransmitted segment is one tracepoint hit. What
-    6.18 counts in RetransSegs without a tcp_retransmit_skb hit, measured: at
-    most the tail loss probes (TCPLossProbes) of the run: 0 or 1 in the runs here."""
+    """Tcp RetransSegs adds each retransmitted skb's segments (tcp_skb_pcount),
+    which the probe reads from the skb; lossy-link's link has gso_max_segs 1
+    (lab/shaping.py), so a retransmitted skb is one segment. What else the
+    kernel counts without an event: tracepoint hits whose program it did not
+    run because another BPF program was running on that CPU (a softirq
+    interrupting one in task context), each counted as a miss of the hook
+    (probes/progstats.py): 0 to 2 in runs here."""
     run_dir, summary = runs["lossy-link"]
     internals = summary["counts"]["internals"]
     seen = internals["retransmits_between_readings"]
+    missed = internals["retransmits_missed"]
     kernel = kernel_delta(run_dir, "Tcp.RetransSegs")
     assert seen > 0  # the comparison is not 0 == 0
-    assert kernel - kernel_delta(run_dir, "TcpExt.TCPLossProbes") <= seen <= kernel
+    assert internals["retransmits_failed"] == 0  # (given up: not counted by the kernel)
+    assert seen + missed == kernel
     # At most a few after the last reading (a FIN sent again at teardown).
     assert 0 <= internals["retransmits"] - seen <= 3
+
+
+def test_connections_carry_their_internals(runs: Runs) -> None:
+    """Each connection's retransmits, congestion changes, cwnd range, resets
+    and error in connections.jsonl (`internals`) and connections.parquet
+    (`internals_*`); the per-connection retransmits add up to the run's."""
+    import polars as pl
+
+    run_dir, summary = runs["lossy-link"]
+    rows = [json.loads(line) for line in open(run_dir / "connections.jsonl")]
+    by_actor = {
+        r["owner"]["actor"]: r["internals"]
+        for r in rows
+        if r["kind"] == "connection" and r["role"] == "active" and r.get("internals")
+    }
+    assert set(by_actor) == {"clean-cubic", "clean-bbr", "lossy-cubic", "lossy-bbr"}
+    lossy = by_actor["lossy-cubic"]
+    assert lossy["retransmits"] > by_actor["clean-cubic"]["retransmits"]
+    assert lossy["cong_changes"] >= 2 and 0 < lossy["cwnd_min"] < lossy["cwnd_max"]
+    total = sum(r.get("internals", {}).get("retransmits", 0) for r in rows)
+    assert total == summary["counts"]["internals"]["retransmits"]
+    table = pl.read_parquet(run_dir / "connections.parquet")
+    assert table["id"].to_list() == [r["id"] for r in rows]
+    assert table["internals_retransmits"].to_list() == [
+        r.get("internals", {}).get("retransmits") for r in rows
+    ]
+    run_dir, _ = runs["zero-window"]
+    rows = [json.loads(line) for line in open(run_dir / "connections.jsonl")]
+    closed = [r["internals"] for r in rows if r.get("internals", {}).get("zero_window_s")]
+    assert closed and all(c["zero_window_probes"] >= 0 for c in closed)
 
 
 def test_zero_window_closed_and_reopened(runs: Runs) -> None:
