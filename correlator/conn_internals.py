@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from bus import rawbatch
+from bus import rawconvert
 from bus.internals import SOCK_EVENTS
 
 FIELDS: dict[str, Any] = {
@@ -48,9 +48,9 @@ def _frame(r: np.ndarray, cols: dict[str, np.ndarray]) -> pl.DataFrame:
     return pl.DataFrame(
         {
             "ts": r["ts"].astype(np.int64),
-            "laddr": rawbatch.addr_text(r["family"], r["saddr"]),
+            "laddr": rawconvert.addr_text(r["family"], r["saddr"]),
             "lport": r["sport"].astype(np.int64),
-            "raddr": rawbatch.addr_text(r["family"], r["daddr"]),
+            "raddr": rawconvert.addr_text(r["family"], r["daddr"]),
             "rport": r["dport"].astype(np.int64),
             **cols,
         }
