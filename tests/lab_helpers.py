@@ -4,7 +4,7 @@ The lab tests drive the installed console script (.venv/bin/tcplab) as a
 user does, read its --json status lines with a deadline, and check that a
 run left nothing behind: its processes, its namespace, its bus directory,
 the BPF programs its probe process loaded. in_ns() runs a call inside a
-lab namespace.
+lab namespace; free_port() picks a loopback port nobody listens on.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import json
 import os
 import random
 import selectors
+import socket
 import subprocess
 import sys
 import tempfile
@@ -233,3 +234,10 @@ def in_ns(name: str, fn: Callable[[], T]) -> T:
         return fn()
     finally:
         netns.popns()
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now (the kernel's pick)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from actor_harness import Lab, is_ready
-from lab_helpers import ROOT, tcplab
+from lab_helpers import ROOT, free_port, tcplab
 
 from actors.lines import errno_in, to_record
 from bus.schema import Kind
@@ -27,12 +27,6 @@ def go_bin() -> Path:
                          text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     return GO_BIN
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- lines as records -------------------------------------------------------

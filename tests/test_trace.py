@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lab_helpers import ROOT, TCPLAB, tcplab
+from lab_helpers import ROOT, TCPLAB, free_port, tcplab
 
 from lab.proctree import tree
 
@@ -28,12 +28,6 @@ def go_bin() -> None:
     out = subprocess.run(["bash", str(ROOT / "scripts" / "build-go.sh")], capture_output=True,
                          text=True, timeout=600)
     assert out.returncode == 0, out.stderr
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until(pred: Any, timeout_s: float, what: str) -> None:
