@@ -268,7 +268,7 @@ class Correlator:
             del conns[cid]
 
     def _frame(self, kind: str, parts: list[tuple[Batch, int, int, np.ndarray]]) -> pl.DataFrame:
-        dfs = [b.data.slice(lo, hi - lo).with_columns(pos=pl.Series(p)) for b, lo, hi, p in parts]
+        dfs = [b.data.slice(lo, hi - lo).hstack([pl.Series("pos", p)]) for b, lo, hi, p in parts]
         return pl.concat(dfs).sort("pos")
 
     def _live_figures(self, lives: Any) -> None:
