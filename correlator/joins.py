@@ -195,7 +195,8 @@ class Joins:
         self.accept_conn[pos] = conn.id if conn else None
 
     def app(self, pos: int, ts: int, rec: dict[str, Any]) -> None:
-        self._count("app.records")
+        n = self.n
+        n["app.records"] = n.get("app.records", 0) + 1
         event = str(rec.get("event", ""))
         actor = rec.get("actor")
         pid = rec.get("pid")
@@ -313,6 +314,7 @@ class Joins:
     # ---- finishing --------------------------------------------------------------
 
     def finish(self, conn: Conn, at_end: bool) -> None:
+        phase = self.phases.of(conn.start_ns)
         if conn.role == "listener":
             result = "open_at_end" if at_end else "closed"
             if conn.addr4 and self.listeners.get((conn.addr4[0], conn.addr4[1])) is conn:
@@ -321,7 +323,8 @@ class Joins:
             seen = bool(self.n.get("kernel.accept", 0) or self.app_events.get("accept", 0))
             result = outcome(conn, at_end, seen)
             self.outcomes[result] = self.outcomes.get(result, 0) + 1
-            self.phases.count(conn.start_ns, f"outcomes.{result}")
+            if phase is not None:
+                self.phases.count_in(phase, f"outcomes.{result}")
             okey = (result, conn.owner_actor or "?", conn.owner_pid or -1, conn.role)
             self.outcome_owner[okey] = self.outcome_owner.get(okey, 0) + 1
             conn.outcome = result
@@ -346,7 +349,7 @@ class Joins:
                 self._count("coverage.kernel_connections_owned")
         conn.outcome = result
         self._unindex(conn)
-        self.emit(lifecycle_row(conn, at_end, self.t0, self.now, self.phases.of(conn.start_ns)))
+        self.emit(lifecycle_row(conn, at_end, self.t0, self.now, phase))
         twin = conn.twin
         if twin is not None and twin.parked:
             twin.parked = False
