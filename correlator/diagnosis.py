@@ -257,6 +257,13 @@ def diagnose(
     if loss["kernel_drops_total"]:
         parts = ", ".join(f"{k}: {v}" for k, v in loss["kernel_drops"].items() if v)
         lost.append(f"the kernel dropped {loss['kernel_drops_total']} events ({parts})")
+    misses = {k: p["misses"] for k, p in loss["probe_programs"].items() if p.get("misses")}
+    if misses:
+        parts = ", ".join(f"{k}: {v}" for k, v in misses.items())
+        lost.append(
+            f"the kernel skipped {sum(misses.values())} runs of the probes' programs ({parts}; "
+            "another BPF program was running on that CPU)"
+        )
     r = loss["recording"]
     if r["corrupt_frames"]:
         lost.append(

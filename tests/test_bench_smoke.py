@@ -43,7 +43,9 @@ ROWS = [
     "snapshot_ms",
     "fdio_bulk",
     "fdio_bomber",
+    "internals_cpu",
     "internals_throughput",
+    "internals_probe_cpu",
     "internals_sampling",
 ]
 
