@@ -110,7 +110,7 @@ class Transfer:
         self.events_s: list[float] = []
         self.hits_s: list[float] = []
         self.drops = 0
-        self.misses = 0
+        self.misses: dict[str, int] = {}  # probe.hook -> runs the kernel skipped
         self.probe_cpu_us_mib: list[float] = []
         # Throughput of each arm's transfers, in the order paired() ran them.
         self.rates: dict[bool, list[float]] = {True: [], False: []}
@@ -155,7 +155,10 @@ class Transfer:
         report = json.loads(out.strip().splitlines()[-1])
         programs = report["programs"]
         self.drops += sum(p["drops"] for p in programs.values())
-        self.misses += sum(p.get("misses", 0) for p in programs.values())
+        for name, prog in programs.items():
+            for hook, n in (prog.get("misses_by_hook") or {}).items():
+                key = f"{name}.{hook}"
+                self.misses[key] = self.misses.get(key, 0) + n
         self.probe_cpu_us_mib.append(report["cpu_s"] * 1e6 / (self.total / CHUNK))
         tp = programs.get("tcp_probe", {})
         self.events_s.append(tp.get("events", 0) / took)
@@ -197,8 +200,10 @@ def internals_cost(mb: int, pairs: int, extra: int, names: list[str] | None = No
             runs={"probes": t.probe_cpu_us_mib}),
         Row("internals_lost", SECTION,
             "events lost in the probe arm, all probes: ring drops + runs the kernel skipped",
-            float(t.drops + t.misses), "events", goal="== 0", goal_on="value",
-            note=f"{t.drops} dropped, {t.misses} skipped (probes/progstats.py)"),
+            float(t.drops + sum(t.misses.values())), "events", goal="== 0", goal_on="value",
+            note=f"{t.drops} dropped; skipped (probes/progstats.py): "
+            + (", ".join(f"{k} {v}" for k, v in sorted(t.misses.items(), key=lambda x: -x[1]))
+               or "none")),
         Row("internals_sampling", SECTION,
             "tcp_probe events reaching user space per second vs tracepoint hits per second",
             med[0], "events/s", med[1], "hits/s (counted in the kernel)",

@@ -3,7 +3,8 @@
 tcp_series.jsonl: one line per tcp_probe sample (socket, t_s, cwnd,
 ssthresh (null before the first loss), srtt_us, snd_wnd, rcv_wnd,
 in_flight, hits, why) and per discrete event (socket, t_s, event:
-retransmit, cong_state, send_reset, receive_reset, sk_error), in
+retransmit (with `segs` when the skb held several segments), cong_state,
+send_reset, receive_reset, sk_error), in
 correlator/internals.py's order: samples per socket, then events by time.
 trace.json gets Perfetto counter tracks per socket (the plotted ones).
 """
