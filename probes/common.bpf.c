@@ -78,14 +78,21 @@ static __always_inline void emit(void *ctx, struct TCPLAB_EVENT *e)
 #else
     int rc = events.ringbuf_output(e, sizeof(*e), TCPLAB_RB_FLAGS);
     if (rc) {
-        /* Since 6.15 the ring's lock (an rqspinlock) gives up after ~250 ms
-         * of waiting, or on a suspected deadlock, instead of spinning on; a
-         * vCPU descheduled while it waited comes back timed out with the
-         * lock long free, and the record fails with space to spare (1-4 per
-         * ~300k events here, docs/probes.md). One retry, counted; a full
-         * ring fails again at once, and that is a drop. */
+        /* Since 6.15 the ring's lock is an rqspinlock, which may refuse
+         * instead of spinning. Measured on 6.18 in this 2-vCPU VM
+         * (docs/probes.md): with both CPUs submitting 120-190k records/s,
+         * 1 in 28-80k submissions is refused at once (< 0.6 us) with the
+         * ring nearly empty; 70-97% of those go through at the next
+         * attempt, the rest within 15 (< 3 us in all): one retry lost 28
+         * of 133 in 20 s.
+         * Hence up to TCPLAB_RING_RETRIES more attempts, counted once. A
+         * full ring refuses each attempt in ~30 ns (bcc cannot hand the
+         * ring to bpf_ringbuf_query to tell the two cases apart), so while
+         * it is full a record costs the traced task ~1 us more before it
+         * counts as a drop. Before 6.15 only a full ring gets here. */
         count(CNT_RETRIES);
-        rc = events.ringbuf_output(e, sizeof(*e), TCPLAB_RB_FLAGS);
+        for (int i = 0; rc && i < TCPLAB_RING_RETRIES; i++)
+            rc = events.ringbuf_output(e, sizeof(*e), TCPLAB_RB_FLAGS);
     }
 #endif
     count(rc == 0 ? CNT_EVENTS : CNT_DROPS);

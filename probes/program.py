@@ -80,12 +80,17 @@ class Cfg(IntEnum):
     EITHER = 7  # tcp_state: a socket passes when its pid OR its ports match (tcplab trace)
 
 
+# More attempts at a ring submission the kernel refused (common.bpf.c
+# emit() says why): 15 was the most a refused one needed here.
+RING_RETRIES = 32
+
+
 class Cnt(IntEnum):
     """Slots of common.bpf.c's per-CPU `counters` array."""
 
     EVENTS = 0  # records handed to the channel
     DROPS = 1  # records the channel refused (full)
-    RETRIES = 2  # ring buffer records that failed once and were tried again
+    RETRIES = 2  # ring buffer records refused once and tried again (up to RING_RETRIES times)
     HITS = 3  # sampling probes (tcp_probe): tracepoint hits, before filter and sampling
 
 
@@ -104,6 +109,7 @@ def constants() -> dict[str, int]:
     out |= {f"TCPLAB_IO_{n.upper()}": i for i, n in enumerate(IO_SYSCALLS)}
     out |= {f"TCPLAB_HOW_{n.upper()}": i for i, n in enumerate(FD_HOW)}
     out["TCPLAB_FDIO_SOCKS"] = FDIO_SOCKS
+    out["TCPLAB_RING_RETRIES"] = RING_RETRIES
     out |= {f"TCPLAB_PROC_{n.upper()}": i for i, n in enumerate(PROC_KINDS)}
     return out
 
