@@ -64,6 +64,9 @@ class Row:
     ratios: list[float] = field(default_factory=list)  # the paired ratios `ratio` is the median of
     pairs_run: int = 0  # pairs measured in all (>= len(ratios) when the window slid)
     noisy: bool = False  # the paired ratios never came within SPREAD_LIMIT of their median
+    # The goal's alternative, met, in words (loss_onset: "no loss at the most
+    # this machine generated"): judge() counts the row as met.
+    met_by: str = ""
 
     def judge(self) -> Row:
         """Fill `ratio` (median of the paired ratios, else value / peer), the
@@ -87,6 +90,7 @@ class Row:
         op, _, num = self.goal.partition(" ")
         limit = float(num)
         self.met = {">=": target >= limit, "<=": target <= limit, "==": target == limit}[op]
+        self.met = self.met or bool(self.met_by)
         return self
 
     def as_dict(self) -> dict[str, Any]:

@@ -63,6 +63,9 @@ class ProbeSession:
         self.received: Counter[str] = Counter()
         self.stats: dict[str, Any] = {}
         self.final: dict[str, Any] | None = None
+        # Per program, the fullest its ring was (bytes) since take_peaks():
+        # each STATS carries the peak of its second only.
+        self.ring_peaks: Counter[str] = Counter()
         try:
             deadline = time.monotonic() + PROBE_READY_S
             while not (self.hub.actors.get("probes") and self.hub.actors["probes"].ready):
@@ -85,6 +88,8 @@ class ProbeSession:
                 n += k
             elif env.kind is Kind.STATS and env.body.get("source") == "probes":
                 self.stats = env.body
+                for name, p in env.body.get("programs", {}).items():
+                    self.ring_peaks[name] = max(self.ring_peaks[name], int(p.get("ring_peak", 0)))
                 if env.body.get("final"):
                     self.final = env.body
         return n
@@ -104,6 +109,11 @@ class ProbeSession:
         while self.stats is seen and time.monotonic() < deadline:
             self.pump(50)
         return self.stats
+
+    def take_peaks(self) -> Counter[str]:
+        """The rings' peaks since the last call, by program; starts a new window."""
+        peaks, self.ring_peaks = self.ring_peaks, Counter()
+        return peaks
 
     def set_pids(self, pids: list[int]) -> None:
         ack = self.hub.command("probes", "set", {"pids": pids}, timeout_s=10)

@@ -70,3 +70,14 @@ def test_rows_from_other_sections_pair_their_runs_by_index() -> None:
     assert paired_ratios({"a": [1.0, 2.0], "b": [1.0]}) == []
     row = Row("k", "S", "m", 5.0, "u", 7.0, runs={"bus": [4.0, 6.0], "raw": [8.0, 6.0]}).judge()
     assert row.ratio == pytest.approx(0.75) and row.noisy and row.spread == (0.5, 1.0)
+
+
+def test_a_goal_is_met_by_its_alternative_only_when_the_row_says_so() -> None:
+    """loss_onset: ">= 2.0" of the bomber's rate, or no loss at the most the
+    machine generated; without the alternative, 0.8 misses the goal."""
+    plain = Row("k", "s", "m", 80.0, "events/s", 100.0, goal=">= 2.0").judge()
+    alt = Row(
+        "k", "s", "m", 80.0, "events/s", 100.0, goal=">= 2.0", met_by="no loss at the most"
+    ).judge()
+    assert (0.8, False) == (plain.ratio, plain.met)
+    assert (0.8, True) == (alt.ratio, alt.met)
