@@ -133,3 +133,26 @@ def test_reused_skaddr_without_close_is_an_unknown_outcome(tmp_path: Path) -> No
     assert {"unknown": 1, "open_at_end": 1} == run.outcomes()
     assert 1 == run.summary["losses"]["kernel_close_not_seen"]
     assert 2 == len({c["id"] for c in run.conns})
+
+
+def test_app_actions_past_the_cap_are_still_counted(tmp_path: Path) -> None:
+    """A connection with more app records than the lifecycle lists (16): its
+    first 16 in order, and every record counted, events in first-seen order."""
+
+    def script(lab: Lab) -> None:
+        lab.listen(T0, SERVER, 8080)
+        p = lab.connect(T0 + MS, CLIENT, SERVER, 40000, 8080)
+        c, s = (CLIENT.addr, 40000), (SERVER.addr, 8080)
+        tuple4 = {"laddr": c[0], "lport": c[1], "raddr": s[0], "rport": s[1]}
+        for i in range(20):
+            lab.log(CLIENT, T0 + MS + (100 + i) * 1000, "send", fd=p.cfd, **tuple4)
+        for i in range(3):
+            lab.log(CLIENT, T0 + MS + (200 + i) * 1000, "recv", fd=p.cfd, **tuple4)
+        lab.client_close(T0 + 2 * MS, p)
+
+    run = replay(tmp_path, script)
+    client = next(c for c in run.conns if c["role"] == "active")
+    assert {"connect": 1, "send": 20, "recv": 3, "close": 1} == client["app"]
+    assert ["connect", "send", "recv", "close"] == list(client["app"])
+    assert 16 == len(client["actions"])
+    assert ["connect"] + ["send"] * 15 == [e for _, e in client["actions"]]
