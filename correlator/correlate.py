@@ -258,14 +258,17 @@ class Correlator:
         if len(chunk):
             self.sink.rows(chunk)
         # Lives whose rows are all written and whose outcome is known are done.
+        # Only the finished ones are looked at, not every live one per chunk
+        # (O(held x chunks): 200k lives x 80 chunks with 100k held).
         first = self.rows.first_pending
         conns = self.rows.conns
-        for cid in [
-            cid
-            for cid, c in conns.items()
-            if c.outcome is not None and (c.close_pos is None or c.close_pos < first)
-        ]:
-            del conns[cid]
+        waiting = []
+        for c in self.joins.finished:
+            if c.close_pos is None or c.close_pos < first:
+                conns.pop(c.id, None)
+            else:
+                waiting.append(c)
+        self.joins.finished = waiting
 
     def _frame(self, kind: str, parts: list[tuple[Batch, int, int, np.ndarray]]) -> pl.DataFrame:
         dfs = [b.data.slice(lo, hi - lo).hstack([pl.Series("pos", p)]) for b, lo, hi, p in parts]

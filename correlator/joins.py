@@ -75,6 +75,8 @@ class Joins:
         self.finishing: deque[tuple[int, Conn]] = deque()
         self.now = 0  # newest time processed
         self.open: dict[int, Conn] = {}  # id -> live connection (for the end)
+        # Finished lives whose rows may still be pending (correlate.py forgets them).
+        self.finished: list[Conn] = []
 
         self.outcomes: dict[str, int] = {}
         self.outcome_owner: dict[tuple[str, str, int, str], int] = {}
@@ -348,6 +350,7 @@ class Joins:
             if conn.owner_pid is not None:
                 self._count("coverage.kernel_connections_owned")
         conn.outcome = result
+        self.finished.append(conn)
         self._unindex(conn)
         self.emit(lifecycle_row(conn, at_end, self.t0, self.now, phase))
         twin = conn.twin
