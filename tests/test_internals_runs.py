@@ -50,9 +50,9 @@ def test_retransmits_equal_the_kernels_counter(runs: Runs) -> None:
     kernel counts without an event: tracepoint hits whose program it did not
     run because another BPF program was running on that CPU (a softirq
     interrupting one in task context), each counted as a miss of the hook
-    (probes/progstats.py): 0 to 2 in runs here. Equal in 6 of 7 runs
-    measured; one was 1 segment short with no miss, err or drop to show for
-    it (unexplained: allowed, and said in docs/probes.md)."""
+    (probes/progstats.py): 0 to 2 in runs here. The one other way to lose
+    one is a record the ring refused (a drop, counted; see probes/common.bpf.c
+    emit()): a run once came 1 short before those were retried."""
     run_dir, summary = runs["lossy-link"]
     internals = summary["counts"]["internals"]
     seen = internals["retransmits_between_readings"]
@@ -60,7 +60,8 @@ def test_retransmits_equal_the_kernels_counter(runs: Runs) -> None:
     kernel = kernel_delta(run_dir, "Tcp.RetransSegs")
     assert seen > 0  # the comparison is not 0 == 0
     assert internals["retransmits_failed"] == 0  # (given up: not counted by the kernel)
-    assert 0 <= kernel - (seen + missed) <= 1
+    dropped = summary["losses"]["probe_programs"]["tcp_events"]["drops"]
+    assert 0 <= kernel - (seen + missed) <= dropped, (kernel, seen, missed, dropped)
     # At most a few after the last reading (a FIN sent again at teardown).
     assert 0 <= internals["retransmits"] - seen <= 3
 
