@@ -176,8 +176,8 @@ class Internals:
             # the last): the figure to hold against RetransSegs.
             counts["retransmits_between_readings"] = in_window
             # Tracepoint hits whose program the kernel did not run (another
-            # BPF program was running on that CPU): each a retransmitted skb
-            # counted in RetransSegs that no event shows.
+            # BPF program was running on that CPU), machine-wide: the lab's
+            # retransmits among them are counted in RetransSegs, not seen.
             counts["retransmits_missed"] = self.retransmit_misses
             if "TCPWinProbe" in kernel:
                 # The probes sent, as the kernel counts them; the ACKs while

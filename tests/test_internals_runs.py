@@ -50,9 +50,11 @@ def test_retransmits_equal_the_kernels_counter(runs: Runs) -> None:
     kernel counts without an event: tracepoint hits whose program it did not
     run because another BPF program was running on that CPU (a softirq
     interrupting one in task context), each counted as a miss of the hook
-    (probes/progstats.py): 0 to 2 in runs here. The one other way to lose
-    one is a record the ring refused (a drop, counted; see probes/common.bpf.c
-    emit()): a run once came 1 short before those were retried."""
+    (probes/progstats.py): 0 to 3 in runs here. The kernel counts those
+    machine-wide (before any filter: other sessions' sockets too), so they
+    bound the shortfall rather than fill it; so do records the ring refused
+    (drops, counted; see probes/common.bpf.c emit()). Measured: equal in every
+    run without a miss, and short by at most the misses in those with one."""
     run_dir, summary = runs["lossy-link"]
     internals = summary["counts"]["internals"]
     seen = internals["retransmits_between_readings"]
@@ -61,7 +63,9 @@ def test_retransmits_equal_the_kernels_counter(runs: Runs) -> None:
     assert seen > 0  # the comparison is not 0 == 0
     assert internals["retransmits_failed"] == 0  # (given up: not counted by the kernel)
     dropped = summary["losses"]["probe_programs"]["tcp_events"]["drops"]
-    assert 0 <= kernel - (seen + missed) <= dropped, (kernel, seen, missed, dropped)
+    assert seen <= kernel <= seen + missed + dropped, (kernel, seen, missed, dropped)
+    if missed == dropped == 0:
+        assert seen == kernel
     # At most a few after the last reading (a FIN sent again at teardown).
     assert 0 <= internals["retransmits"] - seen <= 3
 
