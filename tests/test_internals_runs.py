@@ -53,8 +53,12 @@ def test_retransmits_equal_the_kernels_counter(runs: Runs) -> None:
     (probes/progstats.py): 0 to 3 in runs here. The kernel counts those
     machine-wide (before any filter: other sessions' sockets too), so they
     bound the shortfall rather than fill it; so do records the ring refused
-    (drops, counted; see probes/common.bpf.c emit()). Measured: equal in every
-    run without a miss, and short by at most the misses in those with one."""
+    (drops, counted; see probes/common.bpf.c emit()). And in 2 of 14 runs
+    measured the kernel counted 1 segment more with no miss or drop: the
+    socket's own tcpi_total_retrans agreed with RetransSegs (110) while an
+    unfiltered tcp_retransmit_skb program saw 109 hits, so some path of 6.18
+    counts in __tcp_retransmit_skb without the tracepoint firing once in a
+    while (not found in the source: docs/probes.md). That one is allowed."""
     run_dir, summary = runs["lossy-link"]
     internals = summary["counts"]["internals"]
     seen = internals["retransmits_between_readings"]
@@ -63,9 +67,7 @@ def test_retransmits_equal_the_kernels_counter(runs: Runs) -> None:
     assert seen > 0  # the comparison is not 0 == 0
     assert internals["retransmits_failed"] == 0  # (given up: not counted by the kernel)
     dropped = summary["losses"]["probe_programs"]["tcp_events"]["drops"]
-    assert seen <= kernel <= seen + missed + dropped, (kernel, seen, missed, dropped)
-    if missed == dropped == 0:
-        assert seen == kernel
+    assert seen <= kernel <= seen + missed + dropped + 1, (kernel, seen, missed, dropped)
     # At most a few after the last reading (a FIN sent again at teardown).
     assert 0 <= internals["retransmits"] - seen <= 3
 
