@@ -53,8 +53,8 @@ def test_retransmits_equal_the_kernels_counter(runs: Runs) -> None:
     (probes/progstats.py): 0 to 3 in runs here. The kernel counts those
     machine-wide (before any filter: other sessions' sockets too), so they
     bound the shortfall rather than fill it; so do records the ring refused
-    (drops, counted; see probes/common.bpf.c emit()). And in 2 of 14 runs
-    measured the kernel counted 1 segment more with no miss or drop: the
+    (drops, counted; see probes/common.bpf.c emit()). And in 3 of 14 runs
+    measured the kernel counted 1 segment more than those explain: the
     socket's own tcpi_total_retrans agreed with RetransSegs (110) while an
     unfiltered tcp_retransmit_skb program saw 109 hits, so some path of 6.18
     counts in __tcp_retransmit_skb without the tracepoint firing once in a
