@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -183,12 +183,7 @@ class Hub:
         self._beat()
 
     def _drain_events(self) -> None:
-        # Bounded so a flood on one socket cannot starve the other.
-        for _ in range(10_000):
-            try:
-                frames = self._pull.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        for frames in _waiting(self._pull):
             frame = frames[-1] if len(frames) == 1 else b"".join(frames)
             ledger = self.events_ledger
             env = ledger.take(frame)
@@ -212,11 +207,7 @@ class Hub:
             self._pending.append((Channel.EVENTS, env))
 
     def _drain_control(self) -> None:
-        for _ in range(10_000):
-            try:
-                parts = self._router.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        for parts in _waiting(self._router):
             ledger = self.control_ledger
             if len(parts) != 2:
                 # A DEALER sends exactly one frame; more is not our protocol.
@@ -321,3 +312,13 @@ class Hub:
             self._router.send_multipart([identity, encode(env)], zmq.NOBLOCK)
         except zmq.ZMQError:
             pass
+
+
+def _waiting(sock: zmq.Socket[Any]) -> Iterator[list[bytes]]:
+    """The messages a socket holds now; bounded, so that a flood on one
+    socket cannot starve the other."""
+    for _ in range(10_000):
+        try:
+            yield sock.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return
