@@ -36,7 +36,7 @@ from typing import Any
 
 from pyroute2 import netns
 
-from bench.common import Pairs, Row, idle_spinners, log, paired
+from bench.common import Pairs, Row, idle_spinners, log, median, paired
 from lab.hosts import Hosts, HostSpec
 from lab.link import Link, LinkSpec
 
@@ -110,6 +110,7 @@ class Transfer:
         self.events_s: list[float] = []
         self.hits_s: list[float] = []
         self.drops = 0
+        self.received = 0  # events the probes emitted (counted in the kernel), all probes
         self.misses: dict[str, int] = {}  # probe.hook -> runs the kernel skipped
         self.probe_cpu_us_mib: list[float] = []
         # Throughput of each arm's transfers, in the order paired() ran them.
@@ -155,6 +156,7 @@ class Transfer:
         report = json.loads(out.strip().splitlines()[-1])
         programs = report["programs"]
         self.drops += sum(p["drops"] for p in programs.values())
+        self.received += sum(p["events"] for p in programs.values())
         for name, prog in programs.items():
             for hook, n in (prog.get("misses_by_hook") or {}).items():
                 key = f"{name}.{hook}"
@@ -195,12 +197,14 @@ def internals_cost(mb: int, pairs: int, extra: int, names: list[str] | None = No
                   note="wall clock on 2 cores shared with other work: no goal, "
                   "internals_cpu is the judged figure"),
         Row("internals_probe_cpu", SECTION,
-            "the probe process's own CPU per MiB transferred (reading the rings)",
-            sorted(t.probe_cpu_us_mib)[len(t.probe_cpu_us_mib) // 2], "µs/MiB",
+            "the probe process's own CPU per MiB transferred (reading the rings) vs the "
+            "sender's and receiver's",
+            median(t.probe_cpu_us_mib), "µs/MiB", median(p.value), "sender + receiver",
             runs={"probes": t.probe_cpu_us_mib}),
         Row("internals_lost", SECTION,
             "events lost in the probe arm, all probes: ring drops + runs the kernel skipped",
-            float(t.drops + sum(t.misses.values())), "events", goal="== 0", goal_on="value",
+            float(t.drops + sum(t.misses.values())), "events", float(t.received),
+            "events emitted", goal="== 0", goal_on="value",
             note=f"{t.drops} dropped; skipped (probes/progstats.py): "
             + (", ".join(f"{k} {v}" for k, v in sorted(t.misses.items(), key=lambda x: -x[1]))
                or "none")),
