@@ -176,4 +176,3 @@ def test_a_recording_with_raw_records_correlates_as_its_dict_twin(tmp_path: Path
     )
     assert conns == got
     assert want["counts"]["outcomes"] == summary["counts"]["outcomes"]
-
