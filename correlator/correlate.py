@@ -291,29 +291,35 @@ class Correlator:
     def _samples(self, deltas: pl.DataFrame, now: np.ndarray, base: int) -> None:
         """Live sockets per state, sampled after the first item at or past each
         sample time (`deltas`: each transition's -1 and +1 by state)."""
-        deltas = deltas.sort("pos", maintain_order=True)
-        dpos = deltas["pos"].to_numpy()
-        dstate = deltas["state"].to_list()
-        dval = deltas["delta"].to_numpy()
-        k = 0
+        # The sample points first (a few per chunk), then the deltas summed
+        # per state between them by one group-by, in order of appearance.
+        at: list[int] = []
         n = len(now)
         i = 0
         while i < n:
             i = int(np.searchsorted(now, self.next_sample, side="left"))
             if i >= n:
                 break
-            p = base + i
-            while k < len(dpos) and dpos[k] <= p:
-                st = dstate[k]
-                self.live_states[st] = self.live_states.get(st, 0) + int(dval[k])
-                k += 1
-            self.kernel_series.add(int(now[i]), {s: v for s, v in self.live_states.items() if v})
+            at.append(i)
             self.next_sample = int(now[i]) + self.cfg.sample_ns
             i += 1
-        while k < len(dpos):
-            st = dstate[k]
-            self.live_states[st] = self.live_states.get(st, 0) + int(dval[k])
-            k += 1
+        cuts = np.asarray(at, dtype=np.int64) + base
+        d = deltas.sort("pos", maintain_order=True)
+        seg = np.searchsorted(cuts, d["pos"].to_numpy(), side="left")  # samples before it
+        steps = (
+            d.with_columns(seg=pl.Series(seg))
+            .group_by("seg", "state", maintain_order=True)
+            .agg(pl.col("delta").sum())
+        )
+        live = self.live_states
+        rows = iter(steps.iter_rows())
+        step = next(rows, None)
+        for j, ix in enumerate(at + [-1]):
+            while step is not None and step[0] == j:
+                live[step[1]] = live.get(step[1], 0) + step[2]
+                step = next(rows, None)
+            if ix >= 0:
+                self.kernel_series.add(int(now[ix]), {s: v for s, v in live.items() if v})
 
     def _epoll(self, ep: pl.DataFrame) -> None:
         """epoll_wait figures per process, by group-by."""
