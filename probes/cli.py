@@ -6,10 +6,12 @@ bcc is only imported once a command runs (inside probes.loader), so that
 
 from __future__ import annotations
 
+import bisect
 import json
 import signal
 import sys
 import time
+from operator import itemgetter
 from types import FrameType
 from typing import Any
 
@@ -28,6 +30,7 @@ from probes.sockdiag import DiagQuery
 from probes.timewait import INTERVAL_S, timewait_count
 
 Event = dict[str, Any]
+ts_of = itemgetter("ts")
 
 
 @click.command()
@@ -246,23 +249,34 @@ def watch(
     def show(probe: str, records: bytes) -> None:
         pending.extend(batch_events(make_body(probe, probes.layout(probe), records)))
 
-    def flush() -> None:
-        # Each probe has its own ring: merge what one poll brought by time.
-        pending.sort(key=lambda e: e["ts"])
-        owners.feed(pending)
-        follower.feed(pending)
+    def flush(upto: int | None = None) -> None:
+        """Print the events up to `upto` (ns; None: all), merged by time.
+
+        Each probe has its own ring, drained one after the other: an event
+        that reaches a ring just after that ring's drain waits for the next
+        poll, while newer events in rings drained later come now (seen under
+        load: a connect's exit after its socket's FIN_WAIT1, which then had
+        no owner). What happened before the poll began is all in, whichever
+        ring it took: newer events wait for the next poll, so that the
+        owners are learned in time order.
+        """
+        pending.sort(key=ts_of)
+        cut = len(pending) if upto is None else bisect.bisect_right(pending, upto, key=ts_of)
+        batch = pending[:cut]
+        del pending[:cut]
+        owners.feed(batch)
+        follower.feed(batch)
         if stuck_ns is not None:
-            pending.extend(owners.newly_stuck(time.monotonic_ns(), stuck_ns))
+            batch.extend(owners.newly_stuck(time.monotonic_ns(), stuck_ns))
         nonlocal next_tw
         if diag is not None and time.monotonic() >= next_tw:
             next_tw += INTERVAL_S
             count = timewait_count(diag, filters.ports | filters.lports | filters.rports)
-            pending.append({"type": "timewait", "ts": time.monotonic_ns(), "count": count})
-        for e in pending:
+            batch.append({"type": "timewait", "ts": time.monotonic_ns(), "count": count})
+        for e in batch:
             if e["type"] != "timewait" and not (selector.keep(e) and follower.keep(e)):
                 continue
             out.write((json.dumps(e) if as_json else _human(e, t0)) + "\n")
-        pending.clear()
         out.flush()
 
     # Ctrl-C and SIGTERM only raise a flag, seen between polls: an exception
@@ -278,11 +292,12 @@ def watch(
         probes.start(show)
         # After attaching: a listener opened from now on shows its CLOSE -> LISTEN.
         owners.add_listeners(listening_owners())
-        click.echo("attached: " + "; ".join(plan.describe()[1:]), err=True)
+        click.echo("attached: " + "; ".join(plan.describe(probes.probes)[1:]), err=True)
         end = None if duration is None else time.monotonic() + duration
         while not stopped and (end is None or time.monotonic() < end):
+            began = time.monotonic_ns()
             probes.poll(0.1 if end is None else max(0.0, min(0.1, end - time.monotonic())))
-            flush()
+            flush(began)
     except ProbeError as e:
         raise click.ClickException(str(e)) from None
     finally:

@@ -72,6 +72,11 @@ class Owners:
         self.socks: dict[int, Sock] = {}  # skaddr -> state and facts
         self.passive: dict[tuple[str, int], int] = {}  # peer (addr, port) -> server skaddr
         self.listeners: dict[int, Owner] = {}  # local port -> the listener's owner
+        # A freed socket's memory is soon another socket's: one batch can hold
+        # several incarnations of an skaddr. The owners the batch brings, per
+        # skaddr in time order (with the one held before), so that each
+        # transition finds its own (seen with a bomber beside the watch).
+        self._learned: dict[int, list[Owner]] = {}
 
     def add_listeners(self, known: dict[int, tuple[int, str, int]]) -> None:
         """Listeners that existed before the probes (port -> pid, comm, fd)."""
@@ -82,6 +87,7 @@ class Owners:
         """Learn from a time-ordered batch and stamp its tcp_state events with
         owner_pid, owner_comm, owner_fd, owner_how (None/"unknown" if none)."""
         batch = list(events)
+        self._learned.clear()
         for e in batch:
             kind = e["type"]
             if kind == "connect" and e["skaddr"]:
@@ -116,7 +122,23 @@ class Owners:
         _put(self.listeners, s.sport, Owner(e["pid"], e["comm"], e["lfd"], "listener", e["ts"]))
 
     def _own(self, sk: int, e: Event, how: str, since: int) -> None:
-        _put(self.owners, sk, Owner(e["pid"], e["comm"], e["fd"], how, since))
+        new = Owner(e["pid"], e["comm"], e["fd"], how, since)
+        held = self.owners.get(sk)
+        learned = self._learned.get(sk)
+        if learned is None:
+            learned = self._learned[sk] = [held] if held is not None else []
+        learned.append(new)
+        if held is None or held.since <= since:  # the table keeps the newest
+            _put(self.owners, sk, new)
+
+    def _owner_at(self, sk: int, t: int) -> Owner | None:
+        """The owner of `sk` at `t`: the newest known from at or before `t`."""
+        learned = self._learned.get(sk)
+        if learned is None:
+            owner = self.owners.get(sk)
+            return owner if owner is not None and owner.since <= t else None
+        earlier = [o for o in learned if o.since <= t]
+        return max(earlier, key=lambda o: o.since) if earlier else None
 
     def _fd_owner(self, e: Event) -> None:
         sk = e["skaddr"]
@@ -139,9 +161,7 @@ class Owners:
         sk, t, new = e["skaddr"], e["ts"], e["new"]
         old = self.socks.get(sk)
         passive = new == "SYN_RECV" or (old is not None and old.passive)
-        owner = self.owners.get(sk)
-        if owner is not None and owner.since > t:
-            owner = None  # a later incarnation's owner, learned in this batch
+        owner = self._owner_at(sk, t)
         if owner is None and passive:
             owner = self.listeners.get(e["sport"])  # still in the accept queue
         fd = owner.fd if owner is not None and owner.how != "listener" else None
@@ -161,6 +181,8 @@ class Owners:
             mine = self.owners.get(sk)
             if mine is not None and mine.since <= t:
                 del self.owners[sk]
+            if sk in self._learned:  # what is left: later incarnations'
+                self._learned[sk] = [o for o in self._learned[sk] if o.since > t]
             return
         tuple4 = f"{e['saddr']}:{e['sport']} -> {e['daddr']}:{e['dport']}"
         sock = Sock(new, t, tuple4, e["sport"], (e["daddr"], e["dport"]), passive)

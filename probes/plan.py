@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -67,10 +68,12 @@ class AttachPlan:
     def usable(self) -> list[str]:
         return [n for n, p in self.probes.items() if p.mode]
 
-    def describe(self) -> list[str]:
+    def describe(self, names: Collection[str] | None = None) -> list[str]:
+        """The delivery, then one line per probe (only `names` if given)."""
         lines = [f"delivery: {self.delivery}"]
         for p in self.probes.values():
-            lines.append(f"{p.name}: {p.mode or 'NOT ATTACHABLE'} ({p.why})")
+            if names is None or p.name in names:
+                lines.append(f"{p.name}: {p.mode or 'NOT ATTACHABLE'} ({p.why})")
         return lines
 
     def as_dict(self) -> dict[str, Any]:

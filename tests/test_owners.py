@@ -102,6 +102,29 @@ def test_close_ends_an_incarnation_and_a_reused_address_starts_unowned() -> None
     assert owner(again) == (None, None, "unknown")
 
 
+def test_each_incarnation_in_one_batch_keeps_its_own_owner() -> None:
+    """A freed socket's memory is soon another's: two connections on one skaddr
+    in one batch (a bomber beside the watch), each owned by its own connect."""
+    o = Owners()
+    first = [
+        tcp(10, SK_CLI, "CLOSE", "SYN_SENT", 0, 80, cpu=CLI),
+        {"type": "connect", "ts": 12, "dur_ns": 3, "skaddr": SK_CLI, "pid": CLI,
+         "comm": "client", "fd": 7},
+        tcp(14, SK_CLI, "ESTABLISHED", "FIN_WAIT1", 40000, 80, cpu=CLI),
+        tcp(16, SK_CLI, "FIN_WAIT2", "CLOSE", 40000, 80),
+    ]  # fmt: skip
+    second = [
+        tcp(20, SK_CLI, "CLOSE", "SYN_SENT", 0, 90, cpu=OTHER),
+        {"type": "connect", "ts": 22, "dur_ns": 3, "skaddr": SK_CLI, "pid": OTHER,
+         "comm": "bomber", "fd": 4},
+        tcp(24, SK_CLI, "ESTABLISHED", "FIN_WAIT1", 40002, 90, cpu=OTHER),
+    ]  # fmt: skip
+    o.feed(first + second)
+    assert [owner(e) for e in first if e["type"] == "tcp_state"] == [(CLI, 7, "connect")] * 3
+    assert [owner(e) for e in second if e["type"] == "tcp_state"] == [(OTHER, 4, "connect")] * 2
+    assert o.owners[SK_CLI].pid == OTHER
+
+
 def test_stuck_sockets_are_reported_once_with_their_facts() -> None:
     o = Owners()
     o.add_listeners({8080: (SRV, "server", 3)})

@@ -81,6 +81,8 @@ class JsonWatch:
         if not first.startswith("attached: "):
             self.stop()
             pytest.fail(f"watch did not attach: {first!r}")
+        # "attached: NAME: MODE (HOOKS); ...", one part per loaded probe.
+        self.attached = [part.split(":")[0] for part in first[10:].rstrip("\n").split("; ")]
         self.events: list[dict[str, Any]] = []
         self._buf = b""
 
@@ -131,9 +133,13 @@ def test_close_wait_of_a_foreign_server_is_owned_by_it(leaky_server: Any) -> Non
     server, port, kind = leaky_server
     msg, comm = KINDS[kind]
     watch = JsonWatch("--stuck", "0")
+    # The watch is machine-wide: other namespaces' sockets may have the same
+    # port numbers (and recycled skaddrs): this test's are known by its ports.
+    client_ports: set[int] = set()
     try:
         for _ in range(CLIENTS):
             c = socket.create_connection(("127.0.0.1", port))
+            client_ports.add(c.getsockname()[1])
             c.sendall(msg)
             if kind == "go":
                 c.settimeout(DEADLINE_S)
@@ -153,7 +159,8 @@ def test_close_wait_of_a_foreign_server_is_owned_by_it(leaky_server: Any) -> Non
     ev = watch.events
     close_wait = [
         e for e in ev
-        if e["type"] == "tcp_state" and e["new"] == "CLOSE_WAIT" and e["sport"] == port
+        if e["type"] == "tcp_state" and e["new"] == "CLOSE_WAIT"
+        and e["sport"] == port and e["dport"] in client_ports
     ]  # fmt: skip
     assert len(close_wait) == CLIENTS
     # The on-CPU pid is the client's (this test) or a softirq's; the owner is the
@@ -187,10 +194,12 @@ def test_close_wait_of_a_foreign_server_is_owned_by_it(leaky_server: Any) -> Non
     # The clients' sockets: every transition owned by this process (connect), and
     # each fd closed (an orphan in FIN_WAIT2 becomes a timewait sock, which the
     # state tracepoint does not show: the stuck table cannot list it).
-    mine = [e for e in ev if e["type"] == "tcp_state" and e["dport"] == port]
-    assert {(e["owner_pid"], e["owner_how"]) for e in mine} == {(os.getpid(), "connect")}
-    client_sks = {e["skaddr"] for e in mine}
+    # (Their SYN_SENT has no local port yet: they are found by skaddr.)
+    tcp = [e for e in ev if e["type"] == "tcp_state" and e["dport"] == port]
+    client_sks = {e["skaddr"] for e in tcp if e["sport"] in client_ports}
     assert len(client_sks) == CLIENTS
+    mine = [e for e in tcp if e["skaddr"] in client_sks]
+    assert {(e["owner_pid"], e["owner_how"]) for e in mine} == {(os.getpid(), "connect")}
     closed = [e for e in ev if e["type"] == "fdio" and e["pid"] == os.getpid()]
     assert client_sks <= {e["skaddr"] for e in closed if e["what"] == "close"}
 
@@ -234,6 +243,7 @@ def test_timewait_counts_come_from_sock_diag() -> None:
     port = srv.getsockname()[1]
     watch = JsonWatch("--probe", "tcp_state", "-P", str(port), "--timewait")
     try:
+        assert watch.attached == ["tcp_state"]  # the probe loaded, not every one attachable
         for _ in range(5):  # the client closes first: its end stays in TIME_WAIT
             c = socket.create_connection(("127.0.0.1", port))
             a, _ = srv.accept()
