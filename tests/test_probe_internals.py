@@ -33,11 +33,14 @@ from bus.rawbatch import make_body
 from bus.rawconvert import batch_events
 from probes import tpformat
 from probes.loader import Filters, ProbeSet
-from probes.plan import make_plan
+from probes.plan import make_plan, tracefs
 from probes.program import SAMPLE_MS
 
 SLOW = float(os.environ.get("TCPLAB_TEST_SLOW", "1"))
 Event = dict[str, Any]
+# sock:inet_sk_error_report is from 5.13: on 5.10 (`make test-kernels`) the
+# errno handed to the application has no kernel event, and none is expected.
+ERROR_REPORT = tpformat.fields(tracefs(), "sock:inet_sk_error_report") is not None
 
 pytestmark = [pytest.mark.root, pytest.mark.bpf]
 
@@ -220,9 +223,10 @@ def test_reset_and_error_report(listener: socket.socket, traced: Traced) -> None
     with pytest.raises(ConnectionResetError):
         conn.recv(10)
     conn.close()
+    kinds = {"send_reset", "receive_reset"} | ({"sk_error"} if ERROR_REPORT else set())
     traced.wait(
-        lambda ev: any(e["type"] == "tcp_events" and e["what"] == "sk_error" for e in ev),
-        "sk_error event",
+        lambda ev: kinds <= {e["what"] for e in ev if e["type"] == "tcp_events"},
+        " and ".join(sorted(kinds)),
     )
     sent = traced.of("tcp_events", what="send_reset", sport=cport)
     received = traced.of("tcp_events", what="receive_reset", dport=cport)
@@ -230,7 +234,7 @@ def test_reset_and_error_report(listener: socket.socket, traced: Traced) -> None
     assert len(sent) == 1 and sent[0]["daddr"] == "127.0.0.1"
     assert sent[0]["dport"] == traced.port
     assert len(received) == 1 and received[0]["sport"] == traced.port
-    assert [e["code"] for e in errors] == [errno.ECONNRESET]
+    assert [e["code"] for e in errors] == ([errno.ECONNRESET] if ERROR_REPORT else [])
     assert received[0]["skaddr"] != 0
 
 
@@ -335,7 +339,8 @@ def test_watch_internals_text_format(listener: socket.socket) -> None:
         conn.close()
         fd, buf = proc.stdout.fileno(), b""
         deadline = time.monotonic() + 10 * SLOW
-        while not any(" sk_error " in x for x in lines):
+        last = " sk_error " if ERROR_REPORT else " receive_reset "
+        while not any(last in x for x in lines) or not any(" send_reset " in x for x in lines):
             assert time.monotonic() < deadline and proc.poll() is None, f"got {lines}"
             if select.select([fd], [], [], 0.1)[0]:
                 buf += os.read(fd, 65536)
@@ -358,6 +363,6 @@ def test_watch_internals_text_format(listener: socket.socket) -> None:
     # tracepoint fires: the order is not checked, the lines are.
     assert [(w, sp) for w, sp, _ in got] == [
         ("receive_reset", port), ("send_reset", cport), ("sk_error", port)
-    ]  # fmt: skip
-    assert got[0][2] is None and got[2][2] == "ECONNRESET"
+    ][: 3 if ERROR_REPORT else 2]  # fmt: skip
+    assert got[0][2] is None and (not ERROR_REPORT or got[2][2] == "ECONNRESET")
     assert re.fullmatch(r"in [A-Z_0-9]+( reason \d+)?", got[1][2] or ""), got[1]
