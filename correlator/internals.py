@@ -40,7 +40,7 @@ class SocketFigures:
     samples: int = 0
     hits: int = 0
     retransmits: int = 0
-    retrans_failed: int = 0
+    retrans_given_up: int = 0
     cong: list[tuple[float, str]] = field(default_factory=list)
     resets_sent: int = 0
     resets_received: int = 0
@@ -114,7 +114,7 @@ class Internals:
                 self._series(f, s)
                 plots.append(self._plot(key, s))
         window = counters_window(self.meta)
-        in_window = 0
+        in_window = refused_in_window = 0
         if events is not None:
             keys = _keys(events)
             segs = _segs(events)
@@ -128,20 +128,23 @@ class Internals:
                 code = int(e["code"])
                 row: dict[str, Any] = {"socket": key, "t_s": round(t, 6), "event": what}
                 if what == "retransmit" and code < 0:
-                    # 6.x (`err`): given up before it reached the device (no
-                    # memory, TSQ, still queued from the last time): not
-                    # counted in Tcp RetransSegs, which is counted just before
-                    # the transmit.
-                    f.retrans_failed += 1
+                    # 6.x (`err`, the tracepoint fires on every return of
+                    # __tcp_retransmit_skb): mostly given up before the count
+                    # (no memory, still queued from the last time: not in Tcp
+                    # RetransSegs); an error of the transmit itself comes
+                    # after the count and is in TcpExt TCPRetransFail too.
+                    f.retrans_given_up += 1
                     row["error"] = errno.errorcode.get(-code, str(code))
                 elif what in ("retransmit", "retransmit_synack"):
-                    # code > 0: the qdisc dropped it (NET_XMIT_DROP), counted
-                    # by the kernel as sent all the same. Counted in segments,
-                    # as Tcp RetransSegs counts them.
+                    # code > 0: the qdisc dropped it (NET_XMIT_DROP): counted
+                    # in RetransSegs, and in TCPRetransFail as never sent.
+                    # Counted in segments, as Tcp RetransSegs counts them.
                     n_segs = int(segs[i])
                     f.retransmits += n_segs
                     if window and window[0] <= int(e["ts"]) <= window[1]:
                         in_window += n_segs
+                        if code:
+                            refused_in_window += n_segs
                     if n_segs > 1:
                         row["segs"] = n_segs
                     if code:
@@ -175,6 +178,13 @@ class Internals:
             # counters (the probes attach after the first and stop after
             # the last): the figure to hold against RetransSegs.
             counts["retransmits_between_readings"] = in_window
+            # Of those, the ones the qdisc refused (6.x `err` > 0). On 6.1
+            # and 5.10 the tracepoint fires only for a retransmission sent,
+            # so there RetransSegs = seen + TCPRetransFail; on 6.x with
+            # `err`, RetransSegs = seen - refused + TCPRetransFail.
+            counts["retransmits_refused_between_readings"] = refused_in_window
+            # Counted by the kernel but never sent: the transmit failed.
+            counts["retransmits_failed"] = kernel.get("TCPRetransFail", 0)
             # Tracepoint hits whose program the kernel did not run (another
             # BPF program was running on that CPU), machine-wide: the lab's
             # retransmits among them are counted in RetransSegs, not seen.
@@ -187,7 +197,14 @@ class Internals:
         return {
             "counts": {"internals": counts},
             "sentences": self._bulk_sentences(figures)
-            + _sentences(figures, kernel, set(self.bulk), in_window, self.retransmit_misses),
+            + _sentences(
+                figures,
+                kernel,
+                set(self.bulk),
+                in_window,
+                refused_in_window,
+                self.retransmit_misses,
+            ),
             "rows": rows,
             "plots": plots[:PLOT_SOCKETS],
         }
@@ -401,7 +418,7 @@ def _counts(figures: dict[str, SocketFigures]) -> dict[str, Any]:
         "samples": sum(f.samples for f in fs),
         "hits": sum(f.hits for f in fs),
         "retransmits": sum(f.retransmits for f in fs),
-        "retransmits_failed": sum(f.retrans_failed for f in fs),
+        "retransmits_given_up": sum(f.retrans_given_up for f in fs),
         "cong_states": cong,
         "resets_sent": sum(f.resets_sent for f in fs),
         "resets_received": sum(f.resets_received for f in fs),
@@ -423,6 +440,7 @@ def _sentences(
     kernel: dict[str, int],
     bulk_keys: set[str],
     seen: int,
+    refused: int,
     missed: int,
 ) -> list[str]:
     out = []
@@ -439,6 +457,15 @@ def _sentences(
                 "was running on that CPU)"
             )
         out.append(text + ".")
+    if kernel.get("TCPRetransFail"):
+        failed = kernel["TCPRetransFail"]
+        if failed == refused:
+            why = "the qdisc refused them"
+        elif refused:
+            why = f"their transmit failed ({refused} refused by the qdisc)"
+        else:  # 6.1, 5.10: the tracepoint does not say why
+            why = "their transmit failed (a qdisc that drops, or no memory)"
+        out.append(f"{failed} retransmissions were never sent: {why}.")
     for f in figures.values():
         if f.zero_periods:
             probes = (

@@ -2,8 +2,9 @@
 
 Read at the start and the end of a two-host run, per host (lab/hostlab.py),
 so that the report can check its tracepoint counts against the kernel's:
-Tcp RetransSegs against the retransmits tcp:tcp_retransmit_skb saw, Tcp
-OutSegs as the segments sent, TcpExt TCPWinProbe as the zero-window probes.
+Tcp RetransSegs against the retransmits tcp:tcp_retransmit_skb saw (with
+TcpExt TCPRetransFail, the counted ones whose transmit failed), Tcp OutSegs
+as the segments sent, TcpExt TCPWinProbe as the zero-window probes.
 The files show the namespace of the thread that reads them
 (/proc/thread-self/net), so the read runs inside the namespace.
 """
@@ -17,7 +18,13 @@ from pyroute2 import netns
 FILES = (Path("/proc/thread-self/net/snmp"), Path("/proc/thread-self/net/netstat"))
 WANTED = {
     "Tcp": ("InSegs", "OutSegs", "RetransSegs"),
-    "TcpExt": ("TCPWinProbe", "TCPTimeouts", "TCPLossProbes", "TCPFastRetrans"),
+    "TcpExt": (
+        "TCPWinProbe",
+        "TCPTimeouts",
+        "TCPLossProbes",
+        "TCPFastRetrans",
+        "TCPRetransFail",
+    ),
 }
 
 
