@@ -51,3 +51,4 @@ def test_counters_are_the_namespaces_own() -> None:
     # SYN, SYN-ACK, ACK, data, its ACK at least; nothing lost on loopback.
     assert after["Tcp.OutSegs"] >= 5
     assert after["Tcp.RetransSegs"] == 0
+    assert after["TcpExt.TCPRetransFail"] == 0  # the name this kernel uses
