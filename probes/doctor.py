@@ -95,10 +95,10 @@ def checks() -> list[Check]:
             seen.add(hook.target)
             present = tracepoint_exists(hook.target)
             fix = "mount tracefs; syscall tracepoints need CONFIG_FTRACE_SYSCALLS"
+            optional = hook.target in OPTIONAL_TRACEPOINTS.get(probe, set())
             if "pwait2" in hook.target:
                 fix = "epoll_pwait2 exists since 5.11: the other epoll calls are traced without it"
-            optional = hook.target in OPTIONAL_TRACEPOINTS.get("fdio", set())
-            if optional:
+            elif optional:
                 fix = "since 6.3: fdio counts without it, but its records carry no skaddr"
             if probe in INTERNALS:
                 fix = f"{probe} runs without it: {tpformat.MEANING.get(hook.target, '')}"
