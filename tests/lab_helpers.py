@@ -33,6 +33,8 @@ TCPLAB = str(Path(sys.executable).parent / "tcplab")
 # everything runs about 10x slower, BPF compilation most: guest.sh sets the factor.
 SLOW = float(os.environ.get("TCPLAB_TEST_SLOW", "1"))
 T = TypeVar("T")
+# The running kernel's (major, minor): 5.10 in `make test-kernels KERNEL=debian11`.
+KERNEL = tuple(int(x) for x in os.uname().release.split("-")[0].split(".")[:2])
 
 # A short scenario: a server, 3 clients' connections, two short phases.
 SMALL = """
