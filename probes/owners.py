@@ -77,6 +77,10 @@ class Owners:
         # skaddr in time order (with the one held before), so that each
         # transition finds its own (seen with a bomber beside the watch).
         self._learned: dict[int, list[Owner]] = {}
+        # fd facts (ts, eof_ts, closed_ts) that came before any transition of
+        # their socket: a ring stalled behind a record still being written
+        # holds the transitions back while the fdio ring delivers (under load).
+        self.early: dict[int, tuple[int, int, int]] = {}
 
     def add_listeners(self, known: dict[int, tuple[int, str, int]]) -> None:
         """Listeners that existed before the probes (port -> pid, comm, fd)."""
@@ -152,6 +156,9 @@ class Owners:
     def _fd_fact(self, e: Event) -> None:
         s = self.socks.get(e["skaddr"])
         if s is None:
+            closed = e["ts"] if e["what"] == "close" else 0
+            eof, was_closed = self.early.get(e["skaddr"], (0, 0, 0))[1:]
+            _put(self.early, e["skaddr"], (e["ts"], e["eof_ts"] or eof, closed or was_closed))
             return
         s.eof_ts = e["eof_ts"] or s.eof_ts
         if e["what"] == "close":
@@ -174,6 +181,7 @@ class Owners:
             _put(self.listeners, e["sport"], lst)
         if new == "SYN_RECV":
             _put(self.passive, (e["daddr"], e["dport"]), sk)
+        early = self.early.pop(sk, None)
         if new == "CLOSE":
             gone = self.socks.pop(sk, None)
             if gone is not None and self.passive.get(gone.peer) == sk:
@@ -188,6 +196,8 @@ class Owners:
         sock = Sock(new, t, tuple4, e["sport"], (e["daddr"], e["dport"]), passive)
         if old is not None:  # the fd's facts stay with the socket
             sock.eof_ts, sock.closed_ts = old.eof_ts, old.closed_ts
+        elif early is not None and early[0] >= t:  # this incarnation's, come first
+            sock.eof_ts, sock.closed_ts = early[1], early[2]
         _put(self.socks, sk, sock)
 
     def stuck(self, now: int, older_than_ns: int) -> list[Event]:

@@ -144,6 +144,24 @@ def test_stuck_sockets_are_reported_once_with_their_facts() -> None:
     assert o.stuck(now=30_000, older_than_ns=10_000)[0]["closed_ts"] == 40
 
 
+def test_an_eof_that_comes_before_its_sockets_transitions_is_kept() -> None:
+    """Under load one ring can deliver a batch late: the server's EOF read (fdio)
+    arrives before any transition of its socket, and still counts for it; an
+    earlier fact on a recycled address does not count for the next socket."""
+    o = Owners()
+    o.add_listeners({8080: (SRV, "server", 3)})
+    o.feed([fdio(31, SRV, 9, SK_SRV, "eof", eof_ts=31), fdio(5, SRV, 8, SK_CLI, "close")])
+    o.feed([
+        tcp(20, SK_SRV, "LISTEN", "SYN_RECV", 8080, 50000),
+        accept(21, SRV, 9, 50000),
+        tcp(30, SK_SRV, "ESTABLISHED", "CLOSE_WAIT", 8080, 50000),
+        tcp(9, SK_CLI, "CLOSE", "SYN_SENT", 0, 80, cpu=CLI),
+    ])  # fmt: skip
+    (srv,) = o.stuck(now=40, older_than_ns=0)
+    assert (srv["skaddr"], srv["eof_ts"], srv["closed_ts"]) == (SK_SRV, 31, None)
+    assert o.socks[SK_CLI].closed_ts == 0
+
+
 def test_tables_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(owners_mod, "MAX_SOCKETS", 100)
     o = Owners()
