@@ -78,8 +78,8 @@ class Owners:
         # transition finds its own (seen with a bomber beside the watch).
         self._learned: dict[int, list[Owner]] = {}
         # fd facts (ts, eof_ts, closed_ts) that came before any transition of
-        # their socket: a ring stalled behind a record still being written
-        # holds the transitions back while the fdio ring delivers (under load).
+        # their socket: under load one ring's records can come a poll later
+        # than another's.
         self.early: dict[int, tuple[int, int, int]] = {}
 
     def add_listeners(self, known: dict[int, tuple[int, str, int]]) -> None:
@@ -104,10 +104,10 @@ class Owners:
                 self._transition(e)
             elif kind == "accept" and e["errno"] == 0:
                 self._accepted(e)
-        # After the transitions, which create the socket entries the facts
-        # belong to: an EOF often comes in the same batch as the CLOSE_WAIT.
-        for e in batch:
-            if e["type"] == "fdio" and e["skaddr"]:
+            elif kind == "fdio" and e["skaddr"]:
+                # In time order with the transitions: a fact after the CLOSE
+                # of its socket must not go to the next socket at that
+                # address (a client's close became a server socket's).
                 self._fd_fact(e)
 
     def _accepted(self, e: Event) -> None:

@@ -162,6 +162,23 @@ def test_an_eof_that_comes_before_its_sockets_transitions_is_kept() -> None:
     assert o.socks[SK_CLI].closed_ts == 0
 
 
+def test_a_closed_sockets_facts_do_not_go_to_the_next_at_its_address() -> None:
+    """One batch: a client closes its fd and its socket goes; the server's next
+    accepted socket gets the same memory. The close was the client's."""
+    o = Owners()
+    o.add_listeners({8080: (SRV, "server", 3)})
+    o.feed([
+        tcp(1, SK_CLI, "CLOSE", "SYN_SENT", 0, 80, cpu=CLI),
+        fdio(5, CLI, 7, SK_CLI, "close"),
+        tcp(6, SK_CLI, "FIN_WAIT2", "CLOSE", 40000, 80),
+        tcp(20, SK_CLI, "LISTEN", "SYN_RECV", 8080, 50000),
+        accept(21, SRV, 9, 50000),
+        tcp(30, SK_CLI, "ESTABLISHED", "CLOSE_WAIT", 8080, 50000),
+    ])  # fmt: skip
+    (srv,) = o.stuck(now=40, older_than_ns=0)
+    assert (srv["owner_pid"], srv["owner_fd"], srv["closed_ts"]) == (SRV, 9, None)
+
+
 def test_tables_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(owners_mod, "MAX_SOCKETS", 100)
     o = Owners()
