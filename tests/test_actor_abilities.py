@@ -25,13 +25,16 @@ def test_bulk_sender_against_a_slow_reader(lab: Lab) -> None:
     lab.start("client", "client", "--target", f"127.0.0.1:{port}", "--lines", "0",
           "--send-bytes", "400000", "--congestion", "reno")
     backlog = 0
+    seen: list[tuple[int, int, int, int]] = []  # the last sample, for a failure's message
     with DiagQuery() as q:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and backlog <= 4096:
-            backlog = max([backlog, *(s.rqueue for s in q.sockets([port])
-                                      if s.lport == port and s.rport)])
+            sample = q.sockets([port])
+            seen = [(s.lport, s.rport, s.state, s.rqueue) for s in sample]
+            backlog = max([backlog, *(s.rqueue for s in sample if s.lport == port and s.rport)])
             lab.pump(20)
-    assert backlog > 4096  # more waiting than one read takes
+    # More waiting than one read takes.
+    assert backlog > 4096, (seen, lab.records("client"), lab.records("server"))
     lab.wait_for(lambda e: e.kind is Kind.STATS and e.sender == "client" and bool(e.body.get(
         "done")), 60, "client done")
     (sent,) = lab.records("client", "bulk_sent")
