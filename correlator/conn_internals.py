@@ -60,21 +60,12 @@ def _frame(r: np.ndarray, cols: dict[str, np.ndarray]) -> pl.DataFrame:
 def _assign(records: pl.DataFrame, conns: pl.DataFrame) -> pl.DataFrame:
     """records with the id of their connection; those of none left out."""
     records = records.sort("ts")
-    back = records.join_asof(
-        conns,
-        left_on="ts",
-        right_on="start_ns",
-        by=_TUPLE,
-        strategy="backward",
-        check_sortedness=False,
-    )
-    ahead = records.join_asof(
-        conns,
-        left_on="ts",
-        right_on="start_ns",
-        by=_TUPLE,
-        strategy="forward",
-        check_sortedness=False,
+    back, ahead = (
+        records.join_asof(
+            conns, left_on="ts", right_on="start_ns", by=_TUPLE, strategy=way,
+            check_sortedness=False,
+        )
+        for way in ("backward", "forward")
     )
     return back.with_columns(id=pl.col("id").fill_null(ahead["id"])).filter(
         pl.col("id").is_not_null()
