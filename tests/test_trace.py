@@ -113,9 +113,13 @@ def test_trace_the_leaking_go_server_then_ctrl_c(tmp_path: Path) -> None:
     # From accept4 or the program's own record of the socket, whichever came first.
     assert {c["owner"]["pid"] for c in stuck} == {go_pid}
     assert any(c["owner"]["via"] == "accept4" for c in stuck)
-    # Whoever ran the softirq of the peer's FIN is the client (this test), not the owner.
+    # Whoever ran the softirq of the peer's FIN is mostly the client (this
+    # test), not the owner; a FIN that arrives while the Go server holds the
+    # socket's lock waits in the backlog and is processed by release_sock() in
+    # the server's own context, so some may carry its pid. The owner is the
+    # server for all of them all the same.
     entered = [next(s for s in c["states"] if s["state"] == "CLOSE_WAIT") for c in stuck]
-    assert go_pid not in {s["cpu_pid"] for s in entered}
+    assert any(s["cpu_pid"] != go_pid for s in entered), entered
     assert {"server"} == {c["owner"]["actor"] for c in stuck}
     assert sum(c["app"].get("leaked", 0) for c in stuck) == CLIENTS
     # The syscall barrier (fdio), from the kernel alone: each fd read EOF and
