@@ -325,8 +325,9 @@ def test_pid_filter_follows_the_children() -> None:
 
 @pytest.mark.parametrize("leaky_server", ["c"], indirect=True)
 def test_pid_filter_keeps_the_sockets_the_process_owns(leaky_server: Any) -> None:
-    """watch -p SERVER: its sockets' transitions, which run on the clients' CPU
-    time (softirq), are kept by their owner; nothing else of the clients'."""
+    """watch -p SERVER: its sockets' transitions, which mostly run on the
+    clients' CPU time (softirq), are kept by their owner; nothing else of the
+    clients'."""
     server, port, _ = leaky_server
     watch = JsonWatch("-p", str(server.pid), "--stuck", "0")
     try:
@@ -336,7 +337,13 @@ def test_pid_filter_keeps_the_sockets_the_process_owns(leaky_server: Any) -> Non
     tcp = [e for e in watch.events if e["type"] == "tcp_state"]
     close_wait = [e for e in tcp if e["new"] == "CLOSE_WAIT" and e["sport"] == port]
     assert len(close_wait) == 5
-    assert all(e["owner_pid"] == server.pid != e["cpu_pid"] for e in close_wait)
+    assert all(e["owner_pid"] == server.pid for e in close_wait)
+    # Kept by their owner, not by who was on the CPU: mostly the client's
+    # softirq. A FIN that arrives while the server holds the socket lock
+    # (inside its read) waits in the backlog and is processed by release_sock()
+    # in the server's own context, so some may carry the server's pid; not all
+    # five, or nothing here shows that the filter looks at the owner.
+    assert any(e["cpu_pid"] != server.pid for e in close_wait), close_wait
     assert all(server.pid in (e["cpu_pid"], e["owner_pid"]) for e in tcp)
     stuck = [e for e in watch.events if e["type"] == "stuck_at_end"]
     assert len(stuck) == 5 and {e["owner_pid"] for e in stuck} == {server.pid}
