@@ -10,7 +10,7 @@
  * probes/program.py (never by editing this text): TCPLAB_PERFBUF selects
  * the perf buffer (kernels < 5.8 have no BPF ring buffer),
  * TCPLAB_RING_PAGES sizes the ring, TCPLAB_EVENT names the probe's record
- * struct (events.h), TCPLAB_TRACEPOINT and TCPLAB_KPROBE select which attach
+ * struct (events.h), TCPLAB_TRACEPOINT, TCPLAB_RAW and TCPLAB_KPROBE select which attach
  * variants get compiled, CFG_* and CNT_* are the slots of the arrays below.
  */
 #include "events.h"

@@ -97,6 +97,8 @@ class Probe:
         for hook in self.plan.hooks:
             if hook.kind == "tracepoint":
                 self.bpf.attach_tracepoint(tp=hook.target.encode(), fn_name=hook.fn.encode())
+            elif hook.kind == "raw_tracepoint":
+                self.bpf.attach_raw_tracepoint(tp=hook.target.encode(), fn_name=hook.fn.encode())
             elif hook.kind == "kprobe":
                 self.bpf.attach_kprobe(event=hook.target.encode(), fn_name=hook.fn.encode())
             else:

@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from bus.internals import INTERNALS
-from probes import tpformat
+from probes import rawtp, tpformat
 
-# The TCP internals (INTERNALS, probes/tpformat.py) are tracepoints only: no
-# kprobe variant, so a forced kprobe mode keeps them on their tracepoints;
-# each attaches the hooks this kernel has and says what it lacks.
+# The TCP internals (INTERNALS, probes/tpformat.py) have no kprobe variant:
+# raw tracepoints where the kernel's BTF allows (probes/rawtp.py), classic
+# ones otherwise or when TCPLAB_ATTACH=tracepoint; each attaches the hooks
+# this kernel has and says what it lacks.
 PROBES = ("tcp_state", "accept", "epoll", "connect", "fdio", "proc", *INTERNALS)
 # What runs unless asked otherwise: the internals cost a compilation and
 # events on every data segment's path, so a scenario or a user asks for
@@ -47,7 +48,7 @@ class ProbeError(RuntimeError):
 
 @dataclass(frozen=True)
 class Hook:
-    kind: str  # "tracepoint", "kprobe" or "kretprobe"
+    kind: str  # "tracepoint", "raw_tracepoint", "kprobe" or "kretprobe"
     target: str  # "sock:inet_sock_set_state", or a kernel function
     fn: str  # the BPF function in the probe's .bpf.c
 
@@ -55,7 +56,7 @@ class Hook:
 @dataclass
 class ProbePlan:
     name: str
-    mode: str | None  # "tracepoint", "kprobe", or None: cannot attach here
+    mode: str | None  # "tracepoint", "raw_tracepoint", "kprobe", or None: cannot attach here
     hooks: list[Hook]
     why: str  # why this mode, or what is missing and how to fix it
 
@@ -225,21 +226,30 @@ def kprobe_hooks(probe: str) -> tuple[list[Hook], list[str]]:
     return hooks, missing
 
 
-def _plan_tracepoint_only(name: str, force: str) -> ProbePlan:
+def _plan_internals(name: str, force: str) -> ProbePlan:
+    """The TCP internals: raw tracepoints where this kernel's BTF allows
+    (probes/rawtp.py), unless TCPLAB_ATTACH=tracepoint asks for the classic
+    ones; the classic tracepoints otherwise. There is no kprobe variant."""
     hooks = [h for h in TRACEPOINT_HOOKS[name] if tracepoint_exists(h.target)]
     if not hooks:
         missing = ", ".join(h.target for h in TRACEPOINT_HOOKS[name])
         return ProbePlan(name, None, [], f"missing tracepoints {missing}: mount tracefs")
-    why = "tracepoints " + ", ".join(h.target for h in hooks)
-    if force == "kprobe":
-        why += " (no kprobe variant: these tracepoints are older than any kernel tcplab runs on)"
+    gaps = [g for g in tpformat.gaps(tracefs(), name) if " missing:" in g]
+    raw_why = "classic tracepoints asked for (TCPLAB_ATTACH=tracepoint)"
+    if force != "tracepoint":
+        raw_why = rawtp.unusable() or ""
+    if not raw_why:
+        raw = [Hook("raw_tracepoint", h.target.partition(":")[2], "raw_" + h.target.partition(":")[2]) for h in hooks]
+        why = "raw tracepoints " + ", ".join(h.target for h in raw) + " (offsets from the kernel's BTF)"
+        return ProbePlan(name, "raw_tracepoint", raw, why + "".join("; " + g for g in gaps))
+    why = "tracepoints " + ", ".join(h.target for h in hooks) + f" (not raw: {raw_why})"
     gaps = tpformat.gaps(tracefs(), name)
     return ProbePlan(name, "tracepoint", hooks, why + ("; " + "; ".join(gaps) if gaps else ""))
 
 
 def _plan_probe(name: str, force: str) -> ProbePlan:
     if name in INTERNALS:
-        return _plan_tracepoint_only(name, force)
+        return _plan_internals(name, force)
     tp_hooks = TRACEPOINT_HOOKS[name]
     tp_missing = [h.target for h in tp_hooks if not tracepoint_exists(h.target)]
     kp_hooks, kp_missing = kprobe_hooks(name)

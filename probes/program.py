@@ -20,7 +20,7 @@ from bus.rawbatch import (
     PROC_KINDS,
 )
 from bus.records import TCP_STATES
-from probes import tpformat
+from probes import rawtp, tpformat
 from probes.plan import OPTIONAL_TRACEPOINTS, PROBES, ProbeError, tracefs, tracepoint_exists
 
 HERE = Path(__file__).resolve().parent
@@ -122,15 +122,18 @@ def program_text(name: str) -> str:
 
 
 def cflags(name: str, mode: str, delivery: str) -> list[str]:
-    """The compiler flags of probe `name` attached by `mode` ("tracepoint" or
-    "kprobe") delivering through `delivery` ("ringbuf" or "perf")."""
+    """The compiler flags of probe `name` attached by `mode` ("tracepoint",
+    "raw_tracepoint" or "kprobe") delivering through `delivery` ("ringbuf" or "perf")."""
     flags = [
         f"-I{HERE}",
         f"-DTCPLAB_RING_PAGES={RING_PAGES[name]}",
         f"-DTCPLAB_EVENT={EVENT_STRUCT[name]}",
     ]
     flags += [f"-D{k}={v}" for k, v in constants().items()]
-    flags.append("-DTCPLAB_KPROBE" if mode == "kprobe" else "-DTCPLAB_TRACEPOINT")
+    if mode == "raw_tracepoint":
+        flags += ["-DTCPLAB_RAW", *rawtp.flags()]
+    else:
+        flags.append("-DTCPLAB_KPROBE" if mode == "kprobe" else "-DTCPLAB_TRACEPOINT")
     if delivery == "perf":
         flags.append("-DTCPLAB_PERFBUF")
     flags += tpformat.layout_flags(tracefs(), name)

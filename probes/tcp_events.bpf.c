@@ -24,6 +24,11 @@
  * - sock:inet_sk_error_report (5.13+, covered from 6.1 here): the errno the
  *   kernel hands the application (ETIMEDOUT, ECONNRESET, ECONNREFUSED). It
  *   has no skaddr: the 4-tuple joins it.
+ *
+ * Each hook has two variants, one set compiled (probes/plan.py picks): on
+ * the raw tracepoints where the kernel has BTF (TCPLAB_RAW: never skipped
+ * because another BPF program runs on the CPU, probes/rawtp.py), on the
+ * classic ones otherwise (TCPLAB_TRACEPOINT). Both emit the same events.
  */
 #include <uapi/linux/in.h>
 #include <uapi/linux/in6.h>
@@ -85,6 +90,7 @@ static __always_inline int deliver(void *ctx, struct tcp_sock_event *e, u8 what)
     return 0;
 }
 
+#ifdef TCPLAB_TRACEPOINT
 #ifdef TCPLAB_TP_tcp_retransmit_skb
 int tp_tcp_retransmit_skb(struct tracepoint__tcp__tcp_retransmit_skb *args)
 {
@@ -199,3 +205,145 @@ int tp_inet_sk_error_report(struct tracepoint__sock__inet_sk_error_report *args)
     return deliver(args, &e, TCPLAB_EV_SK_ERROR);
 }
 #endif
+#endif /* TCPLAB_TRACEPOINT */
+
+#ifdef TCPLAB_RAW
+/* The raw tracepoint variants (probes/rawtp.py says why raw, and checks
+ * each one's TP_PROTO against this kernel's BTF): the same events from the
+ * tracepoints' C arguments, read as their TP_fast_assign reads them. */
+#include "sockread.h"
+
+#ifdef TCPLAB_TP_tcp_retransmit_skb
+/* TP_PROTO(sk, skb) 4.15+, (sk, skb, int err) from 6.16. */
+int raw_tcp_retransmit_skb(struct bpf_raw_tracepoint_args *ctx)
+{
+    u64 sk = ctx->args[0], skb = ctx->args[1];
+    struct tcp_sock_event e = {};
+    e.skaddr = sk;
+    KREAD(e.state, sk, SK_STATE);
+    SK_TUPLE(&e, sk);
+#ifdef TCPLAB_RAW_tcp_retransmit_skb_err
+    e.code = (int)ctx->args[2];
+#endif
+    /* tcp_skb_pcount(skb): see tp_tcp_retransmit_skb. */
+    bpf_probe_read_kernel(&e.segs, sizeof(e.segs),
+                          (const void *)(skb + TCPLAB_OFF_SKB_CB + TCPLAB_OFF_TCB_GSO_SEGS));
+    return deliver(ctx, &e, TCPLAB_EV_RETRANSMIT);
+}
+#endif
+
+#ifdef TCPLAB_TP_tcp_retransmit_synack
+/* TP_PROTO(sk, req) 4.15+: the listener and the request; ports and
+ * addresses are the request's (ir_num is in host order, ir_rmt_port not),
+ * the family the listener's, which also picks the v6 addresses. */
+int raw_tcp_retransmit_synack(struct bpf_raw_tracepoint_args *ctx)
+{
+    u64 sk = ctx->args[0], req = ctx->args[1];
+    struct tcp_sock_event e = {};
+    u16 rport = 0;
+    e.skaddr = sk;
+    KREAD(e.family, sk, SK_FAMILY);
+    KREAD(e.sport, req, IREQ_NUM);
+    KREAD(rport, req, IREQ_RMT_PORT);
+    e.dport = ntohs(rport);
+    if (e.family == AF_INET6) {
+        bpf_probe_read_kernel(e.saddr, 16, (const void *)(req + TCPLAB_OFF_IREQ_V6_LOC_ADDR));
+        bpf_probe_read_kernel(e.daddr, 16, (const void *)(req + TCPLAB_OFF_IREQ_V6_RMT_ADDR));
+    } else {
+        bpf_probe_read_kernel(e.saddr, 4, (const void *)(req + TCPLAB_OFF_IREQ_LOC_ADDR));
+        bpf_probe_read_kernel(e.daddr, 4, (const void *)(req + TCPLAB_OFF_IREQ_RMT_ADDR));
+    }
+    e.segs = 1; /* tcp_rtx_synack adds 1 to Tcp RetransSegs */
+    return deliver(ctx, &e, TCPLAB_EV_RETRANSMIT_SYNACK);
+}
+#endif
+
+#ifdef TCPLAB_TP_tcp_cong_state_set
+/* TP_PROTO(sk, const u8 ca_state) 6.1+. */
+int raw_tcp_cong_state_set(struct bpf_raw_tracepoint_args *ctx)
+{
+    u64 sk = ctx->args[0];
+    struct tcp_sock_event e = {};
+    e.skaddr = sk;
+    e.code = (u8)ctx->args[1];
+    SK_TUPLE(&e, sk);
+    return deliver(ctx, &e, TCPLAB_EV_CONG_STATE);
+}
+#endif
+
+#ifdef TCPLAB_TP_tcp_send_reset
+/* TP_PROTO(sk, skb) 4.15+, sk NULL allowed from 6.10 (a reset with no
+ * socket); (sk, skb, enum sk_rst_reason) from 6.11. As 6.10+'s
+ * TP_fast_assign: a full socket gives the tuple; otherwise (none, time-wait,
+ * request) the segment being answered does, reversed into the socket's
+ * view. Before 6.10 the kernel called it with a socket only. */
+int raw_tcp_send_reset(struct bpf_raw_tracepoint_args *ctx)
+{
+    u64 sk = ctx->args[0], skb = ctx->args[1];
+    struct tcp_sock_event e = {};
+    u8 state = 0;
+    e.skaddr = sk;
+    if (sk)
+        KREAD(state, sk, SK_STATE);
+    e.state = state;
+    u32 not_full = (1u << TCPLAB_TCP_TIME_WAIT) | (1u << TCPLAB_TCP_NEW_SYN_RECV);
+    if (sk && !((1u << state) & not_full)) {
+        SK_TUPLE(&e, sk);
+    } else if (skb) {
+        u64 head = 0, th = 0;
+        u16 nh = 0;
+        u8 ver = 0;
+        u16 ports[2] = {}; /* th->source, th->dest */
+        KREAD(head, skb, SKB_HEAD);
+        KREAD(nh, skb, SKB_NETWORK_HEADER);
+        KREAD(th, skb, SKB_DATA);
+        u64 iph = head + nh;
+        bpf_probe_read_kernel(&ver, 1, (const void *)iph);
+        bpf_probe_read_kernel(ports, sizeof(ports), (const void *)th);
+        e.sport = ntohs(ports[1]);
+        e.dport = ntohs(ports[0]);
+        if ((ver >> 4) == 6) {
+            e.family = AF_INET6;
+            bpf_probe_read_kernel(e.saddr, 16, (const void *)(iph + 24)); /* ipv6hdr daddr */
+            bpf_probe_read_kernel(e.daddr, 16, (const void *)(iph + 8));  /* ipv6hdr saddr */
+        } else {
+            e.family = AF_INET;
+            bpf_probe_read_kernel(e.saddr, 4, (const void *)(iph + 16)); /* iphdr daddr */
+            bpf_probe_read_kernel(e.daddr, 4, (const void *)(iph + 12)); /* iphdr saddr */
+        }
+    }
+#ifdef TCPLAB_RAW_tcp_send_reset_reason
+    e.code = (int)ctx->args[2];
+#endif
+    return deliver(ctx, &e, TCPLAB_EV_SEND_RESET);
+}
+#endif
+
+#ifdef TCPLAB_TP_tcp_receive_reset
+/* TP_PROTO(sk) 4.15+. */
+int raw_tcp_receive_reset(struct bpf_raw_tracepoint_args *ctx)
+{
+    u64 sk = ctx->args[0];
+    struct tcp_sock_event e = {};
+    e.skaddr = sk;
+    SK_TUPLE(&e, sk);
+    return deliver(ctx, &e, TCPLAB_EV_RECEIVE_RESET);
+}
+#endif
+
+#ifdef TCPLAB_TP_inet_sk_error_report
+/* TP_PROTO(sk) 5.13+; skaddr stays 0 as in the classic format, which has none. */
+int raw_inet_sk_error_report(struct bpf_raw_tracepoint_args *ctx)
+{
+    u64 sk = ctx->args[0];
+    u16 protocol = 0;
+    KREAD(protocol, sk, SK_PROTOCOL);
+    if (protocol != IPPROTO_TCP)
+        return 0;
+    struct tcp_sock_event e = {};
+    KREAD(e.code, sk, SK_ERR);
+    SK_TUPLE(&e, sk);
+    return deliver(ctx, &e, TCPLAB_EV_SK_ERROR);
+}
+#endif
+#endif /* TCPLAB_RAW */
