@@ -29,6 +29,7 @@ INT, PTR, ARRAY, STRUCT, UNION, ENUM, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT = 
 FUNC, FUNC_PROTO, VAR, DATASEC, FLOAT, DECL_TAG, TYPE_TAG, ENUM64 = range(12, 20)
 _TAIL = {INT: 4, ARRAY: 12, VAR: 4, DECL_TAG: 4}
 _PER_MEMBER = {STRUCT: 12, UNION: 12, ENUM: 8, FUNC_PROTO: 8, DATASEC: 12, ENUM64: 12}
+_PREFIX = {STRUCT: "struct ", UNION: "union ", ENUM: "enum ", ENUM64: "enum ", FWD: "struct "}
 # Kinds that only qualify or rename another type.
 _ALIASES = (TYPEDEF, VOLATILE, CONST, RESTRICT, TYPE_TAG)
 
@@ -184,8 +185,7 @@ class BTF:
             return "volatile " + self.type_name(t.size_or_type)
         if t.kind in (RESTRICT, TYPE_TAG):
             return self.type_name(t.size_or_type)
-        prefix = {STRUCT: "struct ", UNION: "union ", ENUM: "enum ", ENUM64: "enum ", FWD: "struct "}
-        return prefix.get(t.kind, "") + t.name
+        return _PREFIX.get(t.kind, "") + t.name
 
     def raw_tracepoint_args(self, event: str) -> list[str] | None:
         """The C argument types a raw tracepoint hands its programs (the

@@ -160,8 +160,15 @@ TRACEPOINT_HOOKS: dict[str, list[Hook]] = {
         *(
             Hook("tracepoint", f"syscalls:sys_{edge}_{call}", f"tp_{edge}_{call}")
             for call in (
-                "read", "readv", "recvfrom", "recvmsg",
-                "write", "writev", "sendto", "sendmsg", "sendfile64",
+                "read",
+                "readv",
+                "recvfrom",
+                "recvmsg",
+                "write",
+                "writev",
+                "sendto",
+                "sendmsg",
+                "sendfile64",
             )  # fmt: skip
             for edge in ("enter", "exit")
         ),
@@ -239,10 +246,15 @@ def _plan_internals(name: str, force: str) -> ProbePlan:
     if force != "tracepoint":
         raw_why = rawtp.unusable() or ""
     if not raw_why:
-        raw = [Hook("raw_tracepoint", h.target.partition(":")[2], "raw_" + h.target.partition(":")[2]) for h in hooks]
-        why = "raw tracepoints " + ", ".join(h.target for h in raw) + " (offsets from the kernel's BTF)"
+        events = [h.target.partition(":")[2] for h in hooks]
+        raw = [Hook("raw_tracepoint", e, "raw_" + e) for e in events]
+        why = f"raw tracepoints {', '.join(events)} (offsets from the kernel's BTF)"
+        if force == "kprobe":
+            why += " (no kprobe variant)"
         return ProbePlan(name, "raw_tracepoint", raw, why + "".join("; " + g for g in gaps))
     why = "tracepoints " + ", ".join(h.target for h in hooks) + f" (not raw: {raw_why})"
+    if force == "kprobe":
+        why += " (no kprobe variant)"
     gaps = tpformat.gaps(tracefs(), name)
     return ProbePlan(name, "tracepoint", hooks, why + ("; " + "; ".join(gaps) if gaps else ""))
 

@@ -109,7 +109,8 @@ def _resolve() -> dict[str, object]:
             m = types.member(struct_name, path)
             if (m.bits == 0) != (size != 0) or (size and m.size != size):
                 got = f"{m.bits}-bit bitfield" if m.bits else f"{m.size} bytes"
-                return {"why": f"{struct_name}.{path} is {got} here, the raw programs read {size or 'a bitfield'}"}
+                want = f"{size} bytes" if size else "a bitfield"
+                return {"why": f"{struct_name}.{path} is {got} here, the raw programs read {want}"}
             flags.append(f"-DTCPLAB_OFF_{name}={m.offset}")
             if m.bits:
                 if m.bit + m.bits > 8:
@@ -122,7 +123,8 @@ def _resolve() -> dict[str, object]:
                 continue  # the kernel lacks it: its handler is not compiled (TCPLAB_TP_<event>)
             plain = tuple(_plain(a) for a in args)
             if plain not in known:
-                return {"why": f"raw tracepoint {event} takes ({', '.join(args)}), not a list tcplab knows"}
+                listed = ", ".join(args)
+                return {"why": f"raw tracepoint {event} takes ({listed}): not a list tcplab knows"}
             if known[plain]:
                 flags.append(f"-DTCPLAB_RAW_{event}_{known[plain]}")
     except (OSError, btf.BTFError) as e:
@@ -132,7 +134,8 @@ def _resolve() -> dict[str, object]:
 
 def _cache_path() -> Path:
     """One file per kernel build (release and build string) and per table above."""
-    key = json.dumps([platform.release(), platform.version(), FIELDS, {k: sorted(v) for k, v in PROTOS.items()}])
+    protos = {k: sorted(v) for k, v in PROTOS.items()}
+    key = json.dumps([platform.release(), platform.version(), FIELDS, protos])
     return CACHE_DIR / f"rawtp-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
 

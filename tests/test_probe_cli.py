@@ -24,6 +24,7 @@ TCPLAB = str(Path(sys.executable).with_name("tcplab"))
 # everything runs about 10x slower, BPF compilation most: guest.sh sets the factor.
 SLOW = float(os.environ.get("TCPLAB_TEST_SLOW", "1"))
 DEADLINE_S = 30.0 * SLOW
+BTF_VMLINUX = Path("/sys/kernel/btf/vmlinux")
 
 pytestmark = [pytest.mark.root, pytest.mark.bpf]
 
@@ -120,10 +121,20 @@ def test_doctor_checks_loads_a_program_and_prints_the_plan() -> None:
         )
         if has_tracepoint(tp)
     ]
-    internals = [
-        "  tcp_probe: tracepoint (tracepoints tcp:tcp_probe",
-        f"  tcp_events: tracepoint (tracepoints {', '.join(events)}",
-    ]
+    # Raw tracepoints where the kernel has BTF, unless the classic ones are asked for.
+    raw = os.environ.get("TCPLAB_ATTACH") != "tracepoint" and BTF_VMLINUX.exists()
+    if raw:
+        internals = [
+            "  tcp_probe: raw_tracepoint (raw tracepoints tcp_probe ",
+            "  tcp_events: raw_tracepoint (raw tracepoints "
+            + ", ".join(tp.partition(":")[2] for tp in events)
+            + " ",
+        ]
+    else:
+        internals = [
+            "  tcp_probe: tracepoint (tracepoints tcp:tcp_probe",
+            f"  tcp_events: tracepoint (tracepoints {', '.join(events)}",
+        ]
     assert len(plan) == len(core) + 2
     for line, start in zip(plan[len(core) :], internals, strict=True):
         assert line.startswith(start), line

@@ -14,6 +14,7 @@ import socket
 import struct
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from lab_helpers import KERNEL, SLOW
@@ -35,10 +36,14 @@ BPF_RINGBUF_DISCARD_BIT = 1 << 30
 def test_plan_prefers_tracepoints_where_the_kernel_has_them(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """auto picks the tracepoints for every probe on this kernel."""
+    """auto picks the tracepoints for every probe on this kernel: raw ones
+    for the TCP internals where the kernel has BTF (probes/rawtp.py)."""
     monkeypatch.delenv("TCPLAB_ATTACH", raising=False)
     plan = make_plan()
-    assert {n: p.mode for n, p in plan.probes.items()} == {n: "tracepoint" for n in PROBES}
+    internals = "raw_tracepoint" if Path("/sys/kernel/btf/vmlinux").exists() else "tracepoint"
+    assert {n: p.mode for n, p in plan.probes.items()} == {
+        n: internals if n in INTERNALS else "tracepoint" for n in PROBES
+    }
     assert [h.target for h in plan.probes["tcp_state"].hooks] == ["sock:inet_sock_set_state"]
     # epoll_wait, epoll_pwait and (from 5.11) epoll_pwait2, at enter and exit.
     assert len(plan.probes["epoll"].hooks) == (6 if KERNEL >= (5, 11) else 4)
@@ -46,15 +51,16 @@ def test_plan_prefers_tracepoints_where_the_kernel_has_them(
 
 def test_forced_attach_mode_is_honoured_or_explained(monkeypatch: pytest.MonkeyPatch) -> None:
     """TCPLAB_ATTACH=kprobe gives kprobe hooks where kprobes exist, else says why not;
-    the TCP internals have no kprobe variant and stay on their tracepoints, saying so."""
+    the TCP internals have no kprobe variant and stay on their (raw) tracepoints, saying so."""
     monkeypatch.setenv("TCPLAB_ATTACH", "kprobe")
     plan = make_plan()
     for p in plan.probes.values():
         if p.name in ("fdio", "proc"):  # no kprobe variant either
             assert p.mode == "tracepoint" and p.why.endswith(" (no kprobe variant)")
         elif p.name in INTERNALS:
-            assert p.mode in ("tracepoint", None)
+            assert p.mode in ("raw_tracepoint", "tracepoint", None)
             assert "no kprobe variant" in p.why or p.mode is None
+            assert {h.kind for h in p.hooks} <= {p.mode}
         elif p.mode is None:
             assert "kprobe" in p.why
             assert p.hooks == []
