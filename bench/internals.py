@@ -17,7 +17,8 @@ programs run inside the traced sends, receives and the softirqs they raise,
 so their time is these processes' system time; wall-clock throughput on 2
 cores shared with other work swung 0.38-1.16 between runs and is shown
 without a goal. Also: the probe process's own CPU per MiB, events lost
-(ring drops and the runs the kernel skipped, probes/progstats.py; goal 0),
+(ring drops and the runs the kernel skipped, probes/progstats.py; goal 0;
+the internals' own skipped runs apart: 0 expected with raw tracepoints),
 and tcp_probe events reaching user space per second against the
 tracepoint's hits counted in the kernel.
 """
@@ -37,8 +38,10 @@ from typing import Any
 from pyroute2 import netns
 
 from bench.common import Pairs, Row, idle_spinners, log, median, paired
+from bus.internals import INTERNALS
 from lab.hosts import Hosts, HostSpec
 from lab.link import Link, LinkSpec
+from probes.plan import make_plan
 
 SECTION = "TCP internals"
 PORT = 19441
@@ -186,6 +189,9 @@ def internals_cost(mb: int, pairs: int, extra: int, names: list[str] | None = No
         t.close()
     rates = Pairs(t.rates[True], t.rates[False], window=pairs)
     med = sorted(zip(t.events_s, t.hits_s, strict=True))[len(t.events_s) // 2]
+    internal_misses = sum(n for k, n in t.misses.items() if k.split(".")[0] in INTERNALS)
+    plan = make_plan()
+    variant = ", ".join(f"{n} {plan.probes[n].mode}" for n in INTERNALS)
     rows = [
         p.row("internals_cpu", SECTION,
               f"bulk transfer ({mb} MB over the veth link): CPU per MiB of sender + receiver, "
@@ -208,6 +214,13 @@ def internals_cost(mb: int, pairs: int, extra: int, names: list[str] | None = No
             note=f"{t.drops} dropped; skipped (probes/progstats.py): "
             + (", ".join(f"{k} {v}" for k, v in sorted(t.misses.items(), key=lambda x: -x[1]))
                or "none")),
+        Row("internals_skipped", SECTION,
+            "runs of the tcp_probe and tcp_events programs the kernel skipped "
+            "(recursion misses: another BPF program running on that CPU)",
+            float(internal_misses), "runs", float(t.received), "events emitted",
+            goal="== 0", goal_on="value",
+            note=f"variant: {variant} (probes/rawtp.py: a raw tracepoint is skipped only "
+            "when the same program nests on the CPU, a classic one whenever any does)"),
         Row("internals_sampling", SECTION,
             "tcp_probe events reaching user space per second vs tracepoint hits per second",
             med[0], "events/s", med[1], "hits/s (counted in the kernel)",

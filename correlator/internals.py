@@ -27,8 +27,9 @@ from bus import rawbatch, rawconvert
 from bus.internals import CONG_STATES, INFINITE_SSTHRESH, INTERNALS, SAMPLE_WHY, SOCK_EVENTS
 from bus.schema import Envelope, Kind
 
-# The BPF function of tcp:tcp_retransmit_skb (probes/tcp_events.bpf.c).
-RETRANSMIT_HOOK = "tp_tcp_retransmit_skb"
+# The BPF functions of tcp:tcp_retransmit_skb, classic and raw tracepoint
+# (probes/tcp_events.bpf.c): one of them is loaded.
+RETRANSMIT_HOOKS = ("tp_tcp_retransmit_skb", "raw_tcp_retransmit_skb")
 # Samples per socket kept for the plots and trace counters (evenly thinned).
 PLOT_POINTS = 600
 PLOT_SOCKETS = 8
@@ -71,7 +72,8 @@ class Internals:
     def feed(self, env: Envelope) -> None:
         if env.kind is Kind.STATS:
             p = (env.body.get("programs") or {}).get("tcp_events") or {}
-            n = (p.get("misses_by_hook") or {}).get(RETRANSMIT_HOOK, 0)
+            by_hook = p.get("misses_by_hook") or {}
+            n = sum(by_hook.get(h, 0) for h in RETRANSMIT_HOOKS)
             if isinstance(n, int):  # a running total
                 self.retransmit_misses = max(self.retransmit_misses, n)
             return

@@ -416,8 +416,10 @@ def test_raw_and_classic_variants_agree_on_a_lossy_transfer() -> None:
     sent = int(retrans["segs"][retrans["code"] == 0].sum())
     failed = after["TcpExt.TCPRetransFail"] - before["TcpExt.TCPRetransFail"]
     assert sent + failed == after["Tcp.RetransSegs"] - before["Tcp.RetransSegs"]
+    n_events, n_samples = len(events["raw"]), len(samples["raw"])
     print(
-        f"retransmits {len(retrans)} segs {sent} failed {failed} events {len(events['raw'])} samples {len(samples['raw'])} misses {misses}"
+        f"retransmits {len(retrans)} ({sent} segments, {failed} failed), {n_events} events, "
+        f"{n_samples} cwnd samples; recursion misses {misses}"
     )
     assert len(samples["raw"]) >= 4
     if misses["classic"]:
