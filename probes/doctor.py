@@ -16,7 +16,7 @@ from pathlib import Path
 
 from bus.rawbatch import make_body
 from bus.rawconvert import batch_events
-from probes import tpformat
+from probes import rawtp, tpformat
 from probes.loader import Filters, ProbeSet
 from probes.plan import (
     INTERNALS,
@@ -111,8 +111,22 @@ def checks() -> list[Check]:
                     required=probe not in INTERNALS and not optional,
                 )
             )
+    raw_why = rawtp.unusable()
+    out.append(
+        Check(
+            "TCP internals on raw tracepoints",
+            raw_why is None,
+            "yes: struct offsets from this kernel's BTF (probes/rawtp.py)"
+            if raw_why is None
+            else f"no: {raw_why}",
+            "classic tracepoints in use: their hits are skipped while another BPF program "
+            "runs on that CPU (counted as misses); a kernel with BTF avoids that",
+            required=False,
+        )
+    )
     for probe in INTERNALS:
-        # What the format files of this kernel lack (fields that came later).
+        # What the format files of this kernel lack (fields that came later);
+        # the raw tracepoints read no format file.
         gaps = [g for g in tpformat.gaps(root, probe) if " missing:" not in g]
         out.append(
             Check(

@@ -77,7 +77,7 @@ SK, SKB = "struct sock *", "struct sk_buff *"
 PROTOS: dict[str, dict[tuple[str, ...], str]] = {
     # 4.16+ (the tcp_probe module became a tracepoint).
     "tcp:tcp_probe": {(SK, SKB): ""},
-    # 4.15+ (sk, skb); a third argument, the transmit's result, from 6.16 (seen on 6.18).
+    # 4.15+ (sk, skb); a third, the transmit's result, on newer kernels (6.18; not 6.1).
     "tcp:tcp_retransmit_skb": {(SK, SKB): "", (SK, SKB, "int"): "err"},
     # 4.15+.
     "tcp:tcp_retransmit_synack": {(SK, "struct request_sock *"): ""},

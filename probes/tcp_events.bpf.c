@@ -214,7 +214,7 @@ int tp_inet_sk_error_report(struct tracepoint__sock__inet_sk_error_report *args)
 #include "sockread.h"
 
 #ifdef TCPLAB_TP_tcp_retransmit_skb
-/* TP_PROTO(sk, skb) 4.15+, (sk, skb, int err) from 6.16. */
+/* TP_PROTO(sk, skb) 4.15+; (sk, skb, int err) on newer kernels (6.18, not 6.1). */
 int raw_tcp_retransmit_skb(struct bpf_raw_tracepoint_args *ctx)
 {
     u64 sk = ctx->args[0], skb = ctx->args[1];
