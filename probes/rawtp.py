@@ -133,9 +133,10 @@ def _resolve() -> dict[str, object]:
 
 
 def _cache_path() -> Path:
-    """One file per kernel build (release and build string) and per table above."""
-    protos = {k: sorted(v) for k, v in PROTOS.items()}
-    key = json.dumps([platform.release(), platform.version(), FIELDS, protos])
+    """One file per kernel build (release and build string) and per version
+    of this reader (the tables above, this file and btf.py)."""
+    code = [Path(m.__file__ or "").read_text() for m in (btf,)] + [Path(__file__).read_text()]
+    key = json.dumps([platform.release(), platform.version(), code])
     return CACHE_DIR / f"rawtp-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
 
@@ -156,6 +157,9 @@ def layout() -> dict[str, object]:
                 tmp = path.with_suffix(f".{os.getpid()}.tmp")
                 tmp.write_text(json.dumps(_memo))
                 tmp.replace(path)
+                for old in path.parent.glob("rawtp-*.json"):
+                    if old != path:  # another kernel's or another version's
+                        old.unlink(missing_ok=True)
             except OSError:
                 pass  # a read-only home: resolved again next time
     return _memo
