@@ -7,8 +7,10 @@
                                  # polars vs DuckDB on the correlator's steps (needs duckdb)
 
 Each case writes a synthetic recording under bench/out/, then replays it in
-a fresh process twice: correlation only (a sink that discards) and the full
-build_reports (events.jsonl, connections.jsonl, trace.json, summary, HTML).
+a fresh process three times: reading only (decoding envelopes, raw records
+as their numpy view: the floor the correlator is compared with), correlation
+only (a sink that discards) and the full build_reports (events.jsonl,
+connections.jsonl, trace.json, summary, HTML).
 The child reports wall time and ru_maxrss; RSS after imports is the baseline,
 so the growth is what the replay itself holds.
 """
@@ -143,6 +145,22 @@ def gen_bomb(run_dir: Path, events: int) -> int:
     return n
 
 
+def read_items(recording: Path) -> int:
+    """Read a recording without correlating it: the items it holds (raw
+    records counted from their numpy view, other bodies by their lists)."""
+    from bus.rawbatch import decode_batch
+    from bus.schema import Kind
+    from correlator.recording import RecordingReader
+
+    items = 0
+    for env in RecordingReader(recording):
+        if env.kind is Kind.KERNEL_RAW:
+            items += len(decode_batch(env.body))
+        else:
+            items += len(env.body.get("events") or env.body.get("records") or [1])
+    return items
+
+
 class NullSink:
     def __init__(self) -> None:
         self.events = 0
@@ -163,7 +181,10 @@ def child(run_dir: Path, mode: str) -> None:
 
     base = rss_mb()
     start = time.perf_counter()
-    if mode == "correlate":
+    if mode == "read":
+        items = read_items(run_dir / "recording.msgpack")
+        extra = {"max_live": 0, "reorder_max_held": 0}
+    elif mode == "correlate":
         sink = NullSink()
         corr = Correlator(sink, read_run_meta(run_dir))
         for env in RecordingReader(run_dir / "recording.msgpack"):
@@ -397,7 +418,7 @@ def main() -> None:
             to_raw(run_dir)
         size = (run_dir / "recording.msgpack").stat().st_size / 1e6
         print(f"# {kind}-{n}: recording {size:.0f} MB written in {time.perf_counter() - t:.0f} s")
-        for mode in ("correlate", "full"):
+        for mode in ("read", "correlate", "full"):
             r = measure(run_dir, mode)
             print(
                 f"{kind + '-' + str(n):<18}{mode:<11}{r['items']:>11}{r['seconds']:>8}"

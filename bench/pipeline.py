@@ -30,7 +30,7 @@ import zmq
 from bench.common import OUT, PY, BenchError, Row, log, median
 from bus.endpoints import ipc_endpoints, make_run_dir
 from bus.hub import Hub
-from bus.rawbatch import Layout, count, decode_batch, dtype_of, make_body
+from bus.rawbatch import Layout, count, dtype_of, make_body
 from bus.schema import Kind
 
 BATCH = 1000  # probes/process.py BATCH_MAX: the probe process's batch size (records)
@@ -213,8 +213,8 @@ def rss_mb() -> float:
 
 def replay_child(run_dir: Path, mode: str, every: int = PROGRESS_EVERY) -> None:
     """Replay a recording (read only, or correlate into a sink that discards);
-    print a JSON line every `every` events and one at the end."""
-    from bench.correlator_replay import NullSink
+    print a JSON line every `every` correlated events and one at the end."""
+    from bench.correlator_replay import NullSink, read_items
     from correlator.correlate import Correlator
     from correlator.recording import RecordingReader, read_run_meta
 
@@ -230,14 +230,7 @@ def replay_child(run_dir: Path, mode: str, every: int = PROGRESS_EVERY) -> None:
         print(json.dumps(line), flush=True)
 
     if mode == "read":
-        for env in RecordingReader(run_dir / "recording.msgpack"):
-            if env.kind is Kind.KERNEL_RAW:
-                items += len(decode_batch(env.body))  # the numpy view the correlator starts from
-            else:
-                items += len(env.body.get("events") or env.body.get("records") or [1])
-            if items >= next_report:
-                next_report += every
-                report(False)
+        items = read_items(run_dir / "recording.msgpack")
     else:
         sink = NullSink()
         corr = Correlator(sink, read_run_meta(run_dir))
