@@ -444,6 +444,45 @@ def test_raw_and_classic_variants_agree_on_a_lossy_transfer() -> None:
     assert samples["raw"] == samples["classic"]
 
 
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6])
+def test_reset_without_a_socket_alike_in_both_variants(family: int) -> None:
+    """A SYN to a port nobody listens on is answered with a RST that has no
+    socket: from 6.10 tcp_send_reset fires for it (sk NULL) and both
+    variants take the 4-tuple from the segment, reversed into the would-be
+    socket's view (the raw one parses the skb's IP and TCP headers itself);
+    before 6.10 it does not fire, in either."""
+    fires = "sport" not in (tpformat.fields(tracefs(), "tcp:tcp_send_reset") or {"sport": ""})
+    host = "127.0.0.1" if family == socket.AF_INET else "::1"
+    with socket.socket(family) as s:  # a port that is free, then closed
+        s.bind((host, 0))
+        port = s.getsockname()[1]
+    got: dict[str, list[Event]] = {"auto": [], "tracepoint": []}
+    sets = []
+    try:
+        for attach, out in got.items():
+            p = ProbeSet(make_plan(attach), ["tcp_events"], Filters(ports={port}))
+            sets.append(p)
+            p.start(lambda probe, r, p=p, out=out: out.extend(
+                batch_events(make_body(probe, p.layout(probe), r))))  # fmt: skip
+        with socket.socket(family) as cli, pytest.raises(ConnectionRefusedError):
+            cli.connect((host, port))
+        deadline = time.monotonic() + (10 * SLOW if fires else 0.5)
+        while time.monotonic() < deadline and not all(got.values()):
+            for p in sets:
+                p.poll(0.05)
+        for p in sets:  # the rest: loopback's RST was handled inside connect()
+            p.drain_all()
+    finally:
+        for p in sets:
+            p.close()
+    keys = ("what", "skaddr", "family", "saddr", "sport", "daddr", "dport", "state", "code")
+    rows = {a: [tuple(e[k] for k in keys) for e in ev] for a, ev in got.items()}
+    assert rows["auto"] == rows["tracepoint"]
+    if fires:
+        # The client's side follows: receive_reset and its sk_error.
+        sent = [r[:5] for r in rows["auto"] if r[0] == "send_reset"]
+        assert sent == [("send_reset", 0, family, host, port)], rows
+
 TCPLAB = str(Path(sys.executable).with_name("tcplab"))
 T = r"\s*\d+\.\d{6}"
 CWND_LINE = re.compile(
