@@ -1,6 +1,7 @@
 """What the correlator's rewrite as tables could cost: a sketch, not the product.
 
     .venv/bin/python bench/correlator_sketch.py RUN_DIR [ROUNDS]
+    .venv/bin/python bench/correlator_sketch.py --carry RUN_DIR
 
 The common path of the owners' fold (correlator/joins.py) as columns over a
 whole recording at once: lives by a group-by on skaddr, app records joined
@@ -13,6 +14,13 @@ real shape (docs/report.md, issue 11), not that they give the same outputs.
 Prints CPU seconds per round: decoding the batches into frames (the
 engine's own `Columns`), concatenating them, the column steps, and turning
 the lifecycles into dicts (what today's sinks take).
+
+--carry: live sockets as a table instead: the recording streamed in chunks
+of 20k transitions, each concatenated with the transitions of the lives
+still open (carried as a frame), lives numbered across chunks, finished ones
+leaving the frame. Prints the carried frame's largest size, the RSS growth
+and the CPU seconds (the carried rows are worked again every chunk: the
+real design would carry one row per open life).
 """
 
 from __future__ import annotations
@@ -175,9 +183,81 @@ def one_round(envs: list[Any]) -> tuple[float, float, float, float, list[Any]]:
     return decoded - start, framed - decoded, stepped - framed, done - stepped, counts
 
 
+_CARRIED = {
+    "ts": pl.Int64,
+    "skaddr": pl.UInt64,
+    "old": pl.String,
+    "new": pl.String,
+    "cpu_pid": pl.Int64,
+    "saddr": pl.String,
+    "sport": pl.Int64,
+    "daddr": pl.String,
+    "dport": pl.Int64,
+}
+CHUNK = 20_000
+
+
+def peak_rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Carried:
+    """Open lives' transitions as one frame, carried from chunk to chunk."""
+
+    def __init__(self) -> None:
+        self.frame = pl.DataFrame(schema={**_CARRIED, "life": pl.Int64})
+        self.next_id = 1
+        self.finished = 0
+        self.largest = 0
+
+    def chunk(self, parts: list[pl.DataFrame]) -> None:
+        new = pl.concat(parts).select(list(_CARRIED)).sort("ts")
+        t = pl.concat([self.frame, new.with_columns(life=pl.lit(None, pl.Int64))])
+        t = t.with_columns(prev=pl.col("new").shift(1).over("skaddr"))
+        opens = pl.col("life").is_null() & (pl.col("prev").is_null() | (pl.col("prev") == "CLOSE"))
+        t = t.with_columns(opens=opens, gid=opens.cum_sum() + self.next_id - 1)
+        t = t.with_columns(
+            life=pl.coalesce("life", pl.when("opens").then("gid")).forward_fill().over("skaddr")
+        )
+        self.next_id += int(t["opens"].sum())
+        closed = t.filter(pl.col("new") == "CLOSE")["life"].unique().implode()
+        self.finished += t.filter(pl.col("life").is_in(closed))["life"].n_unique()
+        self.frame = t.filter(~pl.col("life").is_in(closed)).select(*_CARRIED, "life").rechunk()
+        self.largest = max(self.largest, int(self.frame.estimated_size()))
+
+
+def carry(run_dir: Path) -> None:
+    base = peak_rss_mb()
+    start = time.process_time()
+    cols = Columns({})
+    state = Carried()
+    parts: list[pl.DataFrame] = []
+    rows = 0
+    for e in RecordingReader(run_dir / "recording.msgpack"):
+        if e.kind is Kind.KERNEL_RAW:
+            parts += [b.data for b in cols.raw(e.body) if b.kind == "tcp_state"]
+            rows = sum(len(p) for p in parts)
+        if rows >= CHUNK:
+            state.chunk(parts)
+            parts, rows = [], 0
+    if parts:
+        state.chunk(parts)
+    print(
+        f"lives finished {state.finished}, carried frame at most {state.largest / 1e6:.1f} MB, "
+        f"RSS growth {peak_rss_mb() - base:.0f} MB, CPU {time.process_time() - start:.1f} s"
+    )
+
+
 def main() -> None:
     if len(sys.argv) < 2:
-        raise SystemExit("usage: bench/correlator_sketch.py RUN_DIR [ROUNDS]")
+        raise SystemExit("usage: bench/correlator_sketch.py [--carry] RUN_DIR [ROUNDS]")
+    if sys.argv[1] == "--carry":
+        carry(Path(sys.argv[2]))
+        return
     envs = list(RecordingReader(Path(sys.argv[1]) / "recording.msgpack"))
     for _ in range(int(sys.argv[2]) if len(sys.argv) > 2 else 3):
         dec, fr, steps, dicts, counts = one_round(envs)
