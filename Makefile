@@ -8,7 +8,7 @@ ifneq ($(shell id -u),0)
 $(error tcplab: run as root (sudo make $(or $(MAKECMDGOALS),lab)): the eBPF probes and the lab's network namespaces need root)
 endif
 
-.PHONY: lab test bench test-kernels provision lint go
+.PHONY: lab test bench test-kernels test-kernels-images provision lint go
 
 # make itself can only exit 0 or 2: the code of `tcplab run all` (the worst
 # of its runs, README "Exit codes") is printed when it is not 0.
@@ -33,10 +33,16 @@ lint: provision
 
 # The probe tests on other kernels, each in a qemu VM that the project builds,
 # caches in /var/cache/tcplab and boots itself: docs/kernels.md. KERNELS names
-# scripts/kernels/<name>.conf files, run one after another (all of them, even
-# after a failure); the default is Debian 12's 6.1 (kprobes on), what CI runs.
-# Debian 11's 5.10 too: make test-kernels KERNELS="debian12 debian11" (about
-# 30 more minutes from an empty cache: docs/kernels.md). KERNEL=name: one.
+# scripts/kernels/<name>.conf files. Their images are built first, side by side
+# (test-kernels-images: network and disk more than CPU, so CI starts it beside
+# `make test`); then one VM per kernel, one after another (all of them, even
+# after a failure). The default is Debian 12's 6.1 (kprobes on), what CI runs.
+# Debian 11's 5.10 too: make test-kernels KERNELS="debian12 debian11"
+# (docs/kernels.md). KERNEL=name: one.
 KERNELS ?= $(or $(KERNEL),debian12)
-test-kernels:
+test-kernels-images:
+	@pids=(); for k in $(KERNELS); do \
+	    { bash scripts/test-kernels.sh --kernel "$$k" --build-only 2>&1 | sed -u "s/^/[$$k] /"; exit $${PIPESTATUS[0]}; } & pids+=($$!); \
+	done; status=0; for p in "$${pids[@]}"; do wait "$$p" || status=$$?; done; exit $$status
+test-kernels: test-kernels-images
 	@status=0; for k in $(KERNELS); do bash scripts/test-kernels.sh --kernel "$$k" || status=$$?; done; exit $$status

@@ -9,9 +9,11 @@
 # attach mode (TCPLAB_ATTACH=kprobe, then tracepoint); prints the results and
 # exits with the first failing status (0 when all passed).
 #
-#   scripts/test-kernels.sh [--kernel NAME] [--rebuild] [--timeout S] [-- PYTEST_ARGS...]
+#   scripts/test-kernels.sh [--kernel NAME] [--rebuild] [--build-only] [--timeout S] [-- PYTEST_ARGS...]
 #     --kernel NAME  scripts/kernels/NAME.conf (default: debian12)
 #     --rebuild      rebuild the cached image even though its inputs did not change
+#     --build-only   build the image if it is not cached, boot nothing (builds of
+#                    different kernels may run side by side, and beside a VM)
 #     --timeout S    wall-clock limit for the VM run (default 3600: a hang guard;
 #                    a warm run takes about 16 minutes)
 #     PYTEST_ARGS    instead of the probe tests (tests/test_probe*.py) and the
@@ -32,13 +34,14 @@ started=$SECONDS
 die() { printf 'test-kernels: error: %s\n' "$*" >&2; exit 2; }
 say() { printf 'test-kernels: %s\n' "$*"; }
 
-kernel=debian12 rebuild=0 timeout_s=3600
+kernel=debian12 rebuild=0 build_only=0 timeout_s=3600
 pytest_args=()
 while [ $# -gt 0 ]; do
     case $1 in
         --kernel) [ $# -ge 2 ] || die "--kernel needs a name (one of: $(cd "$kdir" && ls ./*.conf | sed 's|./||; s|\.conf||' | tr '\n' ' '))"
                   kernel=$2; shift 2 ;;
         --rebuild) rebuild=1; shift ;;
+        --build-only) build_only=1; shift ;;
         --timeout) [[ ${2:-} =~ ^[0-9]+$ ]] || die "--timeout needs a number of seconds, e.g. --timeout 3600"
                    timeout_s=$2; shift 2 ;;
         --) shift; pytest_args=("$@"); break ;;
@@ -89,14 +92,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 export PATH=$PATH:/usr/sbin:/sbin
 
-# --- one VM at a time on this machine ------------------------------------------
 mkdir -p "$cache"
-exec 9>"$cache/.lock"
-if ! flock -n 9; then
-    say "another test-kernels run holds $cache/.lock; waiting for it"
-    flock 9
-fi
-
 # --- the cached image, keyed by everything it is built from -------------------
 # The project's dependencies (not its code: that is shared at each run) are
 # part of the key, so a changed pyproject dependency list rebuilds the venv.
@@ -111,6 +107,13 @@ print("\n".join(reqs))
 EOF
 key=$(cat "$conf" "$kdir/build-image.sh" "$kdir/initrd-init.sh" "$deps" | sha256sum | cut -c1-16)
 image=$cache/$kernel-$key
+# One build of a kernel at a time; builds of different kernels, and a VM, may
+# run beside it (a build is mostly network and disk).
+exec 8>"$cache/.build-$kernel.lock"
+if ! flock -n 8; then
+    say "another run is building the $kernel image ($cache/.build-$kernel.lock); waiting for it"
+    flock 8
+fi
 if [ "$rebuild" -eq 1 ] || [ ! -f "$image/rootfs.ext4" ]; then
     build_start=$SECONDS
     say "building the $kernel image (3-4 minutes, network needed) into $image"
@@ -126,7 +129,16 @@ if [ "$rebuild" -eq 1 ] || [ ! -f "$image/rootfs.ext4" ]; then
 else
     say "cached image $image"
 fi
+exec 8>&-
 release=$(sed -n 's/^kernel_release=//p' "$image/manifest")
+[ "$build_only" -eq 0 ] || exit 0
+
+# --- one VM at a time on this machine ------------------------------------------
+exec 9>"$cache/.lock"
+if ! flock -n 9; then
+    say "another test-kernels run holds $cache/.lock; waiting for it"
+    flock 9
+fi
 
 # --- the share: the working tree, what to run, where results go ----------------
 stage=$(mktemp -d /tmp/tcplab-vm.XXXXXX)
