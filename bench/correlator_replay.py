@@ -169,8 +169,8 @@ class NullSink:
     def rows(self, chunk: Any) -> None:
         self.events += len(chunk)
 
-    def connection(self, row: dict[str, Any]) -> None:
-        self.connections += 1
+    def connections(self, frame: Any) -> None:
+        self.connections += len(frame)
 
 
 def child(run_dir: Path, mode: str) -> None:

@@ -9,7 +9,8 @@ Data flow, all in CLOCK_MONOTONIC nanoseconds:
        owners by the one fold over the few facts per connection (joins.py),
        epoll and accept figures by group-by, live-state samples by cumsum,
        rows with the owner known a grace after them (rows.py)
-  -> sink: rows as frames (events.jsonl, events.parquet), lifecycles as dicts.
+  -> sink: rows as frames (events.jsonl, events.parquet), the finished
+     lifecycles as one frame per chunk (correlator/connection_schema.py).
 
 Memory is bounded by the chunk, the live connections and what the watermark
 holds back, never by the length of the run.
@@ -28,6 +29,7 @@ import polars as pl
 
 from bus.schema import Envelope, Kind
 from correlator.columns import SCHEMAS, Batch, Columns
+from correlator.connection_schema import frame_of_rows
 from correlator.joins import Joins
 from correlator.lifecycles import OPEN, Lives, bit_length
 from correlator.ordering import Release, WatermarkConfig
@@ -45,7 +47,7 @@ MAX_TIDS = 4096
 
 class Sink(Protocol):
     def rows(self, chunk: RowsChunk) -> None: ...
-    def connection(self, row: dict[str, Any]) -> None: ...
+    def connections(self, frame: pl.DataFrame) -> None: ...
 
 
 @contextmanager
@@ -105,7 +107,9 @@ class Correlator:
         self.phases = Phases(self.meta)
         self.samples = Samples(self.phases, cfg.series_cap)
         self.lives = Lives(experiment_end=self.phases.experiment_end)
-        self.joins = Joins(self.meta, self.phases, self.n, sink.connection, cfg.grace_ns, self.t0)
+        self.finished: list[dict[str, Any]] = []  # lifecycles not yet handed over
+        emit = self.finished.append
+        self.joins = Joins(self.meta, self.phases, self.n, emit, cfg.grace_ns, self.t0)
         self.rows = Rows(self.joins, self.n, self.t0, cfg.grace_ns, self.phases)
         self.chunk = _Chunk()
         self.base = 0  # position of the chunk's first item
@@ -257,6 +261,9 @@ class Correlator:
     def _flush_rows(self, chunk: RowsChunk) -> None:
         if len(chunk):
             self.sink.rows(chunk)
+        if self.finished:
+            self.sink.connections(frame_of_rows(self.finished))
+            self.finished.clear()
         # Lives whose rows are all written and whose outcome is known are done.
         # Only the finished ones are looked at, not every live one per chunk
         # (O(held x chunks): 200k lives x 80 chunks with 100k held).

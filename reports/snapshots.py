@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import polars as pl
 
 from lab.snapshots import HANDSHAKE, SNAPSHOT_HZ, SNAPSHOTS
-from reports.writers import RunSink, TraceWriter
+from reports.writers import RunSink, TraceWriter, dumps
 
 SIZES = ("snd_mss", "rcv_mss", "advmss", "pmtu", "snd_wscale", "rcv_wscale")
 OPTIONS = ("timestamps", "sack", "wscale", "ecn")
@@ -134,30 +135,49 @@ class LinkSink(RunSink):
                 key = (row["laddr"], row["lport"], row["raddr"], row["rport"])
                 self.established[key].append(row)
 
-    def _snapshot(self, row: dict[str, Any]) -> dict[str, Any] | None:
-        key = (str(row.get("laddr")), int(row.get("lport") or 0), str(row.get("raddr")),
-               int(row.get("rport") or 0))
+    def _snapshot(
+        self, key: tuple[str, int, str, int], start_ns: int | None, end: int | None
+    ) -> dict[str, Any] | None:
         # A snapshot's time is taken as its query starts: a socket made while
         # the query ran is seen with a time a little before its first state.
-        start = (row.get("start_ns") or 0) - SNAPSHOT_INTERVAL_NS
-        end = row.get("end_ns")
+        start = (start_ns or 0) - SNAPSHOT_INTERVAL_NS
         for snap in self.established.get(key, []):
             if start <= snap["t_mono_ns"] and (end is None or snap["t_mono_ns"] <= end):
                 return snap
         return None
 
-    def connection(self, row: dict[str, Any]) -> None:
-        if row.get("kind") == "connection":
-            owner = (row.get("owner") or {}).get("actor")
-            snap = self._snapshot(row)
-            host = self.actor_host.get(owner) if owner else None
-            row["host"] = host or (snap["host"] if snap else None)
-            raddr = row.get("raddr")
+    def connections(self, frame: pl.DataFrame) -> None:
+        hosts: list[str | None] = []
+        peers: list[str | None] = []
+        infos: list[str | None] = []
+        cols = frame.select(
+            "kind", "laddr", "lport", "raddr", "rport", "start_ns", "end_ns",
+            actor=pl.col("owner").struct.field("actor"),
+        )
+        for kind, laddr, lport, raddr, rport, start_ns, end_ns, owner in cols.iter_rows():
+            if kind != "connection":
+                hosts.append(None)
+                peers.append(None)
+                infos.append(None)
+                continue
+            snap = self._snapshot((str(laddr), int(lport or 0), str(raddr), int(rport or 0)),
+                                  start_ns, end_ns)
+            host = (self.actor_host.get(owner) if owner else None) or (
+                snap["host"] if snap else None)
             loopback = isinstance(raddr, str) and ipaddress.ip_address(raddr).is_loopback
-            row["peer_host"] = row["host"] if loopback else self.addr_host.get(str(raddr))
-            if snap is not None:
-                row["tcp_info"] = {k: snap[k] for k in (*HANDSHAKE, "congestion")}
-        super().connection(row)
+            hosts.append(host)
+            peers.append(host if loopback else self.addr_host.get(str(raddr)))
+            infos.append(
+                None if snap is None
+                else dumps({k: snap[k] for k in (*HANDSHAKE, "congestion")}).decode()
+            )
+        super().connections(
+            frame.with_columns(
+                pl.Series("host", hosts, dtype=pl.String),
+                pl.Series("peer_host", peers, dtype=pl.String),
+                pl.Series("tcp_info", infos, dtype=pl.String),
+            )
+        )
 
 
 def sentences(counts: dict[str, Any]) -> list[str]:

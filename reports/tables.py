@@ -22,6 +22,7 @@ import polars as pl
 
 from correlator.conn_internals import FIELDS as INTERNALS_FIELDS
 from correlator.rows import RowsChunk
+from reports.connection_lines import app_object
 
 INTERNALS_PREFIX = "internals_"
 
@@ -183,26 +184,31 @@ def events_frame(chunk: RowsChunk) -> pl.DataFrame:
     )
 
 
-def connections_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
-    flat = []
-    for r in rows:
-        owner = r.get("owner") or {}
-        dest = r.get("dest") or [None, None]
-        d = {k: r.get(k) for k in CONNECTIONS_SCHEMA if k in r}
-        d.update(
-            dest_addr=dest[0],
-            dest_port=dest[1],
-            owner_actor=owner.get("actor"),
-            owner_pid=owner.get("pid"),
-            owner_fd=owner.get("fd"),
-            owner_via=owner.get("via"),
-            states=[{**s, "timewait": bool(s.get("timewait"))} for s in r.get("states") or []],
-            app=orjson.dumps(r.get("app") or {}).decode(),
-            actions=[{"ts_ns": a[0], "event": a[1]} for a in r.get("actions") or []],
-            tcp_info=orjson.dumps(r["tcp_info"]).decode() if r.get("tcp_info") else None,
-        )
-        flat.append(d)
-    return pl.DataFrame(flat, schema=CONNECTIONS_SCHEMA, strict=False)
+def connections_frame(frame: pl.DataFrame) -> pl.DataFrame:
+    """The lifecycles' frame (correlator/connection_schema.py) flattened to
+    connections.parquet's columns."""
+    dest = pl.col("dest").struct
+    owner = pl.col("owner").struct
+    made = {
+        "dest_addr": dest.field("addr"),
+        "dest_port": dest.field("port"),
+        "owner_actor": owner.field("actor"),
+        "owner_pid": owner.field("pid"),
+        "owner_fd": owner.field("fd"),
+        "owner_via": owner.field("via"),
+        "states": pl.col("states").list.eval(
+            pl.element().struct.with_fields(pl.field("timewait").fill_null(False))
+        ),
+        "app": app_object(),
+    }
+    return frame.select(
+        [
+            (made[k] if k in made else pl.col(k) if k in frame.columns else pl.lit(None))
+            .cast(t)
+            .alias(k)
+            for k, t in CONNECTIONS_SCHEMA.items()
+        ]
+    )
 
 
 class ParquetTable:

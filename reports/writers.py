@@ -11,6 +11,7 @@ import orjson
 import polars as pl
 
 from correlator.rows import ROW_FIELDS, RowsChunk
+from reports.connection_lines import connection_lines
 from reports.tables import (
     CONNECTIONS_SCHEMA,
     EVENTS_SCHEMA,
@@ -97,45 +98,53 @@ class TraceWriter:
         self.f.write((b"" if self.first else b",\n") + dumps(ev))
         self.first = False
 
-    def connection(self, row: dict[str, Any]) -> None:
-        if self.connections >= self.max_connections:
-            self.left_out += 1
-            return
-        self.connections += 1
-        owner = row.get("owner") or {}
-        pid: int = owner["pid"] if isinstance(owner.get("pid"), int) else 0
-        if pid not in self.pids:
-            self.pids[pid] = f"{owner.get('actor') or 'pid'} {pid}" if pid else "unowned sockets"
-        tid = row["id"]
-        if row["kind"] == "listener":
-            label = f"#{tid} listen {row['laddr']}:{row['lport']}"
-        elif row.get("lport"):
-            label = f"#{tid} {row['laddr']}:{row['lport']} -> {row['raddr']}:{row['rport']}"
-        else:
-            dest = row.get("dest") or ["?", "?"]
-            label = f"#{tid} (no port) -> {dest[0]}:{dest[1]}"
-        self._put(
-            {
-                "ph": "M",
-                "name": "thread_name",
-                "pid": pid,
-                "tid": tid,
-                "args": {"name": f"{label} [{row['outcome']}]"},
-            }
+    def lifecycles(self, frame: pl.DataFrame) -> None:
+        room = max(0, self.max_connections - self.connections)
+        self.left_out += max(0, len(frame) - room)
+        head = frame.head(room)
+        self.connections += len(head)
+        cols = head.select(
+            "id", "kind", "laddr", "lport", "raddr", "rport", "outcome", "states",
+            dest_addr=pl.col("dest").struct.field("addr"),
+            dest_port=pl.col("dest").struct.field("port"),
+            actor=pl.col("owner").struct.field("actor"),
+            pid=pl.col("owner").struct.field("pid"),
         )
-        for st in row["states"]:
+        for tid, kind, laddr, lport, raddr, rport, outcome, states, *dest, actor, pid in (
+            cols.iter_rows()
+        ):
+            pid = pid or 0
+            if pid not in self.pids:
+                self.pids[pid] = f"{actor or 'pid'} {pid}" if pid else "unowned sockets"
+            if kind == "listener":
+                label = f"#{tid} listen {laddr}:{lport}"
+            elif lport:
+                label = f"#{tid} {laddr}:{lport} -> {raddr}:{rport}"
+            else:
+                addr, port = dest if dest[0] is not None else ("?", "?")
+                label = f"#{tid} (no port) -> {addr}:{port}"
             self._put(
                 {
-                    "ph": "X",
-                    "cat": "tcp",
+                    "ph": "M",
+                    "name": "thread_name",
                     "pid": pid,
                     "tid": tid,
-                    "name": st["state"] + (" (timewait socket)" if st.get("timewait") else ""),
-                    "ts": self._us(st["start_ns"]),
-                    "dur": _us_round(st["dur_ns"]),
-                    "args": {"cpu_pid": st["cpu_pid"], "outcome": row["outcome"]},
+                    "args": {"name": f"{label} [{outcome}]"},
                 }
             )
+            for st in states:
+                self._put(
+                    {
+                        "ph": "X",
+                        "cat": "tcp",
+                        "pid": pid,
+                        "tid": tid,
+                        "name": st["state"] + (" (timewait socket)" if st["timewait"] else ""),
+                        "ts": self._us(st["start_ns"]),
+                        "dur": _us_round(st["dur_ns"]),
+                        "args": {"cpu_pid": st["cpu_pid"], "outcome": outcome},
+                    }
+                )
 
     def counters(self, name: str, points: list[list[Any]], pid: int = 0) -> None:
         for t, values in points:
@@ -189,7 +198,8 @@ class RunSink:
         self.events_table = ParquetTable(run_dir / "events.parquet")
         self.conns_table = ParquetTable(run_dir / "connections.parquet")
         self.trace = trace
-        self._conn_rows: list[dict[str, Any]] = []
+        self._conn_frames: list[pl.DataFrame] = []
+        self._conn_rows = 0
         self.n_events = 0
         self.n_connections = 0
 
@@ -203,18 +213,24 @@ class RunSink:
         self.n_events += len(items)
         self.events_table.append(events_frame(chunk))
 
-    def connection(self, row: dict[str, Any]) -> None:
-        self.conns.write(dumps(row) + b"\n")
-        self.n_connections += 1
-        self.trace.connection(row)
-        self._conn_rows.append(row)
-        if len(self._conn_rows) >= _CONN_BATCH:
+    def connections(self, frame: pl.DataFrame) -> None:
+        """A chunk's finished lifecycles (correlator/connection_schema.py)."""
+        if not len(frame):
+            return
+        self.conns.write(b"\n".join(connection_lines(frame)) + b"\n")
+        self.n_connections += len(frame)
+        self.trace.lifecycles(frame)
+        self._conn_frames.append(frame)
+        self._conn_rows += len(frame)
+        if self._conn_rows >= _CONN_BATCH:
             self._conns_out()
 
     def _conns_out(self) -> None:
-        if self._conn_rows:
-            self.conns_table.append(connections_frame(self._conn_rows))
-            self._conn_rows = []
+        if self._conn_frames:
+            frame = pl.concat(self._conn_frames, how="diagonal_relaxed")
+            self.conns_table.append(connections_frame(frame))
+            self._conn_frames = []
+            self._conn_rows = 0
 
     def close(self, complete: bool = True) -> None:
         self.events.close()

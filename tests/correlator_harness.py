@@ -8,8 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 from synthetic import Actor, Lab, RecordingWriter
 
+from correlator.connection_schema import rows_of_frame
 from correlator.correlate import Correlator, CorrelatorConfig
 from correlator.recording import RecordingReader
 from correlator.result import Result
@@ -35,8 +37,8 @@ class ListSink:
     def rows(self, chunk: RowsChunk) -> None:
         self.events.extend(chunk.dicts())
 
-    def connection(self, row: dict[str, Any]) -> None:
-        self.conns.append(row)
+    def connections(self, frame: pl.DataFrame) -> None:
+        self.conns.extend(rows_of_frame(frame))
 
 
 class Run:
