@@ -164,13 +164,13 @@ def read_items(recording: Path) -> int:
 class NullSink:
     def __init__(self) -> None:
         self.events = 0
-        self.connections = 0
+        self.n_connections = 0
 
     def rows(self, chunk: Any) -> None:
         self.events += len(chunk)
 
     def connections(self, frame: Any) -> None:
-        self.connections += len(frame)
+        self.n_connections += len(frame)
 
 
 def child(run_dir: Path, mode: str) -> None:
