@@ -251,6 +251,7 @@ class Correlator:
         self.now = int(now[-1])
         j.now = self.now
         j.settle(self.now - grace)
+        j.decide_finished()
 
         ep = frames.get("epoll")
         if ep is not None:
@@ -409,13 +410,13 @@ class Correlator:
             pid_actor=j.pid_actor,
             phase_names=self.phases.names,
             phase_starts=self.phases.starts,
-            outcomes=j.outcomes,
-            outcome_owner=j.outcome_owner,
+            outcomes=j.tallies.outcomes,
+            outcome_owner=j.tallies.outcome_owner,
             peers_of_stuck=j.peers_of_stuck(),
-            no_port_failures=j.no_port_failures,
+            no_port_failures=j.tallies.no_port_failures,
             max_live=self.max_live,
             conns_by_owner_max=j.conns_by_owner_max,
-            lifetimes=j.lifetimes,
+            lifetimes=j.tallies.lifetimes,
             state_time=self.state_time,
             app_events=j.app_events,
             errors=j.errors,

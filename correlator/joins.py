@@ -22,9 +22,9 @@ from collections.abc import Callable
 from typing import Any
 
 from correlator.lifecycles import CLOSE, LEARN, LOST, OPEN, Conn, Tuple4, norm_addr
-from correlator.outcomes import errno_name, lifecycle_row, outcome, timewait_end
+from correlator.outcome_rules import Ending, Tallies, decide
+from correlator.outcomes import errno_name, lifecycle_row, timewait_end
 from correlator.phases import Phases
-from correlator.stats import Log2Histogram
 
 MAX_ACTIONS = 16
 _GUESSES = ("cpu_pid", "listener")
@@ -78,16 +78,13 @@ class Joins:
         # Finished lives whose rows may still be pending (correlate.py forgets them).
         self.finished: list[Conn] = []
 
-        self.outcomes: dict[str, int] = {}
-        self.outcome_owner: dict[tuple[str, str, int, str], int] = {}
+        # Finished connections wait for their outcome until the chunk's end.
+        self.ending = Ending()
+        self.tallies = Tallies()
         self.errors: dict[str, int] = {}
         self.error_owner: dict[tuple[str, str, str, int], int] = {}
         self.app_events: dict[str, int] = {}
         self.accepts: dict[int, dict[str, int]] = {}
-        self.lifetimes: dict[str, Log2Histogram] = {}
-        self.stuck_cw: set[Tuple4] = set()
-        self.stuck_fw2: set[Tuple4] = set()
-        self.no_port_failures = 0
         self.conns_by_owner: dict[int, int] = {}
         self.conns_by_owner_max: dict[int, int] = {}
         self.accept_conn: dict[int, int | None] = {}  # position -> conn id
@@ -103,7 +100,7 @@ class Joins:
         while q and q[0][0] <= until:
             _, conn = q.popleft()
             peer = conn.peer_wait
-            if peer is not None and peer.outcome is None:
+            if peer is not None and not peer.ended:
                 conn.parked = True  # finished with its peer (see Conn)
                 self._count("parked_closers")
                 continue
@@ -316,48 +313,37 @@ class Joins:
     # ---- finishing --------------------------------------------------------------
 
     def finish(self, conn: Conn, at_end: bool) -> None:
+        """Out of the indexes now; its row and outcome at the chunk's end
+        (decide_finished), from what it is now."""
         phase = self.phases.of(conn.start_ns)
+        conn.ended = True
+        self.finished.append(conn)
+        self._unindex(conn)
         if conn.role == "listener":
-            result = "open_at_end" if at_end else "closed"
-            if conn.addr4 and self.listeners.get((conn.addr4[0], conn.addr4[1])) is conn:
-                del self.listeners[(conn.addr4[0], conn.addr4[1])]
+            conn.outcome = "open_at_end" if at_end else "closed"
+            t = conn.addr4
+            if t and self.listeners.get((t[0], t[1])) is conn:
+                del self.listeners[(t[0], t[1])]
+            self.ending.rows.append(lifecycle_row(conn, at_end, self.t0, self.now, phase))
         else:
             seen = bool(self.n.get("kernel.accept", 0) or self.app_events.get("accept", 0))
-            result = outcome(conn, at_end, seen)
-            self.outcomes[result] = self.outcomes.get(result, 0) + 1
-            if phase is not None:
-                self.phases.count_in(phase, f"outcomes.{result}")
-            okey = (result, conn.owner_actor or "?", conn.owner_pid or -1, conn.role)
-            self.outcome_owner[okey] = self.outcome_owner.get(okey, 0) + 1
-            conn.outcome = result
             end = timewait_end(conn, self.now) or (
                 conn.end_ns if conn.end_ns is not None else self.now
             )
-            hist = self.lifetimes.get(result)
-            if hist is None:
-                hist = self.lifetimes[result] = Log2Histogram()
-            hist.add(max(end - conn.start_ns, 0))
-            t = conn.addr4
-            if result == "stuck_close_wait" and t is not None:
-                self.stuck_cw.add((t[2], t[3], t[0], t[1]))
-            elif result == "stuck_fin_wait2" and t is not None:
-                self.stuck_fw2.add(t)
-            elif result == "failed_connect" and t is None and conn.error in (None, "EADDRNOTAVAIL"):
-                # No source port was ever chosen: inet_hash_connect found none.
-                self.no_port_failures += 1
-                self.phases.count(conn.start_ns, "kernel_errors.EADDRNOTAVAIL")
-            self._count("coverage.kernel_connections")
-            if conn.owner_pid is not None:
-                self._count("coverage.kernel_connections_owned")
-        conn.outcome = result
-        self.finished.append(conn)
-        self._unindex(conn)
-        self.emit(lifecycle_row(conn, at_end, self.t0, self.now, phase))
+            row = lifecycle_row(conn, at_end, self.t0, self.now, phase)
+            self.ending.add(conn, row, at_end, seen, max(end - conn.start_ns, 0))
         twin = conn.twin
         if twin is not None and twin.parked:
             twin.parked = False
             self.finish(twin, at_end=False)
         conn.twin = None
+
+    def decide_finished(self) -> None:
+        """The outcomes of the connections finished since the last call; their rows out."""
+        ending, self.ending = self.ending, Ending()
+        decide(ending, self.tallies, self.phases, self.n)
+        for row in ending.rows:
+            self.emit(row)
 
     def _unindex(self, conn: Conn) -> None:
         t = conn.addr4
@@ -391,7 +377,8 @@ class Joins:
         for c in sorted(self.open.values(), key=lambda c: c.start_ns):
             self.finish(c, at_end=True)
         self.open.clear()
+        self.decide_finished()
 
     def peers_of_stuck(self) -> int:
         # Peers of leaked sockets: a stuck FIN_WAIT2 facing a stuck CLOSE_WAIT.
-        return len(self.stuck_cw & self.stuck_fw2)
+        return len(self.tallies.stuck_cw & self.tallies.stuck_fw2)

@@ -113,6 +113,7 @@ class Conn:
     peer_wait: Conn | None = None
     twin: Conn | None = None
     parked: bool = False
+    ended: bool = False  # finished by the joins, its outcome maybe not yet decided
     held_by: int | None = None
 
     def state_at(self, pos: int) -> str:

@@ -1,4 +1,5 @@
-"""How a connection ended, and its lifecycle row as connections.jsonl shows it."""
+"""A connection's lifecycle row as connections.jsonl shows it (its outcome is
+decided in outcome_rules.py)."""
 
 from __future__ import annotations
 
@@ -20,8 +21,6 @@ OUTCOMES = (
     "unknown",  # its closing transitions were never seen (filtered or dropped)
 )
 
-# States after which the kernel's ->CLOSE means a timewait socket took over.
-_TIME_WAIT_FROM = {"FIN_WAIT2", "CLOSING", "TIME_WAIT"}
 _EXACT_NS = 10**15
 
 
@@ -36,37 +35,6 @@ def seconds(ns: int) -> float:
     if -_EXACT_NS < ns < _EXACT_NS:
         return ns / 1e9
     return round(ns / 1e9, 9)
-
-
-def outcome(conn: Conn, at_end: bool, seen_accepts: bool) -> str:
-    if conn.role == "passive" and not conn.accepted and seen_accepts:
-        return "never_accepted"
-    if not conn.close_seen:
-        return "unknown"
-    stuck = conn.state if at_end else conn.stuck_in
-    if stuck == "CLOSE_WAIT":
-        return "stuck_close_wait"
-    if stuck == "FIN_WAIT2":
-        return "stuck_fin_wait2"
-    if at_end:
-        return "open_at_end"
-    last = conn.last_old
-    if conn.peer_wait is not None and conn.peer_wait.outcome in (
-        "stuck_close_wait",
-        "never_accepted",
-    ):
-        return "stuck_fin_wait2"
-    if last == "SYN_SENT":
-        if conn.error == "ECONNREFUSED":
-            return "refused"
-        if conn.error or conn.addr4 is None:
-            return "failed_connect"
-        return "refused"
-    if last in _TIME_WAIT_FROM:
-        return "time_wait"
-    if last == "LAST_ACK":
-        return "clean"
-    return "reset"
 
 
 def timewait_end(conn: Conn, last_ns: int) -> int | None:
@@ -130,9 +98,7 @@ def lifecycle_row(
         "t_start": seconds(conn.start_ns - t0) if t0 else None,
         "duration_ns": end - conn.start_ns,
         "closed_in_run": not at_end,
-        "timewait_from": conn.last_old
-        if conn.outcome in ("time_wait", "stuck_fin_wait2") and conn.close_seen
-        else None,
+        "timewait_from": None,  # with the outcome (outcome_rules.py)
         "first_old": conn.first_old,
         "last_state": conn.state,
         "owner": owner_dict(conn),
