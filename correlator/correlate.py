@@ -31,6 +31,7 @@ from bus.schema import Envelope, Kind
 from correlator.columns import SCHEMAS, Batch, Columns
 from correlator.connection_schema import frame_of_rows
 from correlator.joins import Joins
+from correlator.kept import Kept
 from correlator.lifecycles import OPEN, Lives, bit_length
 from correlator.ordering import Release, WatermarkConfig
 from correlator.phases import Phases
@@ -109,7 +110,8 @@ class Correlator:
         self.lives = Lives(experiment_end=self.phases.experiment_end)
         self.finished: list[dict[str, Any]] = []  # lifecycles not yet handed over
         emit = self.finished.append
-        self.joins = Joins(self.meta, self.phases, self.n, emit, cfg.grace_ns, self.t0)
+        self.kept = Kept()
+        self.joins = Joins(self.meta, self.phases, self.n, emit, cfg.grace_ns, self.t0, self.kept)
         self.rows = Rows(self.joins, self.n, self.t0, cfg.grace_ns, self.phases)
         self.chunk = _Chunk()
         self.base = 0  # position of the chunk's first item
@@ -208,6 +210,7 @@ class Correlator:
         if tcp is not None:
             self.n["kernel.tcp_state"] = self.n.get("kernel.tcp_state", 0) + len(tcp)
             lives = self.lives.chunk(tcp)
+            self.kept.chunk(tcp, lives.conn_ids, lives.touched)
             tcp = tcp.with_columns(conn=pl.Series(lives.conn_ids))
             frames["tcp_state"] = tcp
             milestones = lives.milestones

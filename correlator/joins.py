@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from correlator.kept import Kept
 from correlator.lifecycles import CLOSE, LEARN, LOST, OPEN, Conn, Tuple4, norm_addr
 from correlator.outcome_rules import Ending, Tallies, decide
 from correlator.outcomes import errno_name, lifecycle_row, timewait_end
@@ -44,12 +45,14 @@ class Joins:
         emit: Callable[[dict[str, Any]], None],
         grace_ns: int,
         t0: int,
+        kept: Kept,
     ) -> None:
         self.n = counts
         self.phases = phases
         self.emit = emit
         self.grace = grace_ns
         self.t0 = t0
+        self.kept = kept
         # Who is who: pid -> actor name, from run.json and from the logs, with
         # the position each was learnt at (rows show the name known then).
         self.pid_actor: dict[int, str] = {}
@@ -124,7 +127,7 @@ class Joins:
             if conn.last_old == "FIN_WAIT2" and conn.addr4 is not None:
                 t = conn.addr4
                 for peer in reversed(self.by_tuple.get((t[2], t[3], t[0], t[1]), [])):
-                    if not peer.ended_before(pos) and peer.state_at(pos) == "CLOSE_WAIT":
+                    if not peer.ended_before(pos) and self.kept.state_at(peer, pos) == "CLOSE_WAIT":
                         conn.peer_wait, peer.twin = peer, conn
                         break
             if conn.role == "active" and conn.last_old == "SYN_SENT":
@@ -316,6 +319,7 @@ class Joins:
         """Out of the indexes now; its row and outcome at the chunk's end
         (decide_finished), from what it is now."""
         phase = self.phases.of(conn.start_ns)
+        self.ending.ends[conn.id] = conn.end_ns if conn.end_ns is not None else self.now
         conn.ended = True
         self.finished.append(conn)
         self._unindex(conn)
@@ -342,7 +346,9 @@ class Joins:
         """The outcomes of the connections finished since the last call; their rows out."""
         ending, self.ending = self.ending, Ending()
         decide(ending, self.tallies, self.phases, self.n)
+        states = self.kept.states(ending.ends)
         for row in ending.rows:
+            row["states"] = states.get(row["id"], []) + row["states"]
             self.emit(row)
 
     def _unindex(self, conn: Conn) -> None:

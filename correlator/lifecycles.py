@@ -80,8 +80,7 @@ class Conn:
     state_ns: int = 0
     last_old: str = ""
     n_rows: int = 0
-    transitions: list[tuple[int, str, str, int, int]] = field(default_factory=list)  # +pos
-    dropped_transitions: int = 0
+    kept_state: str = ""  # after its last kept transition (correlator/kept.py)
     close_pos: int | None = None  # position of ->CLOSE (or of the lost close)
     end_ns: int | None = None
     close_seen: bool = True
@@ -116,15 +115,6 @@ class Conn:
     ended: bool = False  # finished by the joins, its outcome maybe not yet decided
     held_by: int | None = None
 
-    def state_at(self, pos: int) -> str:
-        """The state after the last transition before `pos` (from the kept ones)."""
-        st = self.first_old
-        for t in self.transitions:
-            if t[4] >= pos:
-                break
-            st = t[2]
-        return st
-
     def action_counts(self) -> dict[str, int]:
         """Each app action's count, in the order each first happened."""
         counts: dict[str, int] = {}
@@ -147,6 +137,7 @@ class ChunkLives:
     """What one chunk of transitions tells: per row its life, and the milestones."""
 
     conn_ids: np.ndarray  # per row, in row (position) order
+    touched: list[Conn]  # the lives with rows here, by id
     milestones: list[tuple[int, int, Conn]]  # (pos, kind, conn)
     state_time: pl.DataFrame  # state, bucket, count, total, max
     live_delta: pl.DataFrame  # pos, state, delta
@@ -246,6 +237,7 @@ class Lives:
                 first_old=old_l[i],
                 family=int(fam[i] or 0),
                 first_cpu_pid=cpu_l[i],
+                kept_state=old_l[i],
             )
             conns[c.id] = c
             milestones.append((pos_l[i], OPEN, c))
@@ -260,16 +252,14 @@ class Lives:
             for i in np.nonzero(held)[0].tolist():
                 conns[ids_l[i]].stuck_in = shared([str(prev_new[i])])[0]
         _learn_all(conns, ids, sport, dport, tcp, milestones, pos_l)
-        # Per life: its first transitions kept, its last one its state.
+        # Per life: its last transition its state (kept ones: correlator/kept.py).
         order = np.argsort(ids, kind="stable")
         life, first, count = np.unique(ids[order], return_index=True, return_counts=True)
         rows = order.tolist()
+        touched = []
         for cid, a, k in zip(life.tolist(), first.tolist(), count.tolist(), strict=True):
             c = conns[cid]
-            room = MAX_TRANSITIONS - len(c.transitions)
-            kept = rows[a : a + min(k, room)] if room > 0 else []
-            c.transitions.extend([(ts_l[r], old_l[r], new_l[r], cpu_l[r], pos_l[r]) for r in kept])
-            c.dropped_transitions += k - len(kept)
+            touched.append(c)
             r = rows[a + k - 1]
             c.last_old, c.state, c.state_ns = old_l[r], new_l[r], ts_l[r]
             c.n_rows += k
@@ -333,6 +323,7 @@ class Lives:
         milestones.sort(key=lambda m: (m[0], m[1]))
         return ChunkLives(
             conn_ids=ids,
+            touched=touched,
             milestones=milestones,
             state_time=state_time,
             live_delta=live_delta,

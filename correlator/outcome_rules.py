@@ -98,6 +98,7 @@ class Ending:
     connections with their own rows and columns."""
 
     rows: list[dict[str, Any]] = field(default_factory=list)
+    ends: dict[int, int] = field(default_factory=dict)  # life -> end of its last state
     conns: list[Conn] = field(default_factory=list)
     conn_rows: list[dict[str, Any]] = field(default_factory=list)
     cols: dict[str, list[Any]] = field(default_factory=lambda: {k: [] for k in _SCHEMA})

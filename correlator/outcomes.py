@@ -6,7 +6,7 @@ from __future__ import annotations
 import errno as errno_mod
 from typing import Any
 
-from correlator.lifecycles import Conn
+from correlator.lifecycles import MAX_TRANSITIONS, Conn
 
 OUTCOMES = (
     "clean",
@@ -59,14 +59,10 @@ def owner_dict(conn: Conn) -> dict[str, Any] | None:
 def lifecycle_row(
     conn: Conn, at_end: bool, t0: int, last_ns: int, phase: str | None
 ) -> dict[str, Any]:
+    """The row, its kept transitions' states still to put before `states`
+    (correlator/kept.py)."""
     end = conn.end_ns if conn.end_ns is not None else last_ns
-    states = []
-    trans = conn.transitions
-    for i, (ts, _old, new, cpu, _pos) in enumerate(trans):
-        nxt = trans[i + 1][0] if i + 1 < len(trans) else end
-        if new == "CLOSE":
-            continue
-        states.append({"state": new, "start_ns": ts, "dur_ns": nxt - ts, "cpu_pid": cpu})
+    states: list[dict[str, Any]] = []
     tw_end = timewait_end(conn, last_ns)
     if tw_end is not None and conn.end_ns is not None:
         # Not a tracepoint state: the timewait socket that took over waits
@@ -104,7 +100,7 @@ def lifecycle_row(
         "owner": owner_dict(conn),
         "first_cpu_pid": conn.first_cpu_pid,
         "states": states,
-        "transitions_dropped": conn.dropped_transitions,
+        "transitions_dropped": max(conn.n_rows - MAX_TRANSITIONS, 0),
         "accepted": conn.accepted,
         "app_closed": conn.app_closed,
         "error": conn.error,

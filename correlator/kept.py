@@ -1,0 +1,102 @@
+"""The kept transitions of every life not yet written, as one frame.
+
+A lifecycle row shows a life's first MAX_TRANSITIONS transitions as its
+states. They are kept as rows (life, ts, new, cpu_pid, pos) appended chunk by
+chunk, not as Python objects on each live socket, and leave when their
+life's row is written. The fold asks one thing of them: a socket's state at
+a position of the current chunk (a FIN_WAIT2 closer's peer in CLOSE_WAIT).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from correlator.lifecycles import MAX_TRANSITIONS, Conn
+
+_SCHEMA = {"life": pl.Int64, "ts": pl.Int64, "new": pl.String, "cpu_pid": pl.Int64, "pos": pl.Int64}
+# A (life, position) pair as one sortable int: positions stay far below 2**36.
+_POS_BITS = 36
+
+
+class Kept:
+    def __init__(self) -> None:
+        self.frames: list[pl.DataFrame] = []
+        # This chunk's kept rows by (life, position), for state_at.
+        self.keys = np.empty(0, np.int64)
+        self.news: list[str] = []
+        # The state each life of this chunk had from its earlier kept rows.
+        self.before: dict[int, str] = {}
+
+    def chunk(self, tcp: pl.DataFrame, ids: np.ndarray, lives: list[Conn]) -> None:
+        """`tcp` (sorted by pos) with `ids` its rows' lives; `lives` the lives
+        with rows here, in id order, their n_rows counting them."""
+        life_ids = np.fromiter((c.id for c in lives), np.int64, len(lives))
+        order = np.argsort(ids, kind="stable")
+        sorted_ids = ids[order]
+        at = np.searchsorted(life_ids, sorted_ids)
+        first = np.searchsorted(sorted_ids, life_ids)
+        here = np.diff(np.append(first, len(ids)))
+        had = np.fromiter((c.n_rows for c in lives), np.int64, len(lives)) - here
+        rank = had[at] + np.arange(len(ids)) - first[at]
+        keep = order[rank < MAX_TRANSITIONS]
+        keep.sort()
+        rows = tcp.select("ts", "new", "cpu_pid", "pos")[keep].with_columns(
+            life=pl.Series(ids[keep])
+        )
+        rows = rows.select(list(_SCHEMA)).cast(_SCHEMA)  # type: ignore[arg-type]
+        self.frames.append(rows)
+        self.before = {c.id: c.kept_state for c in lives}
+        by = np.lexsort((rows["pos"].to_numpy(), rows["life"].to_numpy()))
+        self.keys = (rows["life"].to_numpy()[by] << _POS_BITS) | rows["pos"].to_numpy()[by]
+        news = rows["new"].to_list()
+        self.news = [news[i] for i in by.tolist()]
+        # The state after each life's last kept row so far.
+        last = rows.group_by("life").agg(pl.col("new").last())
+        state = dict(zip(last["life"].to_list(), last["new"].to_list(), strict=True))
+        for c in lives:
+            s = state.get(c.id)
+            if s is not None:
+                c.kept_state = s
+
+    def state_at(self, conn: Conn, pos: int) -> str:
+        """The state after its last kept transition before `pos` (in this chunk)."""
+        key = (conn.id << _POS_BITS) | pos
+        i = int(np.searchsorted(self.keys, key, side="left")) - 1
+        if i >= 0 and int(self.keys[i]) >> _POS_BITS == conn.id:
+            return self.news[i]
+        return self.before.get(conn.id, conn.kept_state)
+
+    def states(self, ends: dict[int, int]) -> dict[int, list[dict[str, Any]]]:
+        """The states of the lives in `ends` (life -> its end time), which
+        leave the frame: each kept transition but ->CLOSE, until the next."""
+        if not ends or not self.frames:
+            return {}
+        kept = pl.concat(self.frames)
+        going = kept["life"].is_in(list(ends))
+        self.frames = [kept.filter(~going)]
+        mine = pl.DataFrame(
+            {"life": list(ends), "end": list(ends.values())},
+            schema={"life": pl.Int64, "end": pl.Int64},
+        )
+        s = (
+            kept.filter(going)
+            .sort("life", "pos")
+            .with_columns(nxt=pl.col("ts").shift(-1).over("life"))
+            .join(mine, on="life", how="left", maintain_order="left")
+            .filter(pl.col("new") != "CLOSE")
+            .select(
+                "life",
+                st=pl.struct(
+                    state="new",
+                    start_ns="ts",
+                    dur_ns=pl.coalesce("nxt", "end") - pl.col("ts"),
+                    cpu_pid="cpu_pid",
+                ),
+            )
+            .group_by("life", maintain_order=True)
+            .agg("st")
+        )
+        return dict(zip(s["life"].to_list(), s["st"].to_list(), strict=True))
