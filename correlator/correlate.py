@@ -29,7 +29,6 @@ import polars as pl
 
 from bus.schema import Envelope, Kind
 from correlator.columns import SCHEMAS, Batch, Columns
-from correlator.connection_schema import frame_of_rows
 from correlator.joins import Joins
 from correlator.kept import Kept
 from correlator.lifecycles import OPEN, Lives, bit_length
@@ -108,7 +107,7 @@ class Correlator:
         self.phases = Phases(self.meta)
         self.samples = Samples(self.phases, cfg.series_cap)
         self.lives = Lives(experiment_end=self.phases.experiment_end)
-        self.finished: list[dict[str, Any]] = []  # lifecycles not yet handed over
+        self.finished: list[pl.DataFrame] = []  # lifecycles not yet handed over
         emit = self.finished.append
         self.kept = Kept()
         self.joins = Joins(self.meta, self.phases, self.n, emit, cfg.grace_ns, self.t0, self.kept)
@@ -266,7 +265,7 @@ class Correlator:
         if len(chunk):
             self.sink.rows(chunk)
         if self.finished:
-            self.sink.connections(frame_of_rows(self.finished))
+            self.sink.connections(pl.concat(self.finished))
             self.finished.clear()
         # Lives whose rows are all written and whose outcome is known are done.
         # Only the finished ones are looked at, not every live one per chunk

@@ -21,10 +21,12 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+import polars as pl
+
 from correlator.kept import Kept
 from correlator.lifecycles import CLOSE, LEARN, LOST, OPEN, Conn, Tuple4, norm_addr
 from correlator.outcome_rules import Ending, Tallies, decide
-from correlator.outcomes import errno_name, lifecycle_row, timewait_end
+from correlator.outcomes import errno_name, timewait_end
 from correlator.phases import Phases
 
 MAX_ACTIONS = 16
@@ -42,7 +44,7 @@ class Joins:
         meta: dict[str, Any],
         phases: Phases,
         counts: dict[str, int],
-        emit: Callable[[dict[str, Any]], None],
+        emit: Callable[[pl.DataFrame], None],
         grace_ns: int,
         t0: int,
         kept: Kept,
@@ -319,7 +321,6 @@ class Joins:
         """Out of the indexes now; its row and outcome at the chunk's end
         (decide_finished), from what it is now."""
         phase = self.phases.of(conn.start_ns)
-        self.ending.ends[conn.id] = conn.end_ns if conn.end_ns is not None else self.now
         conn.ended = True
         self.finished.append(conn)
         self._unindex(conn)
@@ -328,14 +329,14 @@ class Joins:
             t = conn.addr4
             if t and self.listeners.get((t[0], t[1])) is conn:
                 del self.listeners[(t[0], t[1])]
-            self.ending.rows.append(lifecycle_row(conn, at_end, self.t0, self.now, phase))
+            self.ending.rows.add(conn, at_end, self.t0, self.now, phase)
         else:
             seen = bool(self.n.get("kernel.accept", 0) or self.app_events.get("accept", 0))
             end = timewait_end(conn, self.now) or (
                 conn.end_ns if conn.end_ns is not None else self.now
             )
-            row = lifecycle_row(conn, at_end, self.t0, self.now, phase)
-            self.ending.add(conn, row, at_end, seen, max(end - conn.start_ns, 0))
+            row = self.ending.rows.add(conn, at_end, self.t0, self.now, phase)
+            self.ending.add(conn, row, phase, at_end, seen, max(end - conn.start_ns, 0))
         twin = conn.twin
         if twin is not None and twin.parked:
             twin.parked = False
@@ -345,11 +346,10 @@ class Joins:
     def decide_finished(self) -> None:
         """The outcomes of the connections finished since the last call; their rows out."""
         ending, self.ending = self.ending, Ending()
+        if not len(ending.rows):
+            return
         decide(ending, self.tallies, self.phases, self.n)
-        states = self.kept.states(ending.ends)
-        for row in ending.rows:
-            row["states"] = states.get(row["id"], []) + row["states"]
-            self.emit(row)
+        self.emit(ending.rows.frame(self.kept.states(ending.rows.ends)))
 
     def _unindex(self, conn: Conn) -> None:
         t = conn.addr4

@@ -9,8 +9,6 @@ a position of the current chunk (a FIN_WAIT2 closer's peer in CLOSE_WAIT).
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import polars as pl
 
@@ -69,19 +67,18 @@ class Kept:
             return self.news[i]
         return self.before.get(conn.id, conn.kept_state)
 
-    def states(self, ends: dict[int, int]) -> dict[int, list[dict[str, Any]]]:
+    def states(self, ends: dict[int, int]) -> pl.DataFrame:
         """The states of the lives in `ends` (life -> its end time), which
-        leave the frame: each kept transition but ->CLOSE, until the next."""
-        if not ends or not self.frames:
-            return {}
-        kept = pl.concat(self.frames)
+        leave the frame: each kept transition but ->CLOSE, until the next;
+        (life, seq, state, start_ns, dur_ns, cpu_pid)."""
+        kept = pl.concat(self.frames) if self.frames else pl.DataFrame(schema=_SCHEMA)
         going = kept["life"].is_in(list(ends))
         self.frames = [kept.filter(~going)]
         mine = pl.DataFrame(
             {"life": list(ends), "end": list(ends.values())},
             schema={"life": pl.Int64, "end": pl.Int64},
         )
-        s = (
+        return (
             kept.filter(going)
             .sort("life", "pos")
             .with_columns(nxt=pl.col("ts").shift(-1).over("life"))
@@ -89,14 +86,10 @@ class Kept:
             .filter(pl.col("new") != "CLOSE")
             .select(
                 "life",
-                st=pl.struct(
-                    state="new",
-                    start_ns="ts",
-                    dur_ns=pl.coalesce("nxt", "end") - pl.col("ts"),
-                    cpu_pid="cpu_pid",
-                ),
+                seq="pos",
+                state="new",
+                start_ns="ts",
+                dur_ns=pl.coalesce("nxt", "end") - pl.col("ts"),
+                cpu_pid="cpu_pid",
             )
-            .group_by("life", maintain_order=True)
-            .agg("st")
         )
-        return dict(zip(s["life"].to_list(), s["st"].to_list(), strict=True))

@@ -15,6 +15,7 @@ from typing import Any
 
 import polars as pl
 
+from correlator.lifecycle_rows import LifeRows
 from correlator.lifecycles import Conn, bit_length
 from correlator.phases import Phases
 from correlator.stats import Log2Histogram
@@ -95,16 +96,15 @@ class Tallies:
 class Ending:
     """Lives finished and not yet decided, in the order they finished: all
     their rows (listeners' too, so the rows leave in that order), and the
-    connections with their own rows and columns."""
+    connections with their rows' indexes and the columns of the decision."""
 
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    ends: dict[int, int] = field(default_factory=dict)  # life -> end of its last state
+    rows: LifeRows = field(default_factory=LifeRows)
     conns: list[Conn] = field(default_factory=list)
-    conn_rows: list[dict[str, Any]] = field(default_factory=list)
+    conn_rows: list[int] = field(default_factory=list)
     cols: dict[str, list[Any]] = field(default_factory=lambda: {k: [] for k in _SCHEMA})
 
     def add(
-        self, conn: Conn, row: dict[str, Any], at_end: bool, seen: bool, life_ns: int
+        self, conn: Conn, row: int, phase: str | None, at_end: bool, seen: bool, life_ns: int
     ) -> None:
         c = self.cols
         peer = conn.peer_wait
@@ -120,7 +120,7 @@ class Ending:
         c["peer"].append(peer.id if peer is not None and peer.outcome is None else None)
         c["error"].append(conn.error)
         c["has_tuple"].append(conn.addr4 is not None)
-        c["phase"].append(row["phase"])
+        c["phase"].append(phase)
         c["actor"].append(conn.owner_actor or "?")
         c["pid"].append(conn.owner_pid or -1)
         c["owned"].append(conn.owner_pid is not None)
@@ -128,7 +128,6 @@ class Ending:
         c["life_ns"].append(life_ns)
         self.conns.append(conn)
         self.conn_rows.append(row)
-        self.rows.append(row)
 
 
 def decide(ending: Ending, tallies: Tallies, phases: Phases, counts: dict[str, int]) -> None:
@@ -150,9 +149,8 @@ def decide(ending: Ending, tallies: Tallies, phases: Phases, counts: dict[str, i
     out = f["out"].to_list()
     for conn, row, o in zip(ending.conns, ending.conn_rows, out, strict=True):
         conn.outcome = o
-        row["outcome"] = o
-        if o in ("time_wait", "stuck_fin_wait2") and conn.close_seen:
-            row["timewait_from"] = conn.last_old
+        tw = o in ("time_wait", "stuck_fin_wait2") and conn.close_seen
+        ending.rows.decided(row, o, conn.last_old if tw else None)
     _tally(f, ending.conns, tallies, phases, counts)
 
 
