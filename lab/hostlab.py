@@ -31,7 +31,10 @@ class HostLab:
         self.hosts = Hosts(scenario.name, scenario.hosts)
         spec = scenario.link
         changes = [p.link for p in scenario.phases if p.link]
-        self.link = Link(spec, self.hosts.names(), shaped=bool(changes)) if spec else None
+        lossy = {h for change in changes for h, knobs in change.items() if knobs.get("loss_pct")}
+        self.link = (
+            Link(spec, self.hosts.names(), shaped=bool(changes), lossy=lossy) if spec else None
+        )
         self.shapes = phase_shapes(spec, changes) if spec else []
         # Per host: the kernel's TCP counters at the start and at the end.
         self.counters: dict[str, dict[str, dict[str, int]]] = {}

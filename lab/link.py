@@ -8,6 +8,7 @@ called `lab0`, one in each host's namespace.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from pyroute2 import IPRoute
@@ -49,9 +50,12 @@ class LinkSpec:
 
 
 class Link:
-    def __init__(self, spec: LinkSpec, ends: dict[str, str], shaped: bool = False) -> None:
-        """`ends`: host -> namespace name; `shaped`: some phase shapes the link."""
+    def __init__(self, spec: LinkSpec, ends: dict[str, str], shaped: bool = False,
+                 lossy: Iterable[str] = ()) -> None:
+        """`ends`: host -> namespace name; `shaped`: some phase shapes the
+        link; `lossy`: the hosts whose egress some phase makes lossy."""
         self.spec = spec
+        self.lossy = set(lossy)
         self.ends = {h: ends[h] for h in spec.hosts}
         self.shaper = Shaper(self.ends, IFNAME)
         shaped = shaped or any(s.shaped for s in spec.egress.values())
@@ -77,6 +81,7 @@ class Link:
         for host, shape in self.spec.egress.items():
             if shape.shaped:
                 self.shaper.apply(host, shape)
+        self.shaper.prepare(self.lossy)
         return self
 
     def set_mtu(self, mtu: int) -> None:

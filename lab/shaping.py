@@ -22,6 +22,7 @@ from __future__ import annotations
 import gzip
 import os
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -206,15 +207,26 @@ class Shaper:
                 self._set_root(ipr, index, old, shape)
         self.shapes[host] = shape
 
+    def prepare(self, hosts: Iterable[str]) -> None:
+        """Compile and load now the drop programs that a later phase's loss
+        on what `hosts` send will attach. Compiled in the middle of a run,
+        it kept the orchestrator busy for seconds on a loaded machine: its
+        actors and probes took it for lost and ended (exit code 3)."""
+        for host in hosts:
+            self._program(self.slots[host])
+
+    def _program(self, slot: int) -> Any:
+        if self._bpf is None:
+            from bcc import BPF
+
+            self._bpf = BPF(src_file=str(DROP_SOURCE).encode(),
+                            cflags=[f"-DDROP_SLOTS={DROP_SLOTS}"])
+        return self._bpf.load_func(f"drop_{slot}".encode(), self._bpf.SCHED_CLS)
+
     def _set_loss(self, ipr: IPRoute, host: str, index: int, pct: float) -> None:
         slot = self.slots[host]
         if host not in self._attached:
-            if self._bpf is None:
-                from bcc import BPF
-
-                self._bpf = BPF(src_file=str(DROP_SOURCE).encode(),
-                                cflags=[f"-DDROP_SLOTS={DROP_SLOTS}"])
-            fn = self._bpf.load_func(f"drop_{slot}".encode(), self._bpf.SCHED_CLS)
+            fn = self._program(slot)
             ipr.tc("add", "clsact", index)
             ipr.tc("add-filter", "bpf", index, ":1", fd=fn.fd, name=fn.name,
                    parent=CLSACT_INGRESS, classid=1, direct_action=True)

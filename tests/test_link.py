@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -10,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from lab_helpers import ROOT
+from lab_helpers import ROOT, bpf_programs_of
 from pyroute2 import IPRoute, netns
 
 from lab.hosts import Hosts, HostSpec
@@ -206,3 +207,39 @@ def test_hosts_own_their_tcp_hash_table() -> None:
     finally:
         parent.destroy()
     assert CHILD_EHASH.read_text() == before
+
+
+def drop_programs() -> dict[int, str]:
+    """The drop programs this process has loaded: id -> name."""
+    out = {}
+    for prog in bpf_programs_of(os.getpid()):
+        shown = subprocess.run(["bpftool", "-j", "prog", "show", "id", str(prog)],
+                               capture_output=True, text=True, check=True)
+        name = json.loads(shown.stdout).get("name", "")
+        if name.startswith("drop_"):
+            out[prog] = name
+    return out
+
+
+@pytest.mark.root
+@pytest.mark.bpf
+@pytest.mark.netns
+def test_a_later_loss_has_its_drop_program_loaded_with_the_link() -> None:
+    """A phase's loss attaches the drop program loaded when the link was
+    made: compiled at the phase, it kept the orchestrator from the bus for
+    seconds on a loaded machine, and every actor and the probes ended with
+    'orchestrator lost' (a lossy-link run, 19:53 UTC)."""
+    hosts = Hosts("droptest", [HostSpec("a"), HostSpec("b")]).create()
+    link = Link(LinkSpec(hosts=("a", "b")), hosts.names(), shaped=True, lossy={"a"})
+    try:
+        link.create()
+        loaded = drop_programs()
+        assert sorted(loaded.values()) == ["drop_0"]  # a's end is slot 0
+        assert link.shaper.counters() == {}  # not attached: no loss yet
+        link.reshape({"a": {"loss_pct": 100}})
+        assert drop_programs() == loaded  # attached, not compiled again
+        assert link.shaper.counters() == {"a": {"seen": 0, "dropped": 0}}
+    finally:
+        link.destroy()
+        hosts.destroy()
+    assert drop_programs() == {}
