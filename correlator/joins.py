@@ -24,9 +24,10 @@ from typing import Any
 import polars as pl
 
 from correlator.kept import Kept
+from correlator.lifecycle_rows import LifeRows
 from correlator.lifecycles import CLOSE, LEARN, LOST, OPEN, Conn, Tuple4, norm_addr
-from correlator.outcome_rules import Ending, Tallies, decide
-from correlator.outcomes import errno_name, timewait_end
+from correlator.outcome_rules import Tallies, decide
+from correlator.outcomes import errno_name
 from correlator.phases import Phases
 
 MAX_ACTIONS = 16
@@ -84,7 +85,7 @@ class Joins:
         self.finished: list[Conn] = []
 
         # Finished connections wait for their outcome until the chunk's end.
-        self.ending = Ending()
+        self.ending = LifeRows()
         self.tallies = Tallies()
         self.errors: dict[str, int] = {}
         self.error_owner: dict[tuple[str, str, str, int], int] = {}
@@ -329,14 +330,8 @@ class Joins:
             t = conn.addr4
             if t and self.listeners.get((t[0], t[1])) is conn:
                 del self.listeners[(t[0], t[1])]
-            self.ending.rows.add(conn, at_end, self.t0, self.now, phase)
-        else:
-            seen = bool(self.n.get("kernel.accept", 0) or self.app_events.get("accept", 0))
-            end = timewait_end(conn, self.now) or (
-                conn.end_ns if conn.end_ns is not None else self.now
-            )
-            row = self.ending.rows.add(conn, at_end, self.t0, self.now, phase)
-            self.ending.add(conn, row, phase, at_end, seen, max(end - conn.start_ns, 0))
+        seen = bool(self.n.get("kernel.accept", 0) or self.app_events.get("accept", 0))
+        self.ending.add(conn, at_end, self.t0, self.now, phase, seen)
         twin = conn.twin
         if twin is not None and twin.parked:
             twin.parked = False
@@ -345,11 +340,11 @@ class Joins:
 
     def decide_finished(self) -> None:
         """The outcomes of the connections finished since the last call; their rows out."""
-        ending, self.ending = self.ending, Ending()
-        if not len(ending.rows):
+        ending, self.ending = self.ending, LifeRows()
+        if not len(ending):
             return
-        decide(ending, self.tallies, self.phases, self.n)
-        self.emit(ending.rows.frame(self.kept.states(ending.rows.ends)))
+        f = decide(ending.table(), ending.conns, self.tallies, self.phases, self.n)
+        self.emit(ending.frame(f, self.kept.states(ending.ends)))
 
     def _unindex(self, conn: Conn) -> None:
         t = conn.addr4

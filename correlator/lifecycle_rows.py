@@ -48,6 +48,17 @@ _FLAT = {
     "error": pl.String,
     "phase": pl.String,
 }
+# What a connection's outcome depends on besides its row (outcome_rules.py).
+_DECISION = {
+    "seen": pl.Boolean,  # accept calls seen by then
+    "close_seen": pl.Boolean,
+    "stuck_in": pl.String,
+    "last_old": pl.String,
+    "peer_outcome": pl.String,
+    "peer": pl.Int64,  # the peer's id while its outcome is still to decide
+    "has_tuple": pl.Boolean,
+    "life_ns": pl.Int64,
+}
 _APPS = {"id": pl.Int64, "event": pl.String, "n": pl.Int64}
 _ACTIONS = {"id": pl.Int64, "ts_ns": pl.Int64, "event": pl.String}
 # The timewait socket's FIN_WAIT2 comes after every kept transition.
@@ -56,7 +67,8 @@ _TW_SEQ = 1 << 62
 
 class LifeRows:
     def __init__(self) -> None:
-        self.cols: dict[str, list[Any]] = {k: [] for k in _FLAT}
+        self.cols: dict[str, list[Any]] = {k: [] for k in (*_FLAT, *_DECISION)}
+        self.conns: list[Conn] = []  # the connections (not listeners), in row order
         self.apps: dict[str, list[Any]] = {k: [] for k in _APPS}
         self.actions: dict[str, list[Any]] = {k: [] for k in _ACTIONS}
         self.tw: dict[str, list[int]] = {"life": [], "start_ns": [], "dur_ns": []}
@@ -65,8 +77,10 @@ class LifeRows:
     def __len__(self) -> int:
         return len(self.cols["id"])
 
-    def add(self, conn: Conn, at_end: bool, t0: int, last_ns: int, phase: str | None) -> int:
-        """The life as it is now; returns its row's index."""
+    def add(
+        self, conn: Conn, at_end: bool, t0: int, last_ns: int, phase: str | None, seen: bool
+    ) -> None:
+        """The life as it is now."""
         c = self.cols
         end = conn.end_ns if conn.end_ns is not None else last_ns
         self.ends[conn.id] = end
@@ -113,22 +127,32 @@ class LifeRows:
                 self.actions["ts_ns"].append(ts)
                 self.actions["event"].append(event)
         tw_end = timewait_end(conn, last_ns)
+        peer = conn.peer_wait
+        c["seen"].append(seen)
+        c["close_seen"].append(conn.close_seen)
+        c["stuck_in"].append(conn.stuck_in)
+        c["last_old"].append(conn.last_old)
+        c["peer_outcome"].append(peer.outcome if peer is not None else None)
+        c["peer"].append(peer.id if peer is not None and peer.outcome is None else None)
+        c["has_tuple"].append(t is not None)
+        c["life_ns"].append(max((tw_end or end) - conn.start_ns, 0))
+        if not listener:
+            self.conns.append(conn)
         if tw_end is not None and conn.end_ns is not None:
             # Not a tracepoint state: the timewait socket that took over waits
             # in FIN_WAIT2 for the peer's FIN (its close), or to the run's end.
             self.tw["life"].append(conn.id)
             self.tw["start_ns"].append(conn.end_ns)
             self.tw["dur_ns"].append(tw_end - conn.end_ns)
-        return len(c["id"]) - 1
 
-    def decided(self, row: int, outcome: str, timewait_from: str | None) -> None:
-        self.cols["outcome"][row] = outcome
-        self.cols["timewait_from"][row] = timewait_from
+    def table(self) -> pl.DataFrame:
+        """The rows' plain columns and what their outcomes depend on."""
+        return pl.DataFrame(self.cols, schema={**_FLAT, **_DECISION})
 
-    def frame(self, kept_states: pl.DataFrame) -> pl.DataFrame:
-        """The rows in CONNECTION_SCHEMA; `kept_states`: (life, seq, state,
-        start_ns, dur_ns, cpu_pid) of these lives, in order within each."""
-        f = pl.DataFrame(self.cols, schema=_FLAT)
+    def frame(self, f: pl.DataFrame, kept_states: pl.DataFrame) -> pl.DataFrame:
+        """`f` (the table, outcomes decided) in CONNECTION_SCHEMA;
+        `kept_states`: (life, seq, state, start_ns, dur_ns, cpu_pid) of these
+        lives, in order within each."""
         tw = pl.DataFrame(
             self.tw, schema={"life": pl.Int64, "start_ns": pl.Int64, "dur_ns": pl.Int64}
         )

@@ -11,11 +11,9 @@ peer's outcome is taken from an earlier flush or from this one.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import polars as pl
 
-from correlator.lifecycle_rows import LifeRows
 from correlator.lifecycles import Conn, bit_length
 from correlator.phases import Phases
 from correlator.stats import Log2Histogram
@@ -24,32 +22,13 @@ from correlator.stats import Log2Histogram
 _TIME_WAIT_FROM = ["FIN_WAIT2", "CLOSING", "TIME_WAIT"]
 # A closer whose peer ended so sat in FIN_WAIT2 until the run's end.
 _PEER_HELD = ["stuck_close_wait", "never_accepted"]
-_SCHEMA = {
-    "role": pl.String,
-    "accepted": pl.Boolean,
-    "seen": pl.Boolean,
-    "close_seen": pl.Boolean,
-    "at_end": pl.Boolean,
-    "state": pl.String,
-    "stuck_in": pl.String,
-    "last_old": pl.String,
-    "peer_outcome": pl.String,
-    "peer": pl.Int64,  # the peer's id while its outcome is still to decide
-    "error": pl.String,
-    "has_tuple": pl.Boolean,
-    "phase": pl.String,
-    "actor": pl.String,
-    "pid": pl.Int64,
-    "owned": pl.Boolean,
-    "start_ns": pl.Int64,
-    "life_ns": pl.Int64,
-}
 
 
 def _decide() -> pl.Expr:
     """joins.py's old decision list, first match wins."""
     role, last, error = pl.col("role"), pl.col("last_old"), pl.col("error")
-    stuck = pl.when(pl.col("at_end")).then(pl.col("state")).otherwise(pl.col("stuck_in"))
+    at_end = ~pl.col("closed_in_run")
+    stuck = pl.when(at_end).then(pl.col("last_state")).otherwise(pl.col("stuck_in"))
     syn_sent = (
         pl.when(error == "ECONNREFUSED")
         .then(pl.lit("refused"))
@@ -66,7 +45,7 @@ def _decide() -> pl.Expr:
         .then(pl.lit("stuck_close_wait"))
         .when(stuck == "FIN_WAIT2")
         .then(pl.lit("stuck_fin_wait2"))
-        .when(pl.col("at_end"))
+        .when(at_end)
         .then(pl.lit("open_at_end"))
         .when(pl.col("peer_outcome").is_in(_PEER_HELD))
         .then(pl.lit("stuck_fin_wait2"))
@@ -92,66 +71,36 @@ class Tallies:
     no_port_failures: int = 0
 
 
-@dataclass
-class Ending:
-    """Lives finished and not yet decided, in the order they finished: all
-    their rows (listeners' too, so the rows leave in that order), and the
-    connections with their rows' indexes and the columns of the decision."""
-
-    rows: LifeRows = field(default_factory=LifeRows)
-    conns: list[Conn] = field(default_factory=list)
-    conn_rows: list[int] = field(default_factory=list)
-    cols: dict[str, list[Any]] = field(default_factory=lambda: {k: [] for k in _SCHEMA})
-
-    def add(
-        self, conn: Conn, row: int, phase: str | None, at_end: bool, seen: bool, life_ns: int
-    ) -> None:
-        c = self.cols
-        peer = conn.peer_wait
-        c["role"].append(conn.role)
-        c["accepted"].append(conn.accepted)
-        c["seen"].append(seen)
-        c["close_seen"].append(conn.close_seen)
-        c["at_end"].append(at_end)
-        c["state"].append(conn.state)
-        c["stuck_in"].append(conn.stuck_in)
-        c["last_old"].append(conn.last_old)
-        c["peer_outcome"].append(peer.outcome if peer is not None else None)
-        c["peer"].append(peer.id if peer is not None and peer.outcome is None else None)
-        c["error"].append(conn.error)
-        c["has_tuple"].append(conn.addr4 is not None)
-        c["phase"].append(phase)
-        c["actor"].append(conn.owner_actor or "?")
-        c["pid"].append(conn.owner_pid or -1)
-        c["owned"].append(conn.owner_pid is not None)
-        c["start_ns"].append(conn.start_ns)
-        c["life_ns"].append(life_ns)
-        self.conns.append(conn)
-        self.conn_rows.append(row)
-
-
-def decide(ending: Ending, tallies: Tallies, phases: Phases, counts: dict[str, int]) -> None:
-    """Each finished connection's outcome into its row and its Conn; the tallies."""
-    if not ending.conns:
-        return
-    f = pl.DataFrame(ending.cols, schema=_SCHEMA).with_columns(
-        i=pl.int_range(pl.len(), dtype=pl.Int64), id=pl.Series([c.id for c in ending.conns])
-    )
-    f = f.with_columns(out=_decide())
-    if f["peer"].is_not_null().any():
+def decide(
+    f: pl.DataFrame, conns: list[Conn], tallies: Tallies, phases: Phases, counts: dict[str, int]
+) -> pl.DataFrame:
+    """`f` (lifecycle_rows.LifeRows.table) with each connection's outcome and
+    timewait_from; `conns` its connections in row order take their outcome;
+    the tallies."""
+    f = f.with_columns(i=pl.int_range(pl.len(), dtype=pl.Int64))
+    g = f.filter(pl.col("kind") == "connection").with_columns(out=_decide())
+    if g["peer"].is_not_null().any():
         # A parked closer's peer finished in this same flush, just before it.
-        decided = f.select(peer="id", peer_decided="out")
-        f = (
-            f.join(decided, on="peer", how="left", maintain_order="left")
+        decided = g.select(peer="id", peer_decided="out")
+        g = (
+            g.join(decided, on="peer", how="left", maintain_order="left")
             .with_columns(peer_outcome=pl.coalesce("peer_outcome", "peer_decided"))
             .with_columns(out=_decide())
         )
-    out = f["out"].to_list()
-    for conn, row, o in zip(ending.conns, ending.conn_rows, out, strict=True):
+    for conn, o in zip(conns, g["out"].to_list(), strict=True):
         conn.outcome = o
-        tw = o in ("time_wait", "stuck_fin_wait2") and conn.close_seen
-        ending.rows.decided(row, o, conn.last_old if tw else None)
-    _tally(f, ending.conns, tallies, phases, counts)
+    if len(g):
+        _tally(g, conns, tallies, phases, counts)
+    timewait = pl.col("out").is_in(["time_wait", "stuck_fin_wait2"]) & pl.col("close_seen")
+    g = g.select("i", "out", tw_from=pl.when(timewait).then(pl.col("last_old")))
+    return (
+        f.join(g, on="i", how="left", maintain_order="left")
+        .with_columns(
+            outcome=pl.coalesce("out", "outcome"),
+            timewait_from=pl.coalesce("tw_from", "timewait_from"),
+        )
+        .drop("out", "tw_from", "i")
+    )
 
 
 def _tally(
@@ -162,7 +111,13 @@ def _tally(
     per_phase = f.filter(pl.col("phase").is_not_null())
     for ph, o, n in per_phase.group_by("phase", "out", maintain_order=True).len().iter_rows():
         phases.count_in(ph, f"outcomes.{o}", n)
-    own = f.group_by("out", "actor", "pid", "role", maintain_order=True).len()
+    actor = pl.when(pl.col("o_actor").is_null() | (pl.col("o_actor") == "")).then(pl.lit("?"))
+    pid = pl.when(pl.col("o_pid").is_null() | (pl.col("o_pid") == 0)).then(pl.lit(-1))
+    own = (
+        f.with_columns(actor=actor.otherwise(pl.col("o_actor")), pid=pid.otherwise(pl.col("o_pid")))
+        .group_by("out", "actor", "pid", "role", maintain_order=True)
+        .len()
+    )
     for o, actor, pid, role, n in own.iter_rows():
         key = (o, actor, pid, role)
         t.outcome_owner[key] = t.outcome_owner.get(key, 0) + n
@@ -182,11 +137,11 @@ def _tally(
         h.total += total
         h.max = max(h.max, mx)
     # The rare ones, one by one: leaked pairs and connects that got no port.
-    rare = f.filter(
+    rare = f.with_columns(k=pl.int_range(pl.len())).filter(
         pl.col("out").is_in(["stuck_close_wait", "stuck_fin_wait2"])
         | ((pl.col("out") == "failed_connect") & ~pl.col("has_tuple"))
     )
-    for i, o, err, start in rare.select("i", "out", "error", "start_ns").iter_rows():
+    for i, o, err, start in rare.select("k", "out", "error", "start_ns").iter_rows():
         tup = conns[i].addr4
         if o == "stuck_close_wait" and tup is not None:
             t.stuck_cw.add((tup[2], tup[3], tup[0], tup[1]))
@@ -197,7 +152,7 @@ def _tally(
             t.no_port_failures += 1
             phases.count(start, "kernel_errors.EADDRNOTAVAIL")
     counts["coverage.kernel_connections"] = counts.get("coverage.kernel_connections", 0) + len(f)
-    owned = int(f["owned"].sum())
+    owned = int(f["o_pid"].is_not_null().sum())
     if owned:
         name = "coverage.kernel_connections_owned"
         counts[name] = counts.get(name, 0) + owned
