@@ -58,8 +58,8 @@ def test_retransmits_equal_the_kernels_counter(runs: Runs) -> None:
     was running on that CPU (probes/progstats.py), counted machine-wide
     (other sessions' sockets too), so they bound the shortfall rather than
     fill it; so do records the ring refused (drops, counted). On the raw
-    tracepoints (the default where the kernel has BTF) nothing is skipped:
-    then RetransSegs == sent + failed exactly, but for drops."""
+    tracepoints (the default where the kernel has BTF) nothing is skipped
+    (missed is 0)."""
     run_dir, summary = runs["lossy-link"]
     internals = summary["counts"]["internals"]
     seen = internals["retransmits_between_readings"]
@@ -85,10 +85,12 @@ def test_retransmits_equal_the_kernels_counter(runs: Runs) -> None:
     )
     if make_plan().probes["tcp_events"].mode == "raw_tracepoint":
         # The raw tracepoint program is never skipped for another program
-        # running on the CPU (probes/rawtp.py): nothing is missed, and with
-        # no ring drop the count is exact.
+        # running on the CPU (probes/rawtp.py). The count is exact in most
+        # runs, but not asserted equal: in 3 of 25 transfers across a lossy
+        # link (tests/test_probe_internals.py) the kernel counted 1 to 10
+        # segments that neither the raw nor the classic program saw, with
+        # no miss and no drop (docs/probes.md).
         assert missed == 0
-        assert kernel == sent + failed + dropped, (kernel, sent, failed, dropped)
     if failed:
         assert any(f"{failed} retransmissions were never sent" in s for s in summary["diagnosis"])
     # At most a few after the last reading (a FIN sent again at teardown).
