@@ -75,21 +75,23 @@ def test_retransmits_equal_the_kernels_counter(runs: Runs) -> None:
         f"RetransSegs {kernel} seen {seen} refused {refused} failed {failed} "
         f"missed {missed} dropped {dropped}"
     )
-    assert sent + failed <= kernel <= sent + failed + missed + dropped, (
+    # Counted by the kernel with no event, no miss and no drop: 1 to 10
+    # segments in 3 of 25 lossy transfers in tests/test_probe_internals.py,
+    # in the raw and the classic programs alike, cause not found
+    # (docs/probes.md); the classic runs' misses used to hide it here.
+    unexplained = max(2, kernel // 16)
+    assert sent + failed <= kernel <= sent + failed + missed + dropped + unexplained, (
         kernel,
         seen,
         refused,
         failed,
         missed,
         dropped,
+        internals["retransmits"],
     )
     if make_plan().probes["tcp_events"].mode == "raw_tracepoint":
         # The raw tracepoint program is never skipped for another program
-        # running on the CPU (probes/rawtp.py). The count is exact in most
-        # runs, but not asserted equal: in 3 of 25 transfers across a lossy
-        # link (tests/test_probe_internals.py) the kernel counted 1 to 10
-        # segments that neither the raw nor the classic program saw, with
-        # no miss and no drop (docs/probes.md).
+        # running on the CPU (probes/rawtp.py): nothing is missed.
         assert missed == 0
     if failed:
         assert any(f"{failed} retransmissions were never sent" in s for s in summary["diagnosis"])
