@@ -103,23 +103,30 @@ def _odd(line: pl.Expr) -> pl.Expr:
     """Where polars' text differs from json's: non-ASCII and DEL (json
     escapes them), a float json writes with an exponent (below 1e-4, from
     1e16). Control characters both escape alike (tests/test_connection_lines.py)."""
+    return line.str.contains(r"[^\x00-\x7e]") | _far_float()
+
+
+def _far_float() -> pl.Expr:
     t = pl.col("t_start").abs()
-    return (
-        line.str.contains(r"[^\x00-\x7e]")
-        | ((t != 0) & ((t < 1e-4) | (t >= 1e16))).fill_null(False)
-    )
+    return ((t != 0) & ((t < 1e-4) | (t >= 1e16))).fill_null(False)
 
 
-def connection_lines(frame: pl.DataFrame) -> list[bytes]:
-    """One line per lifecycle, without its newline."""
+def connection_lines(frame: pl.DataFrame) -> bytes:
+    """The lifecycles' lines, each ending in a newline."""
+    if not len(frame):
+        return b""
     line = _line(frame.columns)
+    blob = frame.select(line.str.join("\n")).item().encode() + b"\n"
+    # Checked on the whole text first: odd rows are rare.
+    far = frame.select(_far_float().any()).item()
+    if blob.isascii() and b"\x7f" not in blob and not far:
+        return blob
     enc = frame.select(line=line, odd=_odd(line))
     lines = [x.encode() for x in enc["line"].to_list()]
     odd = enc["odd"].arg_true().to_list()
-    if odd:
-        for i, row in zip(odd, dict_rows(frame[odd]), strict=True):
-            lines[i] = _json(row).encode()
-    return lines
+    for i, row in zip(odd, dict_rows(frame[odd]), strict=True):
+        lines[i] = _json(row).encode()
+    return b"\n".join(lines) + b"\n"
 
 
 def dict_rows(frame: pl.DataFrame) -> list[dict[str, Any]]:

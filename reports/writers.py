@@ -104,13 +104,17 @@ class TraceWriter:
         head = frame.head(room)
         self.connections += len(head)
         cols = head.select(
-            "id", "kind", "laddr", "lport", "raddr", "rport", "outcome", "states",
+            "id", "kind", "laddr", "lport", "raddr", "rport", "outcome",
+            pl.col("states").list.len().alias("n_states"),
             dest_addr=pl.col("dest").struct.field("addr"),
             dest_port=pl.col("dest").struct.field("port"),
             actor=pl.col("owner").struct.field("actor"),
             pid=pl.col("owner").struct.field("pid"),
         )
-        for tid, kind, laddr, lport, raddr, rport, outcome, states, *dest, actor, pid in (
+        # The states of all of them, one flat row each, in order.
+        states = iter(head.select(pl.col("states").explode()).unnest("states").drop_nulls(
+            "state").iter_rows())
+        for tid, kind, laddr, lport, raddr, rport, outcome, n, *dest, actor, pid in (
             cols.iter_rows()
         ):
             pid = pid or 0
@@ -132,17 +136,18 @@ class TraceWriter:
                     "args": {"name": f"{label} [{outcome}]"},
                 }
             )
-            for st in states:
+            for _ in range(n):
+                state, start_ns, dur_ns, cpu_pid, timewait = next(states)
                 self._put(
                     {
                         "ph": "X",
                         "cat": "tcp",
                         "pid": pid,
                         "tid": tid,
-                        "name": st["state"] + (" (timewait socket)" if st["timewait"] else ""),
-                        "ts": self._us(st["start_ns"]),
-                        "dur": _us_round(st["dur_ns"]),
-                        "args": {"cpu_pid": st["cpu_pid"], "outcome": outcome},
+                        "name": state + (" (timewait socket)" if timewait else ""),
+                        "ts": self._us(start_ns),
+                        "dur": _us_round(dur_ns),
+                        "args": {"cpu_pid": cpu_pid, "outcome": outcome},
                     }
                 )
 
@@ -217,7 +222,7 @@ class RunSink:
         """A chunk's finished lifecycles (correlator/connection_schema.py)."""
         if not len(frame):
             return
-        self.conns.write(b"\n".join(connection_lines(frame)) + b"\n")
+        self.conns.write(connection_lines(frame))
         self.n_connections += len(frame)
         self.trace.lifecycles(frame)
         self._conn_frames.append(frame)
