@@ -29,10 +29,34 @@ from bench.correlator_replay import gen_bomb  # noqa: E402
 
 REPORT = "import sys, orchestrator; sys.exit(orchestrator.main(sys.argv[1:]))"
 IMPORTS = "import orchestrator, reports.build"
+# A checkout's report once more, with the CPU time its sink spends on the
+# finished connections (connections.jsonl, the trace, connections.parquet):
+# RunSink.connection (a dict each) or RunSink.connections (a frame per
+# chunk), and RunSink.close (the Parquet files).
+SPLIT = """
+import sys, time
+from pathlib import Path
+import reports.writers as rw
+from reports.build import build_reports
+spent = [0.0]
+def timed(f):
+    def g(*a):
+        t = time.process_time()
+        try:
+            return f(*a)
+        finally:
+            spent[0] += time.process_time() - t
+    return g
+for name in ("connection", "connections", "close"):
+    if name in vars(rw.RunSink):
+        setattr(rw.RunSink, name, timed(getattr(rw.RunSink, name)))
+build_reports(Path(sys.argv[1]))
+print(f"{spent[0]:.2f} s", file=sys.stderr)
+"""
 EVENTS_PER_CONNECTION = 17  # gen_bomb's shape
 
 
-def cpu_seconds(checkout: Path, code: str, *args: str) -> float:
+def cpu_seconds(checkout: Path, code: str, *args: str, show: bool = False) -> float:
     """user + sys of one fresh process running `code` from `checkout`."""
     env = {**os.environ, "PYTHONPATH": str(checkout)}
     proc = subprocess.Popen(
@@ -43,6 +67,8 @@ def cpu_seconds(checkout: Path, code: str, *args: str) -> float:
     err = proc.stderr.read().decode() if proc.stderr else ""
     if status != 0:
         raise SystemExit(f"{checkout}: {code} {' '.join(args)} failed:\n{err}")
+    if show:
+        print(err.strip().splitlines()[-1])
     return usage.ru_utime + usage.ru_stime
 
 
@@ -79,6 +105,9 @@ def main() -> None:
             f"this ÷ other: median {statistics.median(ratios):.3f} "
             f"(min {min(ratios):.3f}, max {max(ratios):.3f}, {len(ratios)} pairs)"
         )
+        for k, c in arms.items():
+            print(f"{k:5} sink on the connections (+ Parquet at close), CPU:", end=" ")
+            cpu_seconds(c, SPLIT, str(args.out), show=True)
     finally:
         shutil.rmtree(args.out, ignore_errors=True)
 

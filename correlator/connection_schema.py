@@ -1,6 +1,6 @@
 """The finished lifecycles as one polars frame: what the correlator hands its
-sink per chunk (reports/writers.py writes connections.jsonl, the trace and
-connections.parquet from it).
+sink per chunk (correlator/lifecycle_rows.py builds it; reports/writers.py
+writes connections.jsonl, the trace and connections.parquet from it).
 
 One column per key of a connections.jsonl row, in its order; its nested
 values as struct and list columns:
@@ -65,32 +65,6 @@ CONNECTION_SCHEMA: dict[str, pl.DataType] = {
     "actions": pl.List(ACTION),
     "phase": pl.String(),
 }
-# The keys whose row value has another shape than its column's.
-_RESHAPED = ("dest", "app", "actions")
-_PLAIN = {k: t for k, t in CONNECTION_SCHEMA.items() if k not in _RESHAPED}
-_SHAPED = {k: CONNECTION_SCHEMA[k] for k in _RESHAPED}
-
-
-def frame_of_rows(rows: list[dict[str, Any]]) -> pl.DataFrame:
-    """The lifecycles' dicts (correlator/outcomes.py's lifecycle_row) as one
-    frame, until the engine builds the frame itself. The reshaped values go
-    through from_dicts too: a struct Series built from the Python objects
-    took twice as long."""
-    if not rows:
-        return pl.DataFrame(schema=CONNECTION_SCHEMA)
-    plain = pl.from_dicts(rows, schema=_PLAIN)
-    shaped = pl.from_dicts(
-        [
-            {
-                "dest": {"addr": d[0], "port": d[1]} if (d := r["dest"]) else None,
-                "app": [{"event": e, "n": n} for e, n in r["app"].items()],
-                "actions": [{"ts_ns": a[0], "event": a[1]} for a in r["actions"]],
-            }
-            for r in rows
-        ],
-        schema=_SHAPED,
-    )
-    return pl.concat([plain, shaped], how="horizontal").select(list(CONNECTION_SCHEMA))
 
 
 def rows_of_frame(frame: pl.DataFrame) -> list[dict[str, Any]]:

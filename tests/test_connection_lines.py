@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import polars as pl
 
-from correlator.connection_schema import frame_of_rows, rows_of_frame
+from correlator.connection_schema import CONNECTION_SCHEMA, rows_of_frame
 from reports.connection_lines import connection_lines
 from reports.tables import connections_frame
 
@@ -38,6 +38,27 @@ BASE: dict[str, Any] = {
     "actions": [[292724665837, "connect"], [292724689733, "close"]],
     "phase": "bomb",
 }
+
+
+_RESHAPED = ("dest", "app", "actions")
+_PLAIN = {k: t for k, t in CONNECTION_SCHEMA.items() if k not in _RESHAPED}
+
+
+def frame_of_rows(rows: list[dict[str, Any]]) -> pl.DataFrame:
+    """Rows written by hand as the engine's frame (correlator/connection_schema.py)."""
+    plain = pl.from_dicts(rows, schema=_PLAIN)
+    shaped = pl.from_dicts(
+        [
+            {
+                "dest": {"addr": d[0], "port": d[1]} if (d := r["dest"]) else None,
+                "app": [{"event": e, "n": n} for e, n in r["app"].items()],
+                "actions": [{"ts_ns": a[0], "event": a[1]} for a in r["actions"]],
+            }
+            for r in rows
+        ],
+        schema={k: CONNECTION_SCHEMA[k] for k in _RESHAPED},
+    )
+    return pl.concat([plain, shaped], how="horizontal").select(list(CONNECTION_SCHEMA))
 
 
 def _row(**changes: Any) -> dict[str, Any]:
