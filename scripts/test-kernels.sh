@@ -15,7 +15,7 @@
 #     --build-only   build the image if it is not cached, boot nothing (builds of
 #                    different kernels may run side by side, and beside a VM)
 #     --timeout S    wall-clock limit for the VM run (default 3600: a hang guard;
-#                    a warm run takes about 16 minutes)
+#                    a warm run takes 20-30 minutes)
 #     PYTEST_ARGS    instead of the probe tests (tests/test_probe*.py) and the
 #                    link shaping tests (tests/test_shaping.py: netem's delay is
 #                    only testable on a kernel that has it)
