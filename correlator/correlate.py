@@ -5,8 +5,11 @@ Data flow, all in CLOCK_MONOTONIC nanoseconds:
   envelopes -> columns (correlator/columns.py: one polars frame per batch)
   -> release rounds (correlator/ordering.py: the watermark puts them in time order)
   -> chunks of ~CHUNK_ITEMS items, each handled as columns:
-       lives from the transitions (lifecycles.py: group-by on skaddr),
+       lives from the transitions (lifecycles.py: group-by on skaddr), their
+       first transitions kept as one frame (kept.py),
        owners by the one fold over the few facts per connection (joins.py),
+       the outcomes of the lives it finished by one when/then (outcome_rules.py)
+       and their rows as one frame (lifecycle_rows.py),
        epoll and accept figures by group-by, live-state samples by cumsum,
        rows with the owner known a grace after them (rows.py)
   -> sink: rows as frames (events.jsonl, events.parquet), the finished
