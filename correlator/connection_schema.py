@@ -34,6 +34,42 @@ STATE = pl.Struct(
 APP = pl.Struct({"event": pl.String, "n": pl.Int64})
 ACTION = pl.Struct({"ts_ns": pl.Int64, "event": pl.String})
 
+# The scalar columns of a connection, flat (the owner's and destination's
+# fields as columns of their own): the engine's finished-lives frame and
+# connections.parquet both start with these.
+FLAT_COLUMNS: dict[str, Any] = {
+    "id": pl.Int64,
+    "kind": pl.String,
+    "role": pl.String,
+    "outcome": pl.String,
+    "laddr": pl.String,
+    "lport": pl.Int64,
+    "raddr": pl.String,
+    "rport": pl.Int64,
+    "dest_addr": pl.String,
+    "dest_port": pl.Int64,
+    "family": pl.Int64,
+    "skaddr": pl.UInt64,
+    "start_ns": pl.Int64,
+    "end_ns": pl.Int64,
+    "t_start": pl.Float64,
+    "duration_ns": pl.Int64,
+    "closed_in_run": pl.Boolean,
+    "timewait_from": pl.String,
+    "first_old": pl.String,
+    "last_state": pl.String,
+    "owner_actor": pl.String,
+    "owner_pid": pl.Int64,
+    "owner_fd": pl.Int64,
+    "owner_via": pl.String,
+    "first_cpu_pid": pl.Int64,
+    "transitions_dropped": pl.Int64,
+    "accepted": pl.Boolean,
+    "app_closed": pl.Boolean,
+    "error": pl.String,
+    "phase": pl.String,
+}
+
 CONNECTION_SCHEMA: dict[str, pl.DataType] = {
     "id": pl.Int64(),
     "kind": pl.String(),

@@ -12,42 +12,10 @@ from typing import Any
 
 import polars as pl
 
-from correlator.connection_schema import ACTION, APP, CONNECTION_SCHEMA, STATE
+from correlator.connection_schema import ACTION, APP, CONNECTION_SCHEMA, FLAT_COLUMNS, STATE
 from correlator.lifecycles import MAX_TRANSITIONS, Conn
 from correlator.outcomes import seconds, timewait_end
 
-_FLAT = {
-    "id": pl.Int64,
-    "kind": pl.String,
-    "role": pl.String,
-    "outcome": pl.String,
-    "laddr": pl.String,
-    "lport": pl.Int64,
-    "raddr": pl.String,
-    "rport": pl.Int64,
-    "dest_addr": pl.String,
-    "dest_port": pl.Int64,
-    "family": pl.Int64,
-    "skaddr": pl.UInt64,
-    "start_ns": pl.Int64,
-    "end_ns": pl.Int64,
-    "t_start": pl.Float64,
-    "duration_ns": pl.Int64,
-    "closed_in_run": pl.Boolean,
-    "timewait_from": pl.String,
-    "first_old": pl.String,
-    "last_state": pl.String,
-    "o_actor": pl.String,
-    "o_pid": pl.Int64,
-    "o_fd": pl.Int64,
-    "o_via": pl.String,
-    "first_cpu_pid": pl.Int64,
-    "transitions_dropped": pl.Int64,
-    "accepted": pl.Boolean,
-    "app_closed": pl.Boolean,
-    "error": pl.String,
-    "phase": pl.String,
-}
 # What a connection's outcome depends on besides its row (outcome_rules.py).
 _DECISION = {
     "seen": pl.Boolean,  # accept calls seen by then
@@ -67,7 +35,7 @@ _TW_SEQ = 1 << 62
 
 class LifeRows:
     def __init__(self) -> None:
-        self.cols: dict[str, list[Any]] = {k: [] for k in (*_FLAT, *_DECISION)}
+        self.cols: dict[str, list[Any]] = {k: [] for k in (*FLAT_COLUMNS, *_DECISION)}
         self.conns: list[Conn] = []  # the connections (not listeners), in row order
         self.apps: dict[str, list[Any]] = {k: [] for k in _APPS}
         self.actions: dict[str, list[Any]] = {k: [] for k in _ACTIONS}
@@ -107,10 +75,10 @@ class LifeRows:
         c["timewait_from"].append(None)
         c["first_old"].append(conn.first_old)
         c["last_state"].append(conn.state)
-        c["o_actor"].append(conn.owner_actor)
-        c["o_pid"].append(conn.owner_pid)
-        c["o_fd"].append(conn.owner_fd)
-        c["o_via"].append(conn.owner_via)
+        c["owner_actor"].append(conn.owner_actor)
+        c["owner_pid"].append(conn.owner_pid)
+        c["owner_fd"].append(conn.owner_fd)
+        c["owner_via"].append(conn.owner_via)
         c["first_cpu_pid"].append(conn.first_cpu_pid)
         c["transitions_dropped"].append(max(conn.n_rows - MAX_TRANSITIONS, 0))
         c["accepted"].append(conn.accepted)
@@ -147,7 +115,7 @@ class LifeRows:
 
     def table(self) -> pl.DataFrame:
         """The rows' plain columns and what their outcomes depend on."""
-        return pl.DataFrame(self.cols, schema={**_FLAT, **_DECISION})
+        return pl.DataFrame(self.cols, schema={**FLAT_COLUMNS, **_DECISION})
 
     def frame(self, f: pl.DataFrame, kept_states: pl.DataFrame) -> pl.DataFrame:
         """`f` (the table, outcomes decided) in CONNECTION_SCHEMA;
@@ -188,10 +156,10 @@ class LifeRows:
         )
         for part in (states, apps, actions):
             f = f.join(part, on="id", how="left", maintain_order="left")
-        owner = pl.struct(actor="o_actor", pid="o_pid", fd="o_fd", via="o_via")
+        owner = pl.struct(actor="owner_actor", pid="owner_pid", fd="owner_fd", via="owner_via")
         dest = pl.struct(addr="dest_addr", port="dest_port")
         return f.with_columns(
-            owner=pl.when(pl.col("o_pid").is_not_null()).then(owner),
+            owner=pl.when(pl.col("owner_pid").is_not_null()).then(owner),
             dest=pl.when(pl.col("dest_addr").is_not_null()).then(dest),
             states=pl.col("states").fill_null(pl.lit([], pl.List(STATE))),
             app=pl.col("app").fill_null(pl.lit([], pl.List(APP))),

@@ -111,10 +111,11 @@ def _tally(
     per_phase = f.filter(pl.col("phase").is_not_null())
     for ph, o, n in per_phase.group_by("phase", "out", maintain_order=True).len().iter_rows():
         phases.count_in(ph, f"outcomes.{o}", n)
-    actor = pl.when(pl.col("o_actor").is_null() | (pl.col("o_actor") == "")).then(pl.lit("?"))
-    pid = pl.when(pl.col("o_pid").is_null() | (pl.col("o_pid") == 0)).then(pl.lit(-1))
+    o_actor, o_pid = pl.col("owner_actor"), pl.col("owner_pid")
+    actor = pl.when(o_actor.is_null() | (o_actor == "")).then(pl.lit("?"))
+    pid = pl.when(o_pid.is_null() | (o_pid == 0)).then(pl.lit(-1))
     own = (
-        f.with_columns(actor=actor.otherwise(pl.col("o_actor")), pid=pid.otherwise(pl.col("o_pid")))
+        f.with_columns(actor=actor.otherwise(o_actor), pid=pid.otherwise(o_pid))
         .group_by("out", "actor", "pid", "role", maintain_order=True)
         .len()
     )
@@ -152,7 +153,7 @@ def _tally(
             t.no_port_failures += 1
             phases.count(start, "kernel_errors.EADDRNOTAVAIL")
     counts["coverage.kernel_connections"] = counts.get("coverage.kernel_connections", 0) + len(f)
-    owned = int(f["o_pid"].is_not_null().sum())
+    owned = int(f["owner_pid"].is_not_null().sum())
     if owned:
         name = "coverage.kernel_connections_owned"
         counts[name] = counts.get(name, 0) + owned

@@ -21,6 +21,7 @@ import orjson
 import polars as pl
 
 from correlator.conn_internals import FIELDS as INTERNALS_FIELDS
+from correlator.connection_schema import ACTION, FLAT_COLUMNS, STATE
 from correlator.rows import RowsChunk
 from reports.connection_lines import app_object
 
@@ -75,49 +76,10 @@ _APP_COLUMNS.remove("cpu_is_owner")
 _STRING_COLUMNS = {k for k, t in EVENTS_SCHEMA.items() if t == pl.String}
 
 CONNECTIONS_SCHEMA: dict[str, Any] = {
-    "id": pl.Int64,
-    "kind": pl.String,
-    "role": pl.String,
-    "outcome": pl.String,
-    "laddr": pl.String,
-    "lport": pl.Int64,
-    "raddr": pl.String,
-    "rport": pl.Int64,
-    "dest_addr": pl.String,
-    "dest_port": pl.Int64,
-    "family": pl.Int64,
-    "skaddr": pl.UInt64,
-    "start_ns": pl.Int64,
-    "end_ns": pl.Int64,
-    "t_start": pl.Float64,
-    "duration_ns": pl.Int64,
-    "closed_in_run": pl.Boolean,
-    "timewait_from": pl.String,
-    "first_old": pl.String,
-    "last_state": pl.String,
-    "owner_actor": pl.String,
-    "owner_pid": pl.Int64,
-    "owner_fd": pl.Int64,
-    "owner_via": pl.String,
-    "first_cpu_pid": pl.Int64,
-    "transitions_dropped": pl.Int64,
-    "accepted": pl.Boolean,
-    "app_closed": pl.Boolean,
-    "error": pl.String,
-    "phase": pl.String,
-    "states": pl.List(
-        pl.Struct(
-            {
-                "state": pl.String,
-                "start_ns": pl.Int64,
-                "dur_ns": pl.Int64,
-                "cpu_pid": pl.Int64,
-                "timewait": pl.Boolean,
-            }
-        )
-    ),
+    **FLAT_COLUMNS,
+    "states": pl.List(STATE),
     "app": pl.String,  # JSON object: app event -> count
-    "actions": pl.List(pl.Struct({"ts_ns": pl.Int64, "event": pl.String})),
+    "actions": pl.List(ACTION),
     # Two-host runs (reports/snapshots.py's LinkSink): where each end lives
     # and what its handshake negotiated (a JSON object).
     "host": pl.String,
