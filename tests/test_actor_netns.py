@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import time
 from collections import Counter
 
@@ -38,16 +39,32 @@ def run_bomber(lab: Lab, ns: LabNamespace, *args: str) -> dict[str, object]:
     return final.body
 
 
+def tcp_counter(namespace: str, name: str) -> int:
+    """One of the namespace's Tcp counters (/proc/net/snmp, read inside it)."""
+    snmp = subprocess.run(["ip", "netns", "exec", namespace, "cat", "/proc/net/snmp"],
+                          check=True, capture_output=True, text=True).stdout
+    head, values = (line.split()[1:] for line in snmp.splitlines() if line.startswith("Tcp:"))
+    return int(values[head.index(name)])
+
+
 def test_bomber_exhausts_ephemeral_ports(lab: Lab) -> None:
     """With 100 ephemeral ports and tcp_tw_reuse=0, connections past the 100th
     fail with EADDRNOTAVAIL; the bomber counts them and logs connect_failed."""
     with LabNamespace("bomb", EXHAUST) as ns:
         stats = run_bomber(lab, ns, "--count", "300")
+        resets = tcp_counter(ns.name, "OutRsts")
     failed = stats["failed"]
     assert isinstance(failed, dict)
     assert {"EADDRNOTAVAIL"} == set(failed)
     assert 300 == stats["connected"] + failed["EADDRNOTAVAIL"]  # type: ignore[operator]
-    assert 100 == stats["connected"]
+    # 100 ports held in TIME_WAIT stop the bomber at the 100th connection,
+    # except for a connection the kernel ended with a reset instead: its port
+    # comes free at once. On 2 CPUs a few do (1 in 3 runs of 300 connects
+    # here, as many extra connections as the namespace's Tcp OutRsts: a
+    # handshake's last ACK and the client's FIN handled on different CPUs,
+    # the ACK then meets no request socket and the listener answers it with a
+    # reset that kills the client's FIN_WAIT socket).
+    assert 100 <= stats["connected"] <= 100 + resets  # type: ignore[operator]
     rec = lab.records("bomber", "connect_failed")[0]
     assert (99, "EADDRNOTAVAIL") == (rec["errno"], rec["error"])
     ports = {r["lport"] for r in lab.records("bomber", "connect")}
