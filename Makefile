@@ -37,9 +37,9 @@ lint: provision
 # (test-kernels-images: network and disk more than CPU, so CI starts it beside
 # `make test`); then one VM per kernel, one after another (all of them, even
 # after a failure). The default is Debian 12's 6.1 (kprobes on), what CI runs.
-# Debian 11's 5.10 too: make test-kernels KERNELS="debian12 debian11"
+# Default: Debian 12's 6.1 then Debian 11's 5.10; one: make test-kernels KERNEL=debian12
 # (docs/kernels.md). KERNEL=name: one.
-KERNELS ?= $(or $(KERNEL),debian12)
+KERNELS ?= $(or $(KERNEL),debian12 debian11)
 test-kernels-images:
 	@pids=(); for k in $(KERNELS); do \
 	    { bash scripts/test-kernels.sh --kernel "$$k" --build-only 2>&1 | sed -u "s/^/[$$k] /"; exit $${PIPESTATUS[0]}; } & pids+=($$!); \
