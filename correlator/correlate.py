@@ -293,13 +293,7 @@ class Correlator:
             self.max_live = max(self.max_live, int(lives.live_count.max()))
         self.n["kernel.transition_gap"] = self.n.get("kernel.transition_gap", 0) + lives.gaps
         for st, bucket, count, total, mx in lives.state_time.iter_rows():
-            h = self.state_time.get(st)
-            if h is None:
-                h = self.state_time[st] = Log2Histogram()
-            h.buckets[bucket] = h.buckets.get(bucket, 0) + count
-            h.count += count
-            h.total += total
-            h.max = max(h.max, mx)
+            self.state_time.setdefault(st, Log2Histogram()).add_bucket(bucket, count, total, mx)
 
     def _samples(self, deltas: pl.DataFrame, now: np.ndarray, base: int) -> None:
         """Live sockets per state, sampled after the first item at or past each

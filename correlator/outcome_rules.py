@@ -130,13 +130,7 @@ def _tally(
         .agg(pl.len(), pl.col("life_ns").sum().alias("total"), pl.col("life_ns").max().alias("mx"))
     )
     for o, b, n, total, mx in hist.iter_rows():
-        h = t.lifetimes.get(o)
-        if h is None:
-            h = t.lifetimes[o] = Log2Histogram()
-        h.buckets[b] = h.buckets.get(b, 0) + n
-        h.count += n
-        h.total += total
-        h.max = max(h.max, mx)
+        t.lifetimes.setdefault(o, Log2Histogram()).add_bucket(b, n, total, mx)
     # The rare ones, one by one: leaked pairs and connects that got no port.
     rare = f.with_columns(k=pl.int_range(pl.len())).filter(
         pl.col("out").is_in(["stuck_close_wait", "stuck_fin_wait2"])

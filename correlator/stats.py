@@ -26,6 +26,13 @@ class Log2Histogram:
         if value > self.max:
             self.max = value
 
+    def add_bucket(self, bucket: int, count: int, total: int, largest: int) -> None:
+        """Values already grouped by bucket (a group-by's count, sum and max)."""
+        self.buckets[bucket] = self.buckets.get(bucket, 0) + count
+        self.count += count
+        self.total += total
+        self.max = max(self.max, largest)
+
     def quantile(self, q: float) -> int:
         """Upper bound of the bucket holding the q-quantile (0 when empty)."""
         if not self.count:
