@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,6 +21,7 @@ from bus.hub import Hub
 
 if TYPE_CHECKING:
     from actor_harness import Lab
+    from probe_internals_harness import Traced
     from probe_kernel_harness import Collector, Worker
 
 REQUIRE = os.environ.get("TCPLAB_REQUIRE_BPF") == "1"
@@ -133,3 +135,31 @@ def workers() -> Iterator[list[Worker]]:
     yield made
     for w in made:
         w.close()
+
+
+@pytest.fixture(scope="module")
+def attached() -> Iterator[Traced]:
+    """The TCP internals probes attached once per test module
+    (tests/probe_internals_harness.py), filtered per test by `traced`."""
+    from probe_internals_harness import Traced
+
+    t = Traced()
+    yield t
+    t.probes.close()
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    """A loopback listener on a free port, closed after the test."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    yield srv
+    srv.close()
+
+
+@pytest.fixture
+def traced(attached: Traced, listener: socket.socket) -> Traced:
+    """`attached`, following only the events of `listener`'s port."""
+    attached.follow(listener.getsockname()[1])
+    return attached

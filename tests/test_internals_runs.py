@@ -76,7 +76,7 @@ def test_retransmits_equal_the_kernels_counter(runs: Runs) -> None:
         f"missed {missed} dropped {dropped}"
     )
     # Counted by the kernel with no event, no miss and no drop: 1 to 10
-    # segments in 3 of 25 lossy transfers in tests/test_probe_internals.py,
+    # segments in 3 of 25 lossy transfers in tests/test_probe_internals_variants.py,
     # in the raw and the classic programs alike, cause not found
     # (docs/probes.md); the classic runs' misses used to hide it here.
     unexplained = max(2, kernel // 16)

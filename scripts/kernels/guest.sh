@@ -71,7 +71,7 @@ run_mode() {
     local run_args=()
     for a in "${args[@]}"; do
         case "$mode:$a" in
-            kprobe:tests/test_probe_internals.py|kprobe:tests/test_shaping.py) ;;
+            kprobe:tests/test_probe_internals_*.py|kprobe:tests/test_shaping.py) ;;
             *) run_args+=("$a") ;;
         esac
     done

@@ -1,35 +1,28 @@
-"""The TCP internals probes on real sockets: tcp_probe sampled in the kernel,
-retransmits, congestion state, resets and socket errors.
+"""The two variants of the TCP internals programs, raw tracepoints and
+classic ones, against each other and against older kernels' layouts.
 
-Each test drives real loopback connections on ports it picked and looks
-only at events of those ports (other helpers' runs share this kernel). The
-older kernels' layouts (no tcp_probe family or skaddr, tcp_send_reset with
-sport/dport) are run for real by compiling the fallback variants against
-this kernel's tracepoints: the format file is read as the older kernel's
-would be, minus the fields it lacks (the real 5.10 run is `make
-test-kernels`).
+The older kernels' layouts (no tcp_probe family or skaddr, tcp_send_reset
+with sport/dport) are run for real by compiling the fallback variants
+against this kernel's tracepoints: the format file is read as the older
+kernel's would be, minus the fields it lacks (the real 5.10 run is `make
+test-kernels`). Each test attaches its own probes, filtered to the ports it
+picked (other helpers' runs share this kernel).
 """
 
 from __future__ import annotations
 
-import errno
-import os
-import re
-import select
-import signal
 import socket
 import struct
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from lab_helpers import SLOW
+from probe_internals_harness import Event
 
 from bus.internals import SAMPLE_WHY, SOCK_EVENTS
 from bus.rawbatch import decode_batch, make_body
@@ -37,209 +30,9 @@ from bus.rawconvert import batch_events
 from probes import tpformat
 from probes.loader import Filters, ProbeSet
 from probes.plan import make_plan, tracefs
-from probes.program import SAMPLE_MS
 from probes.sockdiag import TCP_INFO, parse_tcp_info
 
-SLOW = float(os.environ.get("TCPLAB_TEST_SLOW", "1"))
-Event = dict[str, Any]
-# sock:inet_sk_error_report is from 5.13: on 5.10 (`make test-kernels`) the
-# errno handed to the application has no kernel event, and none is expected.
-ERROR_REPORT = tpformat.fields(tracefs(), "sock:inet_sk_error_report") is not None
-
 pytestmark = [pytest.mark.root, pytest.mark.bpf]
-
-
-class Traced:
-    """The internals probes attached (compiled once per module), filtered to
-    one listener's port per test."""
-
-    def __init__(self) -> None:
-        self.port = 0
-        self.events: list[Event] = []
-        self.probes = ProbeSet(make_plan(), ["tcp_probe", "tcp_events"], Filters(ports={1}))
-        self.probes.start(self._add)
-
-    def follow(self, port: int) -> None:
-        self.probes.drain_all()
-        self.probes.set_filters(Filters(ports={port}))
-        self.port = port
-        self.events.clear()
-
-    def _add(self, probe: str, records: bytes) -> None:
-        self.events.extend(batch_events(make_body(probe, self.probes.layout(probe), records)))
-
-    def wait(self, done: Callable[[list[Event]], bool], what: str) -> list[Event]:
-        deadline = time.monotonic() + 10 * SLOW
-        while not done(self.events):
-            if time.monotonic() > deadline:
-                pytest.fail(f"no {what} within {10 * SLOW:g}s; got {self.events[-5:]}")
-            self.probes.poll(0.05)
-        return self.events
-
-    def of(self, kind: str, **match: Any) -> list[Event]:
-        return [
-            e
-            for e in self.events
-            if e["type"] == kind and all(e.get(k) == v for k, v in match.items())
-        ]
-
-
-@pytest.fixture(scope="module")
-def attached() -> Iterator[Traced]:
-    t = Traced()
-    yield t
-    t.probes.close()
-
-
-@pytest.fixture
-def listener() -> Iterator[socket.socket]:
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen()
-    yield srv
-    srv.close()
-
-
-@pytest.fixture
-def traced(attached: Traced, listener: socket.socket) -> Traced:
-    attached.follow(listener.getsockname()[1])
-    return attached
-
-
-def pair(listener: socket.socket, rcvbuf: int | None = None) -> tuple[socket.socket, socket.socket]:
-    cli = socket.socket()
-    if rcvbuf is not None:
-        # A small buffer and a small MSS: the receiver announces its window
-        # again as soon as its reader frees a segment's worth (on loopback's
-        # 64 KB MSS it would wait for the sender's backed-off probes).
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        for s in (listener, cli):
-            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 1000)
-    cli.connect(listener.getsockname())
-    conn, _ = listener.accept()
-    return cli, conn
-
-
-def test_bulk_transfer_is_sampled_in_the_kernel(listener: socket.socket, traced: Traced) -> None:
-    """Hits are counted, events are fewer; a socket's events without a
-    change are at least SAMPLE_MS apart; the fields are the socket's."""
-    cli, conn = pair(listener)
-    cport = cli.getsockname()[1]
-    total = 32 << 20
-    sender_thread = threading.Thread(target=cli.sendall, args=(b"x" * total,))
-    sender_thread.start()
-    try:
-        got = 0
-        while got < total:
-            data = conn.recv(1 << 20)
-            assert data, "the connection ended early"
-            got += len(data)
-        sender_thread.join()
-    finally:
-        cli.close()
-        conn.close()
-    traced.wait(
-        lambda ev: any(e["type"] == "tcp_probe" and e["dport"] == cport for e in ev),
-        "tcp_probe events of the receiver",
-    )
-    traced.probes.drain_all()
-    sender = traced.of("tcp_probe", sport=cport)
-    receiver = traced.of("tcp_probe", dport=cport)
-    assert sender and receiver
-    assert sender[0]["why"] == "first"
-    assert {e["saddr"] for e in sender} == {"127.0.0.1"}
-    assert {e["dport"] for e in sender} == {traced.port}
-    hits = traced.probes.stats()["programs"]["tcp_probe"]["hits"]
-    events = traced.probes.stats()["programs"]["tcp_probe"]["events"]
-    # Every hit of our two sockets is reported in some event's `hits`.
-    ours = sum(e["hits"] for e in sender + receiver)
-    assert ours <= hits
-    assert events < ours, "sampling let every hit through"
-    for a, b in zip(sender, sender[1:], strict=False):
-        if b["why"] == "period":
-            assert b["ts"] - a["ts"] >= SAMPLE_MS * 1_000_000
-        if b["why"] == "cwnd":
-            assert (a["snd_cwnd"], a["ssthresh"]) != (b["snd_cwnd"], b["ssthresh"])
-    # The sender's in-flight bytes and srtt are its own: data was in flight.
-    assert max(e["in_flight"] for e in sender) > 0
-    assert all(e["srtt_us"] > 0 for e in sender)
-
-
-def test_zero_window_is_reported_both_ways(listener: socket.socket, traced: Traced) -> None:
-    """A reader that stops: the sender's snd_wnd reaches 0 (an event when it
-    does), and when the reader drains, an event when it reopens. (A cwnd
-    change at the same hit is reported as the reason: it is checked first.)"""
-    cli, conn = pair(listener, rcvbuf=16384)
-    cport = cli.getsockname()[1]
-    cli.setblocking(False)
-    try:
-        sent = 0
-        deadline = time.monotonic() + 10 * SLOW
-        while time.monotonic() < deadline:
-            try:
-                sent += cli.send(b"y" * 65536)
-            except BlockingIOError:
-                if any(e["snd_wnd"] == 0 for e in traced.of("tcp_probe", sport=cport)):
-                    break
-                traced.probes.poll(0.02)
-        closed = traced.wait(
-            lambda ev: any(
-                e["type"] == "tcp_probe" and e["sport"] == cport and e["snd_wnd"] == 0 for e in ev
-            ),
-            "zero window on the sender",
-        )
-        assert closed
-
-        def reopened(ev: list[Event]) -> bool:
-            snd = [e["snd_wnd"] for e in ev if e["type"] == "tcp_probe" and e["sport"] == cport]
-            return 0 in snd and any(w > 0 for w in snd[snd.index(0) :])
-
-        conn.setblocking(False)
-        while not reopened(traced.events):
-            try:
-                if not conn.recv(1 << 20):
-                    break
-            except BlockingIOError:
-                traced.probes.poll(0.01)
-        traced.wait(reopened, "the window reopening")
-    finally:
-        cli.close()
-        conn.close()
-    sender = traced.of("tcp_probe", sport=cport)
-    # Both crossings are events of their own (whatever else changed there):
-    # the event before the first zero had an open window, and so on.
-    first_zero = next(i for i, e in enumerate(sender) if e["snd_wnd"] == 0)
-    assert first_zero > 0 and sender[first_zero - 1]["snd_wnd"] > 0
-    assert sender[first_zero]["why"] in ("zero_window", "cwnd")
-    reopen = next(e for e in sender[first_zero:] if e["snd_wnd"] > 0)
-    assert reopen["why"] in ("zero_window", "cwnd")
-
-
-def test_reset_and_error_report(listener: socket.socket, traced: Traced) -> None:
-    """An abortive close (SO_LINGER 0): a reset sent by that socket, received
-    by its peer, whose application gets ECONNRESET from the kernel."""
-    cli, conn = pair(listener)
-    cport = cli.getsockname()[1]
-    cli.sendall(b"hello")
-    conn.recv(5)
-    cli.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    cli.close()
-    with pytest.raises(ConnectionResetError):
-        conn.recv(10)
-    conn.close()
-    kinds = {"send_reset", "receive_reset"} | ({"sk_error"} if ERROR_REPORT else set())
-    traced.wait(
-        lambda ev: kinds <= {e["what"] for e in ev if e["type"] == "tcp_events"},
-        " and ".join(sorted(kinds)),
-    )
-    sent = traced.of("tcp_events", what="send_reset", sport=cport)
-    received = traced.of("tcp_events", what="receive_reset", dport=cport)
-    errors = traced.of("tcp_events", what="sk_error", dport=cport)
-    assert len(sent) == 1 and sent[0]["daddr"] == "127.0.0.1"
-    assert sent[0]["dport"] == traced.port
-    assert len(received) == 1 and received[0]["sport"] == traced.port
-    assert [e["code"] for e in errors] == ([errno.ECONNRESET] if ERROR_REPORT else [])
-    assert received[0]["skaddr"] != 0
 
 
 # What 5.10's format files lack of what the programs read (probes/tpformat.py).
@@ -511,73 +304,3 @@ def test_reset_without_a_socket_alike_in_both_variants(family: int) -> None:
         # The client's side follows: receive_reset and its sk_error.
         sent = [r[:5] for r in rows["auto"] if r[0] == "send_reset"]
         assert sent == [("send_reset", 0, family, host, port)], rows
-
-
-TCPLAB = str(Path(sys.executable).with_name("tcplab"))
-T = r"\s*\d+\.\d{6}"
-CWND_LINE = re.compile(
-    rf"{T} cwnd   127\.0\.0\.1:(?P<sport>\d+) -> 127\.0\.0\.1:(?P<dport>\d+)  cwnd=\d+ "
-    r"ssthresh=\d+ snd_wnd=\d+ rcv_wnd=\d+ srtt=\d+us in_flight=\d+ "
-    r"\((first|cwnd|zero_window|period), \d+ hits\)"
-)
-EVENT_LINE = re.compile(
-    rf"{T} (?P<what>\w+)\s+127\.0\.0\.1:(?P<sport>\d+) -> 127\.0\.0\.1:(?P<dport>\d+)"
-    r"(  (?P<detail>.*))?"
-)
-
-
-def test_watch_internals_text_format(listener: socket.socket) -> None:
-    """`tcplab watch --internals -P PORT`: cwnd lines for the connection's
-    sockets, then the reset sent, received and the error the kernel reported,
-    one line each in the documented format; Ctrl-C ends it with no drop."""
-    port = listener.getsockname()[1]
-    proc = subprocess.Popen(
-        [TCPLAB, "watch", "--internals", "--probe", "tcp_probe", "--probe", "tcp_events",
-         "-P", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    lines: list[str] = []
-    try:
-        assert proc.stderr is not None and proc.stdout is not None
-        first = proc.stderr.readline().decode()
-        assert first.startswith("attached: ") and re.search(r"tcp_probe: (raw_)?tracepoint", first)
-        cli, conn = pair(listener)
-        cport = cli.getsockname()[1]
-        cli.sendall(b"w" * 100_000)
-        n = 0
-        while n < 100_000:
-            n += len(conn.recv(1 << 20))
-        cli.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        cli.close()
-        with pytest.raises(ConnectionResetError):
-            conn.recv(10)
-        conn.close()
-        fd, buf = proc.stdout.fileno(), b""
-        deadline = time.monotonic() + 10 * SLOW
-        last = " sk_error " if ERROR_REPORT else " receive_reset "
-        while not any(last in x for x in lines) or not any(" send_reset " in x for x in lines):
-            assert time.monotonic() < deadline and proc.poll() is None, f"got {lines}"
-            if select.select([fd], [], [], 0.1)[0]:
-                buf += os.read(fd, 65536)
-                *done, buf = buf.split(b"\n")
-                lines += [x.decode() for x in done]
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30 * SLOW)
-    assert proc.returncode == 0
-    assert err.decode().strip().splitlines()[-1].startswith("drops: 0 (")
-    ours = [x for x in lines if f":{cport} " in x + " "]
-    cwnd = [m for m in map(CWND_LINE.fullmatch, ours) if m]
-    events = [m for m in map(EVENT_LINE.fullmatch, ours) if m and m["what"] != "cwnd"]
-    assert len(cwnd) + len(events) == len(ours), ours
-    assert {(int(m["sport"]), int(m["dport"])) for m in cwnd} == {(cport, port), (port, cport)}
-    got = sorted((m["what"], int(m["sport"]), m["detail"]) for m in events
-                 if m["what"] != "cong_state")  # fmt: skip
-    # On loopback the peer may take the reset in before the sender's
-    # tracepoint fires: the order is not checked, the lines are.
-    assert [(w, sp) for w, sp, _ in got] == [
-        ("receive_reset", port), ("send_reset", cport), ("sk_error", port)
-    ][: 3 if ERROR_REPORT else 2]  # fmt: skip
-    assert got[0][2] is None and (not ERROR_REPORT or got[2][2] == "ECONNRESET")
-    assert re.fullmatch(r"in [A-Z_0-9]+( reason \d+)?", got[1][2] or ""), got[1]
