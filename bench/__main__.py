@@ -10,7 +10,7 @@ a peer measured in the same invocation, in pairs (who goes first
 alternating); each ratio row shows the spread of its paired ratios and how
 many pairs; a row whose pairs disagree by more than ±10% is measured again
 (bounded) and marked noisy if they never agree. The bomber's sections run
-with a SCHED_IDLE spinner on every CPU in both arms (bench/common.py says why).
+with a SCHED_IDLE spinner on every CPU in both arms (bench/procs.py says why).
 """
 
 from __future__ import annotations
@@ -27,18 +27,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bench.common import (
-    OUT,
-    SPREAD_LIMIT,
-    Row,
-    build_c,
-    build_go,
-    failed_row,
-    free_port,
-    idle_spinners,
-    log,
-    machine,
-)
+from bench.builds import build_c, build_go
+from bench.common import OUT, log, machine
+from bench.pairs import SPREAD_LIMIT, Row, failed_row
+from bench.procs import free_port, idle_spinners
 from bench.table import markdown, text_table
 
 
@@ -102,7 +94,7 @@ class Runner:
         """Run one section; if it breaks, its rows still appear, marked.
 
         `retries`: for sections that do not pair their runs through
-        bench.common.paired(): while one of their paired rows is noisy, the
+        bench.pairs.paired(): while one of their paired rows is noisy, the
         whole section runs again (at most `retries` times, within the time
         budget) and its last attempt is reported, with every pair counted."""
         log(f"{name} ({time.monotonic() - self.started:.0f} s in)")

@@ -17,9 +17,10 @@ import subprocess
 import time
 from typing import Any
 
-from bench.common import PY, BenchError, log, median
+from bench.common import PY, BenchError, log
 from bench.cpu import CpuSampler
 from bench.lab_overhead import records_off
+from bench.pairs import median
 from bus.endpoints import ipc_endpoints, make_run_dir
 from bus.hub import Hub
 from bus.schema import Kind

@@ -14,7 +14,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from bench.common import PY, BenchError, Row, py_server
+from bench.common import PY, BenchError
+from bench.pairs import Row
+from bench.procs import py_server
 
 
 def raise_nofile(n: int) -> None:

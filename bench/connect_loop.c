@@ -6,7 +6,7 @@
  *                                   SECONDS have passed; at most RATE per
  *                                   second when given), prints conn/s
  *
- * Built at bench time by bench/actor_bomber.py and bench/common.py (gcc -O2);
+ * Built at bench time by bench/actor_bomber.py and bench/builds.py (gcc -O2);
  * bench/event_loss.py also runs N clients at once as a load generator for the
  * probes. Loopback only.
  */

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.common import Row, median
+from bench.pairs import Row, median
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SAMPLE_S = 0.05  # the CPU a process spends after its last sample is not counted

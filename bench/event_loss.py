@@ -10,9 +10,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import Row, c_server, gated, log, median, release
+from bench.common import log
 from bench.cpu import cpu_s
+from bench.pairs import Row, median
 from bench.probe_session import ProbeSession
+from bench.procs import c_server, gated, release
 from bench.rates import BomberFigures
 
 # Load levels for the loss onset: (C connect loops, conn/s each; 0 = flat out).

@@ -5,7 +5,7 @@
 fdio runs on every read, write and close of every process of the machine
 (a failed hash lookup for the fds it does not account) and counts into a
 map for the sockets it does. Two workloads, each paired with itself without
-the probe, who goes first alternating (bench.common.paired):
+the probe, who goes first alternating (bench.pairs.paired):
 - a bulk transfer over loopback: a child process sends BYTES in 64 KiB
   writes and reads them in 64 KiB reads; the figure is its CPU per MiB;
 - the bomber (actors.bomber) against the C accept/close server: two socket
@@ -23,21 +23,11 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import (
-    PY,
-    BenchError,
-    Row,
-    bomber_argv,
-    bomber_cpu_us,
-    build_c,
-    c_server,
-    free_port,
-    idle_spinners,
-    log,
-    paired,
-    reap,
-)
+from bench.builds import build_c
+from bench.common import PY, BenchError, log
 from bench.cpu import cpu_s
+from bench.pairs import Row, paired
+from bench.procs import bomber_argv, bomber_cpu_us, c_server, free_port, idle_spinners, reap
 from probes.loader import ProbeSet
 from probes.plan import make_plan
 

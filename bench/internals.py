@@ -6,7 +6,7 @@ Two hosts joined by a veth link (lab/hosts.py, lab/link.py, offloads on as
 in an unshaped lab). A receiver in host b reads to EOF; a sender in host a
 writes --mb MB. One arm has every probe attached in a probe process of its
 own (the internals included, filtered to the transfer's port, as a lab run
-attaches them), the other none; paired and alternating (bench.common), with
+attaches them), the other none; paired and alternating (bench.pairs), with
 the idle spinners in both arms.
 
 The judged figure is CPU per MiB of the sender and the receiver (user +
@@ -37,7 +37,9 @@ from typing import Any
 
 from pyroute2 import netns
 
-from bench.common import Pairs, Row, idle_spinners, log, median, paired
+from bench.common import log
+from bench.pairs import Pairs, Row, median, paired
+from bench.procs import idle_spinners
 from bus.internals import INTERNALS
 from lab.hosts import Hosts, HostSpec
 from lab.link import Link, LinkSpec
@@ -182,7 +184,7 @@ def internals_cost(mb: int, pairs: int, extra: int, names: list[str] | None = No
     which = ", ".join(names) if names else "every probe"
     try:
         log(f"{SECTION}: {mb} MB across the link, {which} attached vs none")
-        # Cores that never idle in both arms (bench.common.idle_spinners).
+        # Cores that never idle in both arms (bench.procs.idle_spinners).
         with idle_spinners():
             p = paired(t.with_probes, t.once, pairs, extra)
     finally:

@@ -17,9 +17,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from bench.common import HERE, OUT, PY, BenchError, Row, median, paired, py_server
+from bench.common import HERE, OUT, PY, BenchError
 from bench.cpu import CpuSampler, cpu_row, cpu_s, cpu_text
+from bench.pairs import Row, median, paired
 from bench.probe_session import Loss
+from bench.procs import py_server
 from bench.rates import BomberFigures, run_bomber
 
 

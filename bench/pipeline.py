@@ -27,7 +27,8 @@ import msgpack
 import numpy as np
 import zmq
 
-from bench.common import OUT, PY, BenchError, Row, log, median
+from bench.common import OUT, PY, BenchError, log
+from bench.pairs import Row, median
 from bus.endpoints import ipc_endpoints, make_run_dir
 from bus.hub import Hub
 from bus.rawbatch import Layout, count, dtype_of, make_body

@@ -8,19 +8,10 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from bench.common import (
-    Row,
-    bomber_argv,
-    bomber_cpu_us,
-    bomber_rate,
-    c_server,
-    gated,
-    median,
-    paired,
-    release,
-)
 from bench.cpu import cpu_note, cpu_row
+from bench.pairs import Row, median, paired
 from bench.probe_session import ProbeSession
+from bench.procs import bomber_argv, bomber_cpu_us, bomber_rate, c_server, gated, release
 from bench.rates import BomberFigures, run_bomber
 
 

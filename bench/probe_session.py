@@ -16,7 +16,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.common import PY, BenchError, stop
+from bench.common import PY, BenchError
+from bench.procs import stop
 from bus.endpoints import ipc_endpoints, make_run_dir
 from bus.hub import Hub
 from bus.rawbatch import count

@@ -12,19 +12,11 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.common import (
-    BenchError,
-    Row,
-    bomber_argv,
-    bomber_cpu_us,
-    bomber_rate,
-    c_loop_rate,
-    c_server,
-    paired,
-    reap,
-)
+from bench.common import BenchError
 from bench.cpu import cpu_note, cpu_row
+from bench.pairs import Row, paired
 from bench.probe_session import Loss
+from bench.procs import bomber_argv, bomber_cpu_us, bomber_rate, c_loop_rate, c_server, reap
 
 
 def run_c_loop(exe: Path, port: int, count: int, cpu: list[float]) -> float:

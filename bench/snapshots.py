@@ -8,7 +8,7 @@ One arm is a snapshot as the lab takes it (sock_diag with the port filter
 and tcp_info, parsed with struct); the peer is `ss -tin` for the
 same port, as a person would run it, and pyroute2's own decoding of the same
 request is a second peer. Rows: time per snapshot (goal: well under 100 ms
-for 10k sockets) and the ratios, paired and alternating (bench.common).
+for 10k sockets) and the ratios, paired and alternating (bench.pairs).
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from typing import Any
 
 from pyroute2 import DiagSocket, netns
 
-from bench.common import BenchError, Row, log, paired
+from bench.common import BenchError, log
+from bench.pairs import Row, paired
 from lab.hosts import Hosts, HostSpec
 from lab.netns import LabNamespace
 from probes.sockdiag import DiagQuery

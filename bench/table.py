@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.common import SPREAD_LIMIT, Row
+from bench.pairs import SPREAD_LIMIT, Row
 
 NOTES = (
     "Ratio = median of the paired ratios (value and peer run back to back, who goes first "

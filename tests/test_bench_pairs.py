@@ -1,4 +1,4 @@
-"""bench.common's pairs and spread: the rules that decide what a row reports.
+"""bench.pairs' pairs and spread: the rules that decide what a row reports.
 
 Pure logic, no timing: the arms are scripted figures, so each case knows
 its answer from the figures it feeds in, not from the implementation.
@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from bench.common import Row, paired, paired_ratios, steady
+from bench.pairs import Row, paired, paired_ratios, steady
 
 
 def script(figures: list[float]) -> Callable[[], float]:
