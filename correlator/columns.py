@@ -238,14 +238,18 @@ class Columns:
                 "new": rawconvert.state_names(r["newstate"]),
             }
         elif probe in ("accept", "epoll"):
-            dicts = rawconvert.events(str(probe), r)
-            items = list(zip(ties.tolist(), dicts, strict=True))
-            return [self._dict_batch(str(probe), items)]
+            # Straight to columns, no dict per record; numbers cast by numpy
+            # (a cast by polars costs a call per column).
+            conv: dict[str, Any] = rawconvert.columns(probe, r)
+            cols = {
+                k: ties if k == "tie" else conv[k].astype(np.int64) if t == pl.Int64 else conv[k]
+                for k, t in SCHEMAS[probe].items()
+            }
         else:
             return [Batch("unknown", np.sort(ts), ties, None)]
         order = np.argsort(ts, kind="stable")
-        df = pl.DataFrame(cols, schema=TCP_SCHEMA)[order]
-        return [Batch("tcp_state", ts[order], ties[order], df)]
+        df = pl.DataFrame(cols, schema=SCHEMAS[probe])[order]
+        return [Batch(probe, ts[order], ties[order], df)]
 
     def log(self, body: dict[str, Any]) -> Batch:
         """A LOG body: the actor's records as they are, with their times."""
