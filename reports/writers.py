@@ -104,7 +104,13 @@ class TraceWriter:
         head = frame.head(room)
         self.connections += len(head)
         cols = head.select(
-            "id", "kind", "laddr", "lport", "raddr", "rport", "outcome",
+            "id",
+            "kind",
+            "laddr",
+            "lport",
+            "raddr",
+            "rport",
+            "outcome",
             pl.col("states").list.len().alias("n_states"),
             dest_addr=pl.col("dest").struct.field("addr"),
             dest_port=pl.col("dest").struct.field("port"),
@@ -112,11 +118,22 @@ class TraceWriter:
             pid=pl.col("owner").struct.field("pid"),
         )
         # The states of all of them, one flat row each, in order.
-        states = iter(head.select(pl.col("states").explode()).unnest("states").drop_nulls(
-            "state").iter_rows())
-        for tid, kind, laddr, lport, raddr, rport, outcome, n, *dest, actor, pid in (
-            cols.iter_rows()
-        ):
+        states = iter(
+            head.select(pl.col("states").explode()).unnest("states").drop_nulls("state").iter_rows()
+        )
+        for (
+            tid,
+            kind,
+            laddr,
+            lport,
+            raddr,
+            rport,
+            outcome,
+            n,
+            *dest,
+            actor,
+            pid,
+        ) in cols.iter_rows():
             pid = pid or 0
             if pid not in self.pids:
                 self.pids[pid] = f"{actor or 'pid'} {pid}" if pid else "unowned sockets"
@@ -175,18 +192,26 @@ def _needs_json(line: pl.Expr) -> pl.Expr:
     )
 
 
-def kernel_lines(kind: str, df: pl.DataFrame) -> list[tuple[int, bytes]]:
-    """events.jsonl lines of kernel rows, encoded by polars, byte for byte
-    what json writes (the few rows where polars' text would differ go
-    through json)."""
+def kernel_lines(kind: str, df: pl.DataFrame) -> pl.DataFrame:
+    """events.jsonl lines of kernel rows as (pos, line), encoded by polars,
+    byte for byte what json writes (the few rows where polars' text would
+    differ go through json)."""
     enc = df.select("pos", line=pl.struct(ROW_FIELDS[kind]).struct.json_encode())
     odd = enc.with_row_index("i").filter(_needs_json(pl.col("line")))
-    lines = [x.encode() for x in enc["line"].to_list()]
     if len(odd):
         rows = df.select(ROW_FIELDS[kind])
-        for i in odd["i"].to_list():
-            lines[i] = _json(rows.row(i, named=True)).encode()
-    return list(zip(enc["pos"].to_list(), lines, strict=True))
+        idx = odd["i"].to_list()
+        fixed = pl.Series([_json(rows.row(i, named=True)) for i in idx], dtype=pl.String)
+        enc = enc.with_columns(enc["line"].scatter(idx, fixed))
+    return enc
+
+
+def _app_lines(app: list[tuple[int, dict[str, Any]]]) -> pl.DataFrame:
+    # Every line is ASCII: orjson's only when it is, json escapes the rest.
+    return pl.DataFrame(
+        {"pos": [p for p, _ in app], "line": [_event_line(row).decode() for _, row in app]},
+        schema={"pos": pl.Int64, "line": pl.String},
+    )
 
 
 # connections.parquet is written this many lifecycles at a time.
@@ -209,13 +234,15 @@ class RunSink:
         self.n_connections = 0
 
     def rows(self, chunk: RowsChunk) -> None:
-        items: list[tuple[int, bytes]] = [(pos, _event_line(row)) for pos, row in chunk.app]
-        for kind, df in chunk.kernel.items():
-            items.extend(kernel_lines(kind, df))
-        items.sort(key=lambda x: x[0])
-        if items:
-            self.events.write(b"\n".join(line for _, line in items) + b"\n")
-        self.n_events += len(items)
+        # One text per chunk, the lines in position order: no Python object per line.
+        parts = [kernel_lines(kind, df) for kind, df in chunk.kernel.items()]
+        if chunk.app:
+            parts.append(_app_lines(chunk.app))
+        n = sum(len(p) for p in parts)
+        if n:
+            lines = pl.concat(parts).sort("pos")["line"]
+            self.events.write(lines.str.join("\n").item().encode() + b"\n")
+        self.n_events += n
         self.events_table.append(events_frame(chunk))
 
     def connections(self, frame: pl.DataFrame) -> None:
