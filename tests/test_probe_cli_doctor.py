@@ -96,7 +96,7 @@ def test_doctor_checks_loads_a_program_and_prints_the_plan() -> None:
     core = expected_plan(mode)
     assert plan[: len(core)] == [f"  {x}" for x in core]
     # The TCP internals: tracepoints in either mode, those this kernel has;
-    # what its formats lack follows after "; " (tests/test_probe_internals.py).
+    # what its formats lack follows after "; " (tests/test_probe_internals_variants.py).
     events = [
         tp
         for tp in (
