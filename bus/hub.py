@@ -24,6 +24,12 @@ import zmq
 from bus.schema import BusLedger, Envelope, Kind, Sequencer, encode
 from bus.transport import HEARTBEAT_S, PEER_TIMEOUT_S, BusError, Channel, new_context
 
+# The longest one pump reads a socket before the heartbeats go out: a backlog
+# of frames that are slow to take (LOG batches to decode, a slow disk under
+# the recording) kept the actors without a heartbeat past PEER_TIMEOUT_S, and
+# they gave up. What is left waits for the next pump.
+DRAIN_BUDGET_S = HEARTBEAT_S / 5
+
 
 @dataclass
 class ActorState:
@@ -183,7 +189,7 @@ class Hub:
         self._beat()
 
     def _drain_events(self) -> None:
-        for frames in _waiting(self._pull):
+        for frames in _waiting(self._pull, time.monotonic() + DRAIN_BUDGET_S):
             frame = frames[-1] if len(frames) == 1 else b"".join(frames)
             ledger = self.events_ledger
             env = ledger.take(frame)
@@ -207,7 +213,7 @@ class Hub:
             self._pending.append((Channel.EVENTS, env))
 
     def _drain_control(self) -> None:
-        for parts in _waiting(self._router):
+        for parts in _waiting(self._router, time.monotonic() + DRAIN_BUDGET_S):
             ledger = self.control_ledger
             if len(parts) != 2:
                 # A DEALER sends exactly one frame; more is not our protocol.
@@ -314,10 +320,13 @@ class Hub:
             pass
 
 
-def _waiting(sock: zmq.Socket[Any]) -> Iterator[list[bytes]]:
-    """The messages a socket holds now; bounded, so that a flood on one
-    socket cannot starve the other."""
+def _waiting(sock: zmq.Socket[Any], until: float) -> Iterator[list[bytes]]:
+    """The messages a socket holds now, until time.monotonic() passes `until`;
+    bounded, so that a flood on one socket cannot starve the other nor the
+    heartbeats."""
     for _ in range(10_000):
+        if time.monotonic() > until:
+            return
         try:
             yield sock.recv_multipart(zmq.NOBLOCK)
         except zmq.Again:

@@ -385,7 +385,15 @@ class LabRun:
                 if self._is_ready(n) and self.sup.processes[n].exit_code is None
                 and self._command(n, "stop", {})]
         self._drain_until(told, EOF_WAIT_S)
-        self.sup.stop(names)
+        # The grace of a process slow to end lasts up to 10 s: the bus is
+        # served meanwhile, or the probes (stopped last) miss the heartbeat
+        # and end as if the orchestrator were lost (exit code 3).
+        self.sup.stop(names, idle=self._serve_bus)
+
+    def _serve_bus(self) -> None:
+        """Heartbeats out and frames in for up to 20 ms, without the loop's other work."""
+        for _channel, env in self.hub.poll(20):
+            self.tally.add(env)
 
     def _teardown(self) -> None:
         """Every step runs whatever failed before it; failures go into one

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,24 +120,34 @@ class Supervisor:
     def alive(self) -> list[Process]:
         return [p for p in self.processes.values() if p.exit_code is None]
 
-    def wait(self, names: list[str], timeout_s: float) -> list[str]:
-        """Wait for the named processes to exit; return those still running."""
+    def wait(
+        self, names: list[str], timeout_s: float, idle: Callable[[], object] | None = None
+    ) -> list[str]:
+        """Wait for the named processes to exit; return those still running.
+        `idle()`, if given, runs between the checks (it must wait a little
+        itself); else a 20 ms sleep."""
         deadline = time.monotonic() + timeout_s
         while True:
             self.reap()
             running = [n for n in names if self.processes[n].exit_code is None]
             if not running or time.monotonic() >= deadline:
                 return running
-            time.sleep(0.02)
+            if idle is None:
+                time.sleep(0.02)
+            else:
+                idle()
 
-    def stop(self, names: list[str], grace_s: float = 5.0) -> None:
-        """SIGTERM the named process groups, SIGKILL what outlives `grace_s`."""
+    def stop(
+        self, names: list[str], grace_s: float = 5.0, idle: Callable[[], object] | None = None
+    ) -> None:
+        """SIGTERM the named process groups, SIGKILL what outlives `grace_s`;
+        `idle()` runs while waiting (see wait())."""
         self.stopping = True
         for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
             running = [n for n in names if self.processes[n].exit_code is None]
             for name in running:
                 _killpg(self.processes[name].pid, sig)
-            if not self.wait(running, wait_s):
+            if not self.wait(running, wait_s, idle):
                 return
 
     def stop_all(self, grace_s: float = 5.0) -> None:
