@@ -19,6 +19,7 @@ from reports.tables import (
     connections_frame,
     events_frame,
 )
+from reports.trace_lines import trace_lines
 
 # Perfetto stays usable up to a few tens of thousands of tracks; beyond that
 # the trace keeps the first ones and the summary says how many were left out.
@@ -45,14 +46,6 @@ def dumps(obj: Any) -> bytes:
     if out.isascii() and b"e-" not in out and b"0.0000" not in out and b"\x7f" not in out:
         return out
     return _json(obj).encode()
-
-
-def _us_round(ns: int) -> float:
-    """round(ns / 1000, 3), skipping round() where it cannot change the value
-    (a whole number of ns in µs is exact to the ns below 2**42 µs)."""
-    if -(10**15) < ns < 10**15:
-        return ns / 1000
-    return round(ns / 1000, 3)
 
 
 def _event_line(row: dict[str, Any]) -> bytes:
@@ -91,9 +84,6 @@ class TraceWriter:
         self.left_out = 0
         self.pids: dict[int, str] = {}
 
-    def _us(self, ns: int) -> float:
-        return _us_round(ns - self.t0)
-
     def _put(self, ev: dict[str, Any]) -> None:
         self.f.write((b"" if self.first else b",\n") + dumps(ev))
         self.first = False
@@ -103,70 +93,14 @@ class TraceWriter:
         self.left_out += max(0, len(frame) - room)
         head = frame.head(room)
         self.connections += len(head)
-        cols = head.select(
-            "id",
-            "kind",
-            "laddr",
-            "lport",
-            "raddr",
-            "rport",
-            "outcome",
-            pl.col("states").list.len().alias("n_states"),
-            dest_addr=pl.col("dest").struct.field("addr"),
-            dest_port=pl.col("dest").struct.field("port"),
-            actor=pl.col("owner").struct.field("actor"),
-            pid=pl.col("owner").struct.field("pid"),
-        )
-        # The states of all of them, one flat row each, in order.
-        states = iter(
-            head.select(pl.col("states").explode()).unnest("states").drop_nulls("state").iter_rows()
-        )
-        for (
-            tid,
-            kind,
-            laddr,
-            lport,
-            raddr,
-            rport,
-            outcome,
-            n,
-            *dest,
-            actor,
-            pid,
-        ) in cols.iter_rows():
-            pid = pid or 0
+        if not len(head):
+            return
+        lines, procs = trace_lines(head, self.t0, dumps)
+        for pid, actor in procs:
             if pid not in self.pids:
                 self.pids[pid] = f"{actor or 'pid'} {pid}" if pid else "unowned sockets"
-            if kind == "listener":
-                label = f"#{tid} listen {laddr}:{lport}"
-            elif lport:
-                label = f"#{tid} {laddr}:{lport} -> {raddr}:{rport}"
-            else:
-                addr, port = dest if dest[0] is not None else ("?", "?")
-                label = f"#{tid} (no port) -> {addr}:{port}"
-            self._put(
-                {
-                    "ph": "M",
-                    "name": "thread_name",
-                    "pid": pid,
-                    "tid": tid,
-                    "args": {"name": f"{label} [{outcome}]"},
-                }
-            )
-            for _ in range(n):
-                state, start_ns, dur_ns, cpu_pid, timewait = next(states)
-                self._put(
-                    {
-                        "ph": "X",
-                        "cat": "tcp",
-                        "pid": pid,
-                        "tid": tid,
-                        "name": state + (" (timewait socket)" if timewait else ""),
-                        "ts": self._us(start_ns),
-                        "dur": _us_round(dur_ns),
-                        "args": {"cpu_pid": cpu_pid, "outcome": outcome},
-                    }
-                )
+        self.f.write((b"" if self.first else b",\n") + lines.str.join(",\n").item().encode())
+        self.first = False
 
     def counters(self, name: str, points: list[list[Any]], pid: int = 0) -> None:
         for t, values in points:
