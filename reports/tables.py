@@ -13,6 +13,7 @@ a JSON object.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import polars as pl
 from correlator.conn_internals import FIELDS as INTERNALS_FIELDS
 from correlator.connection_schema import ACTION, FLAT_COLUMNS, STATE
 from correlator.rows import RowsChunk
+from reports.app_rows import AppGroup, app_groups, odd_json
 from reports.connection_lines import app_object
 
 INTERNALS_PREFIX = "internals_"
@@ -74,6 +76,7 @@ _APP_COLUMNS = [k for k in EVENTS_SCHEMA if k not in ("fields",)]
 # An app record's bool would pass as an int column: booleans stay in `fields`.
 _APP_COLUMNS.remove("cpu_is_owner")
 _STRING_COLUMNS = {k for k, t in EVENTS_SCHEMA.items() if t == pl.String}
+_APP_SET = set(_APP_COLUMNS)
 
 CONNECTIONS_SCHEMA: dict[str, Any] = {
     **FLAT_COLUMNS,
@@ -89,6 +92,14 @@ CONNECTIONS_SCHEMA: dict[str, Any] = {
     # connection's retransmits, congestion, windows, resets and error.
     **{INTERNALS_PREFIX + k: t for k, t in INTERNALS_FIELDS.items()},
 }
+
+
+def _fields_text(rest: dict[str, Any]) -> str:
+    """An app record's fields without a column, as a JSON object."""
+    try:
+        return orjson.dumps(rest, default=str).decode()
+    except (orjson.JSONEncodeError, TypeError):  # an int beyond 64 bits
+        return json.dumps(rest, separators=(",", ":"), default=str)
 
 
 def _app_frame(app: list[tuple[int, dict[str, Any]]]) -> pl.DataFrame:
@@ -119,12 +130,52 @@ def _app_frame(app: list[tuple[int, dict[str, Any]]]) -> pl.DataFrame:
             else:
                 rest[k] = v
         if rest:
-            fields[i] = orjson.dumps(rest, default=str).decode()
+            fields[i] = _fields_text(rest)
     schema = {"pos": pl.Int64, **{k: EVENTS_SCHEMA[k] for k in _APP_COLUMNS}, "fields": pl.String}
     return pl.DataFrame({"pos": pos, **cols, "fields": fields}, schema=schema, strict=False)
 
 
-def events_frame(chunk: RowsChunk) -> pl.DataFrame:
+def _group_frame(app: list[tuple[int, dict[str, Any]]], g: AppGroup) -> pl.DataFrame:
+    """_app_frame() of a group's rows, a column at a time: a key's column
+    fits (or goes whole into `fields`) for every row alike, since the group
+    holds one type per key; else (a misfit beside nulls, an odd `t`) row by row."""
+    frame = g.frame
+    rows = [app[i] for i in g.at]
+    if frame is None:
+        return _app_frame(rows)
+    cols: list[pl.Expr] = []
+    rest: list[str] = []
+    for k, dt in frame.schema.items():
+        if k not in _APP_SET:
+            rest.append(k)
+        elif dt == pl.Null or (k == "t" and dt in (pl.Float64, pl.Int64)):
+            cols.append(pl.col(k).cast(EVENTS_SCHEMA[k]))
+        elif k == "t":
+            return _app_frame(rows)
+        elif dt == EVENTS_SCHEMA[k]:
+            cols.append(pl.col(k))
+        elif frame[k].null_count():
+            return _app_frame(rows)
+        else:
+            rest.append(k)
+    if rest:
+        fields = frame.select(pl.struct(rest).struct.json_encode().alias("fields"))["fields"]
+        odd = fields.to_frame().with_row_index("j").filter(odd_json(pl.col("fields")))["j"]
+        if len(odd):
+            fixed = [
+                _fields_text({k: rows[j][1][k] for k in rest})
+                for j in odd.to_list()
+            ]
+            fields = fields.scatter(odd, pl.Series(fixed, dtype=pl.String))
+    else:
+        fields = pl.Series("fields", [None] * len(frame), dtype=pl.String)
+    pos = pl.Series("pos", [p for p, _ in rows], dtype=pl.Int64)
+    return frame.select(cols).with_columns(pos, fields)
+
+
+def events_frame(chunk: RowsChunk, groups: list[AppGroup] | None = None) -> pl.DataFrame:
+    """The chunk's rows in events.parquet's columns (`groups`: the chunk's
+    app_groups(), when the caller has them already)."""
     frames = []
     for kind, df in chunk.kernel.items():
         if kind == "tcp_state":
@@ -136,7 +187,8 @@ def events_frame(chunk: RowsChunk) -> pl.DataFrame:
             ).drop("owner")
         frames.append(df)
     if chunk.app:
-        frames.append(_app_frame(chunk.app))
+        for g in app_groups(chunk.app) if groups is None else groups:
+            frames.append(_group_frame(chunk.app, g))
     df = pl.concat(frames, how="diagonal_relaxed").sort("pos")
     return df.select(
         [

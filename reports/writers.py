@@ -11,6 +11,7 @@ import orjson
 import polars as pl
 
 from correlator.rows import ROW_FIELDS, RowsChunk
+from reports.app_rows import app_groups, json_lines
 from reports.connection_lines import connection_lines
 from reports.tables import (
     CONNECTIONS_SCHEMA,
@@ -140,12 +141,9 @@ def kernel_lines(kind: str, df: pl.DataFrame) -> pl.DataFrame:
     return enc
 
 
-def _app_lines(app: list[tuple[int, dict[str, Any]]]) -> pl.DataFrame:
+def _event_text(row: dict[str, Any]) -> str:
     # Every line is ASCII: orjson's only when it is, json escapes the rest.
-    return pl.DataFrame(
-        {"pos": [p for p, _ in app], "line": [_event_line(row).decode() for _, row in app]},
-        schema={"pos": pl.Int64, "line": pl.String},
-    )
+    return _event_line(row).decode()
 
 
 # connections.parquet is written this many lifecycles at a time.
@@ -170,14 +168,15 @@ class RunSink:
     def rows(self, chunk: RowsChunk) -> None:
         # One text per chunk, the lines in position order: no Python object per line.
         parts = [kernel_lines(kind, df) for kind, df in chunk.kernel.items()]
+        groups = app_groups(chunk.app)
         if chunk.app:
-            parts.append(_app_lines(chunk.app))
+            parts.append(json_lines(chunk.app, groups, _event_text))
         n = sum(len(p) for p in parts)
         if n:
             lines = pl.concat(parts).sort("pos")["line"]
             self.events.write(lines.str.join("\n").item().encode() + b"\n")
         self.n_events += n
-        self.events_table.append(events_frame(chunk))
+        self.events_table.append(events_frame(chunk, groups))
 
     def connections(self, frame: pl.DataFrame) -> None:
         """A chunk's finished lifecycles (correlator/connection_schema.py)."""
