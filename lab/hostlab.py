@@ -51,7 +51,8 @@ class HostLab:
             self._count("start")
             if self.link is not None:
                 self.link.create()
-            self.snapshots = Snapshotter(self.hosts.names(), self.scenario.ports, run_dir)
+            self.snapshots = Snapshotter(self.hosts.names(), self.scenario.ports,
+                                         run_dir).start()
             spec = self.scenario.capture
             if spec is not None:
                 self.capture = Capture(spec, self.hosts[spec.host], run_dir).start()
@@ -64,9 +65,10 @@ class HostLab:
         return self.hosts[host]
 
     def tick(self) -> None:
-        """Called from the run's loop (every ~100 ms): snapshots when due."""
+        """Called from the run's loop (every ~100 ms): an error that stopped
+        the snapshots (taken on their own thread) ends the run there."""
         if self.snapshots is not None:
-            self.snapshots.due()
+            self.snapshots.check()
 
     def reshape(self, change: dict[str, dict[str, float]]) -> None:
         if self.link is not None and change:

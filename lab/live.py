@@ -1,12 +1,21 @@
 """What a person sees while a run goes on: a live terminal view (rich), or one
 JSON line a second for scripts, or nothing.
+
+The writing is done on a thread of its own, never on the run's loop: a write
+to a pipe or terminal that nobody reads (`tcplab run --json | less` scrolled
+back, a terminal paused with Ctrl-S) blocks, and on the loop it held back the
+heartbeats the actors and probes wait for (they give up after 3 s). The loop
+only hands over what to write; the lines keep their order.
 """
 
 from __future__ import annotations
 
 import json
+import queue
 import sys
+import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -19,6 +28,41 @@ STATE_ORDER = (
     "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT",
     "CLOSE_WAIT", "LAST_ACK", "CLOSING", "LISTEN",
 )
+
+
+# How long the end of a run waits for output nobody reads before it goes on.
+WRITER_CLOSE_S = 5.0
+
+
+class Writer:
+    """Runs the writes it is given, in order, on its own thread; after the
+    first one that fails (a reader that went away) it drops the rest."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[Callable[[], object] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="view", daemon=True)
+        self.error: OSError | None = None
+
+    def start(self) -> Writer:
+        self._thread.start()
+        return self
+
+    def put(self, write: Callable[[], object]) -> None:
+        self._queue.put(write)
+
+    def _run(self) -> None:
+        while (write := self._queue.get()) is not None:
+            if self.error is None:
+                try:
+                    write()
+                except OSError as e:
+                    self.error = e
+
+    def close(self, timeout_s: float = WRITER_CLOSE_S) -> None:
+        """Let the queued writes finish (for `timeout_s` at most: a reader that
+        stopped reading must not keep the run from ending)."""
+        self._queue.put(None)
+        self._thread.join(timeout_s)
 
 
 class LiveView:
@@ -36,20 +80,33 @@ class LiveView:
         self._last_events = 0
         self._last_time = time.monotonic()
         self.events_per_s = 0.0
+        self._writer: Writer | None = None
 
     def __enter__(self) -> LiveView:
         if self.mode == "live":
             self._live = Live(self._render(), console=Console(stderr=True), auto_refresh=False)
             self._live.__enter__()
+        if self.mode != "quiet":
+            self._writer = Writer().start()
         return self
 
     def __exit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
         if self._live is not None:
             self._live.update(self._render(), refresh=True)
             self._live.__exit__(et, e, tb)
             self._live = None
+
+    def _write(self, write: Callable[[], object]) -> None:
+        """On the writer's thread while the run goes on; here after it."""
+        if self._writer is not None:
+            self._writer.put(write)
+        else:
+            write()
 
     def refresh(self, status: dict[str, Any]) -> None:
         self._status = status
@@ -65,17 +122,17 @@ class LiveView:
             self.events_per_s = (total - self._last_events) / max(now - self._last_time, 1e-3)
         self._last_events, self._last_time = total, now
         if self._live is not None:
-            self._live.update(self._render(), refresh=True)
+            live, shown = self._live, self._render()
+            self._write(lambda: live.update(shown, refresh=True))
         elif self.mode == "json":
-            line = {**status, "kernel_events_per_s": round(self.events_per_s)}
-            sys.stdout.write(json.dumps(line) + "\n")
-            sys.stdout.flush()
+            line = json.dumps({**status, "kernel_events_per_s": round(self.events_per_s)})
+            self._write(lambda: _print(line))
 
     def note(self, phase: str) -> None:
         """A step after the run that takes a while, such as building the report."""
         if self.mode == "json":
-            sys.stdout.write(json.dumps({"scenario": self.scenario, "phase": phase}) + "\n")
-            sys.stdout.flush()
+            line = json.dumps({"scenario": self.scenario, "phase": phase})
+            self._write(lambda: _print(line))
         elif self.mode == "live":
             Console(stderr=True).print(Text(f"{self.scenario}: {phase}", style="bold yellow"))
 
@@ -129,3 +186,8 @@ class LiveView:
         parts: list[Any] = [head, states, flow, actors]
         parts += [Text(e, style="red") for e in s.get("errors", [])]
         return Group(*parts)
+
+
+def _print(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()

@@ -8,20 +8,30 @@ real actor process on a real bus watching, and checks the actor stayed.
 
 from __future__ import annotations
 
+import json
+import os
+import select
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import pytest
 from actor_harness import attach
+from lab_helpers import in_ns
 
 from bus.endpoints import Endpoints, ipc_endpoints, make_run_dir
 from bus.hub import Hub
 from bus.schema import Kind
 from bus.transport import PEER_TIMEOUT_S, EventSender
+from lab.hosts import Hosts, HostSpec
+from lab.live import LiveView
 from lab.run import LabRun, RunOptions
 from lab.scenario import find
+from lab.snapshots import SNAPSHOTS, Snapshotter
 
 LOST = "orchestrator_lost"  # the actor's record when it gives up (actors/runtime.py)
 
@@ -132,3 +142,76 @@ def test_a_process_slow_to_stop_does_not_stop_the_heartbeat(tmp_path: Path) -> N
         run.sup.stop_all(grace_s=2.0)
         run.hub.close()
         shutil.rmtree(run.bus_dir, ignore_errors=True)
+
+
+@pytest.mark.root
+@pytest.mark.netns
+def test_snapshots_are_taken_off_the_loop(tmp_path: Path) -> None:
+    """A two-host run's socket snapshots (10,000 sockets: 0.4-1.6 s each
+    here) come from their own thread: they accumulate while the caller does
+    nothing but look, and the first is taken at once."""
+    hosts = Hosts("snapthread", [HostSpec("a")]).create()
+    socks: list[socket.socket] = []
+    snaps = None
+    try:
+
+        def connect() -> int:
+            srv = socket.create_server(("127.0.0.1", 0))
+            cli = socket.create_connection(srv.getsockname())
+            socks.extend([srv, cli, srv.accept()[0]])
+            return int(srv.getsockname()[1])
+
+        port = in_ns(hosts["a"].name, connect)
+        snaps = Snapshotter(hosts.names(), [port], tmp_path).start()
+        deadline = time.monotonic() + 30
+        while snaps.samples < 3:
+            assert time.monotonic() < deadline, f"{snaps.samples} snapshots in 30 s"
+            time.sleep(0.05)
+        snaps.close()
+        rows = [json.loads(line) for line in (tmp_path / SNAPSHOTS).read_text().splitlines()]
+        assert {r["kind"] for r in rows} == {"established", "sample"}
+        assert {(r["lport"], r["rport"]) for r in rows if r["kind"] == "established"} == {
+            (port, socks[1].getsockname()[1]),
+            (socks[1].getsockname()[1], port),
+        }
+    finally:
+        if snaps is not None:
+            snaps.close()
+        for s in socks:
+            s.close()
+        hosts.destroy()
+
+
+def test_status_lines_nobody_reads_do_not_block_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`tcplab run --json` with a reader that stops reading (a pager
+    scrolled back): the pipe fills (64 KiB) and a write blocks; the loop's
+    refresh() must not. Every line arrives, in order, once it reads again."""
+    r, w = os.pipe()
+    out = os.fdopen(w, "w")
+    monkeypatch.setattr(sys, "stdout", out)
+    view = LiveView("json", "echo", 1.0)
+    lines = 200  # 1 KB each: three times what the pipe holds
+    returned = threading.Event()
+
+    def loop() -> None:
+        with view:
+            for i in range(lines):  # a new phase each: each one a line at once
+                view.refresh({"phase": f"p{i}", "pad": "x" * 1000})
+            returned.set()
+
+    looping = threading.Thread(target=loop, daemon=True)
+    looping.start()
+    try:
+        assert returned.wait(30), "refresh() blocked on a pipe nobody reads"
+    finally:
+        got = b""
+        deadline = time.monotonic() + 30
+        while got.count(b"\n") < lines and time.monotonic() < deadline:
+            if select.select([r], [], [], 0.1)[0]:
+                got += os.read(r, 1 << 16)
+        looping.join(30)
+        monkeypatch.undo()
+        out.close()
+        os.close(r)
+    phases = [json.loads(line)["phase"] for line in got.decode().splitlines()]
+    assert phases == [f"p{i}" for i in range(lines)]
