@@ -4,13 +4,16 @@
 // requested address", no ephemeral port left for this destination.
 //
 //	bomb -target 127.0.0.1:8080 -duration 10s
+//	bomb -target 127.0.0.1:8080 -count 4500   # 4500 dials, however long they take
 package main
 
 import (
+	"errors"
 	"flag"
 	"net"
 	"os"
 	"os/signal"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -29,21 +32,31 @@ func main() {
 	target := flag.String("target", "127.0.0.1:8080", "server address (loopback or 198.18.0.0/15)")
 	duration := flag.Duration("duration", 10*time.Second, "how long to bomb")
 	workers := flag.Int("workers", 4, "goroutines dialling at once")
+	count := flag.Int64("count", 0, "stop after this many dials (0: only -duration ends the bomb)")
 	flag.Parse()
+	if *count < 0 {
+		labnet.Fail("bomb", errors.New("-count must be 0 or more"))
+	}
 	if err := labnet.CheckTarget(*target); err != nil {
 		labnet.Fail("bomb", err)
 	}
-	var ok, failed atomic.Int64
+	var ok, failed, dials atomic.Int64
 	stop := make(chan os.Signal, 1)
 	signal.Notify(stop, syscall.SIGINT, syscall.SIGTERM)
 	done := make(chan struct{})
+	var working sync.WaitGroup
 	for w := 0; w < *workers; w++ {
+		working.Add(1)
 		go func() {
+			defer working.Done()
 			for {
 				select {
 				case <-done:
 					return
 				default:
+				}
+				if *count > 0 && dials.Add(1) > *count {
+					return
 				}
 				conn, err := net.Dial("tcp", *target)
 				if err != nil {
@@ -60,6 +73,9 @@ func main() {
 			}
 		}()
 	}
+	// Closed when every worker has made its share of -count.
+	counted := make(chan struct{})
+	go func() { working.Wait(); close(counted) }()
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	end := time.After(*duration)
@@ -72,6 +88,7 @@ func main() {
 		case s := <-stop:
 			jlog.Info("stopping", "signal", s.String())
 		case <-end:
+		case <-counted:
 		}
 		break
 	}
