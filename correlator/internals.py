@@ -117,9 +117,13 @@ class Internals:
                 plots.append(self._plot(key, s))
         window = counters_window(self.meta)
         in_window = refused_in_window = 0
+        # Per socket, in the window: the readings of its own retransmit
+        # counter at its hits, and the segments those hits counted.
+        readings: dict[str, list[tuple[int, int]]] = {}
         if events is not None:
             keys = _keys(events)
             segs = _segs(events)
+            totals = _total_retrans(events)
             order = np.argsort(events["ts"], kind="stable")
             for i in order.tolist():
                 e, key = events[i], keys[i]
@@ -128,6 +132,11 @@ class Internals:
                 what = SOCK_EVENTS[n] if n < len(SOCK_EVENTS) else str(n)
                 t = (int(e["ts"]) - self.t0) / 1e9
                 code = int(e["code"])
+                if totals[i] and window and window[0] <= int(e["ts"]) <= window[1]:
+                    # A retransmit hit's own segments are in its reading,
+                    # unless it gave up before the count (code < 0).
+                    own = int(segs[i]) if what == "retransmit" and code >= 0 else 0
+                    readings.setdefault(key, []).append((totals[i], own))
                 row: dict[str, Any] = {"socket": key, "t_s": round(t, 6), "event": what}
                 if what == "retransmit" and code < 0:
                     # 6.x (`err`, the tracepoint fires on every return of
@@ -173,6 +182,7 @@ class Internals:
                 p["label"] = f"{rec.get('actor')} ({rec.get('congestion') or 'default'})"
             p["marks"] = [r for r in rows if r.get("event") and r["socket"] == p["socket"]][:200]
         counts = _counts(figures)
+        unseen = _unseen(readings)
         kernel = kernel_counters(self.meta)
         if kernel:
             counts["kernel"] = kernel
@@ -185,6 +195,9 @@ class Internals:
             # so there RetransSegs = seen + TCPRetransFail; on 6.x with
             # `err`, RetransSegs = seen - refused + TCPRetransFail.
             counts["retransmits_refused_between_readings"] = refused_in_window
+            # Counted by the sockets between two of their hits with no hit
+            # of their own (raw tracepoints only: docs/probes.md).
+            counts["retransmits_unseen_between_readings"] = unseen
             # Counted by the kernel but never sent: the transmit failed.
             counts["retransmits_failed"] = kernel.get("TCPRetransFail", 0)
             # Tracepoint hits whose program the kernel did not run (another
@@ -206,6 +219,7 @@ class Internals:
                 in_window,
                 refused_in_window,
                 self.retransmit_misses,
+                unseen,
             ),
             "rows": rows,
             "plots": plots[:PLOT_SOCKETS],
@@ -349,6 +363,27 @@ def _keys(r: np.ndarray) -> list[str]:
     ]
 
 
+def _total_retrans(events: np.ndarray) -> list[int]:
+    """The socket's own retransmit counter at each event (raw tracepoints);
+    0 where the event has none (classic tracepoints, other hooks, older
+    recordings)."""
+    if "total_retrans" not in (events.dtype.names or ()):
+        return [0] * len(events)
+    return [int(v) for v in events["total_retrans"].tolist()]
+
+
+def _unseen(readings: dict[str, list[tuple[int, int]]]) -> int:
+    """Segments the sockets counted (tcp_sock.total_retrans, added to with
+    Tcp RetransSegs) that none of their retransmit hits reported: per
+    socket, what its counter moved between its first and last reading in
+    the window, less the segments of the hits after the first (the first
+    reading already holds its own hit's)."""
+    return sum(
+        values[-1][0] - values[0][0] - sum(own for _, own in values[1:])
+        for values in readings.values()
+    )
+
+
 def _segs(events: np.ndarray) -> np.ndarray:
     """Segments per event: the skb's pcount (probes/tcp_events.bpf.c);
     1 in recordings made before the probe read it."""
@@ -444,6 +479,7 @@ def _sentences(
     seen: int,
     refused: int,
     missed: int,
+    unseen: int = 0,
 ) -> list[str]:
     out = []
     if kernel.get("OutSegs"):
@@ -457,6 +493,10 @@ def _sentences(
             text += (
                 f", and the kernel skipped its program {missed}x (another BPF program "
                 "was running on that CPU)"
+            )
+        if unseen:
+            text += (
+                f"; the sockets' own counters show {unseen} more that no tracepoint hit reported"
             )
         out.append(text + ".")
     if kernel.get("TCPRetransFail"):

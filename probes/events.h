@@ -97,7 +97,10 @@ struct tcp_sock_event {
     u8 what;       /* TCPLAB_EV_*: which tracepoint */
     u8 state;      /* TCP state where the tracepoint gives it, else 0 */
     u16 segs;      /* retransmits: segments in the skb (tcp_skb_pcount), what Tcp RetransSegs adds */
-    u8 pad[6];
+    u8 pad[2];
+    u32 total_retrans; /* raw retransmit and cong_state: the socket's own count of segments
+                        * retransmitted so far (tcp_sock.total_retrans, tcpi_total_retrans),
+                        * read at the hit; 0 on the classic tracepoints (no BTF offsets) */
     u8 saddr[16];
     u8 daddr[16];
 };

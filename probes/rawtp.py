@@ -55,6 +55,7 @@ FIELDS: dict[str, tuple[str, str, int]] = {
     "TP_SND_WND": ("tcp_sock", "snd_wnd", 4),
     "TP_RCV_WND": ("tcp_sock", "rcv_wnd", 4),
     "TP_SRTT_US": ("tcp_sock", "srtt_us", 4),
+    "TP_TOTAL_RETRANS": ("tcp_sock", "total_retrans", 4),
     "SKB_LEN": ("sk_buff", "len", 4),
     "SKB_DATA": ("sk_buff", "data", 8),
     "SKB_HEAD": ("sk_buff", "head", 8),

@@ -228,6 +228,13 @@ int raw_tcp_retransmit_skb(struct bpf_raw_tracepoint_args *ctx)
     /* tcp_skb_pcount(skb): see tp_tcp_retransmit_skb. */
     bpf_probe_read_kernel(&e.segs, sizeof(e.segs),
                           (const void *)(skb + TCPLAB_OFF_SKB_CB + TCPLAB_OFF_TCB_GSO_SEGS));
+    /* The socket's own counter, added to with Tcp RetransSegs in
+     * __tcp_retransmit_skb (4.15 to 6.18): the count this hit's segs belong
+     * to. Measured on 6.18 (docs/probes.md): now and then the kernel counts
+     * retransmissions (TcpExt TCPFastRetrans too) for which no program on
+     * this tracepoint runs, raw or classic, with no recursion miss; the
+     * counter's jump between two hits of the socket says how many. */
+    KREAD(e.total_retrans, sk, TP_TOTAL_RETRANS);
     return deliver(ctx, &e, TCPLAB_EV_RETRANSMIT);
 }
 #endif
@@ -267,6 +274,10 @@ int raw_tcp_cong_state_set(struct bpf_raw_tracepoint_args *ctx)
     e.skaddr = sk;
     e.code = (u8)ctx->args[1];
     SK_TUPLE(&e, sk);
+    /* The counter again (see raw_tcp_retransmit_skb): a recovery ends with
+     * a state change, which reads the retransmits the socket counted after
+     * its last retransmit hit. */
+    KREAD(e.total_retrans, sk, TP_TOTAL_RETRANS);
     return deliver(ctx, &e, TCPLAB_EV_CONG_STATE);
 }
 #endif

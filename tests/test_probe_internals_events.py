@@ -17,12 +17,10 @@ import signal
 import socket
 import struct
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
-from lab_helpers import SLOW
+from lab_helpers import SLOW, TCPLAB
 from probe_internals_harness import ERROR_REPORT, Traced, pair
 
 pytestmark = [pytest.mark.root, pytest.mark.bpf]
@@ -55,7 +53,6 @@ def test_reset_and_error_report(listener: socket.socket, traced: Traced) -> None
     assert received[0]["skaddr"] != 0
 
 
-TCPLAB = str(Path(sys.executable).with_name("tcplab"))
 T = r"\s*\d+\.\d{6}"
 CWND_LINE = re.compile(
     rf"{T} cwnd   127\.0\.0\.1:(?P<sport>\d+) -> 127\.0\.0\.1:(?P<dport>\d+)  cwnd=\d+ "

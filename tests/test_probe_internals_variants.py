@@ -151,8 +151,9 @@ def test_raw_and_classic_variants_agree_on_a_lossy_transfer() -> None:
     same connections, the same retransmits (segments, results, states), the
     same congestion changes, the same cwnd samples, record field by record
     field; the raw ones are never skipped (recursion misses 0), and their
-    retransmits never exceed the kernel's own Tcp RetransSegs of the
-    sender's namespace."""
+    retransmits, with the ones the socket counted between two hits and no
+    hit reported, equal the kernel's own Tcp RetransSegs of the sender's
+    namespace."""
     from lab_helpers import in_ns
 
     from lab.hosts import Hosts, HostSpec
@@ -189,8 +190,12 @@ def test_raw_and_classic_variants_agree_on_a_lossy_transfer() -> None:
             assert data, "the connection ended early"
             got += len(data)
         sender.join()
-        after = read_counters(hosts["a"].name)
+        # The socket's counter and the namespace's, read back to back; hits
+        # after them are not compared.
         info = parse_tcp_info(cli.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO.size))
+        after = read_counters(hosts["a"].name)
+        read_ns = time.monotonic_ns()
+        cport = cli.getsockname()[1]
         for s in (cli, conn, srv):
             s.close()
         for p in sets.values():
@@ -219,33 +224,42 @@ def test_raw_and_classic_variants_agree_on_a_lossy_transfer() -> None:
 
     events = {n: sorted(rows(n, "tcp_events", EVENT_FIELDS)) for n in ("raw", "classic")}
     samples = {n: rows(n, "tcp_probe", SAMPLE_FIELDS) for n in ("raw", "classic")}
-    retrans = records[("raw", "tcp_events")]
-    retrans = retrans[retrans["what"] == SOCK_EVENTS.index("retransmit")]
+    # The sender's, up to the end readings: namespace a holds one socket.
+    retransmit = SOCK_EVENTS.index("retransmit")
+    mine = records[("raw", "tcp_events")]
+    mine = mine[(mine["sport"] == cport) & (mine["ts"] <= read_ns)]
+    mine = mine[np.argsort(mine["ts"], kind="stable")]
+    retrans = mine[mine["what"] == retransmit]
     assert len(retrans), "3% loss brought no retransmit"
     # Tcp RetransSegs adds tcp_skb_pcount(skb) per retransmitted skb before
-    # the transmit; one that fails after (refused: code != 0, where the kernel passes err) is
-    # counted in TCPRetransFail as well (tests/test_internals_runs.py).
+    # the transmit; one that fails after (its err > 0 on 6.18) adds to
+    # TCPRetransFail as well (tests/test_internals_runs.py).
     sent = int(retrans["segs"][retrans["code"] == 0].sum())
     failed = after["TcpExt.TCPRetransFail"] - before["TcpExt.TCPRetransFail"]
-    codes = Counter(zip(retrans["code"].tolist(), retrans["segs"].tolist(), strict=True))
-    classic = records[("classic", "tcp_events")]
-    classic = classic[classic["what"] == SOCK_EVENTS.index("retransmit")]
     kernel = after["Tcp.RetransSegs"] - before["Tcp.RetransSegs"]
-    # Equal in 22 of 25 runs here; in 3 the kernel counted 1 to 10 segments
-    # more than EITHER variant saw (no miss, no drop, both alike, the
-    # socket's own tcpi_total_retrans agreeing with the kernel): not a loss
-    # of the raw programs, and a cause not found yet (docs/probes.md).
-    assert sent + failed <= kernel, (
-        codes,
-        len(classic),
-        int(classic["segs"][classic["code"] == 0].sum()),
+    # The socket's own counter (tcp_sock.total_retrans, added to with
+    # RetransSegs), read by the raw programs at each retransmit and
+    # congestion change: from 0 (a new socket), each reading moves by the
+    # hit's own segments (the ones counted: not a hit that gave up before
+    # the count, code < 0) plus any the socket counted with no hit of its
+    # own; tcpi_total_retrans at the end has those after the last reading.
+    # Unseen: 0 in most runs, 5 to 9 segments in 3 of 35 (docs/probes.md).
+    readings = mine[mine["total_retrans"] > 0]
+    own = np.where((readings["what"] == retransmit) & (readings["code"] >= 0), readings["segs"], 0)
+    jumps = np.diff(readings["total_retrans"].astype(np.int64), prepend=0) - own
+    assert (jumps >= 0).all(), "a hit reported more segments than its socket counted"
+    unseen = int(jumps.sum()) + info.total_retrans - int(readings["total_retrans"].max())
+    assert sent + failed + unseen == kernel, (
+        Counter(zip(retrans["code"].tolist(), retrans["segs"].tolist(), strict=True)),
+        jumps[jumps > 0].tolist(),
         {k: after[k] - before[k] for k in after},
-        info.as_dict()["total_retrans"],
+        info.total_retrans,
         stats,
     )
     n_events, n_samples = len(events["raw"]), len(samples["raw"])
     print(
-        f"retransmits {len(retrans)} ({sent} segments, {failed} failed), {n_events} events, "
+        f"retransmits {len(retrans)} ({sent} segments, {failed} failed, {unseen} unseen), "
+        f"{n_events} events, "
         f"{n_samples} cwnd samples; recursion misses {misses}"
     )
     assert len(samples["raw"]) >= 4
