@@ -196,7 +196,9 @@ class Internals:
             # `err`, RetransSegs = seen - refused + TCPRetransFail.
             counts["retransmits_refused_between_readings"] = refused_in_window
             # Counted by the sockets between two of their hits with no hit
-            # of their own (raw tracepoints only: docs/probes.md).
+            # of their own (raw tracepoints only: docs/probes.md). Where the
+            # tracepoint has no `err` (6.1, 5.10) a failed transmit fires no
+            # hit either: there these include TCPRetransFail's.
             counts["retransmits_unseen_between_readings"] = unseen
             # Counted by the kernel but never sent: the transmit failed.
             counts["retransmits_failed"] = kernel.get("TCPRetransFail", 0)

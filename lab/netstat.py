@@ -4,7 +4,10 @@ Read at the start and the end of a two-host run, per host (lab/hostlab.py),
 so that the report can check its tracepoint counts against the kernel's:
 Tcp RetransSegs against the retransmits tcp:tcp_retransmit_skb saw (with
 TcpExt TCPRetransFail, the counted ones whose transmit failed), Tcp OutSegs
-as the segments sent, TcpExt TCPWinProbe as the zero-window probes.
+as the segments sent, TcpExt TCPWinProbe as the zero-window probes,
+TCPFastRetrans and TCPSlowStartRetrans as the segments retransmitted from
+the retransmit queue in Recovery and in Loss (the rest of RetransSegs comes
+from the retransmit timer and tail loss probes: TCPTimeouts, TCPLossProbes).
 The files show the namespace of the thread that reads them
 (/proc/thread-self/net), so the read runs inside the namespace.
 """
@@ -23,6 +26,7 @@ WANTED = {
         "TCPTimeouts",
         "TCPLossProbes",
         "TCPFastRetrans",
+        "TCPSlowStartRetrans",
         "TCPRetransFail",
     ),
 }

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from lab_helpers import tcplab
 
+from probes import rawtp
 from probes.plan import make_plan
 
 pytestmark = [pytest.mark.root, pytest.mark.bpf, pytest.mark.netns, pytest.mark.slow]
@@ -59,8 +60,10 @@ def test_retransmits_equal_the_kernels_counter(runs: Runs) -> None:
     and congestion change, and what it moved between two readings beyond
     the hits' segments is `unseen`. So on the raw tracepoints (the default
     where the kernel has BTF): RetransSegs = seen - refused + TCPRetransFail
-    + unseen, exactly. The classic programs read no counter: there only
-    RetransSegs >= seen - refused + TCPRetransFail holds."""
+    + unseen, exactly (without `err` a failed transmit has no hit: it is
+    among the unseen, and TCPRetransFail is not added). The classic
+    programs read no counter: there only RetransSegs >= seen - refused +
+    TCPRetransFail holds."""
     run_dir, summary = runs["lossy-link"]
     internals = summary["counts"]["internals"]
     seen = internals["retransmits_between_readings"]
@@ -79,10 +82,13 @@ def test_retransmits_equal_the_kernels_counter(runs: Runs) -> None:
     )
     detail = (kernel, seen, refused, failed, unseen, missed, dropped, internals["retransmits"])
     if make_plan().probes["tcp_events"].mode == "raw_tracepoint":
-        # The raw tracepoint program is never skipped for another program
-        # running on the CPU (probes/rawtp.py): nothing is missed.
-        assert missed == 0
-        assert sent + failed + unseen == kernel, detail
+        # A raw program is skipped only while it is itself running on that
+        # CPU (probes/rawtp.py), rarely; a hit it skipped moves the socket's
+        # counter all the same: it is in `unseen`, not to be added again;
+        # so is a failed transmit where the tracepoint has no `err` (6.1,
+        # 5.10: no hit for it).
+        with_err = "-DTCPLAB_RAW_tcp_retransmit_skb_err" in rawtp.flags()
+        assert sent + (failed if with_err else 0) + unseen == kernel, detail
     else:
         assert unseen == 0 and sent + failed <= kernel, detail
     if failed:

@@ -4,7 +4,7 @@
 Hand-made tcp_events records (the fields probes/events.h lays out) carrying
 the socket's own counter (total_retrans) as the raw programs read it; the
 expected figures are worked out by hand below, not by the code under test.
-The real kernel's case is in tests/test_probe_internals_variants.py and
+The real kernel's case is in tests/test_probe_internals_retransmits.py and
 tests/test_internals_runs.py.
 """
 
