@@ -1,18 +1,17 @@
-"""Owners: who holds each connection, from the facts that name it, in time order.
+"""Owners: who holds each connection, from the facts that name it, per chunk.
 
 The kernel's tcp_state events carry whoever was on the CPU, not the owner.
 Owner facts come from accept4 (pid, fd, peer), the actors' records (4-tuple,
 or (pid, fd)) and two guesses: the on-CPU pid of connect()/listen() (which
 run in the caller's context) and the listener's owner for a child still in
-the accept queue. A fact joins its connection by the 4-tuple (the newest
-life that had it at that time) or by (pid, fd) (the last socket that fd
-named); the first real fact wins, later ones fill gaps, a guess gives way.
-
-This is the one fold over time: lives' milestones (open, tuple known,
-close, finished), accept4 calls and app records, which are a few per
-connection; the transitions, epoll calls and rows are handled as columns.
-Finished connections stay joinable for `grace_ns` of event time, so late
-owner facts still reach them, then their outcome is decided.
+the accept queue. Each fact's life comes from joins over the chunk
+(correlator/lookups.py); the owners from those facts per life in position
+order (correlator/owners.py); what the records do (actions, accepted, app
+close) by group-by. Closed lives stay joinable for `grace_ns` of event time
+(correlator/closing.py), then they are finished: their row is taken, and
+their outcome decided at the chunk's end. The rare cases stay in position
+order in Python: listeners and listen records, connect_failed records
+matched to the failed connects of their process, stale (pid, fd) facts.
 """
 
 from __future__ import annotations
@@ -21,22 +20,22 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import polars as pl
 
+from correlator.closing import find_peers, unindex_at
+from correlator.facts import APP_COVERAGE, FactCounts, accept_frame, app_frame
 from correlator.kept import Kept
 from correlator.lifecycle_rows import LifeRows
-from correlator.lifecycles import CLOSE, LEARN, LOST, OPEN, Conn, Tuple4, norm_addr
+from correlator.lifecycles import CLOSE, LEARN, LOST, OPEN, Conn
+from correlator.lookups import Index
 from correlator.outcome_rules import Tallies, decide
-from correlator.outcomes import errno_name
+from correlator.owners import SOCKET_ACTIONS, Listeners, apply_owner_facts, set_owner
 from correlator.phases import Phases
 
+_END = 1 << 62
+
 MAX_ACTIONS = 16
-_GUESSES = ("cpu_pid", "listener")
-_SOCKET_ACTIONS = {"listen", "connect", "accept", "connect_failed", "accept_failed"}
-_APP_COVERAGE = {
-    e: (f"coverage.app_{e}", f"coverage.app_{e}_matched")
-    for e in ("connect", "accept", "connect_failed")
-}
 
 
 class Joins:
@@ -69,28 +68,31 @@ class Joins:
             if isinstance(pid, int):
                 self.pid_actor[pid] = name
                 self.pid_learnt[pid] = -1
-        self.listeners: dict[tuple[str, int], Conn] = {}
-        self.by_tuple: dict[Tuple4, list[Conn]] = {}
-        self.by_pidfd: dict[tuple[int, int], Conn] = {}
-        self.unaccepted: dict[tuple[str, int], Conn] = {}
+        self.listeners = Listeners()
+        # Carried from chunk to chunk (correlator/lookups.py): the lives indexed
+        # by tuple, the children waiting for accept4, the (pid, fd) claims held.
+        self.index = Index()
+        self.conns: dict[int, Conn] = {}  # lives a fact may still name, by id
+        self.first_accept: int | None = None  # position of the first accept seen
         # Failed connects by the pid that called connect(): their CLOSE->SYN_SENT
         # runs in that process's context, so first_cpu_pid is the caller.
         self.failed: dict[int, deque[Conn]] = {}
-        # Finished lives wait here for the grace: (key, conn), key = event time
-        # when it was queued (items settle in arrival order of the queue).
-        self.finishing: deque[tuple[int, Conn]] = deque()
+        # Closed lives wait here for the grace: id -> (key, close position, conn),
+        # key = the event time the grace counts from; parked ones for their peer.
+        self.closing: dict[int, tuple[int, int, Conn]] = {}
+        self.parked: dict[int, Conn] = {}
         self.now = 0  # newest time processed
-        self.open: dict[int, Conn] = {}  # id -> live connection (for the end)
         # Finished lives whose rows may still be pending (correlate.py forgets them).
         self.finished: list[Conn] = []
 
         # Finished connections wait for their outcome until the chunk's end.
         self.ending = LifeRows()
         self.tallies = Tallies()
-        self.errors: dict[str, int] = {}
-        self.error_owner: dict[tuple[str, str, str, int], int] = {}
-        self.app_events: dict[str, int] = {}
-        self.accepts: dict[int, dict[str, int]] = {}
+        self.facts = FactCounts(counts, phases, self.pid_actor, self.pid_learnt)
+        self.errors = self.facts.errors
+        self.error_owner = self.facts.error_owner
+        self.app_events = self.facts.app_events
+        self.accepts = self.facts.accepts
         self.conns_by_owner: dict[int, int] = {}
         self.conns_by_owner_max: dict[int, int] = {}
         self.accept_conn: dict[int, int | None] = {}  # position -> conn id
@@ -99,181 +101,271 @@ class Joins:
     def _count(self, key: str, k: int = 1) -> None:
         self.n[key] = self.n.get(key, 0) + k
 
-    # ---- the fold -------------------------------------------------------------
+    # ---- one chunk ------------------------------------------------------------
 
-    def settle(self, until: int) -> None:
-        q = self.finishing
-        while q and q[0][0] <= until:
-            _, conn = q.popleft()
-            peer = conn.peer_wait
-            if peer is not None and not peer.ended:
-                conn.parked = True  # finished with its peer (see Conn)
-                self._count("parked_closers")
-                continue
-            self.finish(conn, at_end=False)
-
-    def milestone(self, pos: int, kind: int, conn: Conn, now_before: int, now: int) -> None:
-        if kind == OPEN:
-            self.open[conn.id] = conn
-            cpu = conn.first_cpu_pid
-            # connect() and listen() move a socket out of CLOSE in the caller's
-            # own process context, so there the on-CPU pid is the owner.
-            if conn.first_old == "CLOSE" and cpu in self.pid_actor:
-                self.set_owner(conn, pos, self.pid_actor[cpu], cpu, None, "cpu_pid")
-            what = "connections" if conn.role != "listener" else "listeners"
-            self._count(what)
-            self.phases.count(conn.start_ns, what)
-        elif kind == LEARN:
-            self._learn(conn, pos)
-        elif kind == CLOSE:
-            self.open.pop(conn.id, None)
-            if conn.last_old == "FIN_WAIT2" and conn.addr4 is not None:
-                t = conn.addr4
-                for peer in reversed(self.by_tuple.get((t[2], t[3], t[0], t[1]), [])):
-                    if not peer.ended_before(pos) and self.kept.state_at(peer, pos) == "CLOSE_WAIT":
-                        conn.peer_wait, peer.twin = peer, conn
-                        break
-            if conn.role == "active" and conn.last_old == "SYN_SENT":
-                # A failed connect may never get a source port, so its tuple
-                # cannot find it: index it by the process that dialled.
-                self.failed.setdefault(conn.first_cpu_pid, deque()).append(conn)
-            self.finishing.append((now, conn))
-        elif kind == LOST:
-            self.open.pop(conn.id, None)
-            self._count("kernel.close_not_seen")
-            self.finishing.append((now_before, conn))
-
-    def _learn(self, conn: Conn, pos: int) -> None:
-        t = conn.learn
-        assert t is not None
-        conn.addr4 = t
-        if conn.role == "listener":
-            self.listeners[(t[0], t[1])] = conn
-            return
-        self.by_tuple.setdefault(t, []).append(conn)
-        if conn.role == "passive":
-            self.unaccepted[(t[2], t[3])] = conn
-            # Until accept4 hands it out, the child sits in the listener's queue.
-            lst = self.listeners.get((t[0], t[1])) or self.listeners.get(("0.0.0.0", t[1]))
-            if lst is not None and lst.owner_pid is not None:
-                self.set_owner(conn, pos, lst.owner_actor, lst.owner_pid, None, "listener")
-
-    def set_owner(
-        self, conn: Conn, pos: int, actor: str | None, pid: int, fd: int | None, via: str
+    def chunk(
+        self,
+        base: int,
+        now: np.ndarray,
+        prev_now: int,
+        milestones: list[tuple[int, int, Conn]],
+        acc: pl.DataFrame | None,
+        app: list[tuple[int, dict[str, Any]]],
     ) -> None:
-        # The first real owner fact wins; later ones only fill gaps. A guess
-        # (the on-CPU pid, the listener's owner) gives way to a real fact.
-        before = (conn.owner_actor, conn.owner_pid, conn.owner_fd, conn.owner_via)
-        if conn.owner_pid is None or (conn.owner_via in _GUESSES and via not in _GUESSES):
-            if conn.owner_pid != pid:
-                conn.owner_actor = conn.owner_fd = None
-            conn.owner_pid, conn.owner_via = pid, via
-        if conn.owner_pid == pid:
-            conn.owner_actor = conn.owner_actor or actor
-            if fd is not None and conn.owner_fd is None:
-                conn.owner_fd = fd
-        after = (conn.owner_actor, conn.owner_pid, conn.owner_fd, conn.owner_via)
-        if after != before:
-            conn.owner_hist.append((pos, *after))
+        """The chunk's owner facts joined to their lives (correlator/lookups.py),
+        then applied to them in position order with the lives' finishing."""
+        n = len(now)
+        before = np.empty(n + 1, np.int64)
+        before[0] = prev_now
+        before[1:] = now
+        facts = app_frame(app)
+        self.facts.app(facts)
+        self.facts.learn_pids(facts)
+        acc = accept_frame(acc)
+        self.facts.accept(acc)
 
-    def accept(self, pos: int, ts: int, pid: int, fd: int, err: int, peer: Any, port: Any) -> None:
-        self._count("kernel.accept")
-        per = self.accepts.setdefault(pid, {})
-        conn: Conn | None = None
-        if fd >= 0 and not err:
-            per["ok"] = per.get("ok", 0) + 1
-            self.phases.count(ts, "accept.ok")
-            key = (norm_addr(str(peer or "")), int(port or 0))
-            conn = self.unaccepted.pop(key, None) if key[1] else None
-            if conn is None:
-                conn = self.by_pidfd.get((pid, fd))
+        # Lives: opened, learnt and closed here; when each leaves the indexes.
+        for pos, kind, c in milestones:
+            if kind == OPEN:
+                self.conns[c.id] = c
+            elif kind == CLOSE or kind == LOST:
+                ix = pos - base
+                key = int(now[ix]) if kind == CLOSE else int(before[ix])
+                self.closing[c.id] = (key, pos, c)
+        idx = self.index.learn(milestones)
+        self._first_accept(facts, acc)
+        raw, _ = unindex_at(self.closing, self.parked, before, base, self.grace)
+        find_peers(milestones, idx, raw, self.conns, self.kept)
+        settle, unindex = unindex_at(self.closing, self.parked, before, base, self.grace)
+        facts, acc = self.index.resolve(facts, acc, unindex)
+        self._apply(base, before, milestones, acc, facts, settle, unindex)
+
+    def _apply(
+        self,
+        base: int,
+        before: np.ndarray,
+        milestones: list[tuple[int, int, Conn]],
+        acc: pl.DataFrame,
+        facts: pl.DataFrame,
+        settle: dict[int, int],
+        unindex: dict[int, int],
+    ) -> None:
+        """What the facts and milestones do to their lives, each life finished
+        (its row taken) before the fact at its unindex: the facts by life,
+        the milestones, listeners and rare records in position order."""
+        conns = self.conns
+        self.accept_conn.update(zip(acc["pos"].to_list(), acc["life"].to_list(), strict=True))
+        found = facts.filter(pl.col("life").is_not_null())
+        self.app_conn.update(zip(found["pos"].to_list(), found["life"].to_list(), strict=True))
+        cov = found.filter(pl.col("event").is_in(list(APP_COVERAGE)))
+        for event, k in cov.group_by("event").len().iter_rows():
+            self._count(APP_COVERAGE[event][1], k)
+        u = pl.DataFrame(
+            {"life": list(unindex), "u": list(unindex.values())},
+            schema={"life": pl.Int64, "u": pl.Int64},
+        )
+        # A fact after its life left the indexes (a stale fd) changes no row.
+        late = pl.col("u").is_not_null() & (pl.col("u") <= pl.col("pos"))
+        acts = found.filter(pl.col("pid").is_not_null()).join(u, on="life", how="left")
+        accs = acc.filter(pl.col("life").is_not_null()).join(u, on="life", how="left")
+
+        self._opened(milestones)
+        # Listeners, milestones, listen and unmatched connect_failed records,
+        # and the finishing, in position order; owner guesses are noted.
+        self.guesses: list[tuple[int, int, str | None, int, None, str]] = []
+        items: list[tuple[int, int, int, Any]] = [
+            (2 * p, k, 0, c)
+            for p, k, c in milestones
+            if (c.role == "listener" and k in (OPEN, LEARN))
+            or (k == CLOSE and c.role == "active" and c.last_old == "SYN_SENT")
+        ]
+        rare = facts.filter(
+            (pl.col("event") == "listen")
+            | ((pl.col("event") == "connect_failed") & pl.col("life").is_null())
+        ).select(*_ROW)
+        for row in rare.iter_rows():
+            items.append((2 * row[0], 0, 2, row))
+        for life, at in settle.items():
+            items.append((2 * at - 1, self.closing[life][1], 3, life))
+        items.sort(key=_first_two)
+        self._listeners(items, settle)
+        # Owner facts and what the records do, per life, before its finish.
+        apply_owner_facts(
+            acts.filter(~late),
+            accs.filter(~late),
+            milestones,
+            conns,
+            self.pid_actor,
+            self.pid_learnt,
+            self.listeners,
+        )
+        self._flags(acts.filter(~late))
+        for life in accs.filter(~late)["life"].to_list():
+            conn = conns.get(life)
             if conn is not None:
                 conn.accepted = True
-                self.set_owner(conn, pos, self.pid_actor.get(pid), pid, fd, "accept4")
-                self._own_fd(pid, fd, conn)
+        self._held(acts, accs, unindex)
+        for key, k, what, item in items:
+            if what == 0:
+                if k == CLOSE:
+                    # A failed connect may never get a source port, so its tuple
+                    # cannot find it: index it by the process that dialled.
+                    self.failed.setdefault(item.first_cpu_pid, deque()).append(item)
+            elif what == 2:
+                if item[2] != "listen":
+                    self._app(item)
             else:
-                self._count("kernel.accept_unmatched")
-        else:
-            name = errno_name(err)
-            per[name] = per.get(name, 0) + 1
-            self.phases.count(ts, f"accept.{name}")
-        self.accept_conn[pos] = conn.id if conn else None
-
-    def app(self, pos: int, ts: int, rec: dict[str, Any]) -> None:
-        n = self.n
-        n["app.records"] = n.get("app.records", 0) + 1
-        event = str(rec.get("event", ""))
-        actor = rec.get("actor")
-        pid = rec.get("pid")
-        if isinstance(pid, int) and isinstance(actor, str) and pid not in self.pid_actor:
-            self.pid_actor[pid] = actor
-            self.pid_learnt[pid] = pos
-        self.app_events[event] = self.app_events.get(event, 0) + 1
-        fd = rec.get("fd") if isinstance(rec.get("fd"), int) else None
-        error = rec.get("error") or (errno_name(rec["errno"]) if rec.get("errno") else None)
-        if error:
-            self.errors[error] = self.errors.get(error, 0) + 1
-            key = (str(error), event, str(actor), int(pid) if isinstance(pid, int) else -1)
-            self.error_owner[key] = self.error_owner.get(key, 0) + 1
-            self.phases.count(ts, f"errors.{error}")
-        conn = self._find_conn(pos, ts, event, rec, fd)
-        if conn is not None and isinstance(pid, int):
-            self._apply_app(conn, pos, ts, event, rec, pid, fd, error)
-        keys = _APP_COVERAGE.get(event)
-        if keys is not None:
-            self._count(keys[0])
+                entry = self.closing.get(item)
+                if entry is None:
+                    continue
+                at = (key + 1) >> 1
+                self.now = int(before[at - base])
+                self._settle(entry[2], at)
+        for row in acts.filter(late).select(*_ROW).iter_rows():
+            self._app(row)  # rare: only a stale (pid, fd) names a finished life
+        for pos, pid, fd, life in accs.filter(late).select("pos", "pid", "fd", "life").iter_rows():
+            conn = conns.get(life)
             if conn is not None:
-                self._count(keys[1])
-        self.app_conn[pos] = conn.id if conn else None
+                conn.accepted = True
+                set_owner(conn, pos, self._actor_at(pid, pos), pid, fd, "accept4")
 
-    def _find_conn(
-        self, pos: int, ts: int, event: str, rec: dict[str, Any], fd: int | None
-    ) -> Conn | None:
-        laddr, lport = rec.get("laddr"), rec.get("lport")
-        raddr, rport = rec.get("raddr"), rec.get("rport")
-        pid = rec.get("pid")
+    def _flags(self, acts: pl.DataFrame) -> None:
+        """accepted, app_closed, error and the actions of the lives the records name."""
+        conns = self.conns
+        ev = pl.col("event")
+        per = acts.group_by("life", maintain_order=True).agg(
+            ts=pl.col("mono_ns"),
+            events=ev,
+            accepted=(ev == "accept").any(),
+            closed=((ev == "close") & pl.col("fd").is_not_null()).any(),
+            error=pl.col("error").filter(ev == "connect_failed").last(),
+        )
+        for life, ts, events, accepted, closed, error in per.iter_rows():
+            conn = conns.get(life)
+            if conn is None:
+                continue
+            actions = conn.actions
+            if actions is None:
+                actions = conn.actions = []
+            room = MAX_ACTIONS - len(actions)
+            if room > 0:
+                actions.extend(zip(ts[:room], events[:room], strict=True))
+            if len(events) > room:
+                past = conn.actions_past
+                if past is None:
+                    past = conn.actions_past = {}
+                for event in events[max(room, 0) :]:
+                    past[event] = past.get(event, 0) + 1
+            if accepted:
+                conn.accepted = True
+            if closed:
+                conn.app_closed = True
+            if error:
+                conn.error = str(error)
+
+    def _held(self, acts: pl.DataFrame, accs: pl.DataFrame, unindex: dict[int, int]) -> None:
+        """The sockets each process holds: claims and releases in position order."""
+        ev = pl.col("event")
+        has_fd = pl.col("fd").is_not_null()
+        ops = pl.concat(
+            [
+                accs.select("life", "pid", key=pl.col("pos") * 2, claim=pl.lit(True)),
+                acts.filter(ev.is_in(["connect", "accept"]) & has_fd).select(
+                    "life", "pid", key=pl.col("pos") * 2, claim=pl.lit(True)
+                ),
+                acts.filter((ev == "close") & has_fd).select(
+                    "life", "pid", key=pl.col("pos") * 2, claim=pl.lit(False)
+                ),
+            ]
+        ).sort("key")
+        conns = self.conns
+        ends = sorted((2 * u - 1, life) for life, u in unindex.items())
+        i = 0
+        for life, pid, key, claim in ops.iter_rows():
+            while i < len(ends) and ends[i][0] < key:
+                c = conns.get(ends[i][1])
+                if c is not None:
+                    self._release(c)
+                i += 1
+            conn = conns.get(life)
+            if conn is None:
+                continue
+            if claim:
+                self._own_fd(pid, 0, conn)
+            else:
+                self._release(conn)
+
+    def _actor_at(self, pid: int, pos: int) -> str | None:
+        if self.pid_learnt.get(pid, _END) < pos:
+            return self.pid_actor[pid]
+        return None
+
+    def _opened(self, milestones: list[tuple[int, int, Conn]]) -> None:
+        """Lives and listeners opened, closes not seen."""
+        opened = [c for _, k, c in milestones if k == OPEN]
+        lost = sum(1 for _, k, _ in milestones if k == LOST)
+        if lost:
+            self._count("kernel.close_not_seen", lost)
+        if not opened:
+            return
+        listener = np.fromiter((c.role == "listener" for c in opened), bool, len(opened))
+        start = np.fromiter((c.start_ns for c in opened), np.int64, len(opened))
+        for what, mine in (("connections", ~listener), ("listeners", listener)):
+            k = int(mine.sum())
+            if k:
+                self._count(what, k)
+                idx = self.phases.of_many(start[mine])
+                for i, n in enumerate(np.bincount(idx[idx >= 0], minlength=0).tolist()):
+                    if n:
+                        self.phases.count_in(self.phases.names[i], what, n)
+
+    def _listeners(self, items: list[Any], settle: dict[int, int]) -> None:
+        """Listeners in position order: their on-CPU guess, their tuple, the
+        listen records naming them (few: a server has one or two)."""
+        for key, k, what, item in items:
+            if what == 0 and item.role == "listener":
+                conn, pos = item, key >> 1
+                if k == OPEN:
+                    cpu = conn.first_cpu_pid
+                    # listen() moves a socket out of CLOSE in the caller's own
+                    # process context, so there the on-CPU pid is the owner.
+                    if conn.first_old == "CLOSE" and self.pid_learnt.get(cpu, _END) < pos:
+                        set_owner(conn, pos, self.pid_actor[cpu], cpu, None, "cpu_pid")
+                elif k == LEARN:
+                    self.listeners.learnt(conn, pos, settle.get(conn.id))
+            elif what == 2 and item[2] == "listen":
+                self._app(item)
+
+    def _app(self, row: tuple[Any, ...]) -> None:
+        pos, ts, event, actor, pid, fd, error, life, laddr, lport, raddr, rport, has_tuple = row
+        conn: Conn | None = None
         if event == "listen":
             if laddr is not None and lport:
-                return self.listeners.get((norm_addr(str(laddr)), int(lport)))
-            return None
-        if lport and rport and laddr is not None and raddr is not None:
-            t = (norm_addr(str(laddr)), int(lport), norm_addr(str(raddr)), int(rport))
-            cands = self.by_tuple.get(t)
-            if cands:
-                # The newest incarnation that already existed at this time.
-                for c in reversed(cands):
-                    if c.start_ns <= ts:
-                        return c
-                return cands[0]
-        if event == "connect_failed" and isinstance(pid, int):
+                conn = self.listeners.at((laddr, lport), pos)
+                life = conn.id if conn is not None else None
+        elif life is None and event == "connect_failed" and pid is not None:
             # The record follows its own failure at once; actors may log only
             # some failures, so match the newest one (to the same destination
             # when the record names it).
             q = self.failed.get(pid)
-            dest = (norm_addr(str(raddr)), int(rport)) if raddr is not None and rport else None
+            dest = (raddr, rport) if raddr is not None and rport else None
             if q:
                 for i in range(len(q) - 1, -1, -1):
                     c = q[i]
                     if dest is None or c.dest == dest:
                         del q[i]
-                        return c
-            return None
-        if fd is not None and isinstance(pid, int) and event not in ("connect", "accept"):
-            return self.by_pidfd.get((pid, fd))
-        return None
-
-    def _apply_app(
-        self,
-        conn: Conn,
-        pos: int,
-        ts: int,
-        event: str,
-        rec: dict[str, Any],
-        pid: int,
-        fd: int | None,
-        error: str | None,
-    ) -> None:
-        actor = rec.get("actor") if isinstance(rec.get("actor"), str) else None
+                        conn = c
+                        break
+            life = conn.id if conn is not None else None
+        elif life is not None:
+            conn = self.conns.get(life)
+        if life is not None:
+            self.app_conn[pos] = life
+            keys = APP_COVERAGE.get(event)
+            if keys is not None:
+                self._count(keys[1])
+        if conn is None or pid is None:
+            return
         if conn.actions is None:
             conn.actions = [(ts, event)]
         elif len(conn.actions) < MAX_ACTIONS:
@@ -283,12 +375,10 @@ class Joins:
             if past is None:
                 past = conn.actions_past = {}
             past[event] = past.get(event, 0) + 1
-        if event in _SOCKET_ACTIONS or conn.owner_pid is None:
-            self.set_owner(conn, pos, actor, pid, fd, f"app:{event}")
+        if event in SOCKET_ACTIONS or conn.owner_pid is None:
+            set_owner(conn, pos, actor, pid, fd, f"app:{event}")
         if event == "accept":
             conn.accepted = True
-            if conn.addr4 is not None:
-                self.unaccepted.pop((conn.addr4[2], conn.addr4[3]), None)
         if error and event == "connect_failed":
             conn.error = str(error)
         if fd is not None:
@@ -297,12 +387,8 @@ class Joins:
             elif event == "close":
                 conn.app_closed = True
                 self._release(conn)
-                if self.by_pidfd.get((pid, fd)) is conn:
-                    # The fd number is free for the next socket now.
-                    del self.by_pidfd[(pid, fd)]
 
     def _own_fd(self, pid: int, fd: int, conn: Conn) -> None:
-        self.by_pidfd[(pid, fd)] = conn
         if conn.held_by is not None:
             return
         conn.held_by = pid
@@ -316,26 +402,44 @@ class Joins:
             self.conns_by_owner[conn.held_by] = max(n - 1, 0)
             conn.held_by = None
 
+    def _first_accept(self, facts: pl.DataFrame, acc: pl.DataFrame) -> None:
+        if self.first_accept is not None:
+            return
+        at = [int(p) for p in (acc["pos"].min(),) if p is not None]  # type: ignore[arg-type]
+        acc_recs = facts.filter(pl.col("event") == "accept")["pos"]
+        if len(acc_recs):
+            at.append(int(acc_recs.min()))  # type: ignore[arg-type]
+        if at:
+            self.first_accept = min(at)
+
+    def _settle(self, conn: Conn, u: int) -> None:
+        self.closing.pop(conn.id, None)
+        peer = conn.peer_wait
+        if peer is not None and not peer.ended:
+            conn.parked = True  # finished with its peer (see Conn)
+            self.parked[conn.id] = conn
+            self._count("parked_closers")
+            return
+        self.finish(conn, at_end=False, at=u)
+
     # ---- finishing --------------------------------------------------------------
 
-    def finish(self, conn: Conn, at_end: bool) -> None:
-        """Out of the indexes now; its row and outcome at the chunk's end
-        (decide_finished), from what it is now."""
-        phase = self.phases.of(conn.start_ns)
+    def finish(self, conn: Conn, at_end: bool, at: int) -> None:
+        """Out of the indexes now (before the fact at position `at`); its row
+        and outcome at the chunk's end (decide_finished), from what it is now."""
         conn.ended = True
+        self.parked.pop(conn.id, None)
         self.finished.append(conn)
         self._unindex(conn)
         if conn.role == "listener":
             conn.outcome = "open_at_end" if at_end else "closed"
-            t = conn.addr4
-            if t and self.listeners.get((t[0], t[1])) is conn:
-                del self.listeners[(t[0], t[1])]
-        seen = bool(self.n.get("kernel.accept", 0) or self.app_events.get("accept", 0))
-        self.ending.add(conn, at_end, self.t0, self.now, phase, seen)
+            self.listeners.finished(conn, at)
+        seen = self.first_accept is not None and self.first_accept < at
+        self.ending.add(conn, at_end, self.now, seen)
         twin = conn.twin
         if twin is not None and twin.parked:
             twin.parked = False
-            self.finish(twin, at_end=False)
+            self.finish(twin, at_end=False, at=at)
         conn.twin = None
 
     def decide_finished(self) -> None:
@@ -343,24 +447,11 @@ class Joins:
         ending, self.ending = self.ending, LifeRows()
         if not len(ending):
             return
-        f = decide(ending.table(), ending.conns, self.tallies, self.phases, self.n)
+        table = ending.table(self.t0, self.phases)
+        f = decide(table, ending.conns, self.tallies, self.phases, self.n)
         self.emit(ending.frame(f, self.kept.states(ending.ends)))
 
     def _unindex(self, conn: Conn) -> None:
-        t = conn.addr4
-        if t is not None and conn.role != "listener":
-            cands = self.by_tuple.get(t)
-            if cands is not None:
-                if conn in cands:
-                    cands.remove(conn)
-                if not cands:
-                    del self.by_tuple[t]
-            if self.unaccepted.get((t[2], t[3])) is conn:
-                del self.unaccepted[(t[2], t[3])]
-        if conn.owner_pid is not None and conn.owner_fd is not None:
-            key = (conn.owner_pid, conn.owner_fd)
-            if self.by_pidfd.get(key) is conn:
-                del self.by_pidfd[key]
         self._release(conn)
         if conn.role == "active" and conn.last_old == "SYN_SENT" and conn.close_seen:
             q = self.failed.get(conn.first_cpu_pid)
@@ -372,14 +463,36 @@ class Joins:
                 if not q:
                     del self.failed[conn.first_cpu_pid]
 
-    def end(self) -> None:
+    def end(self, still_open: list[Conn]) -> None:
         """Flush the grace queue, then finish the lives still open."""
-        self.settle(1 << 63)
-        for c in sorted(self.open.values(), key=lambda c: c.start_ns):
-            self.finish(c, at_end=True)
-        self.open.clear()
+        for _, _, c in sorted(self.closing.values(), key=lambda e: e[1]):
+            self._settle(c, _END)
+        self.index = Index()  # every life has left the indexes now
+        for c in sorted(still_open, key=lambda c: c.start_ns):
+            self.finish(c, at_end=True, at=_END)
         self.decide_finished()
 
     def peers_of_stuck(self) -> int:
         # Peers of leaked sockets: a stuck FIN_WAIT2 facing a stuck CLOSE_WAIT.
         return len(self.tallies.stuck_cw & self.tallies.stuck_fw2)
+
+
+_ROW = (
+    "pos",
+    "mono_ns",
+    "event",
+    "actor",
+    "pid",
+    "fd",
+    "error",
+    "life",
+    "laddr",
+    "lport",
+    "raddr",
+    "rport",
+    "has_tuple",
+)
+
+
+def _first_two(x: tuple[Any, ...]) -> tuple[Any, Any]:
+    return x[0], x[1]

@@ -22,7 +22,7 @@ _POS_BITS = 36
 class Kept:
     def __init__(self) -> None:
         self.frames: list[pl.DataFrame] = []
-        # This chunk's kept rows by (life, position), for state_at.
+        # This chunk's kept rows by (life, position), for states_at.
         self.keys = np.empty(0, np.int64)
         self.news: list[str] = []
         # The state each life of this chunk had from its earlier kept rows.
@@ -59,13 +59,21 @@ class Kept:
             if s is not None:
                 c.kept_state = s
 
-    def state_at(self, conn: Conn, pos: int) -> str:
-        """The state after its last kept transition before `pos` (in this chunk)."""
-        key = (conn.id << _POS_BITS) | pos
-        i = int(np.searchsorted(self.keys, key, side="left")) - 1
-        if i >= 0 and int(self.keys[i]) >> _POS_BITS == conn.id:
-            return self.news[i]
-        return self.before.get(conn.id, conn.kept_state)
+    def states_at(self, lives: np.ndarray, pos: np.ndarray) -> list[str | None]:
+        """Each life's state after its last kept transition of this chunk
+        before its `pos`; None where it has none here (then: `before`, or the
+        life's kept_state)."""
+        if not len(lives):
+            return []
+        keys = (lives.astype(np.int64) << _POS_BITS) | pos
+        i = np.searchsorted(self.keys, keys, side="left") - 1
+        ok = (
+            (i >= 0) & ((self.keys[np.maximum(i, 0)] >> _POS_BITS) == lives)
+            if len(self.keys)
+            else np.zeros(len(lives), bool)
+        )
+        news = self.news
+        return [news[j] if good else None for j, good in zip(i.tolist(), ok.tolist(), strict=True)]
 
     def states(self, ends: dict[int, int]) -> pl.DataFrame:
         """The states of the lives in `ends` (life -> its end time), which

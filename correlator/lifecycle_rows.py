@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from correlator.connection_schema import ACTION, APP, CONNECTION_SCHEMA, FLAT_COLUMNS, STATE
 from correlator.lifecycles import MAX_TRANSITIONS, Conn
-from correlator.outcomes import seconds, timewait_end
+from correlator.outcomes import seconds
+from correlator.phases import Phases
 
 # What a connection's outcome depends on besides its row (outcome_rules.py).
 _DECISION = {
@@ -35,87 +37,91 @@ _TW_SEQ = 1 << 62
 
 class LifeRows:
     def __init__(self) -> None:
-        self.cols: dict[str, list[Any]] = {k: [] for k in (*FLAT_COLUMNS, *_DECISION)}
+        # (life, at_end, the newest time then, accept calls seen by then) as
+        # each was finished; the columns are taken from them together.
+        self.lives: list[tuple[Conn, bool, int, bool]] = []
         self.conns: list[Conn] = []  # the connections (not listeners), in row order
-        self.apps: dict[str, list[Any]] = {k: [] for k in _APPS}
-        self.actions: dict[str, list[Any]] = {k: [] for k in _ACTIONS}
-        self.tw: dict[str, list[int]] = {"life": [], "start_ns": [], "dur_ns": []}
         self.ends: dict[int, int] = {}  # life -> end of its last kept state
+        self.tw: dict[str, list[int]] = {"life": [], "start_ns": [], "dur_ns": []}
 
     def __len__(self) -> int:
-        return len(self.cols["id"])
+        return len(self.lives)
 
-    def add(
-        self, conn: Conn, at_end: bool, t0: int, last_ns: int, phase: str | None, seen: bool
-    ) -> None:
-        """The life as it is now."""
-        c = self.cols
-        end = conn.end_ns if conn.end_ns is not None else last_ns
-        self.ends[conn.id] = end
-        t = conn.addr4
-        listener = conn.role == "listener"
-        c["id"].append(conn.id)
-        c["kind"].append("listener" if listener else "connection")
-        c["role"].append(conn.role)
-        c["outcome"].append(conn.outcome)
-        c["laddr"].append(t[0] if t else None)
-        c["lport"].append(t[1] if t else None)
-        c["raddr"].append(t[2] if t and not listener else None)
-        c["rport"].append(t[3] if t and not listener else None)
-        d = conn.dest
-        c["dest_addr"].append(d[0] if d else None)
-        c["dest_port"].append(d[1] if d else None)
-        c["family"].append(conn.family)
-        c["skaddr"].append(conn.skaddr)
-        c["start_ns"].append(conn.start_ns)
-        c["end_ns"].append(conn.end_ns)
-        c["t_start"].append(seconds(conn.start_ns - t0) if t0 else None)
-        c["duration_ns"].append(end - conn.start_ns)
-        c["closed_in_run"].append(not at_end)
-        c["timewait_from"].append(None)
-        c["first_old"].append(conn.first_old)
-        c["last_state"].append(conn.state)
-        c["owner_actor"].append(conn.owner_actor)
-        c["owner_pid"].append(conn.owner_pid)
-        c["owner_fd"].append(conn.owner_fd)
-        c["owner_via"].append(conn.owner_via)
-        c["first_cpu_pid"].append(conn.first_cpu_pid)
-        c["transitions_dropped"].append(max(conn.n_rows - MAX_TRANSITIONS, 0))
-        c["accepted"].append(conn.accepted)
-        c["app_closed"].append(conn.app_closed)
-        c["error"].append(conn.error)
-        c["phase"].append(phase)
-        if conn.actions:
-            counts = conn.action_counts()
-            self.apps["id"].extend([conn.id] * len(counts))
-            self.apps["event"].extend(counts)
-            self.apps["n"].extend(counts.values())
-            self.actions["id"].extend([conn.id] * len(conn.actions))
-            for ts, event in conn.actions:
-                self.actions["ts_ns"].append(ts)
-                self.actions["event"].append(event)
-        tw_end = timewait_end(conn, last_ns)
-        peer = conn.peer_wait
-        c["seen"].append(seen)
-        c["close_seen"].append(conn.close_seen)
-        c["stuck_in"].append(conn.stuck_in)
-        c["last_old"].append(conn.last_old)
-        c["peer_outcome"].append(peer.outcome if peer is not None else None)
-        c["peer"].append(peer.id if peer is not None and peer.outcome is None else None)
-        c["has_tuple"].append(t is not None)
-        c["life_ns"].append(max((tw_end or end) - conn.start_ns, 0))
-        if not listener:
-            self.conns.append(conn)
-        if tw_end is not None and conn.end_ns is not None:
-            # Not a tracepoint state: the timewait socket that took over waits
-            # in FIN_WAIT2 for the peer's FIN (its close), or to the run's end.
-            self.tw["life"].append(conn.id)
-            self.tw["start_ns"].append(conn.end_ns)
-            self.tw["dur_ns"].append(tw_end - conn.end_ns)
+    def add(self, conn: Conn, at_end: bool, last_ns: int, seen: bool) -> None:
+        """The life as it is now (nothing changes a finished life's row fields)."""
+        self.lives.append((conn, at_end, last_ns, seen))
 
-    def table(self) -> pl.DataFrame:
+    def table(self, t0: int, phases: Phases) -> pl.DataFrame:
         """The rows' plain columns and what their outcomes depend on."""
-        return pl.DataFrame(self.cols, schema={**FLAT_COLUMNS, **_DECISION})
+        lives = self.lives
+        conns = [x[0] for x in lives]
+        at_end = [x[1] for x in lives]
+        last = [x[2] for x in lives]
+        end = [c.end_ns if c.end_ns is not None else n for c, n in zip(conns, last, strict=True)]
+        self.ends = dict(zip([c.id for c in conns], end, strict=True))
+        start = [c.start_ns for c in conns]
+        role = [c.role for c in conns]
+        listener = [r == "listener" for r in role]
+        tup = [c.learn for c in conns]
+        remote = [None if li else t for t, li in zip(tup, listener, strict=True)]
+        dest = [c.dest for c in conns]
+        ph = phases.of_many(np.asarray(start, dtype=np.int64)) if conns else np.empty(0, np.int64)
+        table = [*phases.names, None]
+        peers = [c.peer_wait for c in conns]
+        tw_end = [
+            None if p is None else (p.end_ns if p.end_ns is not None else n)
+            for p, n in zip(peers, last, strict=True)
+        ]
+        cols: dict[str, list[Any]] = {
+            "id": [c.id for c in conns],
+            "kind": ["listener" if li else "connection" for li in listener],
+            "role": role,
+            "outcome": [c.outcome for c in conns],
+            "laddr": [t[0] if t else None for t in tup],
+            "lport": [t[1] if t else None for t in tup],
+            "raddr": [t[2] if t else None for t in remote],
+            "rport": [t[3] if t else None for t in remote],
+            "dest_addr": [d[0] if d else None for d in dest],
+            "dest_port": [d[1] if d else None for d in dest],
+            "family": [c.family for c in conns],
+            "skaddr": [c.skaddr for c in conns],
+            "start_ns": start,
+            "end_ns": [c.end_ns for c in conns],
+            "t_start": [seconds(s - t0) for s in start] if t0 else [None] * len(conns),
+            "duration_ns": [e - s for e, s in zip(end, start, strict=True)],
+            "closed_in_run": [not e for e in at_end],
+            "timewait_from": [None] * len(conns),
+            "first_old": [c.first_old for c in conns],
+            "last_state": [c.state for c in conns],
+            "owner_actor": [c.owner_actor for c in conns],
+            "owner_pid": [c.owner_pid for c in conns],
+            "owner_fd": [c.owner_fd for c in conns],
+            "owner_via": [c.owner_via for c in conns],
+            "first_cpu_pid": [c.first_cpu_pid for c in conns],
+            "transitions_dropped": [max(c.n_rows - MAX_TRANSITIONS, 0) for c in conns],
+            "accepted": [c.accepted for c in conns],
+            "app_closed": [c.app_closed for c in conns],
+            "error": [c.error for c in conns],
+            "phase": [table[i] for i in ph.tolist()],
+            "seen": [x[3] for x in lives],
+            "close_seen": [c.close_seen for c in conns],
+            "stuck_in": [c.stuck_in for c in conns],
+            "last_old": [c.last_old for c in conns],
+            "peer_outcome": [p.outcome if p is not None else None for p in peers],
+            "peer": [p.id if p is not None and p.outcome is None else None for p in peers],
+            "has_tuple": [t is not None for t in tup],
+            "life_ns": [max((w or e) - s, 0) for w, e, s in zip(tw_end, end, start, strict=True)],
+        }
+        self.conns = [c for c, li in zip(conns, listener, strict=True) if not li]
+        for c, w in zip(conns, tw_end, strict=True):
+            if w is not None and c.end_ns is not None:
+                # Not a tracepoint state: the timewait socket that took over waits
+                # in FIN_WAIT2 for the peer's FIN (its close), or to the run's end.
+                self.tw["life"].append(c.id)
+                self.tw["start_ns"].append(c.end_ns)
+                self.tw["dur_ns"].append(w - c.end_ns)
+        self.acted = [c for c in conns if c.actions]
+        return pl.DataFrame(cols, schema={**FLAT_COLUMNS, **_DECISION})
 
     def frame(self, f: pl.DataFrame, kept_states: pl.DataFrame) -> pl.DataFrame:
         """`f` (the table, outcomes decided) in CONNECTION_SCHEMA;
@@ -144,13 +150,24 @@ class LifeRows:
             .agg(states=pl.struct("state", "start_ns", "dur_ns", "cpu_pid", "timewait"))
             .rename({"life": "id"})
         )
+        app_cols: dict[str, list[Any]] = {k: [] for k in _APPS}
+        act_cols: dict[str, list[Any]] = {k: [] for k in _ACTIONS}
+        for conn in self.acted:
+            counts = conn.action_counts()
+            app_cols["id"].extend([conn.id] * len(counts))
+            app_cols["event"].extend(counts)
+            app_cols["n"].extend(counts.values())
+            act_cols["id"].extend([conn.id] * len(conn.actions or ()))
+            for ts, event in conn.actions or ():
+                act_cols["ts_ns"].append(ts)
+                act_cols["event"].append(event)
         apps = (
-            pl.DataFrame(self.apps, schema=_APPS)
+            pl.DataFrame(app_cols, schema=_APPS)
             .group_by("id", maintain_order=True)
             .agg(app=pl.struct("event", "n"))
         )
         actions = (
-            pl.DataFrame(self.actions, schema=_ACTIONS)
+            pl.DataFrame(act_cols, schema=_ACTIONS)
             .group_by("id", maintain_order=True)
             .agg(actions=pl.struct("ts_ns", "event"))
         )

@@ -87,7 +87,6 @@ class Conn:
     stuck_in: str | None = None  # CLOSE_WAIT / FIN_WAIT2 held past the last phase
     learn: Tuple4 | None = None  # the tuple, from the transition that told it
     # Join fields.
-    addr4: Tuple4 | None = None
     dest: tuple[str, int] | None = None
     owner_actor: str | None = None
     owner_pid: int | None = None

@@ -137,7 +137,7 @@ def _tally(
         | ((pl.col("out") == "failed_connect") & ~pl.col("has_tuple"))
     )
     for i, o, err, start in rare.select("k", "out", "error", "start_ns").iter_rows():
-        tup = conns[i].addr4
+        tup = conns[i].learn
         if o == "stuck_close_wait" and tup is not None:
             t.stuck_cw.add((tup[2], tup[3], tup[0], tup[1]))
         elif o == "stuck_fin_wait2" and tup is not None:

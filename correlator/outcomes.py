@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import errno as errno_mod
 
-from correlator.lifecycles import Conn
-
 OUTCOMES = (
     "clean",
     "time_wait",
@@ -33,11 +31,3 @@ def seconds(ns: int) -> float:
     if -_EXACT_NS < ns < _EXACT_NS:
         return ns / 1e9
     return round(ns / 1e9, 9)
-
-
-def timewait_end(conn: Conn, last_ns: int) -> int | None:
-    """When the peer of an orphaned closer finally closed (or the run ended)."""
-    peer = conn.peer_wait
-    if peer is None:
-        return None
-    return peer.end_ns if peer.end_ns is not None else last_ns

@@ -49,7 +49,8 @@ def test_memory_is_bounded_by_live_connections(tmp_path: Path) -> None:
     assert run.result.reorder_max_held <= short.result.reorder_max_held * 1.1
     assert run.result.settle_max_held <= short.result.settle_max_held * 1.1
     j = run.corr.joins
-    assert not j.by_tuple and not j.by_pidfd and not j.failed
+    idx = j.index
+    assert idx.idx.is_empty() and idx.claims.is_empty() and idx.sets.is_empty() and not j.failed
     # Only the listener is still open when the recording ends.
     assert 1 == len(run.corr.lives.open_by_sk) and not run.corr.rows.conns
 
