@@ -127,11 +127,14 @@ def _needs_json(line: pl.Expr) -> pl.Expr:
     )
 
 
-def kernel_lines(kind: str, df: pl.DataFrame) -> pl.DataFrame:
-    """events.jsonl lines of kernel rows as (pos, line), encoded by polars,
-    byte for byte what json writes (the few rows where polars' text would
-    differ go through json)."""
-    enc = df.select("pos", line=pl.struct(ROW_FIELDS[kind]).struct.json_encode())
+def _json_text(kind: str, df: pl.DataFrame) -> pl.DataFrame:
+    """(pos, line): polars' JSON of kernel rows, not checked yet."""
+    return df.select("pos", line=pl.struct(ROW_FIELDS[kind]).struct.json_encode())
+
+
+def _checked(kind: str, df: pl.DataFrame, enc: pl.DataFrame) -> pl.DataFrame:
+    """enc (df's lines) byte for byte what json writes: the few lines where
+    polars' text would differ are written by json instead."""
     odd = enc.with_row_index("i").filter(_needs_json(pl.col("line")))
     if len(odd):
         rows = df.select(ROW_FIELDS[kind])
@@ -139,6 +142,18 @@ def kernel_lines(kind: str, df: pl.DataFrame) -> pl.DataFrame:
         fixed = pl.Series([_json(rows.row(i, named=True)) for i in idx], dtype=pl.String)
         enc = enc.with_columns(enc["line"].scatter(idx, fixed))
     return enc
+
+
+def _plain_text(text: bytes) -> bool:
+    # _needs_json over a whole text at once: no line in it can need json.
+    return text.isascii() and b"e-" not in text and b"0.0000" not in text and b"\x7f" not in text
+
+
+def _joined(parts: list[pl.DataFrame]) -> bytes:
+    """The parts' lines in position order, one text."""
+    lines = pl.concat(parts).sort("pos")["line"]
+    text: str = lines.str.join("\n").item()
+    return text.encode()
 
 
 def _event_text(row: dict[str, Any]) -> str:
@@ -166,15 +181,19 @@ class RunSink:
         self.n_connections = 0
 
     def rows(self, chunk: RowsChunk) -> None:
-        # One text per chunk, the lines in position order: no Python object per line.
-        parts = [kernel_lines(kind, df) for kind, df in chunk.kernel.items()]
+        # One text per chunk, the lines in position order: no Python object per
+        # line. The kernel lines are checked line by line only when the whole
+        # text shows something polars may write otherwise than json (rare).
+        kernel = {kind: _json_text(kind, df) for kind, df in chunk.kernel.items()}
         groups = app_groups(chunk.app)
-        if chunk.app:
-            parts.append(json_lines(chunk.app, groups, _event_text))
-        n = sum(len(p) for p in parts)
+        app = [json_lines(chunk.app, groups, _event_text)] if chunk.app else []
+        n = sum(len(p) for p in kernel.values()) + len(chunk.app)
         if n:
-            lines = pl.concat(parts).sort("pos")["line"]
-            self.events.write(lines.str.join("\n").item().encode() + b"\n")
+            text = _joined([*kernel.values(), *app])
+            if not _plain_text(text):
+                checked = [_checked(k, chunk.kernel[k], enc) for k, enc in kernel.items()]
+                text = _joined([*checked, *app])
+            self.events.write(text + b"\n")
         self.n_events += n
         self.events_table.append(events_frame(chunk, groups))
 

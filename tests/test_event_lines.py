@@ -80,3 +80,17 @@ def test_lines_are_json_rows_in_position_order(tmp_path: Path) -> None:
     assert expected == got
     assert [json.loads(line)["ts"] for line in got] == [1_000, 1_500, 1_800, 2_000, 2_500, 3_000]
     assert '"cpu_comm":"s\\u00e9rveur"' in got[3] and '"t":1e-05' in got[3]
+
+
+def test_plain_rows_are_json_rows_too(tmp_path: Path) -> None:
+    """Nothing in the chunk for json to write otherwise (the text is taken
+    as polars wrote it, unchecked line by line)."""
+    tcp = _tcp_rows().filter(pl.col("pos") != 3)
+    app = [(1, {"ts": 1_500, "src": "app", "type": "connect", "conn": 1, "wall": 2.25, "t": 0.5})]
+    chunk = RowsChunk(kernel={"tcp_state": tcp}, app=app)
+    sink = RunSink(tmp_path, TraceWriter(tmp_path / "trace.json", 0))
+    sink.rows(chunk)
+    sink.close(complete=False)
+    expected = [json.dumps(row, separators=(",", ":")) for row in chunk.dicts()]
+    assert expected == (tmp_path / "events.jsonl").read_text().splitlines()
+    assert len(expected) == 3
