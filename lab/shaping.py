@@ -225,14 +225,17 @@ class Shaper:
 
     def _set_loss(self, ipr: IPRoute, host: str, index: int, pct: float) -> None:
         slot = self.slots[host]
+        fn = self._program(slot)
+        # The threshold before the attach: the first packet the program sees
+        # meets the new loss (after, one arriving in between was counted as
+        # seen and let through, at 100% too).
+        threshold = self._bpf[b"drop_threshold"]
+        threshold[threshold.Key(slot)] = threshold.Leaf(round(pct / 100 * THRESHOLD_ONE))
         if host not in self._attached:
-            fn = self._program(slot)
             ipr.tc("add", "clsact", index)
             ipr.tc("add-filter", "bpf", index, ":1", fd=fn.fd, name=fn.name,
                    parent=CLSACT_INGRESS, classid=1, direct_action=True)
             self._attached.add(host)
-        threshold = self._bpf[b"drop_threshold"]
-        threshold[threshold.Key(slot)] = threshold.Leaf(round(pct / 100 * THRESHOLD_ONE))
 
     def _set_root(self, ipr: IPRoute, index: int, old: Shape, new: Shape) -> None:
         if old.rate_mbit or old.needs_netem:

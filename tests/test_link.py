@@ -238,7 +238,14 @@ def test_a_later_loss_has_its_drop_program_loaded_with_the_link() -> None:
         assert link.shaper.counters() == {}  # not attached: no loss yet
         link.reshape({"a": {"loss_pct": 100}})
         assert drop_programs() == loaded  # attached, not compiled again
-        assert link.shaper.counters() == {"a": {"seen": 0, "dropped": 0}}
+        # Attached on a's end: counted there. Not necessarily 0 packets: a
+        # fresh link sends packets of its own in its first seconds (IPv6
+        # duplicate address detection, MLD reports, router solicitations:
+        # tcpdump on it; 1 counted here in 2 of 17 runs); at 100% each one
+        # the program saw, it dropped.
+        counters = link.shaper.counters()
+        assert set(counters) == {"a"}
+        assert counters["a"]["dropped"] == counters["a"]["seen"], counters
     finally:
         link.destroy()
         hosts.destroy()
