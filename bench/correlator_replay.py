@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/correlator_replay.py                 # 1k/10k/100k held + 1M events
     .venv/bin/python bench/correlator_replay.py --events 10000000  # the 10M-event case too
-    .venv/bin/python bench/correlator_replay.py --raw              # tcp_state as raw ring records
+    .venv/bin/python bench/correlator_replay.py --raw              # kernel batches as raw records
     .venv/bin/python bench/correlator_replay.py --libraries 1000000,10000000
                                  # polars vs DuckDB on the correlator's steps (needs duckdb)
 
@@ -21,6 +21,7 @@ import argparse
 import json
 import resource
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -225,72 +226,89 @@ def measure(run_dir: Path, mode: str) -> dict[str, Any]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-# struct tcp_state_event of probes/events.h, as numpy lays it out (what bcc's
-# parsed class gives probes/layout.py); the bench writes raw records with it.
-_TCP_STATE_FIELDS = [
-    ("ts", "<u8", 0),
-    ("skaddr", "<u8", 8),
-    ("pid", "<u4", 16),
-    ("tid", "<u4", 20),
-    ("comm", "|S16", 24),
-    ("family", "<u2", 40),
-    ("sport", "<u2", 42),
-    ("dport", "<u2", 44),
-    ("oldstate", "|u1", 46),
-    ("newstate", "|u1", 47),
-    ("saddr", "(16,)|u1", 48),
-    ("daddr", "(16,)|u1", 64),
-]
+# The structs of probes/events.h as numpy lays them out (what bcc's parsed
+# class gives probes/layout.py): (name, format, offset) and the record size.
+# The bench writes raw records with them.
+_STRUCTS: dict[str, tuple[list[tuple[str, str, int]], int]] = {
+    "tcp_state": (
+        [("ts", "<u8", 0), ("skaddr", "<u8", 8), ("pid", "<u4", 16), ("tid", "<u4", 20),
+         ("comm", "|S16", 24), ("family", "<u2", 40), ("sport", "<u2", 42),
+         ("dport", "<u2", 44), ("oldstate", "|u1", 46), ("newstate", "|u1", 47),
+         ("saddr", "(16,)|u1", 48), ("daddr", "(16,)|u1", 64)],
+        80,
+    ),
+    "accept": (
+        [("ts", "<u8", 0), ("dur_ns", "<u8", 8), ("pid", "<u4", 16), ("tid", "<u4", 20),
+         ("comm", "|S16", 24), ("lfd", "<i4", 40), ("fd", "<i4", 44), ("err", "<i4", 48),
+         ("family", "<u2", 52), ("peer_port", "<u2", 54), ("peer_addr", "(16,)|u1", 56),
+         ("syscall", "|u1", 72), ("pad", "(7,)|u1", 73)],
+        80,
+    ),
+    "epoll": (
+        [("ts", "<u8", 0), ("dur_ns", "<u8", 8), ("pid", "<u4", 16), ("tid", "<u4", 20),
+         ("comm", "|S16", 24), ("epfd", "<i4", 40), ("maxevents", "<i4", 44),
+         ("timeout_ms", "<i4", 48), ("ready", "<i4", 52), ("err", "<i4", 56),
+         ("syscall", "|u1", 60), ("pad", "(3,)|u1", 61)],
+        64,
+    ),
+}  # fmt: skip
+# Dict keys tests/synthetic.py leaves out, and the key whose value they take.
+_SAME_AS = {"cpu_tid": "cpu_pid"}
 
 
-def to_raw(run_dir: Path) -> None:
-    """Rewrite a synthetic recording's tcp_state batches as raw ring records
-    (KERNEL_RAW, bus/rawbatch.py), as the probe process now ships them."""
-    import socket
+def _address_image(text: str) -> bytes:
+    if not text:
+        return bytes(16)
+    fam = socket.AF_INET6 if ":" in text else socket.AF_INET
+    return socket.inet_pton(fam, text).ljust(16, b"\0")
 
+
+def raw_records(probe: str, evs: list[dict[str, Any]]) -> dict[str, Any]:
+    """A KERNEL_RAW body holding `evs` (bus/records.py dicts of one probe) as
+    the ring holds them: each field filled as bus/rawbatch.py COLUMNS reads
+    it back (its inverse: names and states to their codes, texts to bytes)."""
     import numpy as np
 
     from bus import rawbatch
     from bus.records import TCP_STATES
+
+    fields, size = _STRUCTS[probe]
+    names, formats, offsets = (list(x) for x in zip(*fields, strict=True))
+    layout = rawbatch.make_layout(names, formats, offsets, size)
+    r = np.zeros(len(evs), dtype=rawbatch.dtype_of(layout))
+    for c in rawbatch.COLUMNS[probe]:
+        key = c.key if c.key in evs[0] else _SAME_AS[c.key]
+        values = [e[key] for e in evs]
+        if c.how == "int":
+            r[c.source] = values
+        elif c.how == "text":
+            r[c.source] = [v.encode() for v in values]
+        elif c.how == "addr":
+            r[c.source] = np.frombuffer(
+                b"".join(_address_image(v) for v in values), np.uint8
+            ).reshape(-1, 16)
+        elif c.how in ("state", "name"):
+            table = TCP_STATES if c.how == "state" else c.names
+            r[c.source] = [table.index(v) for v in values]
+        else:
+            raise ValueError(f"{probe}.{c.key}: the bench writes no {c.how} column")
+    return rawbatch.make_body(probe, layout, r.tobytes())
+
+
+def to_raw(run_dir: Path) -> None:
+    """Rewrite a synthetic recording's tcp_state, accept and epoll batches as
+    raw ring records (KERNEL_RAW, bus/rawbatch.py), as the probe process ships them."""
     from bus.schema import Envelope, Kind, encode
     from correlator.recording import RecordingReader
-
-    names, formats, offsets = (list(x) for x in zip(*_TCP_STATE_FIELDS, strict=True))
-    layout = rawbatch.make_layout(names, formats, offsets, 80)
-    dt = rawbatch.dtype_of(layout)
-    state = {n: i for i, n in enumerate(TCP_STATES)}
-    addr: dict[str, bytes] = {}
-
-    def image(text: str) -> bytes:
-        if text not in addr:
-            fam = socket.AF_INET6 if ":" in text else socket.AF_INET
-            raw = socket.inet_pton(fam, text)
-            addr[text] = raw + bytes(16 - len(raw))
-        return addr[text]
 
     src = run_dir / "recording.msgpack"
     tmp = run_dir / "recording.raw"
     with open(tmp, "wb") as out:
         for env in RecordingReader(src):
             evs = env.body.get("events") if env.kind is Kind.KERNEL else None
-            if evs and all(e.get("type") == "tcp_state" for e in evs):
-                r = np.zeros(len(evs), dtype=dt)
-                r["ts"] = [e["ts"] for e in evs]
-                r["skaddr"] = [e["skaddr"] for e in evs]
-                r["pid"] = r["tid"] = [e["cpu_pid"] for e in evs]
-                r["comm"] = [e["cpu_comm"].encode() for e in evs]
-                r["family"] = [e["family"] for e in evs]
-                r["sport"] = [e["sport"] for e in evs]
-                r["dport"] = [e["dport"] for e in evs]
-                r["oldstate"] = [state[e["old"]] for e in evs]
-                r["newstate"] = [state[e["new"]] for e in evs]
-                r["saddr"] = np.frombuffer(
-                    b"".join(image(e["saddr"]) for e in evs), np.uint8
-                ).reshape(-1, 16)
-                r["daddr"] = np.frombuffer(
-                    b"".join(image(e["daddr"]) for e in evs), np.uint8
-                ).reshape(-1, 16)
-                body = rawbatch.make_body("tcp_state", layout, r.tobytes())
+            probe = evs[0].get("type") if evs else None
+            if evs and probe in _STRUCTS and all(e.get("type") == probe for e in evs):
+                body = raw_records(probe, evs)
                 env = Envelope(Kind.KERNEL_RAW, env.sender, env.seq, env.mono_ns, body)
             out.write(encode(env))
     tmp.replace(src)
@@ -385,7 +403,9 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep bench/out/ recordings")
     ap.add_argument("--libraries", help="compare polars and DuckDB at these sizes")
     ap.add_argument(
-        "--raw", action="store_true", help="tcp_state batches as raw ring records (KERNEL_RAW)"
+        "--raw",
+        action="store_true",
+        help="tcp_state, accept, epoll batches as raw ring records",
     )
     ap.add_argument("--child-lib", nargs=2, metavar=("N", "LIB"))
     args = ap.parse_args()
