@@ -7,7 +7,7 @@
 
 Children run in their own process so that timing and peak RSS are theirs
 alone. The synthetic recordings come from tests/synthetic.py through
-the generators in bench/correlator_replay.py, with their tcp_state batches
+the generators in bench/correlator_replay.py, with their tcp_state, accept and epoll batches
 as raw ring records (KERNEL_RAW), as real runs record them: the shape the
 correlator's speed rows are judged on (the 10M memory row: see BigReplay).
 """
@@ -306,7 +306,7 @@ def correlator_throughput(events: int, rounds: int) -> Row:
     return Row(
         "correlator_replay",
         "Pipeline capacity",
-        f"correlator replaying a {events:,}-event synthetic recording (tcp_state as raw "
+        f"correlator replaying a {events:,}-event synthetic recording (kernel batches as raw "
         "ring records) vs reading it only",
         median(corr),
         "events/s",

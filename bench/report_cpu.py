@@ -5,7 +5,8 @@ checkout against another one, alternated (figures printed, nothing asserted).
     .venv/bin/python bench/report_cpu.py --against ../main --connections 100000 --pairs 3
 
 The recording is bench/correlator_replay.py's bomb shape (connect/close
-pairs, failed connects, epoll wake-ups, observer samples), written once.
+pairs, failed connects, epoll wake-ups, observer samples), written once,
+its kernel batches as raw ring records as real runs record them.
 Each pair runs both checkouts' `tcplab report` in fresh processes, in
 alternating order (ABBA...); the CPU time is the child's rusage. The ratio
 is this ÷ other per pair, with its spread; the imports' CPU (same code path
@@ -25,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.correlator_replay import gen_bomb  # noqa: E402
+from bench.correlator_replay import gen_bomb, to_raw  # noqa: E402
 
 REPORT = "import sys, orchestrator; sys.exit(orchestrator.main(sys.argv[1:]))"
 IMPORTS = "import orchestrator, reports.build"
@@ -86,6 +87,7 @@ def main() -> None:
     args.out.mkdir(parents=True)
     try:
         n = gen_bomb(args.out, args.connections * EVENTS_PER_CONNECTION)
+        to_raw(args.out)
         print(f"recording: {n} bomb connections ({args.out})")
         arms = {"this": ROOT, "other": other}
         imports = {k: cpu_seconds(c, IMPORTS) for k, c in arms.items()}
