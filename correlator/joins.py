@@ -28,12 +28,10 @@ from correlator.facts import APP_COVERAGE, FactCounts, accept_frame, app_frame
 from correlator.kept import Kept
 from correlator.lifecycle_rows import LifeRows
 from correlator.lifecycles import CLOSE, LEARN, LOST, OPEN, Conn
-from correlator.lookups import Index
+from correlator.lookups import NEVER, Index
 from correlator.outcome_rules import Tallies, decide
-from correlator.owners import SOCKET_ACTIONS, Listeners, apply_owner_facts, set_owner
+from correlator.owners import SOCKET_ACTIONS, Listeners, apply_owner_facts, first_two, set_owner
 from correlator.phases import Phases
-
-_END = 1 << 62
 
 MAX_ACTIONS = 16
 
@@ -187,7 +185,7 @@ class Joins:
             items.append((2 * row[0], 0, 2, row))
         for life, at in settle.items():
             items.append((2 * at - 1, self.closing[life][1], 3, life))
-        items.sort(key=_first_two)
+        items.sort(key=first_two)
         self._listeners(items, settle)
         # Owner facts and what the records do, per life, before its finish.
         apply_owner_facts(
@@ -296,7 +294,7 @@ class Joins:
                 self._release(conn)
 
     def _actor_at(self, pid: int, pos: int) -> str | None:
-        if self.pid_learnt.get(pid, _END) < pos:
+        if self.pid_learnt.get(pid, NEVER) < pos:
             return self.pid_actor[pid]
         return None
 
@@ -329,7 +327,7 @@ class Joins:
                     cpu = conn.first_cpu_pid
                     # listen() moves a socket out of CLOSE in the caller's own
                     # process context, so there the on-CPU pid is the owner.
-                    if conn.first_old == "CLOSE" and self.pid_learnt.get(cpu, _END) < pos:
+                    if conn.first_old == "CLOSE" and self.pid_learnt.get(cpu, NEVER) < pos:
                         set_owner(conn, pos, self.pid_actor[cpu], cpu, None, "cpu_pid")
                 elif k == LEARN:
                     self.listeners.learnt(conn, pos, settle.get(conn.id))
@@ -466,10 +464,10 @@ class Joins:
     def end(self, still_open: list[Conn]) -> None:
         """Flush the grace queue, then finish the lives still open."""
         for _, _, c in sorted(self.closing.values(), key=lambda e: e[1]):
-            self._settle(c, _END)
+            self._settle(c, NEVER)
         self.index = Index()  # every life has left the indexes now
         for c in sorted(still_open, key=lambda c: c.start_ns):
-            self.finish(c, at_end=True, at=_END)
+            self.finish(c, at_end=True, at=NEVER)
         self.decide_finished()
 
     def peers_of_stuck(self) -> int:
@@ -492,7 +490,3 @@ _ROW = (
     "rport",
     "has_tuple",
 )
-
-
-def _first_two(x: tuple[Any, ...]) -> tuple[Any, Any]:
-    return x[0], x[1]

@@ -20,7 +20,8 @@ import polars as pl
 from correlator.lifecycles import LEARN, Conn
 
 TUPLE = ["laddr", "lport", "raddr", "rport"]
-_END = 1 << 62
+# A position no item reaches: "not yet" for when a pid was learnt or a life left.
+NEVER = 1 << 62
 
 IDX_SCHEMA = {
     "life": pl.Int64,

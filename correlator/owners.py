@@ -16,8 +16,8 @@ from typing import Any
 import polars as pl
 
 from correlator.lifecycles import LEARN, OPEN, Conn
+from correlator.lookups import NEVER
 
-_END = 1 << 62
 _GUESSES = ("cpu_pid", "listener")
 SOCKET_ACTIONS = {"listen", "connect", "accept", "connect_failed", "accept_failed"}
 
@@ -135,13 +135,13 @@ def apply_owner_facts(
         key = 2 * pos
         if k == OPEN:
             cpu = c.first_cpu_pid
-            if c.first_old == "CLOSE" and learnt.get(cpu, _END) < pos:
+            if c.first_old == "CLOSE" and learnt.get(cpu, NEVER) < pos:
                 rows.append((c.id, key, names[cpu], cpu, None, "cpu_pid", False))
         elif k == LEARN and c.role == "passive":
             lst = listeners.owner_at(c.learn, pos)
             if lst is not None:
                 rows.append((c.id, key, lst[0], lst[1], None, "listener", False))
-    rows.sort(key=_first_two)
+    rows.sort(key=first_two)
     for life, key, actor, pid, fd, via, cond in rows:
         conn = conns.get(life)
         if conn is None or (cond and conn.owner_pid is not None):
@@ -149,5 +149,5 @@ def apply_owner_facts(
         set_owner(conn, key >> 1, actor, pid, fd, via)
 
 
-def _first_two(x: tuple[Any, ...]) -> tuple[Any, Any]:
+def first_two(x: tuple[Any, ...]) -> tuple[Any, Any]:
     return x[0], x[1]
