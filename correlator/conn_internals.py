@@ -94,7 +94,7 @@ def per_connection(
             conns,
         ).sort("id", "ts")
         # The window is closed from a sample at 0 to the next sample of the
-        # same socket (correlator/internals.py's periods, as sums of steps).
+        # same socket (correlator/tcp_samples.py's periods, as sums of steps).
         nxt = pl.col("ts").shift(-1).over("id")
         step = pl.col("zero") & nxt.is_not_null()
         reopened = step & ~pl.col("zero").shift(-1).over("id").fill_null(True)

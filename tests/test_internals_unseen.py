@@ -1,5 +1,5 @@
 """The retransmits a socket counted that no tracepoint hit reported
-(correlator/internals.py `retransmits_unseen_between_readings`).
+(correlator/socket_events.py, `retransmits_unseen_between_readings`).
 
 Hand-made tcp_events records (the fields probes/events.h lays out) carrying
 the socket's own counter (total_retrans) as the raw programs read it; the
