@@ -7,24 +7,28 @@ run in the caller's context) and the listener's owner for a child still in
 the accept queue. Each fact's life comes from joins over the chunk
 (correlator/lookups.py); the owners from those facts per life in position
 order (correlator/owners.py); what the records do (actions, accepted, app
-close) by group-by. Closed lives stay joinable for `grace_ns` of event time
-(correlator/closing.py), then they are finished: their row is taken, and
-their outcome decided at the chunk's end. The rare cases stay in position
-order in Python: listeners and listen records, connect_failed records
-matched to the failed connects of their process, stale (pid, fd) facts.
+close) by group-by (correlator/actions.py); the sockets each process holds
+(correlator/held_sockets.py). Closed lives stay joinable for `grace_ns` of
+event time (correlator/closing.py), then they are finished: their row is
+taken, and their outcome decided at the chunk's end. The rare cases stay in
+position order in Python: listeners and listen records, connect_failed
+records matched to the failed connects of their process
+(correlator/failed_connects.py), stale (pid, fd) facts.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import polars as pl
 
+from correlator import failed_connects
+from correlator.actions import apply_flags, note_actions
 from correlator.closing import find_peers, unindex_at
 from correlator.facts import APP_COVERAGE, FactCounts, accept_frame, app_frame
+from correlator.held_sockets import HeldSockets
 from correlator.kept import Kept
 from correlator.lifecycle_rows import LifeRows
 from correlator.lifecycles import CLOSE, LEARN, LOST, OPEN, Conn
@@ -32,8 +36,6 @@ from correlator.lookups import NEVER, Index
 from correlator.outcome_rules import Tallies, decide
 from correlator.owners import SOCKET_ACTIONS, Listeners, apply_owner_facts, first_two, set_owner
 from correlator.phases import Phases
-
-MAX_ACTIONS = 16
 
 
 class Joins:
@@ -74,7 +76,7 @@ class Joins:
         self.first_accept: int | None = None  # position of the first accept seen
         # Failed connects by the pid that called connect(): their CLOSE->SYN_SENT
         # runs in that process's context, so first_cpu_pid is the caller.
-        self.failed: dict[int, deque[Conn]] = {}
+        self.failed: failed_connects.Failed = {}
         # Closed lives wait here for the grace: id -> (key, close position, conn),
         # key = the event time the grace counts from; parked ones for their peer.
         self.closing: dict[int, tuple[int, int, Conn]] = {}
@@ -91,8 +93,8 @@ class Joins:
         self.error_owner = self.facts.error_owner
         self.app_events = self.facts.app_events
         self.accepts = self.facts.accepts
-        self.conns_by_owner: dict[int, int] = {}
-        self.conns_by_owner_max: dict[int, int] = {}
+        self.held = HeldSockets()
+        self.conns_by_owner_max = self.held.by_owner_max
         self.accept_conn: dict[int, int | None] = {}  # position -> conn id
         self.app_conn: dict[int, int | None] = {}
 
@@ -197,18 +199,16 @@ class Joins:
             self.pid_learnt,
             self.listeners,
         )
-        self._flags(acts.filter(~late))
+        apply_flags(acts.filter(~late), conns)
         for life in accs.filter(~late)["life"].to_list():
             conn = conns.get(life)
             if conn is not None:
                 conn.accepted = True
-        self._held(acts, accs, unindex)
+        self.held.replay(acts, accs, unindex, conns)
         for key, k, what, item in items:
             if what == 0:
                 if k == CLOSE:
-                    # A failed connect may never get a source port, so its tuple
-                    # cannot find it: index it by the process that dialled.
-                    self.failed.setdefault(item.first_cpu_pid, deque()).append(item)
+                    failed_connects.add(self.failed, item)
             elif what == 2:
                 if item[2] != "listen":
                     self._app(item)
@@ -226,72 +226,6 @@ class Joins:
             if conn is not None:
                 conn.accepted = True
                 set_owner(conn, pos, self._actor_at(pid, pos), pid, fd, "accept4")
-
-    def _flags(self, acts: pl.DataFrame) -> None:
-        """accepted, app_closed, error and the actions of the lives the records name."""
-        conns = self.conns
-        ev = pl.col("event")
-        per = acts.group_by("life", maintain_order=True).agg(
-            ts=pl.col("mono_ns"),
-            events=ev,
-            accepted=(ev == "accept").any(),
-            closed=((ev == "close") & pl.col("fd").is_not_null()).any(),
-            error=pl.col("error").filter(ev == "connect_failed").last(),
-        )
-        for life, ts, events, accepted, closed, error in per.iter_rows():
-            conn = conns.get(life)
-            if conn is None:
-                continue
-            actions = conn.actions
-            if actions is None:
-                actions = conn.actions = []
-            room = MAX_ACTIONS - len(actions)
-            if room > 0:
-                actions.extend(zip(ts[:room], events[:room], strict=True))
-            if len(events) > room:
-                past = conn.actions_past
-                if past is None:
-                    past = conn.actions_past = {}
-                for event in events[max(room, 0) :]:
-                    past[event] = past.get(event, 0) + 1
-            if accepted:
-                conn.accepted = True
-            if closed:
-                conn.app_closed = True
-            if error:
-                conn.error = str(error)
-
-    def _held(self, acts: pl.DataFrame, accs: pl.DataFrame, unindex: dict[int, int]) -> None:
-        """The sockets each process holds: claims and releases in position order."""
-        ev = pl.col("event")
-        has_fd = pl.col("fd").is_not_null()
-        ops = pl.concat(
-            [
-                accs.select("life", "pid", key=pl.col("pos") * 2, claim=pl.lit(True)),
-                acts.filter(ev.is_in(["connect", "accept"]) & has_fd).select(
-                    "life", "pid", key=pl.col("pos") * 2, claim=pl.lit(True)
-                ),
-                acts.filter((ev == "close") & has_fd).select(
-                    "life", "pid", key=pl.col("pos") * 2, claim=pl.lit(False)
-                ),
-            ]
-        ).sort("key")
-        conns = self.conns
-        ends = sorted((2 * u - 1, life) for life, u in unindex.items())
-        i = 0
-        for life, pid, key, claim in ops.iter_rows():
-            while i < len(ends) and ends[i][0] < key:
-                c = conns.get(ends[i][1])
-                if c is not None:
-                    self._release(c)
-                i += 1
-            conn = conns.get(life)
-            if conn is None:
-                continue
-            if claim:
-                self._own_fd(pid, 0, conn)
-            else:
-                self._release(conn)
 
     def _actor_at(self, pid: int, pos: int) -> str | None:
         if self.pid_learnt.get(pid, NEVER) < pos:
@@ -342,18 +276,8 @@ class Joins:
                 conn = self.listeners.at((laddr, lport), pos)
                 life = conn.id if conn is not None else None
         elif life is None and event == "connect_failed" and pid is not None:
-            # The record follows its own failure at once; actors may log only
-            # some failures, so match the newest one (to the same destination
-            # when the record names it).
-            q = self.failed.get(pid)
             dest = (raddr, rport) if raddr is not None and rport else None
-            if q:
-                for i in range(len(q) - 1, -1, -1):
-                    c = q[i]
-                    if dest is None or c.dest == dest:
-                        del q[i]
-                        conn = c
-                        break
+            conn = failed_connects.match(self.failed, pid, dest)
             life = conn.id if conn is not None else None
         elif life is not None:
             conn = self.conns.get(life)
@@ -364,15 +288,7 @@ class Joins:
                 self._count(keys[1])
         if conn is None or pid is None:
             return
-        if conn.actions is None:
-            conn.actions = [(ts, event)]
-        elif len(conn.actions) < MAX_ACTIONS:
-            conn.actions.append((ts, event))
-        else:
-            past = conn.actions_past
-            if past is None:
-                past = conn.actions_past = {}
-            past[event] = past.get(event, 0) + 1
+        note_actions(conn, [ts], [event])
         if event in SOCKET_ACTIONS or conn.owner_pid is None:
             set_owner(conn, pos, actor, pid, fd, f"app:{event}")
         if event == "accept":
@@ -381,24 +297,10 @@ class Joins:
             conn.error = str(error)
         if fd is not None:
             if event in ("connect", "accept"):
-                self._own_fd(pid, fd, conn)
+                self.held.own(pid, conn)
             elif event == "close":
                 conn.app_closed = True
-                self._release(conn)
-
-    def _own_fd(self, pid: int, fd: int, conn: Conn) -> None:
-        if conn.held_by is not None:
-            return
-        conn.held_by = pid
-        self.conns_by_owner[pid] = self.conns_by_owner.get(pid, 0) + 1
-        if self.conns_by_owner[pid] > self.conns_by_owner_max.get(pid, 0):
-            self.conns_by_owner_max[pid] = self.conns_by_owner[pid]
-
-    def _release(self, conn: Conn) -> None:
-        if conn.held_by is not None:
-            n = self.conns_by_owner.get(conn.held_by, 0)
-            self.conns_by_owner[conn.held_by] = max(n - 1, 0)
-            conn.held_by = None
+                self.held.release(conn)
 
     def _first_accept(self, facts: pl.DataFrame, acc: pl.DataFrame) -> None:
         if self.first_accept is not None:
@@ -450,16 +352,9 @@ class Joins:
         self.emit(ending.frame(f, self.kept.states(ending.ends)))
 
     def _unindex(self, conn: Conn) -> None:
-        self._release(conn)
+        self.held.release(conn)
         if conn.role == "active" and conn.last_old == "SYN_SENT" and conn.close_seen:
-            q = self.failed.get(conn.first_cpu_pid)
-            if q is not None:
-                try:
-                    q.remove(conn)
-                except ValueError:
-                    pass  # already matched to its log record
-                if not q:
-                    del self.failed[conn.first_cpu_pid]
+            failed_connects.forget(self.failed, conn)
 
     def end(self, still_open: list[Conn]) -> None:
         """Flush the grace queue, then finish the lives still open."""

@@ -99,7 +99,7 @@ class Conn:
     accepted: bool = False
     app_closed: bool = False
     error: str | None = None
-    # The first MAX_ACTIONS app actions (ts, event), and the counts of those
+    # The first MAX_ACTIONS (correlator/actions.py) app actions (ts, event), and the counts of those
     # past them: a held connection keeps no dict of counts until it needs one.
     actions: list[tuple[int, str]] | None = None
     actions_past: dict[str, int] | None = None
