@@ -10,10 +10,10 @@ order (correlator/owners.py); what the records do (actions, accepted, app
 close) by group-by (correlator/actions.py); the sockets each process holds
 (correlator/held_sockets.py). Closed lives stay joinable for `grace_ns` of
 event time (correlator/closing.py), then they are finished: their row is
-taken, and their outcome decided at the chunk's end. The rare cases stay in
-position order in Python: listeners and listen records, connect_failed
-records matched to the failed connects of their process
-(correlator/failed_connects.py), stale (pid, fd) facts.
+taken, and their outcome decided at the chunk's end (correlator/finishing.py).
+The rare cases stay in position order in Python: listeners and listen
+records, connect_failed records matched to the failed connects of their
+process (correlator/failed_connects.py), stale (pid, fd) facts.
 """
 
 from __future__ import annotations
@@ -28,12 +28,11 @@ from correlator import failed_connects
 from correlator.actions import apply_flags, note_actions
 from correlator.closing import find_peers, unindex_at
 from correlator.facts import APP_COVERAGE, FactCounts, accept_frame, app_frame
+from correlator.finishing import Finishing
 from correlator.held_sockets import HeldSockets
 from correlator.kept import Kept
-from correlator.lifecycle_rows import LifeRows
 from correlator.lifecycles import CLOSE, LEARN, LOST, OPEN, Conn
 from correlator.lookups import NEVER, Index
-from correlator.outcome_rules import Tallies, decide
 from correlator.owners import SOCKET_ACTIONS, Listeners, apply_owner_facts, first_two, set_owner
 from correlator.phases import Phases
 
@@ -51,9 +50,7 @@ class Joins:
     ) -> None:
         self.n = counts
         self.phases = phases
-        self.emit = emit
         self.grace = grace_ns
-        self.t0 = t0
         self.kept = kept
         # Who is who: pid -> actor name, from run.json and from the logs, with
         # the position each was learnt at (rows show the name known then).
@@ -73,33 +70,53 @@ class Joins:
         # by tuple, the children waiting for accept4, the (pid, fd) claims held.
         self.index = Index()
         self.conns: dict[int, Conn] = {}  # lives a fact may still name, by id
-        self.first_accept: int | None = None  # position of the first accept seen
         # Failed connects by the pid that called connect(): their CLOSE->SYN_SENT
         # runs in that process's context, so first_cpu_pid is the caller.
         self.failed: failed_connects.Failed = {}
-        # Closed lives wait here for the grace: id -> (key, close position, conn),
-        # key = the event time the grace counts from; parked ones for their peer.
-        self.closing: dict[int, tuple[int, int, Conn]] = {}
-        self.parked: dict[int, Conn] = {}
-        self.now = 0  # newest time processed
-        # Finished lives whose rows may still be pending (correlate.py forgets them).
-        self.finished: list[Conn] = []
-
-        # Finished connections wait for their outcome until the chunk's end.
-        self.ending = LifeRows()
-        self.tallies = Tallies()
+        self.held = HeldSockets()
+        self.conns_by_owner_max = self.held.by_owner_max
+        # Closed lives wait for their grace, then they are finished (their rows
+        # and outcomes at the chunk's end).
+        self.finishing = Finishing(
+            counts, phases, emit, t0, kept, self.held, self.failed, self.listeners
+        )
+        self.closing = self.finishing.closing
+        self.parked = self.finishing.parked
+        self.tallies = self.finishing.tallies
         self.facts = FactCounts(counts, phases, self.pid_actor, self.pid_learnt)
         self.errors = self.facts.errors
         self.error_owner = self.facts.error_owner
         self.app_events = self.facts.app_events
         self.accepts = self.facts.accepts
-        self.held = HeldSockets()
-        self.conns_by_owner_max = self.held.by_owner_max
         self.accept_conn: dict[int, int | None] = {}  # position -> conn id
         self.app_conn: dict[int, int | None] = {}
 
     def _count(self, key: str, k: int = 1) -> None:
         self.n[key] = self.n.get(key, 0) + k
+
+    # The newest time processed (correlate.py moves it between chunks).
+    @property
+    def now(self) -> int:
+        return self.finishing.now
+
+    @now.setter
+    def now(self, value: int) -> None:
+        self.finishing.now = value
+
+    # Finished lives whose rows may still be pending (correlate.py forgets them).
+    @property
+    def finished(self) -> list[Conn]:
+        return self.finishing.finished
+
+    @finished.setter
+    def finished(self, value: list[Conn]) -> None:
+        self.finishing.finished = value
+
+    def decide_finished(self) -> None:
+        self.finishing.decide_finished()
+
+    def peers_of_stuck(self) -> int:
+        return self.finishing.peers_of_stuck()
 
     # ---- one chunk ------------------------------------------------------------
 
@@ -218,7 +235,7 @@ class Joins:
                     continue
                 at = (key + 1) >> 1
                 self.now = int(before[at - base])
-                self._settle(entry[2], at)
+                self.finishing.settle(entry[2], at)
         for row in acts.filter(late).select(*_ROW).iter_rows():
             self._app(row)  # rare: only a stale (pid, fd) names a finished life
         for pos, pid, fd, life in accs.filter(late).select("pos", "pid", "fd", "life").iter_rows():
@@ -303,71 +320,19 @@ class Joins:
                 self.held.release(conn)
 
     def _first_accept(self, facts: pl.DataFrame, acc: pl.DataFrame) -> None:
-        if self.first_accept is not None:
+        if self.finishing.first_accept is not None:
             return
         at = [int(p) for p in (acc["pos"].min(),) if p is not None]  # type: ignore[arg-type]
         acc_recs = facts.filter(pl.col("event") == "accept")["pos"]
         if len(acc_recs):
             at.append(int(acc_recs.min()))  # type: ignore[arg-type]
         if at:
-            self.first_accept = min(at)
-
-    def _settle(self, conn: Conn, u: int) -> None:
-        self.closing.pop(conn.id, None)
-        peer = conn.peer_wait
-        if peer is not None and not peer.ended:
-            conn.parked = True  # finished with its peer (see Conn)
-            self.parked[conn.id] = conn
-            self._count("parked_closers")
-            return
-        self.finish(conn, at_end=False, at=u)
-
-    # ---- finishing --------------------------------------------------------------
-
-    def finish(self, conn: Conn, at_end: bool, at: int) -> None:
-        """Out of the indexes now (before the fact at position `at`); its row
-        and outcome at the chunk's end (decide_finished), from what it is now."""
-        conn.ended = True
-        self.parked.pop(conn.id, None)
-        self.finished.append(conn)
-        self._unindex(conn)
-        if conn.role == "listener":
-            conn.outcome = "open_at_end" if at_end else "closed"
-            self.listeners.finished(conn, at)
-        seen = self.first_accept is not None and self.first_accept < at
-        self.ending.add(conn, at_end, self.now, seen)
-        twin = conn.twin
-        if twin is not None and twin.parked:
-            twin.parked = False
-            self.finish(twin, at_end=False, at=at)
-        conn.twin = None
-
-    def decide_finished(self) -> None:
-        """The outcomes of the connections finished since the last call; their rows out."""
-        ending, self.ending = self.ending, LifeRows()
-        if not len(ending):
-            return
-        table = ending.table(self.t0, self.phases)
-        f = decide(table, ending.conns, self.tallies, self.phases, self.n)
-        self.emit(ending.frame(f, self.kept.states(ending.ends)))
-
-    def _unindex(self, conn: Conn) -> None:
-        self.held.release(conn)
-        if conn.role == "active" and conn.last_old == "SYN_SENT" and conn.close_seen:
-            failed_connects.forget(self.failed, conn)
+            self.finishing.first_accept = min(at)
 
     def end(self, still_open: list[Conn]) -> None:
         """Flush the grace queue, then finish the lives still open."""
-        for _, _, c in sorted(self.closing.values(), key=lambda e: e[1]):
-            self._settle(c, NEVER)
+        self.finishing.end(still_open)
         self.index = Index()  # every life has left the indexes now
-        for c in sorted(still_open, key=lambda c: c.start_ns):
-            self.finish(c, at_end=True, at=NEVER)
-        self.decide_finished()
-
-    def peers_of_stuck(self) -> int:
-        # Peers of leaked sockets: a stuck FIN_WAIT2 facing a stuck CLOSE_WAIT.
-        return len(self.tallies.stuck_cw & self.tallies.stuck_fw2)
 
 
 _ROW = (
