@@ -12,6 +12,19 @@ from typing import Any
 from correlator.socket_figures import SocketFigures, entered
 
 
+def congestion_text(f: SocketFigures) -> str:
+    """ "; cwnd fell from A to B at T s; entered Recovery 2x" for a socket
+    that retransmitted, "" for one that did not."""
+    text = ""
+    if f.cwnd_drop and f.retransmits:
+        a, b, t = f.cwnd_drop
+        text += f"; cwnd fell from {a} to {b} at {t:.1f} s"
+    states = {k: v for k, v in entered(f).items() if k != "Open"}
+    if states:
+        text += "; entered " + ", ".join(f"{k} {v}x" for k, v in states.items())
+    return text
+
+
 def bulk_sentences(bulk: dict[str, dict[str, Any]], figures: dict[str, SocketFigures]) -> list[str]:
     out = []
     for key, rec in bulk.items():
@@ -23,12 +36,7 @@ def bulk_sentences(bulk: dict[str, dict[str, Any]], figures: dict[str, SocketFig
             text += f" in {seconds:.1f} s, {n * 8 / seconds / 1e6:.1f} Mbit/s"
         if f is not None:
             text += f"; {f.retransmits} segments retransmitted"
-            if f.cwnd_drop and f.retransmits:
-                a, b, t = f.cwnd_drop
-                text += f"; cwnd fell from {a} to {b} at {t:.1f} s"
-            states = {k: v for k, v in entered(f).items() if k != "Open"}
-            if states:
-                text += "; entered " + ", ".join(f"{k} {v}x" for k, v in states.items())
+            text += congestion_text(f)
             if f.zero_periods:
                 # The client polls for writability (actors/client.py): it
                 # waits while its send buffer is full, EAGAIN only in a race.
@@ -92,12 +100,7 @@ def sentences(
             text = f"{f.key}: {f.retransmits} segment(s) retransmitted"
             if f.bytes_acked and f.seconds > 0:
                 text += f", {f.bytes_acked / f.seconds / 1e6:.2f} MB/s acknowledged"
-            if f.cwnd_drop and f.retransmits:
-                a, b, t = f.cwnd_drop
-                text += f"; cwnd fell from {a} to {b} at {t:.1f} s"
-            states = {k: v for k, v in entered(f).items() if k != "Open"}
-            if states:
-                text += "; entered " + ", ".join(f"{k} {v}x" for k, v in states.items())
+            text += congestion_text(f)
             out.append(text + ".")
         for name, n in f.errors.items():
             out.append(f"{f.key}: the kernel reported {name} to the application ({n}x).")

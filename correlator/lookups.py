@@ -61,6 +61,20 @@ def by_tuple(facts: pl.DataFrame, idx: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def _last_before(q: pl.DataFrame, right: pl.DataFrame, at: str, by: list[str]) -> pl.DataFrame:
+    """`q` with the last row of `right` (sorted by its `at` column) on the same
+    `by` keys strictly before each query's `at`."""
+    return q.join_asof(
+        right,
+        left_on="at",
+        right_on=at,
+        by=by,
+        strategy="backward",
+        allow_exact_matches=False,
+        check_sortedness=False,
+    )
+
+
 def by_peer(
     calls: pl.DataFrame, sets: pl.DataFrame, pops: pl.DataFrame, unindex: pl.DataFrame
 ) -> pl.DataFrame:
@@ -70,24 +84,8 @@ def by_peer(
     if not len(calls):
         return pl.DataFrame(schema={"pos": pl.Int64, "life": pl.Int64})
     q = calls.select("pos", "raddr", "rport", at=pl.col("pos") * 2).sort("at")
-    q = q.join_asof(
-        sets.sort("at").rename({"at": "set_at"}),
-        left_on="at",
-        right_on="set_at",
-        by=["raddr", "rport"],
-        strategy="backward",
-        allow_exact_matches=False,
-        check_sortedness=False,
-    )
-    q = q.join_asof(
-        pops.sort("at").rename({"at": "pop_at"}),
-        left_on="at",
-        right_on="pop_at",
-        by=["raddr", "rport"],
-        strategy="backward",
-        allow_exact_matches=False,
-        check_sortedness=False,
-    )
+    q = _last_before(q, sets.sort("at").rename({"at": "set_at"}), "set_at", ["raddr", "rport"])
+    q = _last_before(q, pops.sort("at").rename({"at": "pop_at"}), "pop_at", ["raddr", "rport"])
     q = q.join(unindex, on="life", how="left")
     gone = (pl.col("pop_at") > pl.col("set_at")) | (pl.col("unindex") * 2 - 1 < pl.col("at"))
     return q.select("pos", life=pl.when(~gone.fill_null(False)).then(pl.col("life")))
@@ -100,36 +98,12 @@ def by_pidfd(queries: pl.DataFrame, claims: pl.DataFrame, releases: pl.DataFrame
     if not len(queries):
         return pl.DataFrame(schema={"pos": pl.Int64, "life": pl.Int64})
     q = queries.select("pos", "pid", "fd", at=pl.col("pos") * 2).sort("at")
-    q = q.join_asof(
-        claims.sort("at").rename({"at": "claim_at"}),
-        left_on="at",
-        right_on="claim_at",
-        by=["pid", "fd"],
-        strategy="backward",
-        allow_exact_matches=False,
-        check_sortedness=False,
-    )
+    q = _last_before(q, claims.sort("at").rename({"at": "claim_at"}), "claim_at", ["pid", "fd"])
     rel = releases.sort("at")
     any_rel = rel.filter(pl.col("life").is_null()).select("pid", "fd", any_at="at")
-    q = q.join_asof(
-        any_rel,
-        left_on="at",
-        right_on="any_at",
-        by=["pid", "fd"],
-        strategy="backward",
-        allow_exact_matches=False,
-        check_sortedness=False,
-    )
+    q = _last_before(q, any_rel, "any_at", ["pid", "fd"])
     own_rel = rel.filter(pl.col("life").is_not_null()).rename({"at": "own_at"})
-    q = q.join_asof(
-        own_rel,
-        left_on="at",
-        right_on="own_at",
-        by=["pid", "fd", "life"],
-        strategy="backward",
-        allow_exact_matches=False,
-        check_sortedness=False,
-    )
+    q = _last_before(q, own_rel, "own_at", ["pid", "fd", "life"])
     gone = (pl.col("any_at") > pl.col("claim_at")) | (pl.col("own_at") > pl.col("claim_at"))
     return q.select("pos", life=pl.when(~gone.fill_null(False)).then(pl.col("life")))
 
