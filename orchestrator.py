@@ -39,8 +39,13 @@ def list_scenarios() -> None:
 
 @cli.command()
 @click.argument("scenario", nargs=-1, required=True)
-@click.option("--runs-dir", type=click.Path(path_type=Path), default=Path("runs"),
-              show_default=True, help="Where run directories are written.")
+@click.option(
+    "--runs-dir",
+    type=click.Path(path_type=Path),
+    default=Path("runs"),
+    show_default=True,
+    help="Where run directories are written.",
+)
 @click.option("--quiet", "view", flag_value="quiet", help="No live view.")
 @click.option("--json", "view", flag_value="json", help="One JSON status line a second.")
 @click.pass_context
@@ -76,8 +81,11 @@ def _run_each(chosen: list[Scenario], runs_dir: Path, view: str) -> Exit:
             worst = max(worst, Exit.USAGE)
             continue
         except OSError as e:  # not even a run directory could be made: nothing ran
-            click.echo(f"tcplab: {s.name}: cannot make a run directory in {runs_dir}: "
-                       f"{e.strerror or e}; give --runs-dir a directory you can write", err=True)
+            click.echo(
+                f"tcplab: {s.name}: cannot make a run directory in {runs_dir}: "
+                f"{e.strerror or e}; give --runs-dir a directory you can write",
+                err=True,
+            )
             worst = max(worst, Exit.USAGE)
             continue
         if lab.teardown_errors:
@@ -87,8 +95,11 @@ def _run_each(chosen: list[Scenario], runs_dir: Path, view: str) -> Exit:
             summary = _build(run_dir, s.name)
         except KeyboardInterrupt:
             # The run itself is complete: only its outputs are missing.
-            click.echo(f"tcplab: {s.name}: interrupted while building the report; "
-                       f"`tcplab report {run_dir}` builds it", err=True)
+            click.echo(
+                f"tcplab: {s.name}: interrupted while building the report; "
+                f"`tcplab report {run_dir}` builds it",
+                err=True,
+            )
             return Exit.INTERRUPTED
         meta = lab.meta()
         code = run_exit(meta, summary)
@@ -112,14 +123,27 @@ def _build(run_dir: Path, name: str) -> dict[str, Any] | None:
 
 
 def _print_outcome(
-    name: str, run_dir: Path, meta: dict[str, Any], summary: dict[str, Any] | None, view: str,
+    name: str,
+    run_dir: Path,
+    meta: dict[str, Any],
+    summary: dict[str, Any] | None,
+    view: str,
     code: Exit,
 ) -> None:
     crashed = {n: a for n, a in meta.get("actors", {}).items() if a.get("crashed")}
     if view == "json":
-        click.echo(json.dumps({"scenario": name, "run_dir": str(run_dir), "exit_code": int(code),
-                               "errors": meta.get("errors", []), "summary": summary},
-                              default=str))
+        click.echo(
+            json.dumps(
+                {
+                    "scenario": name,
+                    "run_dir": str(run_dir),
+                    "exit_code": int(code),
+                    "errors": meta.get("errors", []),
+                    "summary": summary,
+                },
+                default=str,
+            )
+        )
         return
     click.echo(f"\n== {name}: {run_dir}")
     for line in (summary or {}).get("diagnosis", []):
@@ -135,26 +159,55 @@ def _print_outcome(
         click.echo(f"  report: {run_dir / 'report.html'}")
 
 
-@cli.command(context_settings={"ignore_unknown_options": True,
-                               "allow_interspersed_args": False})
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-@click.option("-p", "--pid", type=int, default=None,
-              help="Attach to this running process (and its children) instead.")
-@click.option("--duration", type=float, default=None,
-              help="Stop after S seconds (default: when the program ends, or Ctrl-C).")
-@click.option("--port", "ports", type=int, multiple=True,
-              help="Also trace every socket on this port (the program's listening ports "
-                   "are found by themselves).")
-@click.option("--stop-signal", default="SIGINT", show_default=True,
-              help="What the program gets when the trace stops it.")
-@click.option("--runs-dir", type=click.Path(path_type=Path), default=Path("runs"),
-              show_default=True, help="Where run directories are written.")
+@click.option(
+    "-p",
+    "--pid",
+    type=int,
+    default=None,
+    help="Attach to this running process (and its children) instead.",
+)
+@click.option(
+    "--duration",
+    type=float,
+    default=None,
+    help="Stop after S seconds (default: when the program ends, or Ctrl-C).",
+)
+@click.option(
+    "--port",
+    "ports",
+    type=int,
+    multiple=True,
+    help="Also trace every socket on this port (the program's listening ports "
+    "are found by themselves).",
+)
+@click.option(
+    "--stop-signal",
+    default="SIGINT",
+    show_default=True,
+    help="What the program gets when the trace stops it.",
+)
+@click.option(
+    "--runs-dir",
+    type=click.Path(path_type=Path),
+    default=Path("runs"),
+    show_default=True,
+    help="Where run directories are written.",
+)
 @click.option("--quiet", "view", flag_value="quiet", help="No live view.")
 @click.option("--json", "view", flag_value="json", help="One JSON status line a second.")
 @click.pass_context
-def trace(ctx: click.Context, command: tuple[str, ...], pid: int | None,
-          duration: float | None, ports: tuple[int, ...], stop_signal: str, runs_dir: Path,
-          view: str | None) -> None:
+def trace(
+    ctx: click.Context,
+    command: tuple[str, ...],
+    pid: int | None,
+    duration: float | None,
+    ports: tuple[int, ...],
+    stop_signal: str,
+    runs_dir: Path,
+    view: str | None,
+) -> None:
     """Trace COMMAND (after --) or a running process (-p PID) like strace -f.
 
     Writes the same run directory as `tcplab run` when the program ends, at
@@ -169,29 +222,34 @@ def trace(ctx: click.Context, command: tuple[str, ...], pid: int | None,
 
     need_root("tcplab trace", "the eBPF probes need it")
     if bool(command) == (pid is not None):
-        raise CommandError("give a command after -- (tcplab trace -- ./server) or -p PID, "
-                           "not both")
+        raise CommandError("give a command after -- (tcplab trace -- ./server) or -p PID, not both")
     if pid is not None and not proctree.alive(pid):
         raise CommandError(f"no process {pid}: give the pid of a running process")
     if command and shutil.which(command[0]) is None:
         raise CommandError(f"cannot run {command[0]}: not found or not executable")
     if duration is not None and not 0 < duration <= MAX_PHASE_S:
-        raise CommandError(f"--duration {duration:g}: give seconds above 0, at most "
-                           f"{MAX_PHASE_S:g}")
+        raise CommandError(
+            f"--duration {duration:g}: give seconds above 0, at most {MAX_PHASE_S:g}"
+        )
     if stop_signal not in STOP_SIGNALS:
         raise CommandError(f"--stop-signal {stop_signal}: give one of {', '.join(STOP_SIGNALS)}")
     if not all(0 < p < 65536 for p in ports):
         raise CommandError("--port: give ports from 1 to 65535")
-    argv = [str(Path(command[0]).resolve()) if "/" in command[0] else command[0],
-            *command[1:]] if command else []
+    argv = (
+        [str(Path(command[0]).resolve()) if "/" in command[0] else command[0], *command[1:]]
+        if command
+        else []
+    )
     scenario = trace_scenario(argv, pid, duration, stop_signal, list(ports))
     view = view or ("live" if sys.stderr.isatty() else "quiet")
     run = TraceRun(scenario, RunOptions(runs_dir=runs_dir, view=view), pid)
     try:
         run_dir = run.execute()
     except OSError as e:
-        raise CommandError(f"cannot make a run directory in {runs_dir}: {e.strerror or e}; "
-                           "give --runs-dir a directory you can write") from None
+        raise CommandError(
+            f"cannot make a run directory in {runs_dir}: {e.strerror or e}; "
+            "give --runs-dir a directory you can write"
+        ) from None
     if run.teardown_errors:
         click.echo(f"tcplab: trace: teardown: {'; '.join(run.teardown_errors)}", err=True)
     run.view.note("building report…")

@@ -43,21 +43,25 @@ def parse_keepalive(text: str) -> tuple[int, int, int] | None:
     try:
         idle, intvl, cnt = (int(x) for x in text.split(","))
     except ValueError:
-        raise UsageError(f"--keepalive {text!r}: give IDLE,INTVL,CNT in seconds and probes, "
-                         "e.g. 2,1,5") from None
+        raise UsageError(
+            f"--keepalive {text!r}: give IDLE,INTVL,CNT in seconds and probes, e.g. 2,1,5"
+        ) from None
     if not (1 <= idle <= 32767 and 1 <= intvl <= 32767 and 1 <= cnt <= 127):
         raise UsageError("--keepalive: IDLE and INTVL from 1 to 32767 s, CNT from 1 to 127")
     return idle, intvl, cnt
 
 
-def set_up(sock: socket.socket, congestion: str | None,
-           keepalive: tuple[int, int, int] | None) -> None:
+def set_up(
+    sock: socket.socket, congestion: str | None, keepalive: tuple[int, int, int] | None
+) -> None:
     if congestion:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, congestion.encode())
         except OSError as e:
-            raise UsageError(f"--congestion {congestion}: {e.strerror}; see "
-                             "/proc/sys/net/ipv4/tcp_available_congestion_control") from None
+            raise UsageError(
+                f"--congestion {congestion}: {e.strerror}; see "
+                "/proc/sys/net/ipv4/tcp_available_congestion_control"
+            ) from None
     if keepalive:
         idle, intvl, cnt = keepalive
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
@@ -67,9 +71,17 @@ def set_up(sock: socket.socket, congestion: str | None,
 
 
 class Client:
-    def __init__(self, rt: Runtime, target: tuple[str, int], lines: int, repeat: int,
-                 congestion: str | None = None, keepalive: tuple[int, int, int] | None = None,
-                 idle_s: float = 0.0, send_bytes: int = 0) -> None:
+    def __init__(
+        self,
+        rt: Runtime,
+        target: tuple[str, int],
+        lines: int,
+        repeat: int,
+        congestion: str | None = None,
+        keepalive: tuple[int, int, int] | None = None,
+        idle_s: float = 0.0,
+        send_bytes: int = 0,
+    ) -> None:
         self.rt = rt
         self.send_bytes = send_bytes
         self.congestion = congestion
@@ -115,8 +127,14 @@ class Client:
             return
         fields = sock_fields(sock)
         info = tcp_info_of(sock)
-        log.info("connect", session=n, **fields, congestion=info["congestion"],
-                 options=",".join(info["options"]), **{k: info[k] for k in HANDSHAKE})
+        log.info(
+            "connect",
+            session=n,
+            **fields,
+            congestion=info["congestion"],
+            options=",".join(info["options"]),
+            **{k: info[k] for k in HANDSHAKE},
+        )
         reader = sock.makefile("rb")
         try:
             for i in range(self.lines):
@@ -143,7 +161,6 @@ class Client:
             sock.close()
             log.info("close", **fields)
 
-
     def bulk(self, sock: socket.socket, fields: dict[str, Any]) -> bool:
         """Send --send-bytes and wait until the peer has acknowledged all of
         them (handed to the kernel is not sent); False if the connection broke."""
@@ -158,14 +175,12 @@ class Client:
                     sel.modify(sock, selectors.EVENT_READ)
                 for _key, mask in sel.select(IDLE_POLL_S):
                     if mask & selectors.EVENT_READ and not sock.recv(1 << 16):
-                        log.warning("peer_close", how="fin", sent=self.send_bytes - left,
-                                    **fields)
+                        log.warning("peer_close", how="fin", sent=self.send_bytes - left, **fields)
                         self.failures += 1
                         return False
                     if mask & selectors.EVENT_WRITE and left:
                         try:
-                            left -= sock.send(memoryview(BULK_CHUNK)[: min(left,
-                                                                           len(BULK_CHUNK))])
+                            left -= sock.send(memoryview(BULK_CHUNK)[: min(left, len(BULK_CHUNK))])
                         except BlockingIOError:  # EAGAIN: the send buffer is full
                             again += 1
                 self.rt.service(0)
@@ -177,9 +192,17 @@ class Client:
             sel.close()
             sock.settimeout(TIMEOUT_S)
         info = tcp_info_of(sock)
-        log.info("bulk_sent", bytes=self.send_bytes - left, seconds=round(time.monotonic() - t0, 6),
-                 eagain=again, total_retrans=info["total_retrans"], cwnd=info["snd_cwnd"],
-                 rtt_us=info["rtt"], congestion=info["congestion"], **fields)
+        log.info(
+            "bulk_sent",
+            bytes=self.send_bytes - left,
+            seconds=round(time.monotonic() - t0, 6),
+            eagain=again,
+            total_retrans=info["total_retrans"],
+            cwnd=info["snd_cwnd"],
+            rtt_us=info["rtt"],
+            congestion=info["congestion"],
+            **fields,
+        )
         return True
 
     def idle(self, sock: socket.socket, fields: dict[str, Any]) -> None:
@@ -205,6 +228,7 @@ class Client:
                 return
         log.info("idle_end", **fields)
 
+
 def session(args: argparse.Namespace) -> int:
     target = parse_hostport(args.target)
     if args.lines < 0 or args.repeat < 0:
@@ -215,8 +239,9 @@ def session(args: argparse.Namespace) -> int:
     with socket.socket() as probe:  # a bad --congestion is a usage error now, not per session
         set_up(probe, args.congestion, keepalive)
     rt = Runtime("client", args)
-    client = Client(rt, target, args.lines, args.repeat, args.congestion, keepalive, args.idle,
-                    args.send_bytes)
+    client = Client(
+        rt, target, args.lines, args.repeat, args.congestion, keepalive, args.idle, args.send_bytes
+    )
     rt.progress = client.progress
     rt.on_set = client.set
     rt.ready(target=f"{target[0]}:{target[1]}")
@@ -236,14 +261,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target", default="127.0.0.1:8080", help="server HOST:PORT")
     p.add_argument("--lines", type=int, default=3, help="lines per connection")
     p.add_argument("--repeat", type=int, default=1, help="connections, one after another")
-    p.add_argument("--congestion", default=None,
-                   help="congestion control per socket, e.g. cubic (default: the namespace's)")
-    p.add_argument("--keepalive", default="", metavar="IDLE,INTVL,CNT",
-                   help="SO_KEEPALIVE with these TCP_KEEPIDLE/KEEPINTVL/KEEPCNT, e.g. 2,1,5")
-    p.add_argument("--send-bytes", type=int, default=0, metavar="N",
-                   help="after the lines, send N bytes as fast as TCP takes them (bulk)")
-    p.add_argument("--idle", type=float, default=0.0, metavar="S",
-                   help="after the lines, keep the connection open and silent for S seconds")
+    p.add_argument(
+        "--congestion",
+        default=None,
+        help="congestion control per socket, e.g. cubic (default: the namespace's)",
+    )
+    p.add_argument(
+        "--keepalive",
+        default="",
+        metavar="IDLE,INTVL,CNT",
+        help="SO_KEEPALIVE with these TCP_KEEPIDLE/KEEPINTVL/KEEPCNT, e.g. 2,1,5",
+    )
+    p.add_argument(
+        "--send-bytes",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after the lines, send N bytes as fast as TCP takes them (bulk)",
+    )
+    p.add_argument(
+        "--idle",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="after the lines, keep the connection open and silent for S seconds",
+    )
     args = p.parse_args(argv)
     return runtime.run(lambda: session(args), "client")
 

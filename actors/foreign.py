@@ -67,8 +67,14 @@ def _pump(stream: IO[bytes], name: str, out: queue.Queue[Line | None]) -> None:
 
 
 class Relay:
-    def __init__(self, rt: Runtime, args: argparse.Namespace, command: list[str],
-                 env: dict[str, str], stop_signal: signal.Signals) -> None:
+    def __init__(
+        self,
+        rt: Runtime,
+        args: argparse.Namespace,
+        command: list[str],
+        env: dict[str, str],
+        stop_signal: signal.Signals,
+    ) -> None:
         self.rt = rt
         self.args = args
         self.command = command
@@ -95,16 +101,21 @@ class Relay:
             found = shutil.which(program, path=self.env.get("PATH")) is not None
         if not found:
             # setpriv would start and then fail to exec it: say so here.
-            raise UsageError(f"cannot start {program}: no such program (for examples/go/bin: "
-                             "`make go` builds them)")
+            raise UsageError(
+                f"cannot start {program}: no such program (for examples/go/bin: "
+                "`make go` builds them)"
+            )
         # --gate: the process waits at a shell's `read` until `set release`
         # (the tracer points the probes at its pid first); exec keeps the pid.
         gate = ["sh", "-c", 'read _ && exec "$@"', "sh"] if self.args.gate else []
         try:
             self.proc = subprocess.Popen(
-                [*PDEATHSIG, *gate, *self.command], cwd=self.args.cwd, env=self.env,
+                [*PDEATHSIG, *gate, *self.command],
+                cwd=self.args.cwd,
+                env=self.env,
                 stdin=subprocess.PIPE if gate else subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
             )
         except OSError as e:
             raise UsageError(f"cannot start {self.command[0]}: {e.strerror or e}") from None
@@ -130,8 +141,10 @@ class Relay:
             self.proc.send_signal(self.stop_signal)
             self.kill_at = time.monotonic() + STOP_GRACE_S
             self._record("signalled", signal=self.stop_signal.name)
-        return {"released": self.proc is not None and self.proc.stdin is None,
-                "running": self.proc is not None and self.exit_code is None}
+        return {
+            "released": self.proc is not None and self.proc.stdin is None,
+            "running": self.proc is not None and self.exit_code is None,
+        }
 
     def _check_ready(self) -> None:
         """Once the program listens on --ready-port, say so at once (the
@@ -144,8 +157,11 @@ class Relay:
             self._record("program_ready", port=port)
         elif self.exit_code is not None or time.monotonic() > self.ready_deadline:
             self.ready = False
-            why = (f"exited with code {self.exit_code}" if self.exit_code is not None
-                   else f"does not listen after {READY_S:g}s")
+            why = (
+                f"exited with code {self.exit_code}"
+                if self.exit_code is not None
+                else f"does not listen after {READY_S:g}s"
+            )
             self.ready_error = f"{self.command[0]} {why}: it never listened on port {port}"
             self._record("program_not_ready", level="error", port=port, reason=self.ready_error)
         else:
@@ -218,8 +234,9 @@ class Relay:
             "running": self.proc is not None and self.exit_code is None,
         }
         if self.ready is not None:
-            body.update(listening=self.ready, **({"error": self.ready_error} if not self.ready
-                                                 else {}))
+            body.update(
+                listening=self.ready, **({"error": self.ready_error} if not self.ready else {})
+            )
         if done:
             body.update(done=True, exit_code=self.exit_code)
         return body
@@ -228,8 +245,15 @@ class Relay:
         """A record of the relay's own about the program (under its pid)."""
         assert self.proc is not None
         now = time.monotonic_ns()
-        record = {"event": event, "actor": self.rt.name, "pid": self.proc.pid, "mono_ns": now,
-                  "wall": time.time(), "level": level, **fields}
+        record = {
+            "event": event,
+            "actor": self.rt.name,
+            "pid": self.proc.pid,
+            "mono_ns": now,
+            "wall": time.time(),
+            "level": level,
+            **fields,
+        }
         if self.rt.events is not None:
             self.rt.events.log(record, now)
         else:
@@ -242,8 +266,10 @@ def parse_command(text: str) -> list[str]:
     except ValueError:
         argv = None
     if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
-        raise UsageError(f"--command {text!r}: give a JSON list of strings, e.g. "
-                         "'[\"examples/go/bin/server\", \"-addr\", \":8080\"]'")
+        raise UsageError(
+            f"--command {text!r}: give a JSON list of strings, e.g. "
+            '\'["examples/go/bin/server", "-addr", ":8080"]\''
+        )
     return argv
 
 
@@ -261,8 +287,9 @@ def parse_signal(name: str) -> signal.Signals:
     try:
         return signal.Signals[name]
     except KeyError:
-        raise UsageError(f"--stop-signal {name!r}: give a signal name such as SIGTERM or "
-                         "SIGINT") from None
+        raise UsageError(
+            f"--stop-signal {name!r}: give a signal name such as SIGTERM or SIGINT"
+        ) from None
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -286,14 +313,24 @@ def serve(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = runtime.parser("foreign", "Run a program as a lab actor: its output lines as records.")
     p.add_argument("--command", required=True, help="the program and its arguments, a JSON list")
-    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
-                   help="an environment variable for the program (repeatable)")
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an environment variable for the program (repeatable)",
+    )
     p.add_argument("--cwd", default=None, help="the program's working directory")
-    p.add_argument("--ready-port", type=int, default=None,
-                   help="start is done when something listens on this TCP port")
+    p.add_argument(
+        "--ready-port",
+        type=int,
+        default=None,
+        help="start is done when something listens on this TCP port",
+    )
     p.add_argument("--stop-signal", default="SIGTERM", help="the signal `stop` sends")
-    p.add_argument("--gate", action="store_true",
-                   help="the program waits after spawn until `set release`")
+    p.add_argument(
+        "--gate", action="store_true", help="the program waits after spawn until `set release`"
+    )
     args = p.parse_args(argv)
     return runtime.run(lambda: serve(args), "foreign")
 

@@ -38,8 +38,11 @@ INT64 = 2**63
 # must not match as a shorter message); compared case-insensitively, as Go
 # lowercases them ("cannot assign requested address").
 _STRERRORS = sorted(
-    ((os.strerror(n).lower(), name) for n, name in errno.errorcode.items()
-     if not os.strerror(n).startswith("Unknown error")),
+    (
+        (os.strerror(n).lower(), name)
+        for n, name in errno.errorcode.items()
+        if not os.strerror(n).startswith("Unknown error")
+    ),
     key=lambda t: -len(t[0]),
 )
 _ERROR_TEXT = re.compile("|".join(re.escape(t) for t, _ in _STRERRORS))
@@ -83,8 +86,9 @@ def to_record(line: bytes, stream: str, actor: str, pid: int, mono_ns: int) -> d
     except ValueError:
         parsed = None
     if isinstance(parsed, dict):
-        event = next((parsed.pop(k) for k in MESSAGE_KEYS if isinstance(parsed.get(k), str)),
-                     "line")
+        event = next(
+            (parsed.pop(k) for k in MESSAGE_KEYS if isinstance(parsed.get(k), str)), "line"
+        )
         level = parsed.pop("level", "info")
         for key, value in parsed.items():
             key = str(key)
@@ -92,8 +96,7 @@ def to_record(line: bytes, stream: str, actor: str, pid: int, mono_ns: int) -> d
             if key in OWN_KEYS or not _typed_ok(key, value):
                 key = f"app_{key}"
             fields[key] = value
-        found = next((errno_in(v) for k in ERROR_KEYS if isinstance(v := fields.get(k), str)),
-                     None)
+        found = next((errno_in(v) for k in ERROR_KEYS if isinstance(v := fields.get(k), str)), None)
         if "error" in fields:
             # `error` is an errno name in every record on the bus; the
             # program's sentence is kept whole beside it.

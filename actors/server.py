@@ -70,8 +70,9 @@ def listen(
 
 
 class EchoServer:
-    def __init__(self, rt: Runtime, lsock: socket.socket, read_chunk: int = 65536,
-                 read_delay: float = 0.0) -> None:
+    def __init__(
+        self, rt: Runtime, lsock: socket.socket, read_chunk: int = 65536, read_delay: float = 0.0
+    ) -> None:
         self.rt = rt
         # A slow reader: at most read_chunk bytes per read, then read_delay
         # seconds before that connection is read again (its receive window
@@ -213,7 +214,8 @@ class EchoServer:
         """Select on what the connection waits for: reading unless paused, writing if owed."""
         paused = conn.resume_at > time.monotonic()
         want = (0 if paused else selectors.EVENT_READ) | (
-            selectors.EVENT_WRITE if conn.outbuf else 0)
+            selectors.EVENT_WRITE if conn.outbuf else 0
+        )
         if want == conn.events:
             return
         if not want:

@@ -39,8 +39,10 @@ def _lab_link_peers() -> list[ipaddress.IPv4Network]:
     from pyroute2 import IPRoute
 
     with IPRoute() as ipr:
-        nets = [ipaddress.ip_interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}").network
-                for a in ipr.get_addr(family=socket.AF_INET)]
+        nets = [
+            ipaddress.ip_interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}").network
+            for a in ipr.get_addr(family=socket.AF_INET)
+        ]
     return [n for n in nets if isinstance(n, ipaddress.IPv4Network) and n.subnet_of(LAB_NET)]
 
 

@@ -114,18 +114,41 @@ def snapshot_speed(n: int, pairs: int, extra: int) -> list[Row]:
         hosts.destroy()
         parent.destroy()
     rows = [
-        vs_ss.row("snapshot_vs_ss", SECTION, f"snapshot of {len(held)} sockets vs `ss -tin`",
-                  "s", "ss -tin", ("sockdiag", "ss"), goal="<= 1.0",
-                  note="ratio < 1: the snapshot is faster"),
-        vs_pr.row("snapshot_vs_pyroute2", SECTION,
-                  f"snapshot of {len(held)} sockets vs pyroute2 decoding", "s",
-                  "pyroute2 get_sock_stats", ("sockdiag", "pyroute2")),
+        vs_ss.row(
+            "snapshot_vs_ss",
+            SECTION,
+            f"snapshot of {len(held)} sockets vs `ss -tin`",
+            "s",
+            "ss -tin",
+            ("sockdiag", "ss"),
+            goal="<= 1.0",
+            note="ratio < 1: the snapshot is faster",
+        ),
+        vs_pr.row(
+            "snapshot_vs_pyroute2",
+            SECTION,
+            f"snapshot of {len(held)} sockets vs pyroute2 decoding",
+            "s",
+            "pyroute2 get_sock_stats",
+            ("sockdiag", "pyroute2"),
+        ),
     ]
     took = rows[0].value or 0.0
     # Against the budget: "10k sockets must snapshot in well under 100 ms".
-    rows.append(Row("snapshot_ms", SECTION, f"one snapshot of {len(held)} sockets",
-                    round(took * 1000, 2), "ms", peer=BUDGET_MS, peer_label="the 100 ms budget",
-                    goal=f"<= {BUDGET_MS:g}", goal_on="value", runs={"sockdiag": vs_ss.value}))
+    rows.append(
+        Row(
+            "snapshot_ms",
+            SECTION,
+            f"one snapshot of {len(held)} sockets",
+            round(took * 1000, 2),
+            "ms",
+            peer=BUDGET_MS,
+            peer_label="the 100 ms budget",
+            goal=f"<= {BUDGET_MS:g}",
+            goal_on="value",
+            runs={"sockdiag": vs_ss.value},
+        )
+    )
     return rows
 
 
@@ -136,8 +159,10 @@ def main() -> int:
     args = p.parse_args()
     for r in snapshot_speed(args.sockets, args.pairs, 3):
         r.judge()
-        print(f"{r.key:<22} {r.value} {r.unit}  peer {r.peer}  ratio {r.ratio}  "
-              f"spread {r.spread}  goal {r.goal} met {r.met}")
+        print(
+            f"{r.key:<22} {r.value} {r.unit}  peer {r.peer}  ratio {r.ratio}  "
+            f"spread {r.spread}  goal {r.goal} met {r.met}"
+        )
     return 0
 
 

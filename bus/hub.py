@@ -218,8 +218,9 @@ class Hub:
             if len(parts) != 2:
                 # A DEALER sends exactly one frame; more is not our protocol.
                 ledger.frames += 1
-                ledger.reject("multipart", f"{len(parts) - 1} frames after the identity",
-                              b"".join(parts[1:]))
+                ledger.reject(
+                    "multipart", f"{len(parts) - 1} frames after the identity", b"".join(parts[1:])
+                )
                 continue
             identity, frame = parts
             env = ledger.take(frame)
@@ -255,11 +256,14 @@ class Hub:
                 f"pid {taken.pid} holds the name",
                 frame,
             )
-            refusal = Sequencer(self._sender).make(Kind.WELCOME, {
-                "ok": False,
-                "error": f"the name {name!r} is taken by a connected actor (pid {taken.pid}); "
-                         "use another --name",
-            })
+            refusal = Sequencer(self._sender).make(
+                Kind.WELCOME,
+                {
+                    "ok": False,
+                    "error": f"the name {name!r} is taken by a connected actor (pid {taken.pid}); "
+                    "use another --name",
+                },
+            )
             self._send_to(identity, refusal)
             return
         if session is None or session.identity != identity:
@@ -270,16 +274,14 @@ class Hub:
         if self._record is not None:
             self._record(Channel.CONTROL, frame)
         if taken is None:
-            taken = self.actors[name] = ActorState(
-                name, identity, outgoing=Sequencer(self._sender)
-            )
+            taken = self.actors[name] = ActorState(name, identity, outgoing=Sequencer(self._sender))
         taken.last_heard = time.monotonic()
         taken.role = env.body["role"]
         taken.pid = env.body["pid"]
         taken.ready = False
-        self._send_to(identity, taken.outgoing.make(
-            Kind.WELCOME, {"ok": True, "session": session.token}
-        ))
+        self._send_to(
+            identity, taken.outgoing.make(Kind.WELCOME, {"ok": True, "session": session.token})
+        )
         self._pending.append((Channel.CONTROL, env))
 
     def _on_control(self, env: Envelope) -> None:

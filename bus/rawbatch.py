@@ -328,5 +328,3 @@ def decode_batch(body: Mapping[str, Any]) -> np.ndarray:
 def count(body: Mapping[str, Any]) -> int:
     """How many records a (valid) KERNEL_RAW body holds, without decoding it."""
     return len(body["records"]) // int(body["layout"]["itemsize"])
-
-

@@ -62,7 +62,11 @@ def _assign(records: pl.DataFrame, conns: pl.DataFrame) -> pl.DataFrame:
     records = records.sort("ts")
     back, ahead = (
         records.join_asof(
-            conns, left_on="ts", right_on="start_ns", by=_TUPLE, strategy=way,
+            conns,
+            left_on="ts",
+            right_on="start_ns",
+            by=_TUPLE,
+            strategy=way,
             check_sortedness=False,
         )
         for way in ("backward", "forward")

@@ -110,9 +110,7 @@ def rows_of_frame(frame: pl.DataFrame) -> list[dict[str, Any]]:
     for r in frame.select(list(CONNECTION_SCHEMA)).iter_rows(named=True):
         d = r["dest"]
         r["dest"] = [d["addr"], d["port"]] if d is not None else None
-        r["states"] = [
-            {k: v for k, v in s.items() if k != "timewait" or v} for s in r["states"]
-        ]
+        r["states"] = [{k: v for k, v in s.items() if k != "timewait" or v} for s in r["states"]]
         r["app"] = {a["event"]: a["n"] for a in r["app"] or ()}
         r["actions"] = [[a["ts_ns"], a["event"]] for a in r["actions"] or ()]
         out.append(r)

@@ -47,14 +47,30 @@ class Capture:
         self.packets: int | None = None
 
     def start(self) -> Capture:
-        argv = ["tcpdump", "-i", IFNAME, "-s", str(self.spec.snaplen), "-U", "-Z", "root",
-                "-w", str(self.path), "tcp"]
+        argv = [
+            "tcpdump",
+            "-i",
+            IFNAME,
+            "-s",
+            str(self.spec.snaplen),
+            "-U",
+            "-Z",
+            "root",
+            "-w",
+            str(self.path),
+            "tcp",
+        ]
         try:
-            self.proc = subprocess.Popen(self.ns.command(argv), stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            self.proc = subprocess.Popen(
+                self.ns.command(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
         except OSError as e:
-            raise CaptureError(f"cannot run tcpdump: {e}; install it (scripts/provision.sh)") \
-                from None
+            raise CaptureError(
+                f"cannot run tcpdump: {e}; install it (scripts/provision.sh)"
+            ) from None
         # Packets sent before tcpdump says "listening" are not in the file:
         # the run's actors start after this line.
         assert self.proc.stderr is not None
@@ -87,5 +103,10 @@ class Capture:
         self.packets = int(m.group(1)) if m else None
 
     def describe(self) -> dict[str, object]:
-        return {"file": PCAP, "host": self.spec.host, "interface": IFNAME,
-                "snaplen": self.spec.snaplen, "packets": self.packets}
+        return {
+            "file": PCAP,
+            "host": self.spec.host,
+            "interface": IFNAME,
+            "snaplen": self.spec.snaplen,
+            "packets": self.packets,
+        }

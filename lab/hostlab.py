@@ -51,8 +51,7 @@ class HostLab:
             self._count("start")
             if self.link is not None:
                 self.link.create()
-            self.snapshots = Snapshotter(self.hosts.names(), self.scenario.ports,
-                                         run_dir).start()
+            self.snapshots = Snapshotter(self.hosts.names(), self.scenario.ports, run_dir).start()
             spec = self.scenario.capture
             if spec is not None:
                 self.capture = Capture(spec, self.hosts[spec.host], run_dir).start()

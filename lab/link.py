@@ -30,11 +30,14 @@ def check_address(text: str, where: str) -> ipaddress.IPv4Interface:
     try:
         iface = ipaddress.IPv4Interface(text)
     except ValueError:
-        raise LinkError(f"{where}: {text!r} is not an IPv4 address with a prefix, "
-                        "e.g. 198.18.0.1/24") from None
+        raise LinkError(
+            f"{where}: {text!r} is not an IPv4 address with a prefix, e.g. 198.18.0.1/24"
+        ) from None
     if iface.ip not in LAB_NET or not iface.network.subnet_of(LAB_NET):
-        raise LinkError(f"{where}: {text} is outside 198.18.0.0/15, the only range a lab "
-                        "link may use (it is never routed)")
+        raise LinkError(
+            f"{where}: {text} is outside 198.18.0.0/15, the only range a lab "
+            "link may use (it is never routed)"
+        )
     return iface
 
 
@@ -50,8 +53,9 @@ class LinkSpec:
 
 
 class Link:
-    def __init__(self, spec: LinkSpec, ends: dict[str, str], shaped: bool = False,
-                 lossy: Iterable[str] = ()) -> None:
+    def __init__(
+        self, spec: LinkSpec, ends: dict[str, str], shaped: bool = False, lossy: Iterable[str] = ()
+    ) -> None:
         """`ends`: host -> namespace name; `shaped`: some phase shapes the
         link; `lossy`: the hosts whose egress some phase makes lossy."""
         self.spec = spec
@@ -67,15 +71,20 @@ class Link:
     def create(self) -> Link:
         a, b = self.spec.hosts
         with IPRoute(netns=self.ends[a]) as ipr:
-            ipr.link("add", ifname=IFNAME, kind="veth",
-                     peer={"ifname": IFNAME, "net_ns_fd": self.ends[b]})
+            ipr.link(
+                "add",
+                ifname=IFNAME,
+                kind="veth",
+                peer={"ifname": IFNAME, "net_ns_fd": self.ends[b]},
+            )
         for host, cidr in zip(self.spec.hosts, self.spec.addresses, strict=True):
             iface = ipaddress.IPv4Interface(cidr)
             with IPRoute(netns=self.ends[host]) as ipr:
                 index = ipr.link_lookup(ifname=IFNAME)[0]
                 ipr.link("set", index=index, mtu=self.spec.mtu)
-                ipr.addr("add", index=index, address=str(iface.ip),
-                         prefixlen=iface.network.prefixlen)
+                ipr.addr(
+                    "add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen
+                )
                 ipr.link("set", index=index, state="up")
             set_offloads(self.ends[host], IFNAME, self.offloads)
         for host, shape in self.spec.egress.items():

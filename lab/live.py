@@ -25,8 +25,16 @@ from rich.table import Table
 from rich.text import Text
 
 STATE_ORDER = (
-    "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT",
-    "CLOSE_WAIT", "LAST_ACK", "CLOSING", "LISTEN",
+    "ESTABLISHED",
+    "SYN_SENT",
+    "SYN_RECV",
+    "FIN_WAIT1",
+    "FIN_WAIT2",
+    "TIME_WAIT",
+    "CLOSE_WAIT",
+    "LAST_ACK",
+    "CLOSING",
+    "LISTEN",
 )
 
 
@@ -142,7 +150,9 @@ class LiveView:
         # Set-up (namespace, probes, actors) has no planned length: shown
         # apart, so the phases' clock runs against the phases' total.
         head = Text.assemble(
-            ("tcplab ", "bold"), (self.scenario, "bold cyan"), "  phase ",
+            ("tcplab ", "bold"),
+            (self.scenario, "bold cyan"),
+            "  phase ",
             (s["phase"], "bold yellow"),
             f"  {elapsed:.0f}s: set-up {elapsed - in_phases:.0f}s, "
             f"phases {in_phases:.0f}s of {self.duration_s:.0f}s",
@@ -161,8 +171,7 @@ class LiveView:
         flow = Table.grid(padding=(0, 2))
         lost = s.get("lost", {})
         flow.add_row(
-            f"kernel events {sum(s.get('kernel_events', {}).values())} "
-            f"({self.events_per_s:.0f}/s)",
+            f"kernel events {sum(s.get('kernel_events', {}).values())} ({self.events_per_s:.0f}/s)",
             f"app records {s.get('log_records', 0)}",
             Text(
                 f"lost: kernel {lost.get('kernel_drops', 0)}  bus gaps {lost.get('bus_gaps', 0)}  "
@@ -175,13 +184,18 @@ class LiveView:
             actors.add_column(col)
         for name, a in s.get("actors", {}).items():
             health = (
-                Text("running", "green") if a["exit_code"] is None
-                else Text(f"crashed ({a['exit_code']})", "red") if a["crashed"]
+                Text("running", "green")
+                if a["exit_code"] is None
+                else Text(f"crashed ({a['exit_code']})", "red")
+                if a["crashed"]
                 else Text(f"exited ({a['exit_code']})")
             )
             progress = s.get("progress", {}).get(name, {})
-            shown = ", ".join(f"{k}={v}" for k, v in progress.items()
-                              if k != "source" and isinstance(v, int | float))
+            shown = ", ".join(
+                f"{k}={v}"
+                for k, v in progress.items()
+                if k != "source" and isinstance(v, int | float)
+            )
             actors.add_row(name, str(a["pid"]), health, shown[:80])
         parts: list[Any] = [head, states, flow, actors]
         parts += [Text(e, style="red") for e in s.get("errors", [])]

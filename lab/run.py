@@ -155,15 +155,25 @@ class LabRun:
             # A full disk: the run stops (halted) the ordinary way; what
             # arrives meanwhile cannot be kept.
             self._recording_lost = True
-            self._fail(f"the recording in {self.run_dir} stopped after "
-                       f"{self._recorder.frames} frames: {e.strerror}; the run stopped")
+            self._fail(
+                f"the recording in {self.run_dir} stopped after "
+                f"{self._recorder.frames} frames: {e.strerror}; the run stopped"
+            )
 
     def _python(self, module: str, name: str, args: list[str]) -> list[str]:
         # --quiet: every record goes to the bus; stderr (logs/NAME.log) keeps
         # what is not a record, such as a traceback, not a second copy.
         assert self.endpoints is not None
-        return [sys.executable, "-m", module, *args, *self.endpoints.as_args(), "--name", name,
-                "--quiet"]
+        return [
+            sys.executable,
+            "-m",
+            module,
+            *args,
+            *self.endpoints.as_args(),
+            "--name",
+            name,
+            "--quiet",
+        ]
 
     def _start_probes(self) -> None:
         if self.halted:
@@ -174,8 +184,11 @@ class LabRun:
             args.append("--internals")
         if self.scenario.owners:
             # --probe replaces the default set: name it all.
-            wanted = (*DEFAULT_PROBES, *OWNER_PROBES, *(INTERNALS if self.scenario.internals
-                                                       else ()))
+            wanted = (
+                *DEFAULT_PROBES,
+                *OWNER_PROBES,
+                *(INTERNALS if self.scenario.internals else ()),
+            )
             args += [a for p in wanted for a in ("--probe", p)]
         self.sup.spawn(PROBES, PROBES, self._python("probes", PROBES, args))
         self._wait_ready([PROBES], PROBE_READY_S)
@@ -269,7 +282,8 @@ class LabRun:
                 return True
             if listening is False or time.monotonic() > deadline:
                 why = self.tally.progress.get(actor, {}).get("error") or (
-                    f"no word from its relay in {PROGRAM_READY_S:g}s")
+                    f"no word from its relay in {PROGRAM_READY_S:g}s"
+                )
                 self._fail(f"{actor}: {why}; see {self.sup.processes[actor].log_path}")
                 return False
             self._pump(20)
@@ -381,9 +395,13 @@ class LabRun:
     def _stop_in_order(self, names: list[str]) -> None:
         """Ask the ready ones to stop and wait for their eof; then end them all
         (one that never said ready has nothing to flush: no waiting for it)."""
-        told = [n for n in names
-                if self._is_ready(n) and self.sup.processes[n].exit_code is None
-                and self._command(n, "stop", {})]
+        told = [
+            n
+            for n in names
+            if self._is_ready(n)
+            and self.sup.processes[n].exit_code is None
+            and self._command(n, "stop", {})
+        ]
         self._drain_until(told, EOF_WAIT_S)
         # The grace of a process slow to end lasts up to 10 s: the bus is
         # served meanwhile, or the probes (stopped last) miss the heartbeat

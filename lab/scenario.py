@@ -222,9 +222,12 @@ def _foreign(a: dict[str, Any], where: str) -> ActorSpec:
     args = ["--command", json.dumps(command)]
     env = _table(a.get("env", {}), f"{where} env")
     for key, value in env.items():
-        if not ENV_NAME.fullmatch(key) or not isinstance(value, str | int) or isinstance(
-                value, bool):
-            raise ScenarioError(f"{where} env: {key} = {value!r}: give NAME = \"text\"")
+        if (
+            not ENV_NAME.fullmatch(key)
+            or not isinstance(value, str | int)
+            or isinstance(value, bool)
+        ):
+            raise ScenarioError(f'{where} env: {key} = {value!r}: give NAME = "text"')
         args += ["--env", f"{key}={value}"]
     if "cwd" in a:
         args += ["--cwd", str(REPO / _need(a, "cwd", str, where))]
@@ -237,14 +240,14 @@ def _foreign(a: dict[str, Any], where: str) -> ActorSpec:
         args += ["--ready-port", str(port)]
     stop = a.get("stop_signal", "SIGTERM")
     if stop not in signal.Signals.__members__:
-        raise ScenarioError(f"{where}: stop_signal {stop!r}: give a name such as SIGTERM, "
-                            "SIGINT or SIGKILL")
+        raise ScenarioError(
+            f"{where}: stop_signal {stop!r}: give a name such as SIGTERM, SIGINT or SIGKILL"
+        )
     args += ["--stop-signal", str(stop)]
     # The program waits at its relay's gate until the probes follow its pid
     # (lab/run.py releases it): a client's first connections would be missed.
     args.append("--gate")
-    return ActorSpec(name=_need(a, "name", str, where), role=FOREIGN, args=args,
-                     host=a.get("host"))
+    return ActorSpec(name=_need(a, "name", str, where), role=FOREIGN, args=args, host=a.get("host"))
 
 
 def load(path: Path) -> Scenario:
@@ -269,9 +272,11 @@ def load(path: Path) -> Scenario:
             host=a.get("host"),
         )
         if spec.role not in ROLES:
-            raise ScenarioError(f"{where}: actor {spec.name!r} has role {spec.role!r}; "
-                                f"roles are {', '.join(ROLES)}, or give `command = [...]` "
-                                "to run any program")
+            raise ScenarioError(
+                f"{where}: actor {spec.name!r} has role {spec.role!r}; "
+                f"roles are {', '.join(ROLES)}, or give `command = [...]` "
+                "to run any program"
+            )
         _check_args(spec.args, f"{aw} ({spec.name})")
         actors.append(spec)
     names = {a.name for a in actors}
@@ -280,19 +285,26 @@ def load(path: Path) -> Scenario:
     try:
         hosts = parse_hosts(lab.get("hosts", {}), f"{where} [lab.hosts]")
         link = parse_link(lab["link"], hosts, f"{where} [lab.link]") if "link" in lab else None
-        capture = (parse_capture(lab["capture"], link, f"{where} [lab.capture]")
-                   if "capture" in lab else None)
+        capture = (
+            parse_capture(lab["capture"], link, f"{where} [lab.capture]")
+            if "capture" in lab
+            else None
+        )
     except TopologyError as e:
         raise ScenarioError(str(e)) from None
     for h in hosts:
         _sysctls(h.sysctls, f"{where} [lab.hosts.{h.name}.sysctls]")
     for i, a in enumerate(actors):
         if hosts and a.host not in {h.name for h in hosts}:
-            raise ScenarioError(f"{where}: actor {a.name!r} needs `host = ` one of "
-                                f"{', '.join(h.name for h in hosts)}")
+            raise ScenarioError(
+                f"{where}: actor {a.name!r} needs `host = ` one of "
+                f"{', '.join(h.name for h in hosts)}"
+            )
         if not hosts and a.host is not None:
-            raise ScenarioError(f"{where}: actor {a.name!r} names host {a.host!r} but the "
-                                "scenario declares no [lab.hosts]")
+            raise ScenarioError(
+                f"{where}: actor {a.name!r} names host {a.host!r} but the "
+                "scenario declares no [lab.hosts]"
+            )
         if a.role == "bomber":
             _check_bomber_target(a.args, link, f"{where} actors[{i}] ({a.name})")
     if len(names) != len(actors):

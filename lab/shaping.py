@@ -135,8 +135,11 @@ def check_supported(shapes: list[Shape]) -> None:
     for shape in shapes:
         for knob in KNOBS:
             if getattr(shape, knob) and can[knob] is None:
-                need = "netem (CONFIG_NET_SCH_NETEM; `modprobe sch_netem`)" if knob in (
-                    "delay_ms", "jitter_ms") else knob
+                need = (
+                    "netem (CONFIG_NET_SCH_NETEM; `modprobe sch_netem`)"
+                    if knob in ("delay_ms", "jitter_ms")
+                    else knob
+                )
                 raise ShapingError(
                     f"link {knob} needs {need}, which this kernel lacks; drop `{knob}` "
                     "from the scenario or run it on a kernel that has it (`tcplab doctor`)"
@@ -202,7 +205,9 @@ class Shaper:
         with IPRoute(netns=self.ends[host]) as ipr:
             index = self._index(ipr)
             if (shape.rate_mbit, shape.delay_ms, shape.jitter_ms) != (
-                old.rate_mbit, old.delay_ms, old.jitter_ms
+                old.rate_mbit,
+                old.delay_ms,
+                old.jitter_ms,
             ):
                 self._set_root(ipr, index, old, shape)
         self.shapes[host] = shape
@@ -219,8 +224,9 @@ class Shaper:
         if self._bpf is None:
             from bcc import BPF
 
-            self._bpf = BPF(src_file=str(DROP_SOURCE).encode(),
-                            cflags=[f"-DDROP_SLOTS={DROP_SLOTS}"])
+            self._bpf = BPF(
+                src_file=str(DROP_SOURCE).encode(), cflags=[f"-DDROP_SLOTS={DROP_SLOTS}"]
+            )
         return self._bpf.load_func(f"drop_{slot}".encode(), self._bpf.SCHED_CLS)
 
     def _set_loss(self, ipr: IPRoute, host: str, index: int, pct: float) -> None:
@@ -233,16 +239,27 @@ class Shaper:
         threshold[threshold.Key(slot)] = threshold.Leaf(round(pct / 100 * THRESHOLD_ONE))
         if host not in self._attached:
             ipr.tc("add", "clsact", index)
-            ipr.tc("add-filter", "bpf", index, ":1", fd=fn.fd, name=fn.name,
-                   parent=CLSACT_INGRESS, classid=1, direct_action=True)
+            ipr.tc(
+                "add-filter",
+                "bpf",
+                index,
+                ":1",
+                fd=fn.fd,
+                name=fn.name,
+                parent=CLSACT_INGRESS,
+                classid=1,
+                direct_action=True,
+            )
             self._attached.add(host)
 
     def _set_root(self, ipr: IPRoute, index: int, old: Shape, new: Shape) -> None:
         if old.rate_mbit or old.needs_netem:
             ipr.tc("del", index=index, root=True)
         if new.needs_netem:
-            opts: dict[str, Any] = {"delay": int(new.delay_ms * 1000),
-                                    "jitter": int(new.jitter_ms * 1000)}
+            opts: dict[str, Any] = {
+                "delay": int(new.delay_ms * 1000),
+                "jitter": int(new.jitter_ms * 1000),
+            }
             if new.rate_mbit:
                 opts["rate"] = f"{round(new.rate_mbit * 1e6)}bit"
             ipr.tc("add", "netem", index, handle="1:", **opts)
@@ -250,8 +267,15 @@ class Shaper:
             rate_bytes = new.rate_mbit * 1e6 / 8
             # The bucket holds at least 10 ms of traffic and a few full frames.
             burst = max(int(rate_bytes / 100), 16 * 1514)
-            ipr.tc("add", "tbf", index, handle="1:", rate=f"{round(new.rate_mbit * 1e6)}bit",
-                   burst=burst, latency=TBF_LATENCY)
+            ipr.tc(
+                "add",
+                "tbf",
+                index,
+                handle="1:",
+                rate=f"{round(new.rate_mbit * 1e6)}bit",
+                burst=burst,
+                latency=TBF_LATENCY,
+            )
 
     def counters(self) -> dict[str, dict[str, int]]:
         """Packets the drop program saw and dropped, per link end."""
@@ -259,9 +283,12 @@ class Shaper:
             return self._final
         seen, dropped = self._bpf[b"drop_seen"], self._bpf[b"drop_dropped"]
         return {
-            host: {"seen": int(seen[seen.Key(slot)].value),
-                   "dropped": int(dropped[dropped.Key(slot)].value)}
-            for host, slot in self.slots.items() if host in self._attached
+            host: {
+                "seen": int(seen[seen.Key(slot)].value),
+                "dropped": int(dropped[dropped.Key(slot)].value),
+            }
+            for host, slot in self.slots.items()
+            if host in self._attached
         }
 
     def close(self) -> None:

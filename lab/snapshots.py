@@ -38,17 +38,30 @@ LISTEN = TCP_STATES.index("LISTEN")
 HANDSHAKE = ("snd_mss", "rcv_mss", "advmss", "pmtu", "snd_wscale", "rcv_wscale", "options")
 # tcp_info name -> snapshot name (units in the name where the kernel's are not obvious).
 DYNAMIC = {
-    "rtt": "rtt_us", "rttvar": "rttvar_us", "snd_cwnd": "cwnd", "snd_ssthresh": "ssthresh",
-    "retransmits": "retransmits", "probes": "probes", "backoff": "backoff",
-    "rcv_space": "rcv_space", "rwnd_limited": "rwnd_limited_us",
-    "total_retrans": "total_retrans", "unacked": "unacked", "ca_state": "ca_state",
+    "rtt": "rtt_us",
+    "rttvar": "rttvar_us",
+    "snd_cwnd": "cwnd",
+    "snd_ssthresh": "ssthresh",
+    "retransmits": "retransmits",
+    "probes": "probes",
+    "backoff": "backoff",
+    "rcv_space": "rcv_space",
+    "rwnd_limited": "rwnd_limited_us",
+    "total_retrans": "total_retrans",
+    "unacked": "unacked",
+    "ca_state": "ca_state",
     "last_ack_recv": "last_ack_recv_ms",
 }
 
 
 def _ends(s: SockDiag) -> dict[str, Any]:
-    return {"laddr": s.laddr, "lport": s.lport, "raddr": s.raddr, "rport": s.rport,
-            "cookie": s.cookie}
+    return {
+        "laddr": s.laddr,
+        "lport": s.lport,
+        "raddr": s.raddr,
+        "rport": s.rport,
+        "cookie": s.cookie,
+    }
 
 
 class Snapshotter:
@@ -108,34 +121,59 @@ class Snapshotter:
                 info = s.tcp_info
                 if s.state == ESTABLISHED and key not in self._established:
                     self._established.add(key)
-                    lines.append(orjson.dumps({
-                        "kind": "established", **base,
-                        **{k: getattr(info, k) for k in HANDSHAKE}, "congestion": s.congestion,
-                    }))
+                    lines.append(
+                        orjson.dumps(
+                            {
+                                "kind": "established",
+                                **base,
+                                **{k: getattr(info, k) for k in HANDSHAKE},
+                                "congestion": s.congestion,
+                            }
+                        )
+                    )
                 sample = {
-                    "kind": "sample", **base, "state": TCP_STATES[s.state], "timer": s.timer,
-                    "expires_ms": s.expires_ms, "timer_retrans": s.retrans,
+                    "kind": "sample",
+                    **base,
+                    "state": TCP_STATES[s.state],
+                    "timer": s.timer,
+                    "expires_ms": s.expires_ms,
+                    "timer_retrans": s.retrans,
                     **{name: getattr(info, k) for k, name in DYNAMIC.items()},
                 }
                 live[key] = sample
                 lines.append(orjson.dumps(sample))
         for key, last in self._seen.items():
             if key not in live:
-                lines.append(orjson.dumps({
-                    **{k: last[k] for k in ("host", "laddr", "lport", "raddr", "rport", "cookie")},
-                    "kind": "gone", "t_mono_ns": t0, "last_seen_mono_ns": last["t_mono_ns"],
-                    "last_state": last["state"], "last_probes": last["probes"],
-                    "last_timer": last["timer"],
-                    "last_ack_mono_ns": last["t_mono_ns"] - last["last_ack_recv_ms"] * 1_000_000,
-                }))
+                lines.append(
+                    orjson.dumps(
+                        {
+                            **{
+                                k: last[k]
+                                for k in ("host", "laddr", "lport", "raddr", "rport", "cookie")
+                            },
+                            "kind": "gone",
+                            "t_mono_ns": t0,
+                            "last_seen_mono_ns": last["t_mono_ns"],
+                            "last_state": last["state"],
+                            "last_probes": last["probes"],
+                            "last_timer": last["timer"],
+                            "last_ack_mono_ns": last["t_mono_ns"]
+                            - last["last_ack_recv_ms"] * 1_000_000,
+                        }
+                    )
+                )
         self._seen = live
         self._out.write(b"".join(line + b"\n" for line in lines))
         self.samples += 1
         self.took_ns_max = max(self.took_ns_max, time.monotonic_ns() - t0)
 
     def describe(self) -> dict[str, Any]:
-        return {"file": SNAPSHOTS, "hz": SNAPSHOT_HZ, "samples": self.samples,
-                "took_ms_max": round(self.took_ns_max / 1e6, 3)}
+        return {
+            "file": SNAPSHOTS,
+            "hz": SNAPSHOT_HZ,
+            "samples": self.samples,
+            "took_ms_max": round(self.took_ns_max / 1e6, 3),
+        }
 
     def close(self) -> None:
         if self._out.closed:

@@ -85,7 +85,10 @@ class Supervisor:
             # the actor's workers too, and the terminal's Ctrl-C does not hit
             # actors before the orchestrator has decided the order.
             popen = subprocess.Popen(
-                [*PDEATHSIG, *argv], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                [*PDEATHSIG, *argv],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         proc = Process(name, role, popen, log_path)

@@ -61,8 +61,9 @@ def parse_hosts(value: Any, where: str) -> list[HostSpec]:
     for name, table in value.items():
         hw = f"{where}.{name}"
         if not HOST_NAME.fullmatch(name):
-            raise TopologyError(f"{hw}: a host name is a lowercase letter then up to 11 "
-                                "lowercase letters or digits")
+            raise TopologyError(
+                f"{hw}: a host name is a lowercase letter then up to 11 lowercase letters or digits"
+            )
         if not isinstance(table, dict):
             raise TopologyError(f"{hw}: must be a table")
         _unknown(table, HOST_KEYS, hw)
@@ -73,8 +74,9 @@ def parse_hosts(value: Any, where: str) -> list[HostSpec]:
     return hosts
 
 
-def _egress(table: dict[str, Any], hosts: list[str], where: str,
-            both: dict[str, float]) -> dict[str, dict[str, float]]:
+def _egress(
+    table: dict[str, Any], hosts: list[str], where: str, both: dict[str, float]
+) -> dict[str, dict[str, float]]:
     """host -> the knobs given for packets leaving it (both directions first)."""
     out = {h: dict(both) for h in hosts} if both else {}
     per = table.get("egress", {})
@@ -82,8 +84,9 @@ def _egress(table: dict[str, Any], hosts: list[str], where: str,
         raise TopologyError(f"{where}.egress: give one table per host, e.g. egress.b")
     for host, knobs in per.items():
         if host not in hosts:
-            raise TopologyError(f"{where}.egress.{host}: no host {host!r} on this link "
-                                f"(hosts: {', '.join(hosts)})")
+            raise TopologyError(
+                f"{where}.egress.{host}: no host {host!r} on this link (hosts: {', '.join(hosts)})"
+            )
         if not isinstance(knobs, dict):
             raise TopologyError(f"{where}.egress.{host}: must be a table of shaping knobs")
         _unknown(knobs, KNOBS, f"{where}.egress.{host}")
@@ -105,10 +108,16 @@ def parse_link(value: Any, hosts: list[HostSpec], where: str) -> LinkSpec:
     _unknown(value, LINK_KEYS, where)
     names = [h.name for h in hosts]
     ends = value.get("hosts", names if len(names) == 2 else None)
-    if (not isinstance(ends, list) or len(ends) != 2 or len(set(ends)) != 2
-            or not all(e in names for e in ends)):
-        raise TopologyError(f"{where}: a link joins two declared hosts: set "
-                            f"`hosts = [\"a\", \"b\"]` (hosts: {', '.join(names) or 'none'})")
+    if (
+        not isinstance(ends, list)
+        or len(ends) != 2
+        or len(set(ends)) != 2
+        or not all(e in names for e in ends)
+    ):
+        raise TopologyError(
+            f"{where}: a link joins two declared hosts: set "
+            f'`hosts = ["a", "b"]` (hosts: {", ".join(names) or "none"})'
+        )
     mtu = value.get("mtu", DEFAULT_MTU)
     if isinstance(mtu, bool) or not isinstance(mtu, int) or not MIN_MTU <= mtu <= MAX_MTU:
         raise TopologyError(f"{where}: `mtu` must be a whole number from {MIN_MTU} to {MAX_MTU}")
@@ -126,8 +135,11 @@ def parse_link(value: Any, hosts: list[HostSpec], where: str) -> LinkSpec:
         raise TopologyError(f"{where}: `offloads` must be true or false")
     egress = _egress(value, ends, where, _knobs(value, where))
     return LinkSpec(
-        hosts=(ends[0], ends[1]), mtu=mtu, addresses=(str(ifaces[0]), str(ifaces[1])),
-        egress={h: Shape().merged(k) for h, k in egress.items()}, offloads=offloads,
+        hosts=(ends[0], ends[1]),
+        mtu=mtu,
+        addresses=(str(ifaces[0]), str(ifaces[1])),
+        egress={h: Shape().merged(k) for h, k in egress.items()},
+        offloads=offloads,
     )
 
 
@@ -139,13 +151,14 @@ def parse_capture(value: Any, link: LinkSpec | None, where: str) -> CaptureSpec:
     _unknown(value, CAPTURE_KEYS, where)
     host = value.get("host", link.hosts[0])
     if host not in link.hosts:
-        raise TopologyError(f"{where}: `host` must be an end of the link "
-                            f"({', '.join(link.hosts)})")
+        raise TopologyError(f"{where}: `host` must be an end of the link ({', '.join(link.hosts)})")
     snaplen = value.get("snaplen", CaptureSpec(host).snaplen)
-    if isinstance(snaplen, bool) or not isinstance(snaplen, int) or not (
-            MIN_SNAPLEN <= snaplen <= MAX_SNAPLEN):
-        raise TopologyError(f"{where}: `snaplen` must be from {MIN_SNAPLEN} to {MAX_SNAPLEN} "
-                            "bytes")
+    if (
+        isinstance(snaplen, bool)
+        or not isinstance(snaplen, int)
+        or not (MIN_SNAPLEN <= snaplen <= MAX_SNAPLEN)
+    ):
+        raise TopologyError(f"{where}: `snaplen` must be from {MIN_SNAPLEN} to {MAX_SNAPLEN} bytes")
     return CaptureSpec(host, snaplen)
 
 

@@ -50,14 +50,26 @@ class HostPlace(LabNamespace):
         pass
 
 
-def trace_scenario(command: list[str], pid: int | None, duration_s: float | None,
-                   stop_signal: str, ports: list[int]) -> Scenario:
+def trace_scenario(
+    command: list[str],
+    pid: int | None,
+    duration_s: float | None,
+    stop_signal: str,
+    ports: list[int],
+) -> Scenario:
     """The scenario of one trace: the command as a foreign actor, or nothing
     to start for -p; one phase until the program ends or the duration."""
     label = actor_name(command, pid)
     if command:
-        args = ["--command", json.dumps(command), "--cwd", str(Path.cwd()),
-                "--stop-signal", stop_signal, "--gate"]
+        args = [
+            "--command",
+            json.dumps(command),
+            "--cwd",
+            str(Path.cwd()),
+            "--stop-signal",
+            stop_signal,
+            "--gate",
+        ]
         actors = [ActorSpec(label, FOREIGN, args)]
         commands = [Command(label, "start")]
         until = [label]
@@ -66,9 +78,15 @@ def trace_scenario(command: list[str], pid: int | None, duration_s: float | None
     name = f"trace-{label}"
     what = " ".join(command) if command else f"pid {pid}"
     return Scenario(
-        name=name, summary=f"tcplab trace of {what}", description="", path=Path("<trace>"),
-        sysctls={}, ports=ports, actors=actors,
-        phases=[Phase("trace", duration_s or MAX_PHASE_S, commands, until)], expected={},
+        name=name,
+        summary=f"tcplab trace of {what}",
+        description="",
+        path=Path("<trace>"),
+        sysctls={},
+        ports=ports,
+        actors=actors,
+        phases=[Phase("trace", duration_s or MAX_PHASE_S, commands, until)],
+        expected={},
     )
 
 
@@ -132,8 +150,11 @@ class TraceRun(LabRun):
         for pid in sorted(pids - set(self.programs.values())):
             # The correlator names a child by its root's actor.
             self.programs[f"{self.actor} (child {pid})"] = pid
-        self._command(PROBES, "set", {"pids": sorted(self.traced),
-                                      "ports": sorted(self.listening), "either": True})
+        self._command(
+            PROBES,
+            "set",
+            {"pids": sorted(self.traced), "ports": sorted(self.listening), "either": True},
+        )
 
     def _wait_program(self, actor: str) -> bool:
         """The probes follow the program's pid now: let it run (it waited
@@ -153,10 +174,14 @@ class TraceRun(LabRun):
 
     def meta(self) -> dict[str, Any]:
         out = super().meta()
-        out["trace"] = {"pid": self.attached_pid, "pids": sorted(self.traced),
-                        "ports": sorted(self.listening)}
+        out["trace"] = {
+            "pid": self.attached_pid,
+            "pids": sorted(self.traced),
+            "ports": sorted(self.listening),
+        }
         return out
 
 
-STOP_SIGNALS = tuple(s.name for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP,
-                                      signal.SIGQUIT, signal.SIGKILL))
+STOP_SIGNALS = tuple(
+    s.name for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGKILL)
+)

@@ -96,8 +96,13 @@ def filters_from(args: dict[str, Any], current: Filters) -> Filters:
 
 
 def filters_dict(f: Filters) -> dict[str, Any]:
-    return {"pids": sorted(f.pids), "lports": sorted(f.lports), "rports": sorted(f.rports),
-            "ports": sorted(f.ports), "either": f.either}
+    return {
+        "pids": sorted(f.pids),
+        "lports": sorted(f.lports),
+        "rports": sorted(f.rports),
+        "ports": sorted(f.ports),
+        "either": f.either,
+    }
 
 
 class Batcher:
@@ -153,8 +158,9 @@ def _run(args: Any) -> int:
             "(to watch events in a terminal use `tcplab watch`)"
         )
     try:
-        filters = Filters(set(args.pid), set(args.lport), set(args.rport), set(args.port),
-                          either=args.either)
+        filters = Filters(
+            set(args.pid), set(args.lport), set(args.rport), set(args.port), either=args.either
+        )
         plan = make_plan()
     except ProbeError as e:
         raise UsageError(str(e)) from None

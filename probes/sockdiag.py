@@ -100,7 +100,8 @@ def parse_tcp_info(raw: bytes) -> TcpInfo:
 def tcp_info_of(sock: socket.socket) -> dict[str, Any]:
     """tcp_info of one of our own sockets (getsockopt), parsed the same way."""
     info = parse_tcp_info(
-        sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO.size)).as_dict()
+        sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO.size)
+    ).as_dict()
     info["congestion"] = (
         sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, 16).split(b"\0")[0].decode()
     )
@@ -117,8 +118,11 @@ def port_filter(ports: Iterable[int]) -> bytes:
     the program by walking the "yes" jumps, so every test must be on that
     walk: that is what the JMPs are for (their "yes" is the next test).
     """
-    tests = [(code, port) for port in sorted(set(ports))
-             for code in (INET_DIAG_BC_S_EQ, INET_DIAG_BC_D_EQ)]
+    tests = [
+        (code, port)
+        for port in sorted(set(ports))
+        for code in (INET_DIAG_BC_S_EQ, INET_DIAG_BC_D_EQ)
+    ]
     size = 12 * len(tests) - 4
     out = bytearray()
     for i, (code, port) in enumerate(tests):
@@ -169,9 +173,12 @@ class DiagQuery:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def sockets(self, ports: Iterable[int] = (), info: bool = True,
-                families: tuple[int, ...] = (socket.AF_INET, socket.AF_INET6)
-                ) -> list[SockDiag]:
+    def sockets(
+        self,
+        ports: Iterable[int] = (),
+        info: bool = True,
+        families: tuple[int, ...] = (socket.AF_INET, socket.AF_INET6),
+    ) -> list[SockDiag]:
         """Every TCP socket (on one of `ports` when given), with tcp_info if `info`."""
         bytecode = port_filter(ports) if ports else b""
         out: list[SockDiag] = []
@@ -185,8 +192,16 @@ class DiagQuery:
         if bytecode:
             body += RTA.pack(RTA.size + len(bytecode), INET_DIAG_REQ_BYTECODE) + bytecode
         self._seq += 1
-        self._sock.send(NLMSG.pack(NLMSG.size + len(body), SOCK_DIAG_BY_FAMILY,
-                                   NLM_F_REQUEST | NLM_F_ROOT | NLM_F_MATCH, self._seq, 0) + body)
+        self._sock.send(
+            NLMSG.pack(
+                NLMSG.size + len(body),
+                SOCK_DIAG_BY_FAMILY,
+                NLM_F_REQUEST | NLM_F_ROOT | NLM_F_MATCH,
+                self._seq,
+                0,
+            )
+            + body
+        )
         while True:
             data = self._sock.recv(RECV_BYTES)
             offset = 0
@@ -227,8 +242,9 @@ def _addr(family: int, raw: bytes) -> str:
 
 
 def _parse(data: bytes, start: int, end: int) -> SockDiag:
-    (family, state, timer, retrans, src, dst, _if, cookie, expires, rqueue,
-     wqueue, _uid, inode) = MSG.unpack_from(data, start)
+    (family, state, timer, retrans, src, dst, _if, cookie, expires, rqueue, wqueue, _uid, inode) = (
+        MSG.unpack_from(data, start)
+    )
     sport, dport = PORTS.unpack_from(data, start + 4)
     tcp_info: TcpInfo | None = None
     congestion: str | None = None
@@ -241,11 +257,25 @@ def _parse(data: bytes, start: int, end: int) -> SockDiag:
             if length - RTA.size >= TCP_INFO.size:  # no copy: unpack in place
                 tcp_info = _make_info(TCP_INFO.unpack_from(data, offset + RTA.size))
             else:
-                tcp_info = parse_tcp_info(data[offset + RTA.size: offset + length])
+                tcp_info = parse_tcp_info(data[offset + RTA.size : offset + length])
         elif kind == INET_DIAG_CONG:
-            congestion = _congestion_name(data[offset + RTA.size: offset + length])
+            congestion = _congestion_name(data[offset + RTA.size : offset + length])
         offset += (length + 3) & ~3
     # Positional: a tuple made in one call (SockDiag's field order).
-    return SockDiag(family, state, _addr(family, src), sport, _addr(family, dst), dport,
-                    TIMERS.get(timer) if timer in TIMERS else str(timer), expires, retrans,
-                    rqueue, wqueue, inode, cookie, tcp_info, congestion)
+    return SockDiag(
+        family,
+        state,
+        _addr(family, src),
+        sport,
+        _addr(family, dst),
+        dport,
+        TIMERS.get(timer) if timer in TIMERS else str(timer),
+        expires,
+        retrans,
+        rqueue,
+        wqueue,
+        inode,
+        cookie,
+        tcp_info,
+        congestion,
+    )

@@ -70,8 +70,14 @@ clean = "{clean}"
 
 
 def small_scenario(
-    directory: Path, name: str = "small", *, port: int | None = None, listen_s: float = 0.5,
-    clients_s: float = 1.0, clean: str = ">=3", extra: str = "",
+    directory: Path,
+    name: str = "small",
+    *,
+    port: int | None = None,
+    listen_s: float = 0.5,
+    clients_s: float = 1.0,
+    clean: str = ">=3",
+    extra: str = "",
 ) -> Path:
     """A small scenario file. Its port is drawn below the ephemeral range: the
     probes filter by port, not by namespace, so a lab elsewhere on this
@@ -101,8 +107,11 @@ class LiveRun:
 
     def __init__(self, *args: str) -> None:
         self.proc = subprocess.Popen(
-            [TCPLAB, "run", *args, "--json"], cwd=ROOT, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True,
+            [TCPLAB, "run", *args, "--json"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         self.lines: list[dict[str, Any]] = []
         self.pids: dict[str, int] = {}
@@ -179,8 +188,9 @@ def bpf_programs_of(pid: int) -> set[int]:
 
 
 def loaded_programs() -> set[int]:
-    out = subprocess.run(["bpftool", "-j", "prog", "list"], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(
+        ["bpftool", "-j", "prog", "list"], capture_output=True, text=True, check=True
+    )
     return {p["id"] for p in json.loads(out.stdout)}
 
 
@@ -213,7 +223,10 @@ def leftovers(orchestrator_pid: int, pids: set[int], programs: set[int]) -> list
 
 
 def wait_nothing_left(
-    orchestrator_pid: int, pids: set[int], programs: set[int], timeout: float = 30,
+    orchestrator_pid: int,
+    pids: set[int],
+    programs: set[int],
+    timeout: float = 30,
     but: tuple[str, ...] = (),
 ) -> list[str]:
     """leftovers(), polled until none is left but those starting with one of

@@ -19,16 +19,42 @@ def test_bulk_sender_against_a_slow_reader(lab: Lab) -> None:
     (the kernel holds what the application has not read); the client's
     records say what the kernel used (reno, the loopback MSS) and that all
     400000 bytes were acknowledged."""
-    port = int(str(lab.start("server", "server", "--port", "0", "--read-chunk", "4096",
-                         "--read-delay", "0.1", "--congestion", "reno")["port"]))
+    port = int(
+        str(
+            lab.start(
+                "server",
+                "server",
+                "--port",
+                "0",
+                "--read-chunk",
+                "4096",
+                "--read-delay",
+                "0.1",
+                "--congestion",
+                "reno",
+            )["port"]
+        )
+    )
     # The loopback receiver acknowledges all 400000 bytes within ~50 ms (its
     # buffer takes them). A client that then closed with the server's echoes
     # unread would reset the connection (RFC 2525: data after close), and the
     # reset socket leaves sock_diag's tables: its queue was visible for
     # ~100 ms, missed when this process started sampling late (the first
     # test of a loaded run). Idle, the client reads the echoes and keeps it.
-    lab.start("client", "client", "--target", f"127.0.0.1:{port}", "--lines", "0",
-          "--send-bytes", "400000", "--congestion", "reno", "--idle", "60")
+    lab.start(
+        "client",
+        "client",
+        "--target",
+        f"127.0.0.1:{port}",
+        "--lines",
+        "0",
+        "--send-bytes",
+        "400000",
+        "--congestion",
+        "reno",
+        "--idle",
+        "60",
+    )
     backlog = 0
     seen: list[tuple[int, int, int, int]] = []  # the last sample, for a failure's message
     with DiagQuery() as q:
@@ -55,8 +81,20 @@ def test_bulk_sender_against_a_slow_reader(lab: Lab) -> None:
 def test_keepalive_and_congestion_are_set_on_the_socket(lab: Lab) -> None:
     """--keepalive 2,1,5 starts the kernel's keepalive timer on the idle connection."""
     port = int(str(lab.start("server", "server", "--port", "0")["port"]))
-    lab.start("client", "client", "--target", f"127.0.0.1:{port}", "--lines", "1",
-          "--idle", "30", "--keepalive", "2,1,5", "--congestion", "cubic")
+    lab.start(
+        "client",
+        "client",
+        "--target",
+        f"127.0.0.1:{port}",
+        "--lines",
+        "1",
+        "--idle",
+        "30",
+        "--keepalive",
+        "2,1,5",
+        "--congestion",
+        "cubic",
+    )
     lab.wait_for(lambda e: bool(lab.records("client", "idle")), 20, "client idle")
     with DiagQuery() as q:
         (mine,) = [s for s in q.sockets([port]) if s.rport == port]
@@ -76,8 +114,9 @@ def test_keepalive_and_congestion_are_set_on_the_socket(lab: Lab) -> None:
     ],
 )
 def test_bad_client_options_are_one_line(args: list[str], message: str) -> None:
-    out = subprocess.run([sys.executable, "-m", "actors.client", *args], capture_output=True,
-                         text=True, timeout=30)
+    out = subprocess.run(
+        [sys.executable, "-m", "actors.client", *args], capture_output=True, text=True, timeout=30
+    )
     assert out.returncode == 2
     (line,) = out.stderr.strip().splitlines()
     assert line.startswith("client: error:") and message in line, line

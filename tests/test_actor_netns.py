@@ -41,8 +41,12 @@ def run_bomber(lab: Lab, ns: LabNamespace, *args: str) -> dict[str, object]:
 
 def tcp_counter(namespace: str, name: str) -> int:
     """One of the namespace's Tcp counters (/proc/net/snmp, read inside it)."""
-    snmp = subprocess.run(["ip", "netns", "exec", namespace, "cat", "/proc/net/snmp"],
-                          check=True, capture_output=True, text=True).stdout
+    snmp = subprocess.run(
+        ["ip", "netns", "exec", namespace, "cat", "/proc/net/snmp"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     head, values = (line.split()[1:] for line in snmp.splitlines() if line.startswith("Tcp:"))
     return int(values[head.index(name)])
 

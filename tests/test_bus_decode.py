@@ -76,7 +76,11 @@ def test_typed_log_records_carry_the_fields_apprecord_names_and_drop_the_rest() 
     got = env.body["records"]
     assert 2 == len(got)
     assert ("connect", 41, 3, "127.0.0.1", 40000) == (
-        got[0].event, got[0].pid, got[0].fd, got[0].laddr, got[0].lport
+        got[0].event,
+        got[0].pid,
+        got[0].fd,
+        got[0].laddr,
+        got[0].lport,
     )
     assert ("progress", msgspec.UNSET) == (got[1].event, got[1].fd)
     assert not hasattr(got[1], "made")

@@ -48,20 +48,66 @@ def boolean(v: Any) -> bool:
     return type(v) is bool
 
 
-APP_REQUIRED = {"event": text, "actor": text, "pid": count, "mono_ns": count, "wall": number,
-                "level": text}
-APP_OPTIONAL = {"fd": integer, "laddr": text, "lport": count, "raddr": text, "rport": count,
-                "errno": count, "error": text, "open_fds": count}
+APP_REQUIRED = {
+    "event": text,
+    "actor": text,
+    "pid": count,
+    "mono_ns": count,
+    "wall": number,
+    "level": text,
+}
+APP_OPTIONAL = {
+    "fd": integer,
+    "laddr": text,
+    "lport": count,
+    "raddr": text,
+    "rport": count,
+    "errno": count,
+    "error": text,
+    "open_fds": count,
+}
 KERNEL_FIELDS = {
-    "tcp_state": {"ts": count, "skaddr": count, "cpu_pid": count, "cpu_tid": count,
-                  "cpu_comm": text, "family": integer, "saddr": text, "sport": count,
-                  "daddr": text, "dport": count, "old": text, "new": text},
-    "accept": {"ts": count, "pid": count, "tid": count, "comm": text, "syscall": text,
-               "lfd": integer, "fd": integer, "errno": count, "family": integer,
-               "peer_addr": text, "peer_port": count, "dur_ns": count},
-    "epoll": {"ts": count, "pid": count, "tid": count, "comm": text, "syscall": text,
-              "epfd": integer, "maxevents": integer, "timeout_ms": integer, "ready": integer,
-              "errno": count, "dur_ns": count},
+    "tcp_state": {
+        "ts": count,
+        "skaddr": count,
+        "cpu_pid": count,
+        "cpu_tid": count,
+        "cpu_comm": text,
+        "family": integer,
+        "saddr": text,
+        "sport": count,
+        "daddr": text,
+        "dport": count,
+        "old": text,
+        "new": text,
+    },
+    "accept": {
+        "ts": count,
+        "pid": count,
+        "tid": count,
+        "comm": text,
+        "syscall": text,
+        "lfd": integer,
+        "fd": integer,
+        "errno": count,
+        "family": integer,
+        "peer_addr": text,
+        "peer_port": count,
+        "dur_ns": count,
+    },
+    "epoll": {
+        "ts": count,
+        "pid": count,
+        "tid": count,
+        "comm": text,
+        "syscall": text,
+        "epfd": integer,
+        "maxevents": integer,
+        "timeout_ms": integer,
+        "ready": integer,
+        "errno": count,
+        "dur_ns": count,
+    },
 }
 
 
@@ -118,17 +164,24 @@ def body_ok(kind: str, b: Any) -> bool:
     if kind == "command":
         return fields_ok(b, {"name": text, "args": lambda a: isinstance(a, dict)})
     if kind == "ack":
-        return fields_ok(b, {"command_seq": count, "ok": boolean},
-                         {"error": text, "result": lambda r: isinstance(r, dict)})
+        return fields_ok(
+            b,
+            {"command_seq": count, "ok": boolean},
+            {"error": text, "result": lambda r: isinstance(r, dict)},
+        )
     if kind == "log":
         recs = b.get("records")
-        return isinstance(recs, list) and all(fields_ok(r, APP_REQUIRED, APP_OPTIONAL)
-                                              for r in recs)
+        return isinstance(recs, list) and all(
+            fields_ok(r, APP_REQUIRED, APP_OPTIONAL) for r in recs
+        )
     if kind == "kernel":
         fields = KERNEL_FIELDS.get(b.get("probe"))  # type: ignore[arg-type]
         evs = b.get("events")
-        return (fields is not None and isinstance(evs, list)
-                and all(fields_ok(e, fields) and e.get("type") == b["probe"] for e in evs))
+        return (
+            fields is not None
+            and isinstance(evs, list)
+            and all(fields_ok(e, fields) and e.get("type") == b["probe"] for e in evs)
+        )
     if kind == "stats":
         return stats_ok(b)
     if kind == "eof":
@@ -157,9 +210,17 @@ def receive(events: str, control: str) -> int:
             tally.add(env)  # the live run's consumer: must not raise
             eof = eof or (env.kind.value == "eof" and env.sender == END)
             ready = ready or (env.kind.value == "ready" and env.body.get("end") is True)
-    print(json.dumps({"events": hub.events_ledger.summary(),
-                      "control": hub.control_ledger.summary(),
-                      "handed": handed, "misshapen": misshapen[:5]}, default=str))
+    print(
+        json.dumps(
+            {
+                "events": hub.events_ledger.summary(),
+                "control": hub.control_ledger.summary(),
+                "handed": handed,
+                "misshapen": misshapen[:5],
+            },
+            default=str,
+        )
+    )
     hub.close()
     return 0 if eof and ready else 5
 
@@ -177,10 +238,15 @@ from hypothesis import strategies as st  # noqa: E402
 from bus.endpoints import Endpoints  # noqa: E402
 
 anything = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats()
-    | st.text(max_size=6) | st.binary(max_size=6),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner,
-                                                                max_size=3),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats()
+    | st.text(max_size=6)
+    | st.binary(max_size=6),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
     max_leaves=8,
 )
 nat = st.integers(0, 2**64 - 1)
@@ -192,22 +258,40 @@ def with_extras(base: st.SearchStrategy[dict[str, Any]]) -> st.SearchStrategy[di
     return st.builds(lambda b, e: {**e, **b}, base, extras)
 
 
-app_record = with_extras(st.fixed_dictionaries(
-    {"event": name, "actor": name, "pid": nat, "mono_ns": nat,
-     "wall": st.floats(allow_nan=False), "level": st.sampled_from(["info", "warning"])},
-    optional={"fd": st.integers(-1, 2**31), "laddr": st.text(max_size=8), "lport": nat,
-              "raddr": st.text(max_size=8), "rport": nat, "errno": nat, "error": name,
-              "open_fds": nat},
-))
-text_of: dict[Any, st.SearchStrategy[Any]] = {count: nat, integer: st.integers(-5, 2**31),
-                                              text: st.text(max_size=8)}
+app_record = with_extras(
+    st.fixed_dictionaries(
+        {
+            "event": name,
+            "actor": name,
+            "pid": nat,
+            "mono_ns": nat,
+            "wall": st.floats(allow_nan=False),
+            "level": st.sampled_from(["info", "warning"]),
+        },
+        optional={
+            "fd": st.integers(-1, 2**31),
+            "laddr": st.text(max_size=8),
+            "lport": nat,
+            "raddr": st.text(max_size=8),
+            "rport": nat,
+            "errno": nat,
+            "error": name,
+            "open_fds": nat,
+        },
+    )
+)
+text_of: dict[Any, st.SearchStrategy[Any]] = {
+    count: nat,
+    integer: st.integers(-5, 2**31),
+    text: st.text(max_size=8),
+}
 
 
 def kernel_batch(probe: str) -> st.SearchStrategy[dict[str, Any]]:
-    event = st.fixed_dictionaries({"type": st.just(probe), **{
-        k: text_of[check] for k, check in KERNEL_FIELDS[probe].items()}})
-    return st.fixed_dictionaries({"probe": st.just(probe),
-                                  "events": st.lists(event, max_size=4)})
+    event = st.fixed_dictionaries(
+        {"type": st.just(probe), **{k: text_of[check] for k, check in KERNEL_FIELDS[probe].items()}}
+    )
+    return st.fixed_dictionaries({"probe": st.just(probe), "events": st.lists(event, max_size=4)})
 
 
 counts = st.dictionaries(st.text(max_size=10), nat, max_size=4)
@@ -216,25 +300,42 @@ VALID: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "ready": with_extras(st.fixed_dictionaries({"pid": nat})),
     "heartbeat": extras,
     "command": st.fixed_dictionaries(
-        {"name": name, "args": st.dictionaries(st.text(max_size=4), anything, max_size=3)}),
+        {"name": name, "args": st.dictionaries(st.text(max_size=4), anything, max_size=3)}
+    ),
     "ack": st.fixed_dictionaries(
         {"command_seq": nat, "ok": st.booleans()},
-        optional={"error": st.text(max_size=8),
-                  "result": st.dictionaries(st.text(max_size=4), anything, max_size=2)}),
+        optional={
+            "error": st.text(max_size=8),
+            "result": st.dictionaries(st.text(max_size=4), anything, max_size=2),
+        },
+    ),
     "log": st.fixed_dictionaries({"records": st.lists(app_record, max_size=4)}),
     "kernel": st.sampled_from(sorted(KERNEL_FIELDS)).flatmap(kernel_batch),
-    "stats": with_extras(st.fixed_dictionaries(
-        {"source": name},
-        optional={
-            "states": counts, "fds": st.dictionaries(st.integers(0, 2**22), nat, max_size=3),
-            "sample_ns": nat, "done": st.booleans(), "final": st.booleans(),
-            "programs": st.dictionaries(name, st.fixed_dictionaries(
-                {"events": nat, "drops": nat}), max_size=3),
-            "epoll_hist": st.lists(st.fixed_dictionaries(
-                {"pid": nat, "blocked_ns_log2": st.lists(nat, max_size=4),
-                 "ready_log2": st.lists(nat, max_size=4)}), max_size=2),
-        },
-    )),
+    "stats": with_extras(
+        st.fixed_dictionaries(
+            {"source": name},
+            optional={
+                "states": counts,
+                "fds": st.dictionaries(st.integers(0, 2**22), nat, max_size=3),
+                "sample_ns": nat,
+                "done": st.booleans(),
+                "final": st.booleans(),
+                "programs": st.dictionaries(
+                    name, st.fixed_dictionaries({"events": nat, "drops": nat}), max_size=3
+                ),
+                "epoll_hist": st.lists(
+                    st.fixed_dictionaries(
+                        {
+                            "pid": nat,
+                            "blocked_ns_log2": st.lists(nat, max_size=4),
+                            "ready_log2": st.lists(nat, max_size=4),
+                        }
+                    ),
+                    max_size=2,
+                ),
+            },
+        )
+    ),
     "eof": st.fixed_dictionaries({"last_seq": nat}),
 }
 
@@ -243,8 +344,7 @@ def spoiled(body: dict[str, Any]) -> st.SearchStrategy[Any]:
     """The body with one value (maybe a nested one) replaced by anything."""
     if not body:
         return anything
-    return st.sampled_from(sorted(body)).flatmap(
-        lambda k: anything.map(lambda v: {**body, k: v}))
+    return st.sampled_from(sorted(body)).flatmap(lambda k: anything.map(lambda v: {**body, k: v}))
 
 
 def body_for(kind: str) -> st.SearchStrategy[Any]:
@@ -275,12 +375,30 @@ SURE = {
     "heartbeat": ({}, []),
     "command": ({"name": "start", "args": {}}, {"name": "start", "args": [1]}),
     "ack": ({"command_seq": 1, "ok": True}, {"command_seq": 1, "ok": "yes"}),
-    "log": ({"records": [{"event": "e", "actor": "a", "pid": 1, "mono_ns": 2, "wall": 0.5,
-                          "level": "info", "extra": [1]}]},
-            {"records": [{"event": "e", "actor": "a", "pid": 1, "mono_ns": "2", "wall": 0.5,
-                          "level": "info"}]}),
-    "kernel": ({"probe": "epoll", "events": []},
-               {"probe": "epoll", "events": [{"type": "tcp_state", "ts": 1}]}),
+    "log": (
+        {
+            "records": [
+                {
+                    "event": "e",
+                    "actor": "a",
+                    "pid": 1,
+                    "mono_ns": 2,
+                    "wall": 0.5,
+                    "level": "info",
+                    "extra": [1],
+                }
+            ]
+        },
+        {
+            "records": [
+                {"event": "e", "actor": "a", "pid": 1, "mono_ns": "2", "wall": 0.5, "level": "info"}
+            ]
+        },
+    ),
+    "kernel": (
+        {"probe": "epoll", "events": []},
+        {"probe": "epoll", "events": [{"type": "tcp_state", "ts": 1}]},
+    ),
     "stats": ({"source": "s", "states": {"LISTEN": 1}}, {"source": "s", "states": "x"}),
     "eof": ({"last_seq": 3}, {"last_seq": None}),
 }
@@ -289,7 +407,8 @@ SURE = {
 def test_random_bodies_of_every_kind_never_break_the_receiver(endpoints: Endpoints) -> None:
     receiver = subprocess.Popen(
         [sys.executable, __file__, endpoints.events, endpoints.control],
-        stdout=subprocess.PIPE, cwd=Path(__file__).resolve().parent.parent,
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parent.parent,
     )
     ctx: zmq.Context[Any] = zmq.Context()
     push = ctx.socket(zmq.PUSH)
@@ -307,8 +426,11 @@ def test_random_bodies_of_every_kind_never_break_the_receiver(endpoints: Endpoin
         # Event frames carry the session the sender's hello got.
         stamped: Any = sender
         if channel == "events":
-            stamped = {"session": [sender, sessions[sender]], "name": sender,
-                       "guessed": [sender, "0" * 32]}[stamp]
+            stamped = {
+                "session": [sender, sessions[sender]],
+                "name": sender,
+                "guessed": [sender, "0" * 32],
+            }[stamp]
             sent["unstamped"] += stamp != "session"
         (push if channel == "events" else dealer).send(frame(kind, stamped, seq[channel], body))
         sent[channel] += 1

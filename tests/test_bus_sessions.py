@@ -48,8 +48,9 @@ def frame(kind: str, sender: Any, seq: int, body: dict[str, Any]) -> bytes:
 
 @pytest.fixture
 def peer(hub: Hub, endpoints: Endpoints) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen([sys.executable, "-c", PEER, endpoints.events, endpoints.control,
-                             "peer-a"])
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PEER, endpoints.events, endpoints.control, "peer-a"]
+    )
     try:
         hub.wait_ready(["peer-a"], timeout_s=20)
         yield proc
@@ -86,8 +87,12 @@ def test_a_frame_under_a_connected_name_does_not_poison_its_sequence(
         body = {"source": "peer-a"}
         push.send(frame("stats", "peer-a", 10**9, body))  # the name alone
         push.send(frame("stats", ["peer-a", "guessed"], 10**9 + 1, body))  # a made-up session
-        pump_until(hub, lambda: hub.events_ledger.rejected.get("impostor") == 2, 10,
-                   "both impostor frames counted")
+        pump_until(
+            hub,
+            lambda: hub.events_ledger.rejected.get("impostor") == 2,
+            10,
+            "both impostor frames counted",
+        )
         hub.command("peer-a", "emit", {"n": 3}, timeout_s=10)
         assert 0 == stop_and_drain(hub, peer)
     finally:
@@ -111,8 +116,12 @@ def test_a_second_hello_for_a_connected_name_is_refused(
     impostor.connect(endpoints.control)
     try:
         impostor.send(frame("hello", "peer-a", 1, {"role": "peer", "pid": 1}))
-        pump_until(hub, lambda: hub.control_ledger.rejected.get("duplicate_hello") == 1, 10,
-                   "the second hello refused")
+        pump_until(
+            hub,
+            lambda: hub.control_ledger.rejected.get("duplicate_hello") == 1,
+            10,
+            "the second hello refused",
+        )
         answer = msgpack.unpackb(impostor.recv() if impostor.poll(5000) else b"\xc0")
         # The real actor still gets commands and answers them, for longer
         # than it takes to notice lost heartbeats.
@@ -151,9 +160,19 @@ def test_an_actor_started_under_a_taken_name_says_so_and_exits(
     """A real actor whose hello is refused ends with one line naming the fix,
     and the actor that holds the name carries on."""
     second = subprocess.Popen(
-        [sys.executable, "-m", "actors.server", *endpoints.as_args(), "--name", "peer-a",
-         "--port", "0", "--quiet"],
-        stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "actors.server",
+            *endpoints.as_args(),
+            "--name",
+            "peer-a",
+            "--port",
+            "0",
+            "--quiet",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
     )
     pump_until(hub, lambda: second.poll() is not None, 20, "the second actor to exit")
     _, err = second.communicate()

@@ -61,8 +61,9 @@ def test_capture_shows_the_handshake_as_tcpdump_prints_it(tmp_path: Path, mtu: i
     assert ack["options"] == "nop,nop,TS"
     assert conn["client"].startswith("198.18.0.1:") and conn["server"] == f"198.18.0.2:{PORT}"
     port = conn["client"].split(":")[1]
-    assert conn["filter"] == (f"ip.addr==198.18.0.1 && tcp.port=={port} && "
-                              f"ip.addr==198.18.0.2 && tcp.port=={PORT}")
+    assert conn["filter"] == (
+        f"ip.addr==198.18.0.1 && tcp.port=={port} && ip.addr==198.18.0.2 && tcp.port=={PORT}"
+    )
     assert wire_counts(packets)["wire"]["syn_mss"] == mtu - 40
 
 
@@ -77,10 +78,15 @@ def test_truncated_pcap_keeps_what_came_before(tmp_path: Path) -> None:
 
     with open(tmp_path / "packets.pcap", "wb") as f:
         w = dpkt.pcap.Writer(f)
-        tcp = dpkt.tcp.TCP(sport=40000, dport=80, flags=dpkt.tcp.TH_SYN, off=6,
-                           opts=b"\x02\x04\x05\xb4")
-        ip = dpkt.ip.IP(src=socket.inet_aton("198.18.0.1"), dst=socket.inet_aton("198.18.0.2"),
-                        p=dpkt.ip.IP_PROTO_TCP, data=tcp)
+        tcp = dpkt.tcp.TCP(
+            sport=40000, dport=80, flags=dpkt.tcp.TH_SYN, off=6, opts=b"\x02\x04\x05\xb4"
+        )
+        ip = dpkt.ip.IP(
+            src=socket.inet_aton("198.18.0.1"),
+            dst=socket.inet_aton("198.18.0.2"),
+            p=dpkt.ip.IP_PROTO_TCP,
+            data=tcp,
+        )
         w.writepkt(dpkt.ethernet.Ethernet(data=ip, type=dpkt.ethernet.ETH_TYPE_IP), ts=1.0)
         f.write(b"\x01\x02\x03")
     packets = handshakes(tmp_path)

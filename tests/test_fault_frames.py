@@ -82,12 +82,22 @@ def test_hostile_frames_on_both_endpoints_leave_the_run_whole(tmp_path: Path) ->
     run_dir = Path(result["run_dir"])
     meta = json.loads((run_dir / "run.json").read_text())
     assert {
-        "malformed": 1, "truncated": 1, "oversized": 1, "unknown_kind": 1, "bad_body": 1,
-        "impostor": 2, "no_hello": 1,
+        "malformed": 1,
+        "truncated": 1,
+        "oversized": 1,
+        "unknown_kind": 1,
+        "bad_body": 1,
+        "impostor": 2,
+        "no_hello": 1,
     } == meta["bus"]["rejected"]
     assert {
-        "malformed": 1, "multipart": 1, "duplicate_hello": 1, "impostor": 1, "no_hello": 1,
-        "unknown_kind": 1, "bad_body": 1,
+        "malformed": 1,
+        "multipart": 1,
+        "duplicate_hello": 1,
+        "impostor": 1,
+        "no_hello": 1,
+        "unknown_kind": 1,
+        "bad_body": 1,
     } == meta["control_bus"]["rejected"]
     for ledger in (meta["bus"], meta["control_bus"]):
         assert ledger["frames"] == ledger["accepted"] + sum(ledger["rejected"].values())

@@ -124,7 +124,7 @@ def test_ctrl_c_at_each_phase_boundary(tmp_path: Path, phase: str) -> None:
         # Ctrl-C while the probes attach: no actor starts afterwards.
         assert started == {"probes"}
     if order <= 2:
-        assert [p["name"] for p in meta["phases"]][order - 2:] in ([], ["listen"])
+        assert [p["name"] for p in meta["phases"]][order - 2 :] in ([], ["listen"])
     assert "The run was interrupted" in (run_dir / "report.html").read_text(), err
     assert run.result()["exit_code"] == Exit.INTERRUPTED
     assert_clean_end(run)
@@ -161,8 +161,10 @@ def test_sigint_to_a_run_process_is_a_crash(tmp_path: Path, victim: str) -> None
     assert code == Exit.CRASHED, err
     run_dir, meta = run_meta(runs)
     assert meta["actors"][victim]["crashed"] is True
-    assert any(victim in e and "before the run stopped it" in e or "kernel view ended" in e
-               for e in meta["errors"]), meta["errors"]
+    assert any(
+        victim in e and "before the run stopped it" in e or "kernel view ended" in e
+        for e in meta["errors"]
+    ), meta["errors"]
     said = "The kernel view ended" if victim == "probes" else f"Actor {victim} crashed"
     assert said in (run_dir / "report.html").read_text()
     assert_clean_end(run)
@@ -225,10 +227,12 @@ def test_full_disk_under_the_run_directory(tmp_path: Path, full_disk: Path, repe
 def test_kill_9_of_an_actor_with_workers_leaves_no_worker(tmp_path: Path) -> None:
     """A multiplexer beyond its per-process share runs worker processes in
     its process group: kill -9 of the leader takes the workers with it."""
-    extra = ('\n[[actors]]\nname = "mux"\nrole = "multiplexer"\nargs = ["--target", '
-             '"127.0.0.1:{port}", "--connections", "300", "--per-process", "100"]\n'
-             '\n[[phases]]\nname = "hold"\nduration_s = 8\n'
-             'commands = [{ actor = "mux", name = "start" }]\n')
+    extra = (
+        '\n[[actors]]\nname = "mux"\nrole = "multiplexer"\nargs = ["--target", '
+        '"127.0.0.1:{port}", "--connections", "300", "--per-process", "100"]\n'
+        '\n[[phases]]\nname = "hold"\nduration_s = 8\n'
+        'commands = [{ actor = "mux", name = "start" }]\n'
+    )
     run, runs = start(tmp_path, clients_s=0.5, extra=extra)
     status = run.wait_phase("hold")
     leader = status["actors"]["mux"]["pid"]

@@ -39,8 +39,10 @@ def test_list_shows_every_scenario_file() -> None:
         (["run", "{tmp}/far.toml"], "refusing bomber target 192.0.2.1:80"),
         (["report", "{tmp}/no-such-run"], "is not a run directory"),
         (["report", "{tmp}"], "no recording"),
-        (["run", "{tmp}/ok.toml", "--runs-dir", "/proc/tcplab-runs"],
-         "cannot make a run directory in /proc/tcplab-runs"),
+        (
+            ["run", "{tmp}/ok.toml", "--runs-dir", "/proc/tcplab-runs"],
+            "cannot make a run directory in /proc/tcplab-runs",
+        ),
     ],
 )
 def test_mistakes_exit_2_with_one_line_and_leave_nothing(
@@ -97,8 +99,9 @@ def test_run_path_and_report_exit_codes(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     out = tcplab("run", str(good), str(bad), "--json", "--runs-dir", str(runs))
     assert out.returncode == 1, out.stderr
-    results = {r["scenario"]: r for r in map(json.loads, out.stdout.splitlines())
-               if "exit_code" in r}
+    results = {
+        r["scenario"]: r for r in map(json.loads, out.stdout.splitlines()) if "exit_code" in r
+    }
     assert {n: r["exit_code"] for n, r in results.items()} == {"good": 0, "bad": 1}
     for name, code in (("good", 0), ("bad", 1)):
         run_dir = Path(results[name]["run_dir"])
@@ -131,9 +134,16 @@ def test_two_runs_of_one_scenario_at_once_get_their_own_directories(tmp_path: Pa
     """Started in the same second, two runs of one scenario do not collide."""
     path = small_scenario(tmp_path, "twin", clients_s=0.5)
     runs = tmp_path / "runs"
-    procs = [subprocess.Popen([TCPLAB, "run", str(path), "--quiet", "--runs-dir", str(runs)],
-                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [TCPLAB, "run", str(path), "--quiet", "--runs-dir", str(runs)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     dirs = sorted(runs.iterdir())

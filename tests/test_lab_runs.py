@@ -17,8 +17,13 @@ from lab.scenario import available
 
 # The first test sets up `tcplab run all` (~2.5 min here): above the default 300 s
 # per test on a slower machine.
-pytestmark = [pytest.mark.root, pytest.mark.bpf, pytest.mark.netns, pytest.mark.slow,
-              pytest.mark.timeout(1200)]
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.bpf,
+    pytest.mark.netns,
+    pytest.mark.slow,
+    pytest.mark.timeout(1200),
+]
 
 Runs = dict[str, tuple[Path, dict[str, Any]]]
 
@@ -122,8 +127,9 @@ def test_go_leak_close_wait_owned_by_the_go_server(all_runs: tuple[int, Runs]) -
     assert sum(c["app"].get("leaked", 0) for c in stuck) >= 50
     counts = summary["counts"]
     assert counts["accept"]["EMFILE"] > 0 and counts["errors"]["EMFILE"] > 0
-    assert any(f"CLOSE_WAIT, owned by server pid {go_pid}" in line
-               for line in summary["diagnosis"]), summary["diagnosis"]
+    assert any(
+        f"CLOSE_WAIT, owned by server pid {go_pid}" in line for line in summary["diagnosis"]
+    ), summary["diagnosis"]
     # The syscall barrier: every stuck socket's fd read EOF and was never closed.
     assert counts["barrier"]["close_wait_eof_never_closed"] == len(stuck)
 
@@ -138,11 +144,17 @@ def test_go_bomb_logs_eaddrnotavail_joined_to_the_kernel(all_runs: tuple[int, Ru
     assert counts["states_peak"]["TIME_WAIT"] >= 3000
     assert counts["errors"]["EADDRNOTAVAIL"] > 0
     assert counts["kernel_errors"]["EADDRNOTAVAIL"] > 0
-    failed = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()
-              if '"connect_failed"' in line and '"src":"app"' in line]
-    assert failed and all(r["error"] == "EADDRNOTAVAIL" and r["actor"] == "bomb" and
-                          r["error_text"].endswith("connect: cannot assign requested address")
-                          for r in failed)
+    failed = [
+        json.loads(line)
+        for line in (run_dir / "events.jsonl").read_text().splitlines()
+        if '"connect_failed"' in line and '"src":"app"' in line
+    ]
+    assert failed and all(
+        r["error"] == "EADDRNOTAVAIL"
+        and r["actor"] == "bomb"
+        and r["error_text"].endswith("connect: cannot assign requested address")
+        for r in failed
+    )
 
 
 def test_go_netpoll_many_goroutines_few_threads(all_runs: tuple[int, Runs]) -> None:

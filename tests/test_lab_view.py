@@ -59,5 +59,9 @@ def test_a_run_has_its_attributes_before_it_executes(tmp_path: Path) -> None:
     assert run.status()["phase"] == "setup"
     meta = run.meta()
     assert (meta["scenario"], meta["actors"], meta["interrupted"], meta["failed"]) == (
-        "echo", {}, False, False)
+        "echo",
+        {},
+        False,
+        False,
+    )
     assert list(tmp_path.iterdir()) == []

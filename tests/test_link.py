@@ -54,7 +54,7 @@ def test_scenario_hosts_and_link_defaults(tmp_path: Path) -> None:
 
 def test_scenario_shaping_both_ways_and_per_direction(tmp_path: Path) -> None:
     link = "[lab.link]\nloss_pct = 1\n[lab.link.egress.b]\nrate_mbit = 10\n"
-    phase = 'link = { egress = { b = { loss_pct = 100 } } }'
+    phase = "link = { egress = { b = { loss_pct = 100 } } }"
     s = load(write(tmp_path, link, phase))
     assert s.link is not None
     assert s.link.egress["a"].loss_pct == 1 and s.link.egress["a"].rate_mbit == 0
@@ -100,19 +100,38 @@ def test_link_joins_two_hosts_with_its_mtu_and_goes_away() -> None:
             with IPRoute(netns=hosts[host].name) as ipr:
                 link = ipr.get_links(ipr.link_lookup(ifname=IFNAME)[0])[0]
                 assert link.get_attr("IFLA_MTU") == 1400
-                addrs = [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(
-                    index=link["index"], family=socket.AF_INET)]
+                addrs = [
+                    a.get_attr("IFA_ADDRESS")
+                    for a in ipr.get_addr(index=link["index"], family=socket.AF_INET)
+                ]
                 assert addrs == [addr]
         server = subprocess.Popen(
-            hosts["b"].command([sys.executable, "-c", (
-                "import socket; s = socket.create_server(('198.18.0.2', 8099)); "
-                "print('up', flush=True); c, _ = s.accept(); c.sendall(b'hi'); c.close()")]),
-            stdout=subprocess.PIPE, text=True,
+            hosts["b"].command(
+                [
+                    sys.executable,
+                    "-c",
+                    (
+                        "import socket; s = socket.create_server(('198.18.0.2', 8099)); "
+                        "print('up', flush=True); c, _ = s.accept(); c.sendall(b'hi'); c.close()"
+                    ),
+                ]
+            ),
+            stdout=subprocess.PIPE,
+            text=True,
         )
         assert server.stdout is not None and server.stdout.readline() == "up\n"
-        got = hosts["a"].run([sys.executable, "-c", (
-            "import socket; c = socket.create_connection(('198.18.0.2', 8099), timeout=5); "
-            "print(c.recv(10).decode())")], capture_output=True, timeout=10)
+        got = hosts["a"].run(
+            [
+                sys.executable,
+                "-c",
+                (
+                    "import socket; c = socket.create_connection(('198.18.0.2', 8099), timeout=5); "
+                    "print(c.recv(10).decode())"
+                ),
+            ],
+            capture_output=True,
+            timeout=10,
+        )
         assert got.stdout.strip() == "hi", got.stderr
         server.wait(timeout=5)
     finally:
@@ -147,16 +166,23 @@ def test_load_generators_accept_the_link_peer_and_nothing_else() -> None:
     hosts = Hosts("bombtest", [HostSpec("a"), HostSpec("b")]).create()
     try:
         Link(LinkSpec(hosts=("a", "b")), hosts.names()).create()
-        code = ("import sys; from actors.targets import check_target\n"
-                "for t in sys.argv[1:]:\n"
-                "    try:\n        check_target(t, 'bomb'); print(t, 'ok')\n"
-                "    except Exception as e:\n        print(t, 'refused')\n")
+        code = (
+            "import sys; from actors.targets import check_target\n"
+            "for t in sys.argv[1:]:\n"
+            "    try:\n        check_target(t, 'bomb'); print(t, 'ok')\n"
+            "    except Exception as e:\n        print(t, 'refused')\n"
+        )
         out = hosts["a"].run(
             [sys.executable, "-c", code, "198.18.0.2", "198.18.9.9", "192.0.2.1", "127.0.0.1"],
-            capture_output=True, cwd=ROOT, timeout=30,
+            capture_output=True,
+            cwd=ROOT,
+            timeout=30,
         )
         assert out.stdout.split("\n")[:4] == [
-            "198.18.0.2 ok", "198.18.9.9 refused", "192.0.2.1 refused", "127.0.0.1 ok"
+            "198.18.0.2 ok",
+            "198.18.9.9 refused",
+            "192.0.2.1 refused",
+            "127.0.0.1 ok",
         ], out.stderr
     finally:
         hosts.destroy()
@@ -175,8 +201,13 @@ def test_lab_addresses_are_never_routed() -> None:
 @pytest.mark.parametrize("module", ["bomber", "multiplexer"])
 def test_load_generators_refuse_a_target_outside_the_lab(module: str) -> None:
     """Outside any lab namespace only loopback is allowed: one line, exit 2."""
-    out = subprocess.run([sys.executable, "-m", f"actors.{module}", "--target", "192.0.2.7:80"],
-                         capture_output=True, text=True, timeout=30, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-m", f"actors.{module}", "--target", "192.0.2.7:80"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
     assert out.returncode == 2
     (line,) = out.stderr.strip().splitlines()
     assert line.startswith(f"{module}: error: refusing to") and "192.0.2.7" in line
@@ -213,8 +244,12 @@ def drop_programs() -> dict[int, str]:
     """The drop programs this process has loaded: id -> name."""
     out = {}
     for prog in bpf_programs_of(os.getpid()):
-        shown = subprocess.run(["bpftool", "-j", "prog", "show", "id", str(prog)],
-                               capture_output=True, text=True, check=True)
+        shown = subprocess.run(
+            ["bpftool", "-j", "prog", "show", "id", str(prog)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         name = json.loads(shown.stdout).get("name", "")
         if name.startswith("drop_"):
             out[prog] = name

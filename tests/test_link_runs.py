@@ -21,8 +21,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     """`tcplab run handshake keepalive`, the real command line: exit 0 means
     every expectation of both held; then nothing of them is left."""
     runs_dir = tmp_path_factory.mktemp("runs")
-    out = tcplab("run", "handshake", "keepalive", "--json", "--runs-dir", str(runs_dir),
-                 timeout=600)
+    out = tcplab(
+        "run", "handshake", "keepalive", "--json", "--runs-dir", str(runs_dir), timeout=600
+    )
     finals = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     finals = [r for r in finals if "exit_code" in r]
     assert out.returncode == 0, [r["summary"]["diagnosis"] for r in finals] or out.stderr
@@ -46,8 +47,11 @@ def test_handshake_on_loopback_and_across_the_link(runs: Runs) -> None:
     assert "<h2>Handshakes</h2>" in page and "[S] mss 1460,sackOK,TS,nop,wscale" in page
     rows = [json.loads(line) for line in open(run_dir / "connections.jsonl")]
     conns = [r for r in rows if r["kind"] == "connection"]
-    across = {(r["owner"]["actor"], r["host"], r["peer_host"]) for r in conns
-              if r["raddr"].startswith("198.18.")}
+    across = {
+        (r["owner"]["actor"], r["host"], r["peer_host"])
+        for r in conns
+        if r["raddr"].startswith("198.18.")
+    }
     assert across == {("client-link", "a", "b"), ("server", "b", "a")}
     local = {(r["host"], r["peer_host"]) for r in conns if r["raddr"] == "127.0.0.1"}
     assert local == {("b", "b")}

@@ -59,12 +59,14 @@ def hosts() -> Iterator[Hosts]:
 
 
 def transfer(hosts: Hosts, nbytes: int) -> dict[str, object]:
-    sink = subprocess.Popen(hosts["b"].command([sys.executable, "-c", SINK]),
-                            stdout=subprocess.PIPE, text=True)
+    sink = subprocess.Popen(
+        hosts["b"].command([sys.executable, "-c", SINK]), stdout=subprocess.PIPE, text=True
+    )
     try:
         assert sink.stdout is not None and sink.stdout.readline() == "up\n"
-        out = hosts["a"].run([sys.executable, "-c", SEND, str(nbytes)], capture_output=True,
-                             cwd=ROOT, timeout=120)
+        out = hosts["a"].run(
+            [sys.executable, "-c", SEND, str(nbytes)], capture_output=True, cwd=ROOT, timeout=120
+        )
         assert out.returncode == 0, out.stderr
         return dict(json.loads(out.stdout))
     finally:
@@ -107,13 +109,22 @@ def test_vanished_peer_drops_everything_mid_run(hosts: Hosts) -> None:
     link = Link(LinkSpec(hosts=("a", "b")), hosts.names()).create()
     try:
         link.reshape({"b": {"loss_pct": 100.0}})
-        sink = subprocess.Popen(hosts["b"].command([sys.executable, "-c", SINK]),
-                                stdout=subprocess.PIPE, text=True)
+        sink = subprocess.Popen(
+            hosts["b"].command([sys.executable, "-c", SINK]), stdout=subprocess.PIPE, text=True
+        )
         assert sink.stdout is not None and sink.stdout.readline() == "up\n"
-        out = hosts["a"].run([sys.executable, "-c", (
-            f"import socket\ntry:\n    socket.create_connection(('198.18.0.2', {PORT}), "
-            "timeout=1.5)\nexcept TimeoutError:\n    print('no answer')")],
-            capture_output=True, timeout=30)
+        out = hosts["a"].run(
+            [
+                sys.executable,
+                "-c",
+                (
+                    f"import socket\ntry:\n    socket.create_connection(('198.18.0.2', {PORT}), "
+                    "timeout=1.5)\nexcept TimeoutError:\n    print('no answer')"
+                ),
+            ],
+            capture_output=True,
+            timeout=30,
+        )
         sink.kill()
         sink.wait()
         assert out.stdout.strip() == "no answer"
@@ -131,8 +142,9 @@ def test_delay_is_done_by_netem_or_refused_in_one_line(hosts: Hosts) -> None:
             check_supported([shape])
         assert "\n" not in str(e.value) and "netem" in str(e.value)
         with pytest.raises(ShapingError):
-            Link(LinkSpec(hosts=("a", "b"), egress={"a": shape, "b": shape}),
-                 hosts.names()).create()
+            Link(
+                LinkSpec(hosts=("a", "b"), egress={"a": shape, "b": shape}), hosts.names()
+            ).create()
         return
     link = Link(LinkSpec(hosts=("a", "b"), egress={"a": shape, "b": shape}), hosts.names())
     link.create()
@@ -156,9 +168,12 @@ def test_cli_refuses_delay_without_netem_in_one_line(tmp_path: Path) -> None:
         # A kernel with netem (the VM): the same scenario passes the check.
         HostLab(load(scenario)).check()
         return
-    out = subprocess.run([TCPLAB, "run", str(scenario), "--quiet",
-                          "--runs-dir", str(tmp_path / "runs")],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [TCPLAB, "run", str(scenario), "--quiet", "--runs-dir", str(tmp_path / "runs")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode != 0
     lines = [line for line in out.stderr.splitlines() if "netem" in line]
     assert len(lines) == 1 and "delay_ms" in lines[0], out.stderr
@@ -171,8 +186,11 @@ def tbf_rates(hosts: Hosts, host: str) -> list[int]:
 
     with IPRoute(netns=hosts[host].name) as ipr:
         qdiscs = ipr.get_qdiscs(ipr.link_lookup(ifname="lab0")[0])
-        return [q.get_attr("TCA_OPTIONS").get_attr("TCA_TBF_PARMS")["rate"]
-                for q in qdiscs if q.get_attr("TCA_KIND") == "tbf"]
+        return [
+            q.get_attr("TCA_OPTIONS").get_attr("TCA_TBF_PARMS")["rate"]
+            for q in qdiscs
+            if q.get_attr("TCA_KIND") == "tbf"
+        ]
 
 
 def test_rate_from_a_scenario_changes_mid_run_and_goes_away(hosts: Hosts) -> None:
@@ -193,8 +211,9 @@ def test_rate_from_a_scenario_changes_mid_run_and_goes_away(hosts: Hosts) -> Non
 def test_doctor_says_how_each_knob_is_done() -> None:
     """`tcplab doctor` lists every shaping knob with how this kernel does it,
     or that it needs netem."""
-    out = subprocess.run([TCPLAB, "doctor", "--no-self-check"],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [TCPLAB, "doctor", "--no-self-check"], capture_output=True, text=True, timeout=120
+    )
     lines = out.stdout.split("lab link shaping:\n", 1)[1].splitlines()[:4]
     knobs = dict(line.strip().split(": ", 1) for line in lines)
     assert set(knobs) == {"loss_pct", "rate_mbit", "delay_ms", "jitter_ms"}

@@ -41,8 +41,9 @@ def test_port_filter_bytecode_shape() -> None:
     assert len(code) == 4 * 8 + 3 * 4
 
 
-def connect(hosts: Hosts, keepalive: bool = False) -> tuple[socket.socket, socket.socket,
-                                                            socket.socket]:
+def connect(
+    hosts: Hosts, keepalive: bool = False
+) -> tuple[socket.socket, socket.socket, socket.socket]:
     """A server socket in b, a client in a, connected across the link (sockets
     made while this thread is in a namespace belong to it)."""
     server = in_ns(hosts["b"].name, lambda: socket.create_server(("198.18.0.2", PORT)))
@@ -63,6 +64,7 @@ def snapshot(ns: str) -> list[SockDiag]:
     def query() -> list[SockDiag]:
         with DiagQuery() as q:
             return [s for s in q.sockets([PORT]) if s.state == 1]
+
     return list(in_ns(ns, query))
 
 
@@ -83,8 +85,7 @@ def test_mss_follows_the_link_mtu(hosts: Hosts, mtu: int) -> None:
     socks = connect(hosts)
     (s,) = snapshot(hosts["a"].name)
     assert s.tcp_info is not None and "timestamps" in s.tcp_info.options
-    assert (s.tcp_info.pmtu, s.tcp_info.advmss, s.tcp_info.snd_mss) == (
-        mtu, mtu - 52, mtu - 52)
+    assert (s.tcp_info.pmtu, s.tcp_info.advmss, s.tcp_info.snd_mss) == (mtu, mtu - 52, mtu - 52)
     for sock in socks:
         sock.close()
     # Timestamps off on one side: neither uses them, 12 more bytes per segment.
@@ -99,8 +100,12 @@ def test_mss_follows_the_link_mtu(hosts: Hosts, mtu: int) -> None:
 
 def ss_lines(ns: str) -> dict[tuple[str, int], str]:
     """`ss -tino` in the namespace: (local address, local port) -> its two lines."""
-    out = subprocess.run(["ip", "netns", "exec", ns, "ss", "-tinoH", "state", "established"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["ip", "netns", "exec", ns, "ss", "-tinoH", "state", "established"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     lines = out.splitlines()
     table = {}
     for head, detail in zip(lines[::2], lines[1::2], strict=True):
@@ -146,7 +151,8 @@ def test_tcp_info_agrees_with_ss_on_the_same_sockets(hosts: Hosts) -> None:
                 assert s.congestion in words
                 timer = re.search(r"timer:\((\w+),", text)
                 assert (timer.group(1) if timer else None) == (
-                    "keepalive" if s.timer == "keepalive" else s.timer)
+                    "keepalive" if s.timer == "keepalive" else s.timer
+                )
             assert {s.timer for s in ours} == ({"keepalive"} if host == "a" else {None})
     finally:
         for sock in socks:

@@ -25,8 +25,9 @@ CLIENTS = 50
 
 @pytest.fixture(scope="module", autouse=True)
 def go_bin() -> None:
-    out = subprocess.run(["bash", str(ROOT / "scripts" / "build-go.sh")], capture_output=True,
-                         text=True, timeout=600)
+    out = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "build-go.sh")], capture_output=True, text=True, timeout=600
+    )
     assert out.returncode == 0, out.stderr
 
 
@@ -38,14 +39,16 @@ def wait_until(pred: Any, timeout_s: float, what: str) -> None:
 
 
 def close_wait(port: int) -> int:
-    out = subprocess.run(["ss", "-Htn", "state", "close-wait", "sport", f"= :{port}"],
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["ss", "-Htn", "state", "close-wait", "sport", f"= :{port}"], capture_output=True, text=True
+    ).stdout
     return len(out.splitlines())
 
 
 def listens(port: int) -> bool:
-    out = subprocess.run(["ss", "-Hltn", "sport", f"= :{port}"], capture_output=True,
-                         text=True).stdout
+    out = subprocess.run(
+        ["ss", "-Hltn", "sport", f"= :{port}"], capture_output=True, text=True
+    ).stdout
     return bool(out.strip())
 
 
@@ -66,10 +69,23 @@ def render(report: Path) -> str:
     """The report's DOM after headless Chromium ran it."""
     with tempfile.TemporaryDirectory() as profile:
         out = subprocess.run(
-            ["chromium", "--headless", "--no-sandbox", "--disable-gpu",
-             "--disable-background-networking", "--disable-component-update", "--no-first-run",
-             f"--user-data-dir={profile}", "--dump-dom", report.as_uri()],
-            capture_output=True, text=True, timeout=120, check=True)
+            [
+                "chromium",
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+                f"--user-data-dir={profile}",
+                "--dump-dom",
+                report.as_uri(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
     return out.stdout
 
 
@@ -84,10 +100,23 @@ def test_trace_the_leaking_go_server_then_ctrl_c(tmp_path: Path) -> None:
     close (the fdio probe); report.html says it too."""
     port = free_port()
     proc = subprocess.Popen(
-        [TCPLAB, "trace", "--json", "--runs-dir", str(tmp_path), "--",
-         str(GO_SERVER), "-addr", f"127.0.0.1:{port}"],
-        cwd=ROOT, env={**os.environ, "LEAK": "true"}, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True)
+        [
+            TCPLAB,
+            "trace",
+            "--json",
+            "--runs-dir",
+            str(tmp_path),
+            "--",
+            str(GO_SERVER),
+            "-addr",
+            f"127.0.0.1:{port}",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "LEAK": "true"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_until(lambda: listens(port) or proc.poll() is not None, 180, "the server")
         assert proc.poll() is None, proc.communicate()
@@ -104,11 +133,16 @@ def test_trace_the_leaking_go_server_then_ctrl_c(tmp_path: Path) -> None:
     run_dir = Path(result["run_dir"])
     meta = json.loads((run_dir / "run.json").read_text())
     go_pid = meta["programs"]["server"]
-    sentence = (f"{CLIENTS} sockets stuck in CLOSE_WAIT, owned by server pid {go_pid}: "
-                "accepted and never closed")
+    sentence = (
+        f"{CLIENTS} sockets stuck in CLOSE_WAIT, owned by server pid {go_pid}: "
+        "accepted and never closed"
+    )
     assert any(line.startswith(sentence) for line in result["summary"]["diagnosis"]), result
-    stuck = [c for c in map(json.loads, (run_dir / "connections.jsonl").read_text().splitlines())
-             if c["outcome"] == "stuck_close_wait"]
+    stuck = [
+        c
+        for c in map(json.loads, (run_dir / "connections.jsonl").read_text().splitlines())
+        if c["outcome"] == "stuck_close_wait"
+    ]
     assert len(stuck) == CLIENTS
     # From accept4 or the program's own record of the socket, whichever came first.
     assert {c["owner"]["pid"] for c in stuck} == {go_pid}
@@ -125,11 +159,15 @@ def test_trace_the_leaking_go_server_then_ctrl_c(tmp_path: Path) -> None:
     # The syscall barrier (fdio), from the kernel alone: each fd read EOF and
     # was never closed.
     assert result["summary"]["counts"]["barrier"]["close_wait_eof_never_closed"] == CLIENTS
-    barrier = (f"The syscall barrier: {CLIENTS} sockets stuck in CLOSE_WAIT, owned by server "
-               f"pid {go_pid}, fds ")
+    barrier = (
+        f"The syscall barrier: {CLIENTS} sockets stuck in CLOSE_WAIT, owned by server "
+        f"pid {go_pid}, fds "
+    )
     (line,) = [x for x in result["summary"]["diagnosis"] if x.startswith(barrier)]
-    assert line.endswith(": each read EOF (the peer's FIN reached the application) and was "
-                         "never closed — the local application's bug.")
+    assert line.endswith(
+        ": each read EOF (the peer's FIN reached the application) and was "
+        "never closed — the local application's bug."
+    )
     dom = render(run_dir / "report.html")
     assert sentence in dom and barrier in dom
     for name in ("events.jsonl", "summary.json", "trace.json"):
@@ -143,14 +181,30 @@ def test_trace_attaches_to_a_running_process(tmp_path: Path) -> None:
     """-p PID --duration: the process's sockets, owned by its pid; the
     process itself goes on running."""
     port = free_port()
-    server = subprocess.Popen([str(GO_SERVER), "-addr", f"127.0.0.1:{port}"],
-                              env={**os.environ, "LEAK": "true"}, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [str(GO_SERVER), "-addr", f"127.0.0.1:{port}"],
+        env={**os.environ, "LEAK": "true"},
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_until(lambda: listens(port), 10, "the server")
         proc = subprocess.Popen(
-            [TCPLAB, "trace", "--json", "--runs-dir", str(tmp_path), "-p", str(server.pid),
-             "--duration", "600"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True)
+            [
+                TCPLAB,
+                "trace",
+                "--json",
+                "--runs-dir",
+                str(tmp_path),
+                "-p",
+                str(server.pid),
+                "--duration",
+                "600",
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         # The probes are attached once the run reaches its phase.
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -163,9 +217,11 @@ def test_trace_attaches_to_a_running_process(tmp_path: Path) -> None:
         assert proc.returncode == 0, err
         assert server.poll() is None
         run_dir = Path(final(out)["run_dir"])
-        stuck = [c for c in map(json.loads,
-                                (run_dir / "connections.jsonl").read_text().splitlines())
-                 if c["outcome"] == "stuck_close_wait"]
+        stuck = [
+            c
+            for c in map(json.loads, (run_dir / "connections.jsonl").read_text().splitlines())
+            if c["outcome"] == "stuck_close_wait"
+        ]
         assert len(stuck) == 10
         assert {c["owner"]["pid"] for c in stuck} == {server.pid}
         assert server.pid in json.loads((run_dir / "run.json").read_text())["trace"]["pids"]
@@ -195,14 +251,19 @@ def test_proctree_follows_children() -> None:
 
 
 @pytest.mark.root
-@pytest.mark.parametrize(("args", "message"), [
-    ((), "give a command after -- (tcplab trace -- ./server) or -p PID, not both"),
-    (("-p", "1", "--", "true"), "give a command after -- (tcplab trace -- ./server) or -p PID, "
-                                "not both"),
-    (("-p", "999999999"), "no process 999999999: give the pid of a running process"),
-    (("--", "/nonexistent/prog"), "cannot run /nonexistent/prog: not found or not executable"),
-    (("--duration", "0", "--", "true"), "--duration 0: give seconds above 0, at most 3600"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((), "give a command after -- (tcplab trace -- ./server) or -p PID, not both"),
+        (
+            ("-p", "1", "--", "true"),
+            "give a command after -- (tcplab trace -- ./server) or -p PID, not both",
+        ),
+        (("-p", "999999999"), "no process 999999999: give the pid of a running process"),
+        (("--", "/nonexistent/prog"), "cannot run /nonexistent/prog: not found or not executable"),
+        (("--duration", "0", "--", "true"), "--duration 0: give seconds above 0, at most 3600"),
+    ],
+)
 def test_trace_usage_errors_are_one_line(args: tuple[str, ...], message: str) -> None:
     out = tcplab("trace", *args, timeout=60)
     assert out.returncode == 2
