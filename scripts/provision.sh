@@ -33,7 +33,9 @@ command -v apt-get >/dev/null || die "apt-get not found: tcplab provisions Debia
 # --- packages ---------------------------------------------------------------
 # bcc comes from the distribution: python3-bpfcc is the real bcc binding
 # (PyPI's "bcc" is an unrelated package).
-packages=(bpfcc-tools python3-bpfcc libbpfcc iproute2 python3-venv python3-pip
+# procps: sysctl (a test sets one inside a lab host), which minimal images
+# (containers, debootstrap --variant=minbase) leave out.
+packages=(bpfcc-tools python3-bpfcc libbpfcc iproute2 procps python3-venv python3-pip
           bpftool build-essential chromium golang-go tcpdump)
 if [ -r /etc/os-release ] && grep -q '^ID=ubuntu' /etc/os-release; then
     # Ubuntu ships bpftool inside linux-tools and chromium as a snap.
