@@ -37,7 +37,7 @@ from bus.schema import Envelope, Kind
 from correlator.columns import SCHEMAS, Batch, Columns
 from correlator.joins import Joins
 from correlator.kept import Kept
-from correlator.lifecycles import OPEN, Lives, bit_length
+from correlator.lifecycles import Lives, bit_length
 from correlator.ordering import Release, WatermarkConfig
 from correlator.phases import Phases
 from correlator.result import EpollFigures, Result
@@ -222,9 +222,6 @@ class Correlator:
             tcp = tcp.with_columns(conn=pl.Series(lives.conn_ids))
             frames["tcp_state"] = tcp
             milestones = lives.milestones
-            for _, k, c in milestones:
-                if k == OPEN:
-                    self.rows.conns[c.id] = c
             self._live_figures(lives)
             deltas = lives.live_delta
         else:
@@ -255,15 +252,17 @@ class Correlator:
         # Only the finished ones are looked at, not every live one per chunk
         # (O(held x chunks): 200k lives x 80 chunks with 100k held).
         first = self.rows.first_pending
-        conns = self.rows.conns
+        conns = self.joins.conns
         waiting = []
+        done = []
         for c in self.joins.finished:
             if c.close_pos is None or c.close_pos < first:
                 conns.pop(c.id, None)
-                self.joins.conns.pop(c.id, None)
+                done.append(c.id)
             else:
                 waiting.append(c)
         self.joins.finished = waiting
+        self.joins.owners.forget(done)
 
     def _frame(self, kind: str, parts: list[tuple[Batch, int, int, np.ndarray]]) -> pl.DataFrame:
         dfs = [b.data.slice(lo, hi - lo).hstack([pl.Series("pos", p)]) for b, lo, hi, p in parts]

@@ -33,7 +33,7 @@ from correlator.held_sockets import HeldSockets
 from correlator.kept import Kept
 from correlator.lifecycles import CLOSE, LEARN, LOST, OPEN, Conn
 from correlator.lookups import NEVER, Index
-from correlator.owners import SOCKET_ACTIONS, Listeners, apply_owner_facts, first_two, set_owner
+from correlator.owners import SOCKET_ACTIONS, Listeners, Owners, apply_owner_facts
 from correlator.phases import Phases
 
 
@@ -65,7 +65,8 @@ class Joins:
             if isinstance(pid, int):
                 self.pid_actor[pid] = name
                 self.pid_learnt[pid] = -1
-        self.listeners = Listeners()
+        self.owners = Owners()
+        self.listeners = Listeners(self.owners)
         # Carried from chunk to chunk (correlator/lookups.py): the lives indexed
         # by tuple, the children waiting for accept4, the (pid, fd) claims held.
         self.index = Index()
@@ -204,7 +205,7 @@ class Joins:
             items.append((2 * row[0], 0, 2, row))
         for life, at in settle.items():
             items.append((2 * at - 1, self.closing[life][1], 3, life))
-        items.sort(key=first_two)
+        items.sort(key=_first_two)
         self._listeners(items, settle)
         # Owner facts and what the records do, per life, before its finish.
         apply_owner_facts(
@@ -242,7 +243,7 @@ class Joins:
             conn = conns.get(life)
             if conn is not None:
                 conn.accepted = True
-                set_owner(conn, pos, self._actor_at(pid, pos), pid, fd, "accept4")
+                self.owners.set(conn, pos, self._actor_at(pid, pos), pid, fd, "accept4")
 
     def _actor_at(self, pid: int, pos: int) -> str | None:
         if self.pid_learnt.get(pid, NEVER) < pos:
@@ -279,7 +280,7 @@ class Joins:
                     # listen() moves a socket out of CLOSE in the caller's own
                     # process context, so there the on-CPU pid is the owner.
                     if conn.first_old == "CLOSE" and self.pid_learnt.get(cpu, NEVER) < pos:
-                        set_owner(conn, pos, self.pid_actor[cpu], cpu, None, "cpu_pid")
+                        self.owners.set(conn, pos, self.pid_actor[cpu], cpu, None, "cpu_pid")
                 elif k == LEARN:
                     self.listeners.learnt(conn, pos, settle.get(conn.id))
             elif what == 2 and item[2] == "listen":
@@ -307,7 +308,7 @@ class Joins:
             return
         note_actions(conn, [ts], [event])
         if event in SOCKET_ACTIONS or conn.owner_pid is None:
-            set_owner(conn, pos, actor, pid, fd, f"app:{event}")
+            self.owners.set(conn, pos, actor, pid, fd, f"app:{event}")
         if event == "accept":
             conn.accepted = True
         if error and event == "connect_failed":
@@ -350,3 +351,7 @@ _ROW = (
     "rport",
     "has_tuple",
 )
+
+
+def _first_two(x: tuple[Any, ...]) -> tuple[Any, Any]:
+    return x[0], x[1]

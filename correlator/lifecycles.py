@@ -92,10 +92,6 @@ class Conn:
     owner_pid: int | None = None
     owner_fd: int | None = None
     owner_via: str | None = None
-    # (position, actor, pid, fd, via) each time the owner changed.
-    owner_hist: list[tuple[int, str | None, int | None, int | None, str | None]] = field(
-        default_factory=list
-    )
     accepted: bool = False
     app_closed: bool = False
     error: str | None = None

@@ -1,11 +1,13 @@
-"""Who owns each life: its owner facts in position order.
+"""Who owns each life: its owner facts in position order, folded by columns.
 
 The first real owner fact (an accept4 call, an actor's record naming the
 socket) wins; later ones only fill the actor or fd; a guess (the on-CPU pid
 of connect()/listen(), the listener's owner for a child in its queue) gives
 way to a real fact. A record that is no socket action counts only when it
-is a life's first fact. Listeners are few: they are kept by (address, port)
-in the order they were learnt, for the children and the listen records.
+is a life's first fact. Every change of a life's owner is a row of one
+frame (`Owners.changes`), which rows.py joins as of. Listeners are few:
+they are kept by (address, port) in the order they were learnt, for the
+children and the listen records.
 """
 
 from __future__ import annotations
@@ -21,28 +23,163 @@ from correlator.lookups import NEVER
 _GUESSES = ("cpu_pid", "listener")
 SOCKET_ACTIONS = {"listen", "connect", "accept", "connect_failed", "accept_failed"}
 
+# (life, position, actor, pid, fd, via) each time a life's owner changed.
+CHANGES = {
+    "conn": pl.Int64,
+    "hp": pl.Int64,
+    "o_actor": pl.String,
+    "o_pid": pl.Int64,
+    "o_fd": pl.Int64,
+    "o_via": pl.String,
+}
+_FACTS = {
+    "life": pl.Int64,
+    "key": pl.Int64,
+    "actor": pl.String,
+    "pid": pl.Int64,
+    "fd": pl.Int64,
+    "via": pl.String,
+    "cond": pl.Boolean,
+}
+Change = tuple[int, int, str | None, int | None, int | None, str | None]
 
-def set_owner(conn: Conn, pos: int, actor: str | None, pid: int, fd: int | None, via: str) -> None:
-    # The first real owner fact wins; later ones only fill gaps. A guess
-    # (the on-CPU pid, the listener's owner) gives way to a real fact.
-    before = (conn.owner_actor, conn.owner_pid, conn.owner_fd, conn.owner_via)
-    if conn.owner_pid is None or (conn.owner_via in _GUESSES and via not in _GUESSES):
-        if conn.owner_pid != pid:
-            conn.owner_actor = conn.owner_fd = None
-        conn.owner_pid, conn.owner_via = pid, via
-    if conn.owner_pid == pid:
-        conn.owner_actor = conn.owner_actor or actor
-        if fd is not None and conn.owner_fd is None:
-            conn.owner_fd = fd
-    after = (conn.owner_actor, conn.owner_pid, conn.owner_fd, conn.owner_via)
-    if after != before:
-        conn.owner_hist.append((pos, *after))
+
+class Owners:
+    """The owner changes of the lives not yet forgotten, as one frame; the
+    listeners' also as tuples, as their children look them up one by one."""
+
+    def __init__(self) -> None:
+        self.changes = pl.DataFrame(schema=CHANGES)
+        self.pending: list[Change] = []  # from the rare facts, not yet in `changes`
+        self.of_listener: dict[int, list[Change]] = {}
+
+    def set(
+        self, conn: Conn, pos: int, actor: str | None, pid: int, fd: int | None, via: str
+    ) -> None:
+        """One fact, in position order (listeners and the rare records)."""
+        before = (conn.owner_actor, conn.owner_pid, conn.owner_fd, conn.owner_via)
+        if conn.owner_pid is None or (conn.owner_via in _GUESSES and via not in _GUESSES):
+            if conn.owner_pid != pid:
+                conn.owner_actor = conn.owner_fd = None
+            conn.owner_pid, conn.owner_via = pid, via
+        if conn.owner_pid == pid:
+            conn.owner_actor = conn.owner_actor or actor
+            if fd is not None and conn.owner_fd is None:
+                conn.owner_fd = fd
+        after = (conn.owner_actor, conn.owner_pid, conn.owner_fd, conn.owner_via)
+        if after != before:
+            change = (conn.id, pos, *after)
+            self.pending.append(change)
+            if conn.role == "listener":
+                self.of_listener.setdefault(conn.id, []).append(change)
+
+    def _flush(self) -> None:
+        if self.pending:
+            more = pl.DataFrame(self.pending, schema=CHANGES, orient="row")
+            self.changes = pl.concat([self.changes, more])
+            self.pending = []
+
+    def of(self, ids: list[int]) -> pl.DataFrame:
+        """Every owner change of these lives, by position."""
+        self._flush()
+        return self.changes.filter(pl.col("conn").is_in(ids)).sort("hp")
+
+    def forget(self, ids: list[int]) -> None:
+        if not ids:
+            return
+        self._flush()
+        self.changes = self.changes.filter(~pl.col("conn").is_in(ids))
+        for cid in ids:
+            self.of_listener.pop(cid, None)
+
+    def fold(self, facts: pl.DataFrame, conns: dict[int, Conn]) -> None:
+        """Each life's facts (life, key = 2 * position, actor, pid, fd, via,
+        cond: no socket action) folded in key order from the owner it has:
+        its changes appended, its owner set."""
+        lives = facts["life"].unique().to_list()
+        live = [conns.get(life) for life in lives]
+        known = [c for c in live if c is not None]
+        held = [c for c in known if c.owner_pid is not None]
+        # What each life has already, as its fact before all others.
+        start = pl.DataFrame(
+            {
+                "life": [c.id for c in held],
+                "key": [-1] * len(held),
+                "actor": [c.owner_actor for c in held],
+                "pid": [c.owner_pid for c in held],
+                "fd": [c.owner_fd for c in held],
+                "via": [c.owner_via for c in held],
+                "cond": [False] * len(held),
+            },
+            schema=_FACTS,
+        )
+        facts = facts.filter(pl.col("life").is_in([c.id for c in known]))
+        df = pl.concat([start, facts.cast(_FACTS)]).sort("life", "key", maintain_order=True)  # type: ignore[arg-type]
+        life = "life"
+        guess = pl.col("via").is_in(_GUESSES)
+        # A record that is no socket action counts only if nothing came before.
+        df = df.filter(~pl.col("cond") | (pl.int_range(pl.len()).over(life) == 0))
+        # The owner's pid and via: the first fact's, then the first real
+        # fact's if the first was a guess.
+        first = pl.int_range(pl.len()).over(life) == 0
+        real_1st = ~guess & ((~guess).cum_sum().over(life) == 1) & guess.first().over(life)
+        df = df.with_columns(lead=first | real_1st)
+        lead = pl.col("lead")
+        df = df.with_columns(
+            o_pid=pl.when(lead).then("pid").forward_fill().over(life),
+            o_via=pl.when(lead).then("via").forward_fill().over(life),
+        )
+        # Actor and fd: the first known among the facts of the owner's pid,
+        # kept across a lead with the same pid.
+        prev = pl.col("o_pid").shift(1).over(life)
+        new_pid = lead & (prev.is_null() | (prev != pl.col("pid")))
+        df = df.with_columns(blk=new_pid.cum_sum().over(life))
+        mine = pl.col("pid") == pl.col("o_pid")
+        grp = [life, "blk"]
+
+        def first_known(col: str) -> pl.Expr:
+            v = pl.when(mine).then(col)
+            return (
+                pl.when(v.is_not_null() & (v.is_not_null().cum_sum().over(grp) == 1))
+                .then(v)
+                .forward_fill()
+                .over(grp)
+            )
+
+        df = df.with_columns(o_actor=first_known("actor"), o_fd=first_known("fd"))
+        changed = pl.any_horizontal(
+            pl.col(c).ne_missing(pl.col(c).shift(1).over(life))
+            for c in ("o_actor", "o_pid", "o_fd", "o_via")
+        )
+        out = df.filter(changed & (pl.col("key") >= 0)).select(
+            conn=life,
+            hp=pl.col("key") // 2,
+            o_actor="o_actor",
+            o_pid="o_pid",
+            o_fd="o_fd",
+            o_via="o_via",
+        )
+        if not len(out):
+            return
+        self._flush()
+        self.changes = pl.concat([self.changes, out])
+        last = out.unique("conn", keep="last", maintain_order=True)
+        listeners = []
+        for cid, _, actor, pid, fd, via in last.iter_rows():
+            c = conns[cid]
+            c.owner_actor, c.owner_pid, c.owner_fd, c.owner_via = actor, pid, fd, via
+            if c.role == "listener":
+                listeners.append(cid)
+        if listeners:
+            for change in out.filter(pl.col("conn").is_in(listeners)).iter_rows():
+                self.of_listener.setdefault(change[0], []).append(change)  # type: ignore[arg-type]
 
 
 class Listeners:
-    def __init__(self) -> None:
+    def __init__(self, owners: Owners) -> None:
         # (address, port) -> [learnt at, listener, finished at], in order.
         self.hist: dict[tuple[str, int], list[list[Any]]] = {}
+        self.owners = owners
 
     def learnt(self, conn: Conn, pos: int, gone: int | None) -> None:
         t = conn.learn
@@ -71,10 +208,10 @@ class Listeners:
         lst = self.at((t[0], t[1]), pos) or self.at(("0.0.0.0", t[1]), pos)
         if lst is None:
             return None
-        owner = [h for h in lst.owner_hist if h[0] < pos]
-        if not owner or owner[-1][2] is None:
+        owner = [h for h in self.owners.of_listener.get(lst.id, ()) if h[1] < pos]
+        if not owner or owner[-1][3] is None:
             return None
-        return owner[-1][1], owner[-1][2]
+        return owner[-1][2], owner[-1][3]
 
 
 def apply_owner_facts(
@@ -86,21 +223,28 @@ def apply_owner_facts(
     pid_learnt: dict[int, int],
     listeners: Listeners,
 ) -> None:
-    """Each life's owner facts in position order (set_owner): the on-CPU
+    """Each life's owner facts in position order (Owners.fold): the on-CPU
     and listener guesses, accept4 calls, records naming it."""
     known = pl.DataFrame(
         {"pid": list(pid_learnt), "learnt": list(pid_learnt.values())},
         schema={"pid": pl.Int64, "learnt": pl.Int64},
     )
-    names = pid_actor
-    a = accs.join(known, on="pid", how="left").select(
-        "life",
-        key=pl.col("pos") * 2,
-        known=pl.col("learnt") < pl.col("pos"),
-        pid="pid",
-        fd="fd",
-        via=pl.lit("accept4"),
-        cond=pl.lit(False),
+    names = pl.DataFrame(
+        {"pid": list(pid_actor), "name": list(pid_actor.values())},
+        schema={"pid": pl.Int64, "name": pl.String},
+    )
+    a = (
+        accs.join(known, on="pid", how="left")
+        .join(names, on="pid", how="left")
+        .select(
+            "life",
+            key=pl.col("pos") * 2,
+            actor=pl.when(pl.col("learnt") < pl.col("pos")).then("name"),
+            pid="pid",
+            fd="fd",
+            via=pl.lit("accept4"),
+            cond=pl.lit(False),
+        )
     )
     # A record that is no socket action counts only as a life's first fact.
     first = (
@@ -122,13 +266,9 @@ def apply_owner_facts(
             cond=~socket,
         )
     )
-    rows: list[tuple[int, int, str | None, int, int | None, str, bool]] = [
-        (life, key, names[pid] if ok else None, pid, fd, via, cond)
-        for life, key, ok, pid, fd, via, cond in a.iter_rows()
-    ]
-    rows.extend(r.iter_rows())
     # The guesses at OPEN (on-CPU pid) and LEARN (the listener's owner).
     learnt = pid_learnt
+    guesses: list[tuple[int, int, str | None, int, None, str, bool]] = []
     for pos, k, c in milestones:
         if c.role == "listener":
             continue
@@ -136,18 +276,12 @@ def apply_owner_facts(
         if k == OPEN:
             cpu = c.first_cpu_pid
             if c.first_old == "CLOSE" and learnt.get(cpu, NEVER) < pos:
-                rows.append((c.id, key, names[cpu], cpu, None, "cpu_pid", False))
+                guesses.append((c.id, key, pid_actor[cpu], cpu, None, "cpu_pid", False))
         elif k == LEARN and c.role == "passive":
             lst = listeners.owner_at(c.learn, pos)
             if lst is not None:
-                rows.append((c.id, key, lst[0], lst[1], None, "listener", False))
-    rows.sort(key=first_two)
-    for life, key, actor, pid, fd, via, cond in rows:
-        conn = conns.get(life)
-        if conn is None or (cond and conn.owner_pid is not None):
-            continue
-        set_owner(conn, key >> 1, actor, pid, fd, via)
-
-
-def first_two(x: tuple[Any, ...]) -> tuple[Any, Any]:
-    return x[0], x[1]
+                guesses.append((c.id, key, lst[0], lst[1], None, "listener", False))
+    g = pl.DataFrame(guesses, schema=_FACTS, orient="row")
+    facts = pl.concat([x.cast(_FACTS) for x in (a, r, g)])  # type: ignore[arg-type]
+    if len(facts):
+        listeners.owners.fold(facts, conns)

@@ -22,7 +22,6 @@ import numpy as np
 import polars as pl
 
 from correlator.joins import Joins
-from correlator.lifecycles import Conn
 from correlator.phases import Phases
 
 _END = 1 << 62
@@ -163,7 +162,6 @@ class Rows:
         self.t0 = t0
         self.grace = grace_ns
         self.phases = phases
-        self.conns: dict[int, Conn] = {}
         # Rows not settled yet: kernel frames with a `target` column (the
         # event time that settles them), app rows as (pos, target, record).
         self.pending: dict[str, pl.DataFrame] = {}
@@ -261,7 +259,7 @@ class Rows:
         n = self.n
         df = self._common(df.with_columns(at=pl.Series(at, dtype=pl.Int64)), kind)
         if kind == "tcp_state":
-            hist = self._owner_hist(df["conn"].unique().to_list())
+            hist = self.joins.owners.of(df["conn"].unique().to_list())
             df = df.sort("at").join_asof(
                 hist,
                 left_on="at",
@@ -317,32 +315,6 @@ class Rows:
                 conn=pl.Series([conn_of.pop(p, None) for p in df["pos"].to_list()], dtype=pl.Int64)
             )
         return df.select(["pos", *ROW_FIELDS[kind]])
-
-    def _owner_hist(self, ids: list[int]) -> pl.DataFrame:
-        """Every owner change of these connections: (conn, position, owner)."""
-        cols: dict[str, list[Any]] = {
-            k: [] for k in ("conn", "hp", "o_actor", "o_pid", "o_fd", "o_via")
-        }
-        conns = self.conns
-        for cid in ids:
-            for hp, actor, pid, fd, via in conns[cid].owner_hist:
-                cols["conn"].append(cid)
-                cols["hp"].append(hp)
-                cols["o_actor"].append(actor)
-                cols["o_pid"].append(pid)
-                cols["o_fd"].append(fd)
-                cols["o_via"].append(via)
-        return pl.DataFrame(
-            cols,
-            schema={
-                "conn": pl.Int64,
-                "hp": pl.Int64,
-                "o_actor": pl.String,
-                "o_pid": pl.Int64,
-                "o_fd": pl.Int64,
-                "o_via": pl.String,
-            },
-        ).sort("hp")
 
     def _app(self, rows: list[tuple[int, dict[str, Any]]]) -> list[tuple[int, dict[str, Any]]]:
         conn_of = self.joins.app_conn
