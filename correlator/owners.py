@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from correlator.lifecycles import LEARN, OPEN, Conn
@@ -115,50 +116,7 @@ class Owners:
         )
         facts = facts.filter(pl.col("life").is_in([c.id for c in known]))
         df = pl.concat([start, facts.cast(_FACTS)]).sort("life", "key", maintain_order=True)  # type: ignore[arg-type]
-        life = "life"
-        guess = pl.col("via").is_in(_GUESSES)
-        # A record that is no socket action counts only if nothing came before.
-        df = df.filter(~pl.col("cond") | (pl.int_range(pl.len()).over(life) == 0))
-        # The owner's pid and via: the first fact's, then the first real
-        # fact's if the first was a guess.
-        first = pl.int_range(pl.len()).over(life) == 0
-        real_1st = ~guess & ((~guess).cum_sum().over(life) == 1) & guess.first().over(life)
-        df = df.with_columns(lead=first | real_1st)
-        lead = pl.col("lead")
-        df = df.with_columns(
-            o_pid=pl.when(lead).then("pid").forward_fill().over(life),
-            o_via=pl.when(lead).then("via").forward_fill().over(life),
-        )
-        # Actor and fd: the first known among the facts of the owner's pid,
-        # kept across a lead with the same pid.
-        prev = pl.col("o_pid").shift(1).over(life)
-        new_pid = lead & (prev.is_null() | (prev != pl.col("pid")))
-        df = df.with_columns(blk=new_pid.cum_sum().over(life))
-        mine = pl.col("pid") == pl.col("o_pid")
-        grp = [life, "blk"]
-
-        def first_known(col: str) -> pl.Expr:
-            v = pl.when(mine).then(col)
-            return (
-                pl.when(v.is_not_null() & (v.is_not_null().cum_sum().over(grp) == 1))
-                .then(v)
-                .forward_fill()
-                .over(grp)
-            )
-
-        df = df.with_columns(o_actor=first_known("actor"), o_fd=first_known("fd"))
-        changed = pl.any_horizontal(
-            pl.col(c).ne_missing(pl.col(c).shift(1).over(life))
-            for c in ("o_actor", "o_pid", "o_fd", "o_via")
-        )
-        out = df.filter(changed & (pl.col("key") >= 0)).select(
-            conn=life,
-            hp=pl.col("key") // 2,
-            o_actor="o_actor",
-            o_pid="o_pid",
-            o_fd="o_fd",
-            o_via="o_via",
-        )
+        out = _fold(df)
         if not len(out):
             return
         self._flush()
@@ -173,6 +131,72 @@ class Owners:
         if listeners:
             for change in out.filter(pl.col("conn").is_in(listeners)).iter_rows():
                 self.of_listener.setdefault(change[0], []).append(change)  # type: ignore[arg-type]
+
+
+def _fold(df: pl.DataFrame) -> pl.DataFrame:
+    """The owner changes of facts sorted by (life, key), each life starting
+    with no owner: numpy over the runs of each life (polars' windows over
+    ~10^4 small groups cost ~50x more)."""
+    life = df["life"].to_numpy()
+    n = len(life)
+    first = np.ones(n, bool)
+    first[1:] = life[1:] != life[:-1]
+    # A record that is no socket action counts only if nothing came before.
+    keep = ~df["cond"].to_numpy() | first
+    df = df.filter(pl.Series(keep))
+    life, first = life[keep], first[keep]
+    n = len(life)
+    pid = df["pid"].to_numpy()
+    fd = df["fd"].to_numpy(allow_copy=True)
+    actor = df["actor"].to_numpy()
+    via = df["via"].to_numpy()
+    idx = np.arange(n)
+    starts = idx[first]
+    seg = np.cumsum(first) - 1
+    # The owner's pid and via: the first fact's, then the first real fact's
+    # if the first was a guess.
+    real = ~np.isin(via, _GUESSES)
+    real_n: np.ndarray = np.cumsum(real)
+    real_rank = real_n - (real_n - real)[starts][seg]
+    lead = first | (real & (real_rank == 1) & ~real[starts][seg])
+    at = np.maximum.accumulate(np.where(lead, idx, 0))
+    o_pid = pid[at]
+    o_via = via[at]
+    # Actor and fd: the first known among the facts of the owner's pid, kept
+    # across a lead with the same pid.
+    prev_pid = np.empty(n, pid.dtype)
+    prev_pid[1:] = o_pid[:-1]
+    new_pid = first | (lead & (pid != prev_pid))
+    blk_starts = idx[new_pid]
+    blk = np.cumsum(new_pid) - 1
+    mine = pid == o_pid
+
+    def first_known(values: np.ndarray, known: np.ndarray) -> np.ndarray:
+        cand = np.where(mine & known, idx, n)
+        at = np.minimum.reduceat(cand, blk_starts)[blk]
+        out = np.full(n, None, dtype=object)
+        ok = at <= idx
+        out[ok] = values[at[ok]]
+        return out
+
+    fd_known = ~np.isnan(fd) if fd.dtype.kind == "f" else np.ones(n, bool)
+    o_actor = first_known(actor, actor != None)  # noqa: E711 (elementwise)
+    o_fd = first_known(fd, fd_known)
+    changed = first.copy()
+    for col in (o_actor, o_pid, o_fd, o_via):
+        changed[1:] |= col[1:] != col[:-1]
+    out = changed & (df["key"].to_numpy() >= 0)
+    return pl.DataFrame(
+        {
+            "conn": life[out],
+            "hp": df["key"].to_numpy()[out] // 2,
+            "o_actor": o_actor[out].tolist(),
+            "o_pid": o_pid[out],
+            "o_fd": [None if v is None else int(v) for v in o_fd[out].tolist()],
+            "o_via": o_via[out].tolist(),
+        },
+        schema=CHANGES,
+    )
 
 
 class Listeners:
