@@ -52,7 +52,7 @@ def test_memory_is_bounded_by_live_connections(tmp_path: Path) -> None:
     idx = j.index
     assert idx.idx.is_empty() and idx.claims.is_empty() and idx.sets.is_empty() and not j.failed
     # Only the listener is still open when the recording ends.
-    assert 1 == len(run.corr.lives.open_by_sk) and not run.corr.rows.conns
+    assert 1 == len(run.corr.lives.open_by_sk) and not j.conns and j.owners.changes.is_empty()
 
 
 @pytest.mark.parametrize("window_ns", [0, 2_000_000_000])
