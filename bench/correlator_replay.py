@@ -36,6 +36,7 @@ from tests.synthetic import Actor, Lab, RecordingWriter, write_run_json  # noqa:
 T0 = 10_000_000_000
 US = 1_000
 SERVER = Actor("server", 100)
+STREAM_ITEMS_PER_CONNECTION = 16  # gen_stream: 10 state events, 1 accept4, 5 app records
 
 
 def rss_mb() -> float:
@@ -77,8 +78,7 @@ def gen_stream(run_dir: Path, events: int) -> int:
     lab.listen(T0, SERVER, 8080)
     client = Actor("client", 200)
     t = T0 + 1000 * US
-    per_conn = 16  # 10 state events, 1 accept4, 5 app records
-    n = events // per_conn
+    n = events // STREAM_ITEMS_PER_CONNECTION
     for i in range(n):
         p = lab.connect(t, client, SERVER, 10000 + i % 50000, 8080)
         lab.client_close(t + 100 * US, p)

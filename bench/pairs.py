@@ -73,7 +73,13 @@ class Row:
             return self
         op, _, num = self.goal.partition(" ")
         limit = float(num)
-        self.met = {">=": target >= limit, "<=": target <= limit, "==": target == limit}[op]
+        self.met = {
+            ">=": target >= limit,
+            "<=": target <= limit,
+            "<": target < limit,
+            ">": target > limit,
+            "==": target == limit,
+        }[op]
         self.met = self.met or bool(self.met_by)
         return self
 
@@ -86,7 +92,12 @@ class Row:
 
 
 def failed_row(key: str, section: str, measure: str, unit: str, goal: str, why: str) -> Row:
-    """A row whose measurement broke: shown, never silently left out."""
+    """A row whose measurement broke: shown, never silently left out. A goal
+    on the value says so: "value <= 1.0" (else it is on the ratio)."""
+    on, _, on_value = goal.partition("value ")
+    if on == "" and on_value:
+        return Row(key, section, measure, None, unit, goal=on_value, goal_on="value",
+                   note=f"not measured: {why}")  # fmt: skip
     return Row(key, section, measure, None, unit, goal=goal, note=f"not measured: {why}")
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from lab_helpers import ROOT
 
+from bench.goals import DOC, GOAL_ROWS
+
 ROWS = [
     "conn_rate",
     "conn_rate_cpu",
@@ -29,7 +31,10 @@ ROWS = [
     "loss_full_speed",
     "bus_capacity",
     "bus_vs_bomber",
+    "correlator_rate",
     "correlator_replay",
+    "correlator_10m_time",
+    "correlator_10m_rss",
     "correlator_peak_rss",
     "c10k_held",
     "c10k_rss",
@@ -38,6 +43,7 @@ ROWS = [
     "mux_scale_2",
     "correlator_scale_1",
     "correlator_scale_2",
+    "correlator_held_kb",
     "snapshot_vs_ss",
     "snapshot_vs_pyroute2",
     "snapshot_ms",
@@ -81,6 +87,11 @@ def test_tiny_bench_has_every_row_with_numbers(tmp_path: Path) -> None:
         if r["ratios"]:
             assert r["ratio"] == pytest.approx(statistics.median(r["ratios"]))
             assert r["pairs_run"] >= len(r["ratios"])
+    # Issue 11's goals: each a row with its goal and a verdict; a miss says why.
+    for key in GOAL_ROWS:
+        r = rows[key]
+        assert r["goal"] != "—" and r["met"] in (True, False), f"{key}: {r}"
+        assert r["met"] or DOC in r["note"], f"{key} missed with no cause: {r['note']}"
     paired_rows = ("conn_rate", "probe_overhead", "lab_overhead", "lab_records", "lab_cpu")
     for key in (*paired_rows, "fdio_bulk"):
         assert rows[key]["ratios"], f"{key} is not a paired row"
