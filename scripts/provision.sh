@@ -46,11 +46,13 @@ fi
 # Headers for the running kernel when the distribution has them; otherwise
 # its default headers, linked below (BCC compiles tracepoint programs with
 # them; their argument layout comes from tracefs, so it stays right).
+# shellcheck source=apt.sh
+. "$repo/scripts/apt.sh"
 apt_updated=0
 apt_update_once() {
     [ "$apt_updated" -eq 1 ] && return
     say "apt-get update"
-    apt-get update -qq
+    apt_get update -qq
     apt_updated=1
 }
 if [ ! -e "/lib/modules/$kernel/build/Makefile" ]; then
@@ -81,7 +83,7 @@ done
 if [ "${#missing[@]}" -gt 0 ]; then
     apt_update_once
     say "installing ${missing[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt_get install -y -qq "${missing[@]}" >/dev/null
     changed=1
 else
     say "packages present"

@@ -84,10 +84,11 @@ done
 if [ ${#need[@]} -gt 0 ]; then
     command -v apt-get >/dev/null || die "missing ${need[*]} and no apt-get: install them with your package manager"
     say "installing ${need[*]}"
-    # Another apt may be running (provision, other engineers): wait for its lock.
-    { apt-get -o DPkg::Lock::Timeout=600 update -qq &&
-      DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq \
-          --no-install-recommends "${need[@]}"; } >/dev/null ||
+    # Another apt may be running (provision, the other kernel's build): wait for its lock.
+    # shellcheck source=apt.sh
+    . "$repo/scripts/apt.sh"
+    { apt_get update -qq &&
+      DEBIAN_FRONTEND=noninteractive apt_get install -y -qq --no-install-recommends "${need[@]}"; } >/dev/null ||
         die "apt-get could not install ${need[*]}: install them by hand and retry"
 fi
 export PATH=$PATH:/usr/sbin:/sbin

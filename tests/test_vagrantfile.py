@@ -22,4 +22,6 @@ def test_vagrantfile_pins_box_and_uses_provision_script() -> None:
     text = (ROOT / "Vagrantfile").read_text()
     assert 'config.vm.box = "bento/debian-12"' in text
     assert "config.vm.box_version = " in text
-    assert 'path: "scripts/provision.sh"' in text
+    # In place in the synced folder: a `path:` script is uploaded alone to /tmp.
+    assert 'inline: "bash /vagrant/scripts/provision.sh"' in text
+    assert 'config.vm.synced_folder ".", "/vagrant"' in text
