@@ -25,14 +25,11 @@ from bus.rawbatch import COLUMNS, Col, RawBatchError, check_body, decode_batch
 from bus.records import TCP_STATES
 
 
-def _per_distinct(values: np.ndarray, convert: Callable[[Any], str]) -> list[str]:
-    """convert() applied once per distinct value, the results spread back."""
-    if values.size == 0:
-        return []
+def _distinct(values: np.ndarray, convert: Callable[[Any], str]) -> tuple[list[str], np.ndarray]:
+    """convert() applied once per distinct value: the texts, and for each
+    value the index of its text."""
     uniq, inverse = np.unique(values, return_inverse=True)
-    texts = np.array([convert(v) for v in uniq.tolist()], dtype=object)
-    out: list[str] = texts[inverse.reshape(-1)].tolist()
-    return out
+    return [convert(v) for v in uniq.tolist()], inverse.reshape(-1)
 
 
 def _addr(key: tuple[int, bytes]) -> str:
@@ -44,20 +41,72 @@ def _addr(key: tuple[int, bytes]) -> str:
     return ""
 
 
-def addr_text(family: np.ndarray, addr: np.ndarray) -> list[str]:
+def _distinct_rows(keys: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Rows' distinct values over integer key columns: one row's index per
+    distinct value, and each row's value number (an index into those).
+    Integer sorts: numpy's unique on raw bytes (void) compares them one by
+    one, ~1 us a row."""
+    n = len(keys[0])
+    order = np.lexsort(keys[::-1])
+    new = np.zeros(n, dtype=bool)
+    new[:1] = True
+    for k in keys:
+        ks = k[order]
+        new[1:] |= ks[1:] != ks[:-1]
+    inverse = np.empty(n, dtype=np.intp)
+    inverse[order] = np.cumsum(new) - 1
+    return order[new], inverse
+
+
+def _words(values: np.ndarray) -> list[np.ndarray]:
+    """Fixed-size byte values (n, k*8 bytes) as k columns of u64."""
+    words = np.ascontiguousarray(values).view("<u8").reshape(len(values), -1)
+    return [words[:, i] for i in range(words.shape[1])]
+
+
+def addr_codes(family: np.ndarray, addr: np.ndarray) -> tuple[list[str], np.ndarray]:
     """Text addresses ("127.0.0.1", "::1", "" for other families) of a family
-    column and a column of 16-byte address images (u8[16] in events.h)."""
-    key = np.empty(len(family), dtype=[("family", "<u2"), ("addr", "V16")])
-    key["family"] = family
-    key["addr"] = (
-        np.ascontiguousarray(addr, dtype=np.uint8).reshape(len(family), 16).view("V16")[:, 0]
-    )
-    return _per_distinct(key, lambda k: _addr((k[0], bytes(k[1]))))
+    column and a column of 16-byte address images (u8[16] in events.h), as
+    their distinct texts and each record's index into them (a consumer that
+    builds its own text column spreads them in one step)."""
+    if len(family) == 0:
+        return [], np.empty(0, np.intp)
+    images = np.ascontiguousarray(addr, dtype=np.uint8).reshape(len(family), 16)
+    firsts, inverse = _distinct_rows([family.astype(np.uint64), *_words(images)])
+    fams = family[firsts].tolist()
+    texts = [_addr((f, images[i].tobytes())) for f, i in zip(fams, firsts.tolist(), strict=True)]
+    return texts, inverse
+
+
+def _comm(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode(errors="replace")
+
+
+def comm_codes(comm: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """Command names of a char[N] column, cut at the first NUL as the kernel
+    ends them: the distinct names and each record's index into them."""
+    if len(comm) == 0:
+        return [], np.empty(0, np.intp)
+    if comm.dtype.itemsize % 8:
+        return _distinct(comm, _comm)
+    firsts, inverse = _distinct_rows(_words(comm))
+    return [_comm(b) for b in comm[firsts].tolist()], inverse
+
+
+def _spread(codes: tuple[list[str], np.ndarray]) -> list[str]:
+    texts, inverse = codes
+    out: list[str] = np.array(texts, dtype=object)[inverse].tolist() if len(inverse) else []
+    return out
+
+
+def addr_text(family: np.ndarray, addr: np.ndarray) -> list[str]:
+    """addr_codes() as one text per record."""
+    return _spread(addr_codes(family, addr))
 
 
 def comm_text(comm: np.ndarray) -> list[str]:
-    """Command names of a char[16] column, cut at the first NUL as the kernel ends them."""
-    return _per_distinct(comm, lambda raw: raw.split(b"\0", 1)[0].decode(errors="replace"))
+    """comm_codes() as one text per record."""
+    return _spread(comm_codes(comm))
 
 
 def _table(names: tuple[str, ...]) -> np.ndarray:
@@ -78,6 +127,9 @@ def names_of(names: tuple[str, ...], codes: np.ndarray) -> list[str]:
         table = _TABLES[names] = _table(names)
     out: list[str] = table[codes.astype(np.intp)].tolist()
     return out
+
+
+STATE_TABLE: list[str] = _STATE_NAMES.tolist()  # u8 state number -> its name
 
 
 def state_names(states: np.ndarray) -> list[str]:

@@ -34,7 +34,7 @@ import numpy as np
 import polars as pl
 
 from bus.schema import Envelope, Kind
-from correlator.columns import SCHEMAS, Batch, Columns
+from correlator.columns import SCHEMAS, Batch, Columns, chunk_frame
 from correlator.joins import Joins
 from correlator.kept import Kept
 from correlator.lifecycles import Lives, bit_length
@@ -265,8 +265,7 @@ class Correlator:
         self.joins.owners.forget(done)
 
     def _frame(self, kind: str, parts: list[tuple[Batch, int, int, np.ndarray]]) -> pl.DataFrame:
-        dfs = [b.data.slice(lo, hi - lo).hstack([pl.Series("pos", p)]) for b, lo, hi, p in parts]
-        return pl.concat(dfs).sort("pos")
+        return chunk_frame(parts)
 
     def _live_figures(self, lives: Any) -> None:
         """Live-socket counts and the time spent in each state."""
