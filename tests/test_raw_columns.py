@@ -6,12 +6,23 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from bus.rawbatch import make_body
 from bus.rawconvert import batch_events
-from correlator.columns import Columns
-from tests.test_rawbatch import ACCEPT, ACCEPT_PACK, EPOLL, EPOLL_PACK, V4_LOOP, V6_LOOP
+from bus.records import TCP_STATES
+from correlator.columns import Columns, chunk_frame
+from tests.test_rawbatch import (
+    ACCEPT,
+    ACCEPT_PACK,
+    EPOLL,
+    EPOLL_PACK,
+    TCP_STATE,
+    TCP_STATE_PACK,
+    V4_LOOP,
+    V6_LOOP,
+)
 
 
 def _both(body: dict[str, Any]) -> tuple[pl.DataFrame, pl.DataFrame, list[int]]:
@@ -55,3 +66,52 @@ def test_raw_epoll_records_give_their_dicts_columns() -> None:
     assert raw["comm"].to_list() == ["mux", "mux"]
     assert raw["errno"].to_list() == [4, 0]
     assert raw["timeout_ms"].to_list() == [0, -1]
+
+
+def _tcp(ts: int, comm: bytes, family: int, saddr: bytes, old: str, new: str) -> bytes:
+    return TCP_STATE_PACK.pack(
+        ts, 0xFFFF0000 + ts, 7, 8, comm, family, 40000, 8080,
+        TCP_STATES.index(old), TCP_STATES.index(new), saddr, V4_LOOP,
+    )  # fmt: skip
+
+
+def test_a_chunk_of_raw_batches_is_the_frame_of_their_dicts_in_position_order() -> None:
+    """Raw batches decoded together (chunk_frame) give the rows their dicts
+    give, each with its position: IPv4 with bytes after the address (only
+    its first 4 count), IPv6, an unknown family, names with bytes after the NUL."""
+    junk_v4 = V4_LOOP[:4] + b"\x99" * 12
+    bodies = [
+        make_body(
+            "tcp_state",
+            TCP_STATE,
+            _tcp(30, b"bomber", 2, V4_LOOP, "CLOSE", "SYN_SENT")
+            + _tcp(10, b"bomber\0zz", 10, V6_LOOP, "SYN_SENT", "ESTABLISHED"),
+        ),
+        make_body(
+            "tcp_state",
+            TCP_STATE,
+            _tcp(20, b"swapper/0", 2, junk_v4, "ESTABLISHED", "FIN_WAIT1")
+            + _tcp(40, b"x", 99, V6_LOOP, "FIN_WAIT1", "CLOSE"),
+        ),
+    ]
+    cols = Columns({})
+    raw = [b for body in bodies for b in cols.raw(body)]
+    cols = Columns({})
+    dicts = [
+        b
+        for body in bodies
+        for b in cols.kernel({"probe": "tcp_state", "events": batch_events(body)})
+    ]
+    # Positions as a chunk gives them: the second batch's rows first, the
+    # first batch's second row (lo=1) left out.
+    pos = [np.array([5], np.int64), np.array([2, 3], np.int64)]
+    got = chunk_frame([(raw[0], 1, 2, pos[0]), (raw[1], 0, 2, pos[1])])
+    want = chunk_frame([(dicts[0], 1, 2, pos[0]), (dicts[1], 0, 2, pos[1])])
+    assert got.to_dicts() == want.to_dicts()
+    assert got.schema == want.schema
+    assert got["pos"].to_list() == [2, 3, 5]
+    assert got["saddr"].to_list() == ["127.0.0.1", "", "127.0.0.1"]
+    assert got["cpu_comm"].to_list() == ["swapper/0", "x", "bomber"]
+    assert got["old"].to_list() == ["ESTABLISHED", "FIN_WAIT1", "CLOSE"]
+    # The first batch's first row in time (ts 10) is its IPv6 one.
+    assert raw[0].data["saddr"].to_list() == ["::1", "127.0.0.1"]
