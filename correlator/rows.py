@@ -13,6 +13,7 @@ App records keep their own free-form fields, so they stay dicts.
 
 from __future__ import annotations
 
+import bisect
 import errno as errno_mod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -190,7 +191,11 @@ class Rows:
                 df = old if df is None else pl.concat([old, df])
             if df is not None:
                 parts[kind] = df
-        apps = self.pending_app + [(p, int(now[p - base]) + grace, r) for p, r in app]
+        apps = self.pending_app
+        if app:
+            ps = np.fromiter((p for p, _ in app), np.int64, len(app))
+            targets = (now[ps - base] + grace).tolist()
+            apps = apps + list(zip(ps.tolist(), targets, (r for _, r in app), strict=True))
         # Rows settle in order: the first one whose target is past the chunk's
         # newest time, and every row after it, wait.
         newest = int(now[-1])
@@ -215,10 +220,11 @@ class Rows:
             if len(ready):
                 at = np.searchsorted(now, ready["target"].to_numpy(), side="left") + base
                 out.kernel[kind] = self._settle(kind, ready.drop("target"), at)
-        ready_app = [(p, r) for p, _, r in apps if p < cut]
-        self.pending_app = [x for x in apps if x[0] >= cut]
+        # App rows are in position order (the pending ones come first).
+        k = bisect.bisect_left(apps, cut, key=_first)
+        self.pending_app = apps[k:]
         held += len(self.pending_app)
-        out.app = self._app(ready_app)
+        out.app = self._app(apps[:k])
         self.max_pending = max(self.max_pending, held)
         self.first_pending = cut
         return out
@@ -229,7 +235,7 @@ class Rows:
             out.kernel[kind] = self._settle(
                 kind, df.drop("target"), np.full(len(df), _END, np.int64)
             )
-        out.app = self._app([(p, r) for p, _, r in self.pending_app])
+        out.app = self._app(self.pending_app)
         self.pending, self.pending_app = {}, []
         self.first_pending = _END
         return out
@@ -316,12 +322,13 @@ class Rows:
             )
         return df.select(["pos", *ROW_FIELDS[kind]])
 
-    def _app(self, rows: list[tuple[int, dict[str, Any]]]) -> list[tuple[int, dict[str, Any]]]:
+    def _app(self, rows: list[tuple[int, int, dict[str, Any]]]) -> list[tuple[int, dict[str, Any]]]:
+        """(pos, target, record) -> (pos, row)."""
         conn_of = self.joins.app_conn
         t0 = self.t0
         phase_of = self.phases.of
         out = []
-        for pos, rec in rows:
+        for pos, _, rec in rows:
             row: dict[str, Any] = {
                 "ts": rec["mono_ns"],
                 "src": "app",
@@ -331,9 +338,13 @@ class Rows:
             # The record's own fields follow, in its order (a clash overwrites in place).
             row.update(rec)
             row.pop("event", None)
-            ts = row.pop("mono_ns", None)
+            row.pop("mono_ns", None)
             ts = rec["mono_ns"]
             row["t"] = (ts - t0) / 1e9 if t0 else None
             row["phase"] = phase_of(ts)
             out.append((pos, row))
         return out
+
+
+def _first(x: tuple[int, int, dict[str, Any]]) -> int:
+    return x[0]
