@@ -366,7 +366,8 @@ def _learn_all(
         for cid, r, da in zip(lives.tolist(), first.tolist(), dests, strict=True):
             c = conns[cid]
             if c.dest is None and r <= learn_row.get(cid, r):
-                c.dest = (shared_addr(str(da)), int(dport[r]))
+                # Many lives share a destination (a server's): one tuple each.
+                c.dest = shared([(shared_addr(str(da)), int(dport[r]))])[0]
 
 
 def bit_length(v: np.ndarray) -> np.ndarray:

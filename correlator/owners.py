@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from correlator.lifecycles import LEARN, OPEN, Conn
+from correlator.lifecycles import LEARN, OPEN, Conn, shared
 from correlator.lookups import NEVER
 
 _GUESSES = ("cpu_pid", "listener")
@@ -125,7 +125,9 @@ class Owners:
         listeners = []
         for cid, _, actor, pid, fd, via in last.iter_rows():
             c = conns[cid]
-            c.owner_actor, c.owner_pid, c.owner_fd, c.owner_via = actor, pid, fd, via
+            # Names and pids are few: one shared object each (lifecycles.shared).
+            c.owner_actor, c.owner_pid, c.owner_via = shared([actor, pid, via])
+            c.owner_fd = fd
             if c.role == "listener":
                 listeners.append(cid)
         if listeners:
