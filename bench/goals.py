@@ -62,8 +62,8 @@ def _loss(r: Row, rows: Rows) -> str:
 
 def _rate(r: Row, rows: Rows) -> str:
     return (
-        "per-connection Python work, not per event: a Python object per life and the "
-        "owner rule over its facts; polars' fixed cost per call at 50k-item chunks"
+        "the cost is per connection (each life's work in Python and polars' fixed cost "
+        "per call), not per event: the profile is in docs/bench.md"
     )
 
 
