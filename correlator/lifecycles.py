@@ -44,11 +44,14 @@ def shared(values: list[Any]) -> list[Any]:
     return [keep(v, v) for v in values]
 
 
-def shared_addr(addr: str) -> str:
-    a = norm_addr(addr)
+def shared_one(value: Any) -> Any:
     if len(_SHARED) > _SHARED_MAX:
         _SHARED.clear()
-    return _SHARED.setdefault(a, a)  # type: ignore[no-any-return]
+    return _SHARED.setdefault(value, value)
+
+
+def shared_addr(addr: str) -> str:
+    return shared_one(norm_addr(addr))  # type: ignore[no-any-return]
 
 
 def role_of(old: str, new: str) -> str:
@@ -367,7 +370,7 @@ def _learn_all(
             c = conns[cid]
             if c.dest is None and r <= learn_row.get(cid, r):
                 # Many lives share a destination (a server's): one tuple each.
-                c.dest = shared([(shared_addr(str(da)), int(dport[r]))])[0]
+                c.dest = shared_one((shared_addr(str(da)), int(dport[r])))
 
 
 def bit_length(v: np.ndarray) -> np.ndarray:

@@ -123,11 +123,12 @@ class Owners:
         self.changes = pl.concat([self.changes, out])
         last = out.unique("conn", keep="last", maintain_order=True)
         listeners = []
-        for cid, _, actor, pid, fd, via in last.iter_rows():
+        # Names and pids are few: one shared object each (lifecycles.shared).
+        cols = (shared(last[k].to_list()) for k in ("o_actor", "o_pid", "o_via"))
+        rows = zip(last["conn"].to_list(), *cols, last["o_fd"].to_list(), strict=True)
+        for cid, actor, pid, via, fd in rows:
             c = conns[cid]
-            # Names and pids are few: one shared object each (lifecycles.shared).
-            c.owner_actor, c.owner_pid, c.owner_via = shared([actor, pid, via])
-            c.owner_fd = fd
+            c.owner_actor, c.owner_pid, c.owner_fd, c.owner_via = actor, pid, fd, via
             if c.role == "listener":
                 listeners.append(cid)
         if listeners:
