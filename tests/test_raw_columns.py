@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from bus.rawbatch import make_body
+from bus.rawbatch import make_body, make_layout
 from bus.rawconvert import batch_events
 from bus.records import TCP_STATES
 from correlator.columns import Columns, chunk_frame
@@ -115,3 +115,40 @@ def test_a_chunk_of_raw_batches_is_the_frame_of_their_dicts_in_position_order() 
     assert got["old"].to_list() == ["ESTABLISHED", "FIN_WAIT1", "CLOSE"]
     # The first batch's first row in time (ts 10) is its IPv6 one.
     assert raw[0].data["saddr"].to_list() == ["::1", "127.0.0.1"]
+
+
+def test_a_chunk_mixing_layouts_and_dict_batches_gives_the_same_frame() -> None:
+    """Batches that cannot be decoded together (another layout of the same
+    struct, a batch of dicts from an older recording) are decoded one by one:
+    the chunk's frame is still the dicts' frame."""
+    wide = make_layout(
+        [*TCP_STATE["names"], "spare"],
+        [*TCP_STATE["formats"], "<u8"],
+        [*TCP_STATE["offsets"], 80],
+        88,
+    )
+    recs = [
+        _tcp(10, b"a", 2, V4_LOOP, "CLOSE", "SYN_SENT"),
+        _tcp(20, b"b", 10, V6_LOOP, "SYN_SENT", "ESTABLISHED"),
+        _tcp(30, b"c", 2, V4_LOOP, "ESTABLISHED", "CLOSE_WAIT"),
+    ]
+    bodies = [
+        make_body("tcp_state", TCP_STATE, recs[0]),
+        make_body("tcp_state", wide, recs[1] + bytes(8)),
+        make_body("tcp_state", TCP_STATE, recs[2]),
+    ]
+    cols = Columns({})
+    raw = [b for body in bodies for b in cols.raw(body)]
+    cols = Columns({})
+    dicts = [
+        b
+        for body in bodies
+        for b in cols.kernel({"probe": "tcp_state", "events": batch_events(body)})
+    ]
+    pos = [np.array([i], np.int64) for i in (2, 0, 1)]
+    mixed = [raw[0], raw[1], dicts[2]]
+    got = chunk_frame([(b, 0, 1, p) for b, p in zip(mixed, pos, strict=True)])
+    want = chunk_frame([(b, 0, 1, p) for b, p in zip(dicts, pos, strict=True)])
+    assert got.to_dicts() == want.to_dicts()
+    assert got["saddr"].to_list() == ["::1", "127.0.0.1", "127.0.0.1"]
+    assert got["new"].to_list() == ["ESTABLISHED", "CLOSE_WAIT", "SYN_SENT"]
