@@ -1,53 +1,107 @@
 """What the actors' records did to a life: its first actions, the flags they set.
 
 A life keeps its first MAX_ACTIONS actions (time, event) as they came; the
-rest are only counted per event. The records also mark it accepted, closed
-by the application (a close with an fd) or failed with the error of its
-connect_failed record.
+rest are only counted per event. Both are rows of frames carried from chunk
+to chunk (`Actions`), not lists per life, and forgotten with the lives. The
+records also mark it accepted, closed by the application (a close with an
+fd) or failed with the error of its connect_failed record.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import polars as pl
 
 from correlator.lifecycles import Conn
 
 MAX_ACTIONS = 16
+_FIRST = {"life": pl.Int64, "ts_ns": pl.Int64, "event": pl.String}
+_PAST = {"life": pl.Int64, "event": pl.String, "n": pl.Int64}
 
 
-def note_actions(conn: Conn, ts: list[Any], events: list[str]) -> None:
-    """Add the actions in order; past the first MAX_ACTIONS, count them."""
-    actions = conn.actions
-    if actions is None:
-        actions = conn.actions = []
-    room = MAX_ACTIONS - len(actions)
-    if room > 0:
-        actions.extend(zip(ts[:room], events[:room], strict=True))
-    if len(events) > room:
-        past = conn.actions_past
-        if past is None:
-            past = conn.actions_past = {}
-        for event in events[max(room, 0) :]:
-            past[event] = past.get(event, 0) + 1
+class Actions:
+    def __init__(self) -> None:
+        self.first = pl.DataFrame(schema=_FIRST)  # each life's first MAX_ACTIONS, in order
+        self.past = pl.DataFrame(schema=_PAST)  # counts past them, in first-seen order
+        self.pending: list[tuple[int, int, str]] = []  # from the rare records
+
+    def note(self, life: int, ts: int, event: str) -> None:
+        """One action, in position order (the rare records)."""
+        self.pending.append((life, ts, event))
+
+    def add(self, acts: pl.DataFrame) -> None:
+        """`acts`: (life, ts_ns, event) in position order."""
+        self._flush()
+        self._add(acts)
+
+    def _flush(self) -> None:
+        if self.pending:
+            more = pl.DataFrame(self.pending, schema=_FIRST, orient="row")
+            self.pending = []
+            self._add(more)
+
+    def _add(self, acts: pl.DataFrame) -> None:
+        if not len(acts):
+            return
+        lives = acts["life"].unique().to_list()
+        had = (
+            self.first.filter(pl.col("life").is_in(lives))
+            .group_by("life")
+            .agg(had=pl.len().cast(pl.Int64))
+        )
+        ranked = acts.join(had, on="life", how="left", maintain_order="left").with_columns(
+            rank=pl.col("had").fill_null(0) + pl.int_range(pl.len()).over("life")
+        )
+        keep = pl.col("rank") < MAX_ACTIONS
+        self.first = pl.concat([self.first, ranked.filter(keep).select(*_FIRST)])
+        over = ranked.filter(~keep)
+        if len(over):
+            counts = over.group_by("life", "event", maintain_order=True).agg(
+                n=pl.len().cast(pl.Int64)
+            )
+            self.past = pl.concat([self.past, counts])
+
+    def of(self, ids: list[int]) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """These lives' actions (id, ts_ns, event) in order, and their counts
+        per event (id, event, n) in first-seen order."""
+        self._flush()
+        mine = pl.col("life").is_in(ids)
+        first = self.first.filter(mine)
+        counts = (
+            pl.concat(
+                [first.select("life", "event", n=pl.lit(1, pl.Int64)), self.past.filter(mine)]
+            )
+            .group_by("life", "event", maintain_order=True)
+            .agg(pl.col("n").sum())
+        )
+        return first.rename({"life": "id"}), counts.rename({"life": "id"})
+
+    def forget(self, ids: list[int]) -> None:
+        if not ids:
+            return
+        self._flush()
+        gone = pl.col("life").is_in(ids)
+        self.first = self.first.filter(~gone)
+        if len(self.past):
+            self.past = self.past.filter(~gone)
 
 
-def apply_flags(acts: pl.DataFrame, conns: dict[int, Conn]) -> None:
+def apply_flags(acts: pl.DataFrame, conns: dict[int, Conn], actions: Actions) -> None:
     """accepted, app_closed, error and the actions of the lives the records name."""
     ev = pl.col("event")
     per = acts.group_by("life", maintain_order=True).agg(
-        ts=pl.col("mono_ns"),
-        events=ev,
         accepted=(ev == "accept").any(),
         closed=((ev == "close") & pl.col("fd").is_not_null()).any(),
         error=pl.col("error").filter(ev == "connect_failed").last(),
     )
-    for life, ts, events, accepted, closed, error in per.iter_rows():
+    known = [life for life in per["life"].to_list() if life in conns]
+    actions.add(
+        acts.filter(pl.col("life").is_in(known)).select("life", ts_ns="mono_ns", event="event")
+    )
+    flagged = per.filter(pl.col("accepted") | pl.col("closed") | pl.col("error").is_not_null())
+    for life, accepted, closed, error in flagged.iter_rows():
         conn = conns.get(life)
         if conn is None:
             continue
-        note_actions(conn, ts, events)
         if accepted:
             conn.accepted = True
         if closed:

@@ -263,6 +263,7 @@ class Correlator:
                 waiting.append(c)
         self.joins.finished = waiting
         self.joins.owners.forget(done)
+        self.joins.actions.forget(done)
 
     def _frame(self, kind: str, parts: list[tuple[Batch, int, int, np.ndarray]]) -> pl.DataFrame:
         return chunk_frame(parts)

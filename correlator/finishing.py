@@ -15,6 +15,7 @@ from collections.abc import Callable
 import polars as pl
 
 from correlator import failed_connects
+from correlator.actions import Actions
 from correlator.held_sockets import HeldSockets
 from correlator.kept import Kept
 from correlator.lifecycle_rows import LifeRows
@@ -36,6 +37,7 @@ class Finishing:
         held: HeldSockets,
         failed: failed_connects.Failed,
         listeners: Listeners,
+        actions: Actions,
     ) -> None:
         self.n = counts
         self.phases = phases
@@ -54,7 +56,8 @@ class Finishing:
         # Finished lives whose rows may still be pending (correlate.py forgets them).
         self.finished: list[Conn] = []
         # Finished connections wait for their outcome until the chunk's end.
-        self.ending = LifeRows()
+        self.actions = actions
+        self.ending = LifeRows(actions)
         self.tallies = Tallies()
 
     def settle(self, conn: Conn, u: int) -> None:
@@ -87,7 +90,7 @@ class Finishing:
 
     def decide_finished(self) -> None:
         """The outcomes of the connections finished since the last call; their rows out."""
-        ending, self.ending = self.ending, LifeRows()
+        ending, self.ending = self.ending, LifeRows(self.actions)
         if not len(ending):
             return
         table = ending.table(self.t0, self.phases)

@@ -25,7 +25,7 @@ import numpy as np
 import polars as pl
 
 from correlator import failed_connects
-from correlator.actions import apply_flags, note_actions
+from correlator.actions import Actions, apply_flags
 from correlator.closing import find_peers, unindex_at
 from correlator.facts import APP_COVERAGE, FactCounts, accept_frame, app_frame
 from correlator.finishing import Finishing
@@ -78,8 +78,9 @@ class Joins:
         self.conns_by_owner_max = self.held.by_owner_max
         # Closed lives wait for their grace, then they are finished (their rows
         # and outcomes at the chunk's end).
+        self.actions = Actions()  # each life's first app actions and counts
         self.finishing = Finishing(
-            counts, phases, emit, t0, kept, self.held, self.failed, self.listeners
+            counts, phases, emit, t0, kept, self.held, self.failed, self.listeners, self.actions
         )
         self.closing = self.finishing.closing
         self.parked = self.finishing.parked
@@ -217,7 +218,7 @@ class Joins:
             self.pid_learnt,
             self.listeners,
         )
-        apply_flags(acts.filter(~late), conns)
+        apply_flags(acts.filter(~late), conns, self.actions)
         for life in accs.filter(~late)["life"].to_list():
             conn = conns.get(life)
             if conn is not None:
@@ -306,7 +307,7 @@ class Joins:
                 self._count(keys[1])
         if conn is None or pid is None:
             return
-        note_actions(conn, [ts], [event])
+        self.actions.note(conn.id, ts, event)
         if event in SOCKET_ACTIONS or conn.owner_pid is None:
             self.owners.set(conn, pos, actor, pid, fd, f"app:{event}")
         if event == "accept":

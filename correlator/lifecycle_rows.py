@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from correlator.actions import Actions
 from correlator.connection_schema import ACTION, APP, CONNECTION_SCHEMA, FLAT_COLUMNS, STATE
 from correlator.lifecycles import MAX_TRANSITIONS, Conn
 from correlator.outcomes import seconds
@@ -29,14 +30,13 @@ _DECISION = {
     "has_tuple": pl.Boolean,
     "life_ns": pl.Int64,
 }
-_APPS = {"id": pl.Int64, "event": pl.String, "n": pl.Int64}
-_ACTIONS = {"id": pl.Int64, "ts_ns": pl.Int64, "event": pl.String}
 # The timewait socket's FIN_WAIT2 comes after every kept transition.
 _TW_SEQ = 1 << 62
 
 
 class LifeRows:
-    def __init__(self) -> None:
+    def __init__(self, actions: Actions) -> None:
+        self.actions = actions
         # (life, at_end, the newest time then, accept calls seen by then) as
         # each was finished; the columns are taken from them together.
         self.lives: list[tuple[Conn, bool, int, bool]] = []
@@ -120,7 +120,6 @@ class LifeRows:
                 self.tw["life"].append(c.id)
                 self.tw["start_ns"].append(c.end_ns)
                 self.tw["dur_ns"].append(w - c.end_ns)
-        self.acted = [c for c in conns if c.actions]
         return pl.DataFrame(cols, schema={**FLAT_COLUMNS, **_DECISION})
 
     def frame(self, f: pl.DataFrame, kept_states: pl.DataFrame) -> pl.DataFrame:
@@ -150,27 +149,9 @@ class LifeRows:
             .agg(states=pl.struct("state", "start_ns", "dur_ns", "cpu_pid", "timewait"))
             .rename({"life": "id"})
         )
-        app_cols: dict[str, list[Any]] = {k: [] for k in _APPS}
-        act_cols: dict[str, list[Any]] = {k: [] for k in _ACTIONS}
-        for conn in self.acted:
-            counts = conn.action_counts()
-            app_cols["id"].extend([conn.id] * len(counts))
-            app_cols["event"].extend(counts)
-            app_cols["n"].extend(counts.values())
-            act_cols["id"].extend([conn.id] * len(conn.actions or ()))
-            for ts, event in conn.actions or ():
-                act_cols["ts_ns"].append(ts)
-                act_cols["event"].append(event)
-        apps = (
-            pl.DataFrame(app_cols, schema=_APPS)
-            .group_by("id", maintain_order=True)
-            .agg(app=pl.struct("event", "n"))
-        )
-        actions = (
-            pl.DataFrame(act_cols, schema=_ACTIONS)
-            .group_by("id", maintain_order=True)
-            .agg(actions=pl.struct("ts_ns", "event"))
-        )
+        first, counts = self.actions.of(f["id"].to_list())
+        apps = counts.group_by("id", maintain_order=True).agg(app=pl.struct("event", "n"))
+        actions = first.group_by("id", maintain_order=True).agg(actions=pl.struct("ts_ns", "event"))
         for part in (states, apps, actions):
             f = f.join(part, on="id", how="left", maintain_order="left")
         owner = pl.struct(actor="owner_actor", pid="owner_pid", fd="owner_fd", via="owner_via")

@@ -98,10 +98,6 @@ class Conn:
     accepted: bool = False
     app_closed: bool = False
     error: str | None = None
-    # The first MAX_ACTIONS (correlator/actions.py) app actions (ts, event), and the counts of those
-    # past them: a held connection keeps no dict of counts until it needs one.
-    actions: list[tuple[int, str]] | None = None
-    actions_past: dict[str, int] | None = None
     outcome: str | None = None
     # An orphaned active closer leaves FIN_WAIT2 for a timewait socket at once,
     # invisible to the tracepoint. Whether that socket then sat in FIN_WAIT2
@@ -112,15 +108,6 @@ class Conn:
     parked: bool = False
     ended: bool = False  # finished by the joins, its outcome maybe not yet decided
     held_by: int | None = None
-
-    def action_counts(self) -> dict[str, int]:
-        """Each app action's count, in the order each first happened."""
-        counts: dict[str, int] = {}
-        for _, event in self.actions or ():
-            counts[event] = counts.get(event, 0) + 1
-        for event, k in (self.actions_past or {}).items():
-            counts[event] = counts.get(event, 0) + k
-        return counts
 
     def ended_before(self, pos: int) -> bool:
         return self.close_pos is not None and self.close_pos < pos
