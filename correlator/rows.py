@@ -164,9 +164,12 @@ class Rows:
         self.grace = grace_ns
         self.phases = phases
         # Rows not settled yet: kernel frames with a `target` column (the
-        # event time that settles them), app rows as (pos, target, record).
+        # event time that settles them); app rows as three parallel columns
+        # in position order (no tuple per row: 500k of them with 100k held).
         self.pending: dict[str, pl.DataFrame] = {}
-        self.pending_app: list[tuple[int, int, dict[str, Any]]] = []
+        self.app_pos: list[int] = []
+        self.app_target = np.empty(0, np.int64)
+        self.app_recs: list[dict[str, Any]] = []
         self.max_pending = 0
         self.first_pending = _END
 
@@ -191,11 +194,12 @@ class Rows:
                 df = old if df is None else pl.concat([old, df])
             if df is not None:
                 parts[kind] = df
-        apps = self.pending_app
+        app_pos, targets, recs = self.app_pos, self.app_target, self.app_recs
         if app:
-            ps = np.fromiter((p for p, _ in app), np.int64, len(app))
-            targets = (now[ps - base] + grace).tolist()
-            apps = apps + list(zip(ps.tolist(), targets, (r for _, r in app), strict=True))
+            ps = [p for p, _ in app]
+            app_pos = app_pos + ps
+            recs = recs + [r for _, r in app]
+            targets = np.concatenate([targets, now[np.array(ps, np.int64) - base] + grace])
         # Rows settle in order: the first one whose target is past the chunk's
         # newest time, and every row after it, wait.
         newest = int(now[-1])
@@ -204,10 +208,9 @@ class Rows:
             late = df.filter(pl.col("target") > newest)
             if len(late):
                 cut = min(cut, int(late["pos"].min()))  # type: ignore[arg-type]
-        for p, target, _ in apps:
-            if target > newest:
-                cut = min(cut, p)
-                break
+        late_app = np.flatnonzero(targets > newest)
+        if len(late_app):
+            cut = min(cut, app_pos[int(late_app[0])])
         out = RowsChunk()
         self.pending = {}
         held = 0
@@ -221,10 +224,10 @@ class Rows:
                 at = np.searchsorted(now, ready["target"].to_numpy(), side="left") + base
                 out.kernel[kind] = self._settle(kind, ready.drop("target"), at)
         # App rows are in position order (the pending ones come first).
-        k = bisect.bisect_left(apps, cut, key=_first)
-        self.pending_app = apps[k:]
-        held += len(self.pending_app)
-        out.app = self._app(apps[:k])
+        k = bisect.bisect_left(app_pos, cut)
+        self.app_pos, self.app_target, self.app_recs = app_pos[k:], targets[k:], recs[k:]
+        held += len(self.app_pos)
+        out.app = self._app(app_pos[:k], recs[:k])
         self.max_pending = max(self.max_pending, held)
         self.first_pending = cut
         return out
@@ -235,8 +238,9 @@ class Rows:
             out.kernel[kind] = self._settle(
                 kind, df.drop("target"), np.full(len(df), _END, np.int64)
             )
-        out.app = self._app(self.pending_app)
-        self.pending, self.pending_app = {}, []
+        out.app = self._app(self.app_pos, self.app_recs)
+        self.pending, self.app_pos, self.app_recs = {}, [], []
+        self.app_target = np.empty(0, np.int64)
         self.first_pending = _END
         return out
 
@@ -322,13 +326,15 @@ class Rows:
             )
         return df.select(["pos", *ROW_FIELDS[kind]])
 
-    def _app(self, rows: list[tuple[int, int, dict[str, Any]]]) -> list[tuple[int, dict[str, Any]]]:
-        """(pos, target, record) -> (pos, row)."""
+    def _app(
+        self, positions: list[int], recs: list[dict[str, Any]]
+    ) -> list[tuple[int, dict[str, Any]]]:
+        """Records at their positions -> (pos, row)."""
         conn_of = self.joins.app_conn
         t0 = self.t0
         phase_of = self.phases.of
         out = []
-        for pos, _, rec in rows:
+        for pos, rec in zip(positions, recs, strict=True):
             row: dict[str, Any] = {
                 "ts": rec["mono_ns"],
                 "src": "app",
@@ -344,7 +350,3 @@ class Rows:
             row["phase"] = phase_of(ts)
             out.append((pos, row))
         return out
-
-
-def _first(x: tuple[int, int, dict[str, Any]]) -> int:
-    return x[0]
