@@ -341,23 +341,32 @@ def _learn_all(
     learnt, at = np.unique(ids[rows], return_index=True)
     learn_row = dict(zip(learnt.tolist(), rows[at].tolist(), strict=True))
     at_rows = list(learn_row.values())
-    saddr = tcp["saddr"].gather(at_rows).to_list()
-    daddr = tcp["daddr"].gather(at_rows).to_list()
-    for (cid, r), sa, da in zip(learn_row.items(), saddr, daddr, strict=True):
+    saddr = _addrs(tcp["saddr"].gather(at_rows).to_list())
+    daddr = _addrs(tcp["daddr"].gather(at_rows).to_list())
+    sp, dp = sport[at_rows].tolist(), dport[at_rows].tolist()
+    # Every row here tells a whole tuple (a listener's: its port).
+    for (cid, r), sa, da, s, d in zip(learn_row.items(), saddr, daddr, sp, dp, strict=True):
         c = conns[cid]
-        c.learn = _learn(c.role, sa, int(sport[r]), da, int(dport[r]))
+        c.learn = (sa, s, "", 0) if c.role == "listener" else (sa, s, da, d)
         milestones.append((pos_l[r], LEARN, c))
     # The destination: only rows up to the one that told the tuple count.
     dest_rows = np.nonzero(wait & (dport != 0))[0]
     if len(dest_rows):
         lives, at = np.unique(ids[dest_rows], return_index=True)
         first = dest_rows[at]
-        dests = tcp["daddr"].gather(first).to_list()
-        for cid, r, da in zip(lives.tolist(), first.tolist(), dests, strict=True):
+        dests = _addrs(tcp["daddr"].gather(first).to_list())
+        ports = dport[first].tolist()
+        for cid, r, da, d in zip(lives.tolist(), first.tolist(), dests, ports, strict=True):
             c = conns[cid]
             if c.dest is None and r <= learn_row.get(cid, r):
                 # Many lives share a destination (a server's): one tuple each.
-                c.dest = shared_one((shared_addr(str(da)), int(dport[r])))
+                c.dest = shared_one((da, d))
+
+
+def _addrs(values: list[Any]) -> list[str]:
+    """shared_addr of each (addresses are few: once per distinct one)."""
+    table = {v: shared_addr(str(v)) for v in set(values)}
+    return [table[v] for v in values]
 
 
 def bit_length(v: np.ndarray) -> np.ndarray:
@@ -370,12 +379,3 @@ def bit_length(v: np.ndarray) -> np.ndarray:
     b = np.where((b > 0) & ((one << np.maximum(b - 1, 0)) > v), b - 1, b)
     b = np.where((b < 63) & ((one << np.minimum(b, 62)) <= v) & (v > 0), b + 1, b)
     return np.where(v > 0, b, 0)
-
-
-def _learn(role: str, saddr: Any, sport: int, daddr: Any, dport: int) -> Tuple4 | None:
-    """The tuple a transition tells (None while the ports are not chosen yet)."""
-    if role == "listener":
-        return (shared_addr(str(saddr)), int(sport), "", 0) if sport else None
-    if not (sport and dport):
-        return None  # SYN_SENT before the ephemeral port is chosen
-    return (shared_addr(str(saddr)), int(sport), shared_addr(str(daddr)), int(dport))
