@@ -76,8 +76,9 @@ def _vs_read(r: Row, rows: Rows) -> str:
 
 def _held(r: Row, rows: Rows) -> str:
     return (
-        "each open life is a Python object (with its kept transitions and index entries), "
-        "and pymalloc keeps the arenas that each chunk's transient objects share with them"
+        "each open life is Python objects (a Conn, its tuple, times and indexes: ~1.1 KB, "
+        "two lives per held connection) beside ~150 MB of polars, numpy and the reorder "
+        "window whatever is held"
     )
 
 
