@@ -13,8 +13,6 @@ the children not yet accepted, the (pid, fd) claims still held.
 
 from __future__ import annotations
 
-from typing import Any
-
 import polars as pl
 
 from correlator.lifecycles import LEARN, Conn
@@ -149,21 +147,32 @@ class Index:
     def learn(self, milestones: list[tuple[int, int, Conn]]) -> pl.DataFrame:
         """The lives whose tuple this chunk told, indexed from then on;
         returns every indexed life (their `unindex` not yet known)."""
-        learnt: dict[str, list[Any]] = {k: [] for k in IDX_SCHEMA}
-        sets: dict[str, list[Any]] = {k: [] for k in SET_SCHEMA}
-        for pos, kind, c in milestones:
-            t = c.learn
-            if kind != LEARN or t is None or c.role == "listener":
-                continue
-            passive = c.role == "passive"
-            row: list[Any] = [c.id, *t, pos, c.start_ns, passive, None]
-            for k, v in zip(IDX_SCHEMA, row, strict=True):
-                learnt[k].append(v)
-            if passive:
-                for k, v in zip(SET_SCHEMA, (t[2], t[3], 2 * pos, c.id), strict=True):
-                    sets[k].append(v)
-        self.idx = pl.concat([self.idx, pl.DataFrame(learnt, schema=IDX_SCHEMA)])
-        self.new_sets = pl.concat([self.sets, pl.DataFrame(sets, schema=SET_SCHEMA)])
+        told = [
+            (pos, c, c.learn)
+            for pos, kind, c in milestones
+            if kind == LEARN and c.learn is not None and c.role != "listener"
+        ]
+        lives = [c for _, c, _ in told]
+        tup = [t for _, _, t in told if t is not None]
+        learnt = pl.DataFrame(
+            {
+                "life": [c.id for c in lives],
+                "laddr": [t[0] for t in tup],
+                "lport": [t[1] for t in tup],
+                "raddr": [t[2] for t in tup],
+                "rport": [t[3] for t in tup],
+                "learn_pos": [p for p, _, _ in told],
+                "start_ns": [c.start_ns for c in lives],
+                "passive": [c.role == "passive" for c in lives],
+                "unindex": None,
+            },
+            schema=IDX_SCHEMA,
+        )
+        sets = learnt.filter("passive").select(
+            "raddr", "rport", at=pl.col("learn_pos") * 2, life="life"
+        )
+        self.idx = pl.concat([self.idx, learnt])
+        self.new_sets = pl.concat([self.sets, sets])
         return self.idx
 
     def resolve(
