@@ -30,13 +30,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bus.schema import Kind  # noqa: E402
-from correlator.columns import Columns  # noqa: E402
+from correlator.columns import Batch, Columns, chunk_frame  # noqa: E402
 from correlator.recording import RecordingReader  # noqa: E402
 
 _APP = {
@@ -155,21 +156,35 @@ def owners(lives: pl.DataFrame, acc: pl.DataFrame, app: pl.DataFrame) -> pl.Data
     )
 
 
+def frames(batches: list[Batch]) -> list[pl.DataFrame]:
+    """Raw batches decoded together (columns.chunk_frame), numbered in order."""
+    parts = []
+    n = 0
+    for b in batches:
+        k = len(b.ts)
+        parts.append((b, 0, k, np.arange(n, n + k)))
+        n += k
+    return [chunk_frame(parts)] if parts else []
+
+
 def one_round(envs: list[Any]) -> tuple[float, float, float, float, list[Any]]:
     start = time.process_time()
     cols = Columns({})
     tcp: list[pl.DataFrame] = []
     acc: list[pl.DataFrame] = []
     recs: list[dict[str, Any]] = []
+    raw: list[Batch] = []
     for e in envs:
         if e.kind is Kind.KERNEL_RAW:
-            tcp += [b.data for b in cols.raw(e.body) if b.kind == "tcp_state"]
+            raw += cols.raw(e.body)
         elif e.kind is Kind.KERNEL:
             batches = cols.kernel(e.body)
             tcp += [b.data for b in batches if b.kind == "tcp_state"]
             acc += [b.data for b in batches if b.kind == "accept"]
         elif e.kind is Kind.LOG:
             recs += e.body["records"]
+    tcp += frames([b for b in raw if b.kind == "tcp_state"])
+    acc += frames([b for b in raw if b.kind == "accept"])
     decoded = time.process_time()
     t = pl.concat(tcp).sort("ts", "tie")
     a = pl.concat(acc).sort("ts")
@@ -239,7 +254,7 @@ def carry(run_dir: Path) -> None:
     rows = 0
     for e in RecordingReader(run_dir / "recording.msgpack"):
         if e.kind is Kind.KERNEL_RAW:
-            parts += [b.data for b in cols.raw(e.body) if b.kind == "tcp_state"]
+            parts += frames([b for b in cols.raw(e.body) if b.kind == "tcp_state"])
             rows = sum(len(p) for p in parts)
         if rows >= CHUNK:
             state.chunk(parts)
