@@ -100,12 +100,15 @@ def test_interleaved_probe_streams_with_a_sudden_backlog_stay_in_order(tmp_path:
 
 def test_cycle_collector_is_back_after_a_replay(tmp_path: Path) -> None:
     """The correlator pauses Python's cycle collector while it works on a
-    chunk: afterwards it is on again, and a caller who had it off keeps it off."""
+    chunk and freezes what each chunk leaves: afterwards it is on again,
+    nothing is left frozen, and a caller who had it off keeps it off."""
     import gc
 
     assert gc.isenabled()
+    assert 0 == gc.get_freeze_count()
     replay(tmp_path, echo(50), batch=20, app_batch=5, config=CorrelatorConfig(chunk_items=100))
     assert gc.isenabled()
+    assert 0 == gc.get_freeze_count()
     gc.disable()
     try:
         (tmp_path / "off").mkdir()
