@@ -76,7 +76,7 @@ def _vs_read(r: Row, rows: Rows) -> str:
 
 def _held(r: Row, rows: Rows) -> str:
     return (
-        "each open life is Python objects (a Conn, its tuple, times and indexes: ~1.1 KB, "
+        "each open life is Python objects (a Conn, its tuple, times and indexes: ~1 KB, "
         "two lives per held connection) beside ~150 MB of polars, numpy and the reorder "
         "window whatever is held"
     )
