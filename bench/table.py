@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.goals import DOC, GOAL_ROWS
 from bench.pairs import SPREAD_LIMIT, Row
 
 NOTES = (
@@ -70,6 +71,18 @@ def header(meta: dict[str, Any]) -> str:
     )
 
 
+def goals_line(rows: list[Row]) -> str:
+    """Issue 11's goals in one line: which rows met theirs, which did not."""
+    by_key = {r.key: r for r in rows}
+    met = [k for k in GOAL_ROWS if k in by_key and by_key[k].met]
+    missed = [k for k in GOAL_ROWS if k not in met]
+    return (
+        f"Issue 11's goals: {len(met)} of {len(GOAL_ROWS)} met"
+        + (f" ({', '.join(met)})" if met else "")
+        + (f"; missed or not measured: {', '.join(missed)} (why: {DOC})" if missed else "")
+    )
+
+
 def text_table(meta: dict[str, Any], rows: list[Row]) -> str:
     out = [f"\ntcplab bench: {header(meta)}", ""]
     section = ""
@@ -89,6 +102,7 @@ def text_table(meta: dict[str, Any], rows: list[Row]) -> str:
     noisy = [r.key for r in rows if r.noisy]
     out.append("")
     out.append(NOTES)
+    out.append(goals_line(rows))
     out.append(f"goals missed or not measured: {', '.join(missed) if missed else 'none'}")
     out.append(f"noisy rows (spread wider than ±{SPREAD_LIMIT:.0%}): {', '.join(noisy) or 'none'}")
     return "\n".join(out)
@@ -102,4 +116,4 @@ def markdown(meta: dict[str, Any], rows: list[Row]) -> str:
         c = [x.replace("|", "/") for x in cells(r)]
         note = r.note.replace("|", "/")
         out.append(f"| {r.section} | {' | '.join(c)} | {note} |")
-    return "\n".join([*out, "", NOTES]) + "\n"
+    return "\n".join([*out, "", NOTES, "", goals_line(rows)]) + "\n"

@@ -13,6 +13,7 @@ from lab_helpers import ROOT
 
 from bench.goals import CAUSES, DOC, GOAL_ROWS, explain
 from bench.pairs import Row, failed_row
+from bench.table import goals_line
 
 
 def goal_row(key: str, value: float, goal: str, on: str = "value", **kw: Any) -> Row:
@@ -71,3 +72,16 @@ def test_a_row_that_could_not_be_measured_gets_no_cause() -> None:
     explain([row])
     assert row.goal == ">= 1000000" and row.goal_on == "value"
     assert row.met is None and row.note == "not measured: boom"
+
+
+def test_the_goals_line_counts_met_and_missed_goal_rows_only() -> None:
+    rows = [
+        goal_row("correlator_10m_rss", 300.0, "< 1024"),
+        goal_row("correlator_held_kb", 5.0, "<= 1.0"),
+        goal_row("snapshot_ms", 50.0, "<= 100"),
+    ]
+    line = goals_line(rows)
+    assert line.startswith(f"Issue 11's goals: 1 of {len(GOAL_ROWS)} met (correlator_10m_rss)")
+    missed = line.split("missed or not measured: ")[1]
+    assert "correlator_held_kb" in missed and "loss_onset" in missed
+    assert "snapshot_ms" not in line and "correlator_10m_rss" not in missed
