@@ -151,8 +151,14 @@ class Lives:
         n = len(tcp)
         # The previous transition of the same socket: in this chunk, or the
         # state its open life carried over.
-        df = pl.DataFrame({"sk": sk, "i": np.arange(n)})
-        prev_i = df.select(pl.col("i").shift(1).over("sk").fill_null(-1)).to_series().to_numpy()
+        # Rows by socket, in row order within each (polars' windows over
+        # ~10^4 small groups cost several times this).
+        by_sk = np.argsort(sk, kind="stable")
+        same_sk = sk[by_sk][1:] == sk[by_sk][:-1]
+        prev_sorted = np.full(n, -1, np.int64)
+        prev_sorted[1:][same_sk] = by_sk[:-1][same_sk]
+        prev_i = np.empty(n, np.int64)
+        prev_i[by_sk] = prev_sorted
         has_prev = prev_i >= 0
         prev_idx = np.where(has_prev, prev_i, 0).astype(np.int64)
         prev_new = np.full(n, None, dtype=object)
@@ -182,11 +188,12 @@ class Lives:
         for i, c in carried.items():
             if not start[i]:
                 ids_or_null[i] = c.id
-        idf = pl.DataFrame({"sk": sk, "id": ids_or_null}).with_columns(
-            pl.when(pl.col("id") >= 0).then(pl.col("id"))
-        )
-        ids = idf.select(pl.col("id").forward_fill().over("sk")).to_series().to_numpy()
-        ids = ids.astype(np.int64)
+        # Every socket's first row here has a life (new or carried): fill
+        # forward within each socket.
+        sorted_ids = ids_or_null[by_sk]
+        keep = np.where(sorted_ids >= 0, np.arange(n), 0)
+        ids = np.empty(n, np.int64)
+        ids[by_sk] = sorted_ids[np.maximum.accumulate(keep)] if n else sorted_ids
 
         # Lives: new ones from their opening row; the rest by group-by on the
         # life id (rows in position order within each life).
