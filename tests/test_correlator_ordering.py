@@ -53,6 +53,7 @@ def test_memory_is_bounded_by_live_connections(tmp_path: Path) -> None:
     assert idx.idx.is_empty() and idx.claims.is_empty() and idx.sets.is_empty() and not j.failed
     # Only the listener is still open when the recording ends.
     assert 1 == len(run.corr.lives.open_by_sk) and not j.conns and j.owners.changes.is_empty()
+    assert j.actions.first.is_empty() and j.actions.past.is_empty()
 
 
 @pytest.mark.parametrize("window_ns", [0, 2_000_000_000])
