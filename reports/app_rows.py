@@ -60,12 +60,11 @@ def _dtype(vals: list[Any]) -> pl.DataType | None:
 def _frame(keys: tuple[str, ...], rows: list[dict[str, Any]]) -> pl.DataFrame | None:
     if not keys or not all(type(k) is str for k in keys):
         return None
-    columns = zip(*map(itemgetter(*keys), rows), strict=True) if len(keys) > 1 else (
-        [r[keys[0]] for r in rows],
-    )  # fmt: skip
     series = []
-    for k, column in zip(keys, columns, strict=True):
-        vals = list(column)
+    for k in keys:
+        # A key's column by one C-level pass: transposing the rows (a tuple
+        # per row, then one per key) cost twice as much.
+        vals = list(map(itemgetter(k), rows))
         dt = _dtype(vals)
         if dt is None:
             return None

@@ -116,7 +116,7 @@ def connection_lines(frame: pl.DataFrame) -> bytes:
     if not len(frame):
         return b""
     line = _line(frame.columns)
-    blob = frame.select(line.str.join("\n")).item().encode() + b"\n"
+    blob = frame.select(line.str.join("\n").cast(pl.Binary)).item() + b"\n"  # no str between
     # Checked on the whole text first: odd rows are rare.
     far = frame.select(_far_float().any()).item()
     if blob.isascii() and b"\x7f" not in blob and not far:
