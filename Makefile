@@ -29,7 +29,7 @@ go:
 	bash scripts/build-go.sh
 
 lint: provision
-	$(BIN)/ruff check . && $(BIN)/mypy actors bus correlator lab probes reports orchestrator.py
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy actors bus correlator lab probes reports orchestrator.py
 
 # The probe tests on other kernels, each in a qemu VM that the project builds,
 # caches in /var/cache/tcplab and boots itself: docs/kernels.md. KERNELS names
