@@ -62,7 +62,10 @@ def cpu_seconds(checkout: Path, code: str, *args: str, show: bool = False) -> fl
     env = {**os.environ, "PYTHONPATH": str(checkout)}
     proc = subprocess.Popen(
         [sys.executable, "-c", code, *args],
-        cwd=checkout, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        cwd=checkout,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     _, status, usage = os.wait4(proc.pid, 0)
     err = proc.stderr.read().decode() if proc.stderr else ""

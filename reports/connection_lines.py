@@ -53,8 +53,11 @@ def app_object() -> pl.Expr:
 def _dest() -> pl.Expr:
     d = pl.col("dest")
     pair = pl.concat_str(
-        pl.lit("["), _value(d.struct.field("addr")), pl.lit(","),
-        _value(d.struct.field("port")), pl.lit("]"),
+        pl.lit("["),
+        _value(d.struct.field("addr")),
+        pl.lit(","),
+        _value(d.struct.field("port")),
+        pl.lit("]"),
     )
     return pl.when(d.is_null()).then(pl.lit("null")).otherwise(pair)
 
@@ -88,12 +91,18 @@ def _line(columns: list[str]) -> pl.Expr:
     # The row has `timewait` only where it is true.
     middle = _members(b).str.replace_all(',"timewait":null', "", literal=True)
     return pl.concat_str(
-        pl.lit("{"), _members(a),
-        pl.lit(',"dest":'), _dest(),
-        pl.lit(","), middle,
-        pl.lit(',"app":'), app_object(),
-        pl.lit(',"actions":'), _actions(),
-        pl.lit(","), _members(["phase"]),
+        pl.lit("{"),
+        _members(a),
+        pl.lit(',"dest":'),
+        _dest(),
+        pl.lit(","),
+        middle,
+        pl.lit(',"app":'),
+        app_object(),
+        pl.lit(',"actions":'),
+        _actions(),
+        pl.lit(","),
+        _members(["phase"]),
         _extras(columns),
         pl.lit("}"),
     )

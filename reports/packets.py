@@ -23,9 +23,14 @@ from lab.capture import PCAP
 MAX_CONNECTIONS = 50  # the report's table shows the first ones; the pcap keeps all
 
 # TCP option kinds as tcpdump names them (RFC 793, 7323, 2018).
-OPT_NAMES = {dpkt.tcp.TCP_OPT_NOP: "nop", dpkt.tcp.TCP_OPT_SACKOK: "sackOK",
-             dpkt.tcp.TCP_OPT_TIMESTAMP: "TS", dpkt.tcp.TCP_OPT_MSS: "mss",
-             dpkt.tcp.TCP_OPT_WSCALE: "wscale", dpkt.tcp.TCP_OPT_SACK: "sack"}
+OPT_NAMES = {
+    dpkt.tcp.TCP_OPT_NOP: "nop",
+    dpkt.tcp.TCP_OPT_SACKOK: "sackOK",
+    dpkt.tcp.TCP_OPT_TIMESTAMP: "TS",
+    dpkt.tcp.TCP_OPT_MSS: "mss",
+    dpkt.tcp.TCP_OPT_WSCALE: "wscale",
+    dpkt.tcp.TCP_OPT_SACK: "sack",
+}
 
 
 def syn_options(tcp: dpkt.tcp.TCP) -> dict[str, int]:
@@ -55,8 +60,16 @@ def options_text(tcp: dpkt.tcp.TCP) -> str:
 
 def flags_text(tcp: dpkt.tcp.TCP) -> str:
     f = tcp.flags
-    text = "".join(c for bit, c in ((dpkt.tcp.TH_SYN, "S"), (dpkt.tcp.TH_FIN, "F"),
-                                    (dpkt.tcp.TH_RST, "R"), (dpkt.tcp.TH_PUSH, "P")) if f & bit)
+    text = "".join(
+        c
+        for bit, c in (
+            (dpkt.tcp.TH_SYN, "S"),
+            (dpkt.tcp.TH_FIN, "F"),
+            (dpkt.tcp.TH_RST, "R"),
+            (dpkt.tcp.TH_PUSH, "P"),
+        )
+        if f & bit
+    )
     return f"[{text}{'.' if f & dpkt.tcp.TH_ACK else ''}]"
 
 
@@ -79,9 +92,13 @@ def handshakes(run_dir: Path) -> dict[str, Any] | None:
     except (ValueError, dpkt.dpkt.NeedData):
         pass  # a capture cut short ends in half a record: keep what came before
     rows = [c for c in conns.values() if c["packets"]]
-    return {"file": PCAP, "packets": packets, "connections": len(rows),
-            "handshakes": rows[:MAX_CONNECTIONS],
-            "all_syns": [{"syn": c["syn"]} for c in rows]}
+    return {
+        "file": PCAP,
+        "packets": packets,
+        "connections": len(rows),
+        "handshakes": rows[:MAX_CONNECTIONS],
+        "all_syns": [{"syn": c["syn"]} for c in rows],
+    }
 
 
 def _add(conns: dict[tuple[str, int, str, int], dict[str, Any]], ts: float, buf: bytes) -> None:
@@ -100,17 +117,28 @@ def _add(conns: dict[tuple[str, int, str, int], dict[str, Any]], ts: float, buf:
     if syn_only:
         # A new SYN on a 4-tuple starts a new connection (a reused port after TIME_WAIT).
         conns.pop(key, None)
-        conns[key] = {"client": f"{src}:{tcp.sport}", "server": f"{dst}:{tcp.dport}",
-                      "filter": wireshark_filter(src, tcp.sport, dst, tcp.dport),
-                      "packets": [], "t0": ts, "syn": syn_options(tcp)}
+        conns[key] = {
+            "client": f"{src}:{tcp.sport}",
+            "server": f"{dst}:{tcp.dport}",
+            "filter": wireshark_filter(src, tcp.sport, dst, tcp.dport),
+            "packets": [],
+            "t0": ts,
+            "syn": syn_options(tcp),
+        }
     conn = conns.get(key) or conns.get(rkey)
     if conn is None or len(conn["packets"]) >= 3:
         return
     arrow = ">" if conns.get(key) is conn else "<"
-    conn["packets"].append({
-        "t_ms": round((ts - conn["t0"]) * 1000, 3), "dir": arrow, "flags": flags_text(tcp),
-        "options": options_text(tcp), "win": tcp.win, "len": len(tcp.data),
-    })
+    conn["packets"].append(
+        {
+            "t_ms": round((ts - conn["t0"]) * 1000, 3),
+            "dir": arrow,
+            "flags": flags_text(tcp),
+            "options": options_text(tcp),
+            "win": tcp.win,
+            "len": len(tcp.data),
+        }
+    )
 
 
 def wire_counts(packets: dict[str, Any] | None) -> dict[str, Any]:
@@ -119,11 +147,13 @@ def wire_counts(packets: dict[str, Any] | None) -> dict[str, Any]:
     if not packets:
         return {}
     syns = [c["syn"] for c in packets["all_syns"]]
-    return {"wire": {
-        "connections": packets["connections"],
-        "syn_mss": min((s["mss"] for s in syns if "mss" in s), default=0),
-        "syn_wscale": min((s["wscale"] for s in syns if "wscale" in s), default=0),
-    }}
+    return {
+        "wire": {
+            "connections": packets["connections"],
+            "syn_mss": min((s["mss"] for s in syns if "mss" in s), default=0),
+            "syn_wscale": min((s["wscale"] for s in syns if "wscale" in s), default=0),
+        }
+    }
 
 
 def sentences(packets: dict[str, Any] | None) -> list[str]:
@@ -131,6 +161,8 @@ def sentences(packets: dict[str, Any] | None) -> list[str]:
         return []
     first = packets["handshakes"][0]
     steps = " -> ".join(f"{p['flags']} {p['options']}".strip() for p in first["packets"])
-    return [f"On the wire (packets.pcap, {packets['packets']} packets, {packets['connections']} "
-            f"connections): {first['client']} to {first['server']}: {steps}. "
-            f"Wireshark: {first['filter']}"]
+    return [
+        f"On the wire (packets.pcap, {packets['packets']} packets, {packets['connections']} "
+        f"connections): {first['client']} to {first['server']}: {steps}. "
+        f"Wireshark: {first['filter']}"
+    ]

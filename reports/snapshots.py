@@ -99,10 +99,13 @@ def keepalive(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def _ghost(rows: list[dict[str, Any]], gone: dict[str, Any]) -> bool:
     """The far end of a socket that gave up was still ESTABLISHED afterwards."""
     for row in rows:
-        if (row.get("kind") == "sample" and row["t_mono_ns"] >= gone["t_mono_ns"]
-                and row["host"] != gone["host"]
-                and (row["laddr"], row["lport"], row["raddr"], row["rport"])
-                == (gone["raddr"], gone["rport"], gone["laddr"], gone["lport"])):
+        if (
+            row.get("kind") == "sample"
+            and row["t_mono_ns"] >= gone["t_mono_ns"]
+            and row["host"] != gone["host"]
+            and (row["laddr"], row["lport"], row["raddr"], row["rport"])
+            == (gone["raddr"], gone["rport"], gone["laddr"], gone["lport"])
+        ):
             return bool(row["state"] == "ESTABLISHED")
     return False
 
@@ -151,7 +154,13 @@ class LinkSink(RunSink):
         peers: list[str | None] = []
         infos: list[str | None] = []
         cols = frame.select(
-            "kind", "laddr", "lport", "raddr", "rport", "start_ns", "end_ns",
+            "kind",
+            "laddr",
+            "lport",
+            "raddr",
+            "rport",
+            "start_ns",
+            "end_ns",
             actor=pl.col("owner").struct.field("actor"),
         )
         for kind, laddr, lport, raddr, rport, start_ns, end_ns, owner in cols.iter_rows():
@@ -160,15 +169,18 @@ class LinkSink(RunSink):
                 peers.append(None)
                 infos.append(None)
                 continue
-            snap = self._snapshot((str(laddr), int(lport or 0), str(raddr), int(rport or 0)),
-                                  start_ns, end_ns)
+            snap = self._snapshot(
+                (str(laddr), int(lport or 0), str(raddr), int(rport or 0)), start_ns, end_ns
+            )
             host = (self.actor_host.get(owner) if owner else None) or (
-                snap["host"] if snap else None)
+                snap["host"] if snap else None
+            )
             loopback = isinstance(raddr, str) and ipaddress.ip_address(raddr).is_loopback
             hosts.append(host)
             peers.append(host if loopback else self.addr_host.get(str(raddr)))
             infos.append(
-                None if snap is None
+                None
+                if snap is None
                 else dumps({k: snap[k] for k in (*HANDSHAKE, "congestion")}).decode()
             )
         super().connections(

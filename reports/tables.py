@@ -162,10 +162,7 @@ def _group_frame(app: list[tuple[int, dict[str, Any]]], g: AppGroup) -> pl.DataF
         fields = frame.select(pl.struct(rest).struct.json_encode().alias("fields"))["fields"]
         odd = fields.to_frame().with_row_index("j").filter(odd_json(pl.col("fields")))["j"]
         if len(odd):
-            fixed = [
-                _fields_text({k: rows[j][1][k] for k in rest})
-                for j in odd.to_list()
-            ]
+            fixed = [_fields_text({k: rows[j][1][k] for k in rest}) for j in odd.to_list()]
             fields = fields.scatter(odd, pl.Series(fixed, dtype=pl.String))
     else:
         fields = pl.Series("fields", [None] * len(frame), dtype=pl.String)

@@ -20,20 +20,41 @@ _json = json.JSONEncoder(separators=(",", ":")).encode
 
 # A lifecycle as the engine writes it (a real bomb run's first line).
 BASE: dict[str, Any] = {
-    "id": 18, "kind": "connection", "role": "active", "outcome": "time_wait",
-    "laddr": "127.0.0.1", "lport": 41552, "raddr": "127.0.0.1", "rport": 8080,
-    "dest": ["127.0.0.1", 8080], "family": 2, "skaddr": 18446612692369829632,
-    "start_ns": 292724424449, "end_ns": 292724865654, "t_start": 2.942604033,
-    "duration_ns": 441205, "closed_in_run": True, "timewait_from": "FIN_WAIT2",
-    "first_old": "CLOSE", "last_state": "CLOSE",
+    "id": 18,
+    "kind": "connection",
+    "role": "active",
+    "outcome": "time_wait",
+    "laddr": "127.0.0.1",
+    "lport": 41552,
+    "raddr": "127.0.0.1",
+    "rport": 8080,
+    "dest": ["127.0.0.1", 8080],
+    "family": 2,
+    "skaddr": 18446612692369829632,
+    "start_ns": 292724424449,
+    "end_ns": 292724865654,
+    "t_start": 2.942604033,
+    "duration_ns": 441205,
+    "closed_in_run": True,
+    "timewait_from": "FIN_WAIT2",
+    "first_old": "CLOSE",
+    "last_state": "CLOSE",
     "owner": {"actor": "bomber", "pid": 12058, "fd": 12, "via": "app:connect"},
     "first_cpu_pid": 12058,
     "states": [
         {"state": "SYN_SENT", "start_ns": 292724424449, "dur_ns": 40400, "cpu_pid": 12058},
-        {"state": "FIN_WAIT2", "start_ns": 292724865654, "dur_ns": 4407, "cpu_pid": None,
-         "timewait": True},
+        {
+            "state": "FIN_WAIT2",
+            "start_ns": 292724865654,
+            "dur_ns": 4407,
+            "cpu_pid": None,
+            "timewait": True,
+        },
     ],
-    "transitions_dropped": 0, "accepted": False, "app_closed": True, "error": None,
+    "transitions_dropped": 0,
+    "accepted": False,
+    "app_closed": True,
+    "error": None,
     "app": {"connect": 1, "close": 1},
     "actions": [[292724665837, "connect"], [292724689733, "close"]],
     "phase": "bomb",
@@ -70,11 +91,28 @@ def _row(**changes: Any) -> dict[str, Any]:
 ROWS = [
     BASE,
     # A listener: no peer, no owner, no dest, nothing done by the app.
-    _row(kind="listener", role="listener", raddr=None, rport=None, dest=None, owner=None,
-         states=[], app={}, actions=[], t_start=None, end_ns=None, phase=None),
+    _row(
+        kind="listener",
+        role="listener",
+        raddr=None,
+        rport=None,
+        dest=None,
+        owner=None,
+        states=[],
+        app={},
+        actions=[],
+        t_start=None,
+        end_ns=None,
+        phase=None,
+    ),
     # A connect that never got a port.
-    _row(lport=None, laddr=None, outcome="failed", error="EADDRNOTAVAIL e-1",
-         owner={"actor": None, "pid": 7, "fd": None, "via": "cpu"}),
+    _row(
+        lport=None,
+        laddr=None,
+        outcome="failed",
+        error="EADDRNOTAVAIL e-1",
+        owner={"actor": None, "pid": 7, "fd": None, "via": "cpu"},
+    ),
     # Text json escapes and polars would not, or differently.
     _row(app={"connexión": 2, 'say "hi"\\': 1, "bell\x07": 3}, phase="fase ñ"),
     _row(actions=[[1, "tab\there"], [2, "del\x7f"]], error="a/b"),
@@ -126,7 +164,9 @@ def test_parquet_columns_flatten_the_nested_ones() -> None:
     first, listener = flat.to_dicts()
     assert (first["dest_addr"], first["dest_port"]) == ("127.0.0.1", 8080)
     assert (first["owner_actor"], first["owner_pid"], first["owner_via"]) == (
-        "bomber", 12058, "app:connect",
+        "bomber",
+        12058,
+        "app:connect",
     )
     assert [s["timewait"] for s in first["states"]] == [False, True]
     assert json.loads(first["app"]) == {"connect": 1, "close": 1}
