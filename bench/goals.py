@@ -57,7 +57,15 @@ def _lab(r: Row, rows: Rows) -> str:
 
 
 def _loss(r: Row, rows: Rows) -> str:
-    return "where the first loss came and what it was is in this row's note"
+    if "refused with space" in r.note:
+        # Measured in docs/probes.md ("What the refusals are"): immediate
+        # EAGAINs from the ring's lock with the ring nearly empty.
+        return (
+            "the kernel refused ring submissions with the ring nearly empty, past emit()'s "
+            "retries: the 6.15+ ring buffer lock (an rqspinlock) gives up on this VM's "
+            "shared vCPUs; not the reader (its share of a core is in the note)"
+        )
+    return "a ring filled: the probe process's reader fell behind (its CPU is in the note)"
 
 
 def _rate(r: Row, rows: Rows) -> str:

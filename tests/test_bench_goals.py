@@ -85,3 +85,14 @@ def test_the_goals_line_counts_met_and_missed_goal_rows_only() -> None:
     missed = line.split("missed or not measured: ")[1]
     assert "correlator_held_kb" in missed and "loss_onset" in missed
     assert "snapshot_ms" not in line and "correlator_10m_rss" not in missed
+
+
+def test_the_loss_cause_follows_the_kind_of_loss_the_note_names() -> None:
+    refused = goal_row("loss_onset", 0.5, ">= 2.0", on="ratio", ratio=0.5)
+    refused.note = "losses begin above 98,634 events/s (9 dropped; refused with space in the ring)"
+    full = goal_row("loss_onset", 0.5, ">= 2.0", on="ratio", ratio=0.5)
+    full.note = "losses begin above 98,634 events/s (the ring of tcp_state filled)"
+    explain([refused])
+    explain([full])
+    assert "rqspinlock" in refused.note and "reader fell behind" not in refused.note
+    assert "reader fell behind" in full.note and "rqspinlock" not in full.note
