@@ -4,7 +4,7 @@ A life keeps its first MAX_ACTIONS actions (time, event) as they came; the
 rest are only counted per event. Both are rows of frames carried from chunk
 to chunk (`Actions`), not lists per life, and forgotten with the lives. The
 records also mark it accepted, closed by the application (a close with an
-fd) or failed with the error of its connect_failed record.
+fd), its peer's FIN read (peer_close) or failed with the error of its connect_failed record.
 """
 
 from __future__ import annotations
@@ -102,19 +102,22 @@ def _rank_in_run(key: np.ndarray) -> np.ndarray:
 
 
 def apply_flags(acts: pl.DataFrame, conns: dict[int, Conn], actions: Actions) -> None:
-    """accepted, app_closed, error and the actions of the lives the records name."""
+    """accepted, app_closed, fin_read, error and the actions of the lives the records name."""
     ev = pl.col("event")
     per = acts.group_by("life", maintain_order=True).agg(
         accepted=(ev == "accept").any(),
         closed=((ev == "close") & pl.col("fd").is_not_null()).any(),
+        fin=(ev == "peer_close").any(),
         error=pl.col("error").filter(ev == "connect_failed").last(),
     )
     known = [life for life in per["life"].to_list() if life in conns]
     actions.add(
         acts.filter(pl.col("life").is_in(known)).select("life", ts_ns="mono_ns", event="event")
     )
-    flagged = per.filter(pl.col("accepted") | pl.col("closed") | pl.col("error").is_not_null())
-    for life, accepted, closed, error in flagged.iter_rows():
+    flagged = per.filter(
+        pl.col("accepted") | pl.col("closed") | pl.col("fin") | pl.col("error").is_not_null()
+    )
+    for life, accepted, closed, fin, error in flagged.iter_rows():
         conn = conns.get(life)
         if conn is None:
             continue
@@ -122,5 +125,7 @@ def apply_flags(acts: pl.DataFrame, conns: dict[int, Conn], actions: Actions) ->
             conn.accepted = True
         if closed:
             conn.app_closed = True
+        if fin:
+            conn.fin_read = True
         if error:
             conn.error = str(error)

@@ -314,6 +314,8 @@ class Joins:
             conn.accepted = True
         if error and event == "connect_failed":
             conn.error = str(error)
+        if event == "peer_close":
+            conn.fin_read = True
         if fd is not None:
             if event in ("connect", "accept"):
                 self.held.own(pid, conn)

@@ -24,6 +24,7 @@ _DECISION = {
     "seen": pl.Boolean,  # accept calls seen by then
     "close_seen": pl.Boolean,
     "stuck_in": pl.String,
+    "fin_read": pl.Boolean,
     "last_old": pl.String,
     "peer_outcome": pl.String,
     "peer": pl.Int64,  # the peer's id while its outcome is still to decide
@@ -106,6 +107,7 @@ class LifeRows:
             "seen": [x[3] for x in lives],
             "close_seen": [c.close_seen for c in conns],
             "stuck_in": [c.stuck_in for c in conns],
+            "fin_read": [c.fin_read for c in conns],
             "last_old": [c.last_old for c in conns],
             "peer_outcome": [p.outcome if p is not None else None for p in peers],
             "peer": [p.id if p is not None and p.outcome is None else None for p in peers],

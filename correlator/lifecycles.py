@@ -97,6 +97,7 @@ class Conn:
     owner_via: str | None = None
     accepted: bool = False
     app_closed: bool = False
+    fin_read: bool = False  # its owner logged reading the peer's FIN (peer_close)
     error: str | None = None
     outcome: str | None = None
     # An orphaned active closer leaves FIN_WAIT2 for a timewait socket at once,
@@ -234,7 +235,8 @@ class Lives:
             conns[c.id] = c
             milestones.append((pos_l[i], OPEN, c))
         if end is not None:
-            # A CLOSE_WAIT or FIN_WAIT2 held across the experiment's end is stuck.
+            # A CLOSE_WAIT or FIN_WAIT2 held across the experiment's end is stuck
+            # (unless its owner closed it unread: outcome_rules._decide).
             held = (
                 ~start
                 & np.isin(prev_new, ["CLOSE_WAIT", "FIN_WAIT2"])

@@ -28,7 +28,13 @@ def _decide() -> pl.Expr:
     """joins.py's old decision list, first match wins."""
     role, last, error = pl.col("role"), pl.col("last_old"), pl.col("error")
     at_end = ~pl.col("closed_in_run")
-    stuck = pl.when(at_end).then(pl.col("last_state")).otherwise(pl.col("stuck_in"))
+    held = pl.when(at_end).then(pl.col("last_state")).otherwise(pl.col("stuck_in"))
+    # An owner that closed the socket without having read the peer's FIN (a
+    # close record, no peer_close) was behind, not keeping it: its CLOSE_WAIT
+    # is not stuck however the end fell. No records (a foreign program): the
+    # end decides. FIN_WAIT2 waits for the peer: its owner's close says nothing.
+    unread = pl.col("app_closed") & ~pl.col("fin_read")
+    stuck = pl.when((held == "CLOSE_WAIT") & unread).then(pl.lit(None, pl.String)).otherwise(held)
     syn_sent = (
         pl.when(error == "ECONNREFUSED")
         .then(pl.lit("refused"))

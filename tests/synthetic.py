@@ -313,10 +313,16 @@ class Lab:
         return Pair(client, server, csk, ssk, cport, sport, cfd, sfd)
 
     def client_close(
-        self, ts: int, p: Pair, server_closes: bool = True, server_delay_ns: int = 40 * US
+        self,
+        ts: int,
+        p: Pair,
+        server_closes: bool = True,
+        server_delay_ns: int = 40 * US,
+        server_reads_fin: bool = True,
     ) -> None:
         """The client closes first; the server closes `server_delay_ns` later
-        unless it leaks. As on a real kernel, the orphaned client leaves
+        unless it leaks (and, unless `server_reads_fin` is False, logs reading
+        the FIN first). As on a real kernel, the orphaned client leaves
         FIN_WAIT2 for a timewait socket as soon as its FIN is acked."""
         c, s = (p.client.addr, p.cport), (p.server.addr, p.sport)
         irq = self.irq_pid
@@ -329,7 +335,7 @@ class Lab:
         self.state(ts + 22 * US, p.csk, "FIN_WAIT2", "CLOSE", c, s, irq)
         self.free(p.csk, ts + 22 * US)
         p.cstate, p.sstate = "CLOSE", "CLOSE_WAIT"
-        if p.sfd >= 0:
+        if p.sfd >= 0 and server_reads_fin:
             self.log(p.server, ts + 30 * US, "peer_close", fd=p.sfd)
         if not server_closes:
             return

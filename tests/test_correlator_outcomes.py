@@ -155,6 +155,37 @@ def test_sockets_closed_only_by_teardown_count_as_stuck(tmp_path: Path) -> None:
     assert run.summary["diagnosis"][0].endswith("their peers wait in FIN_WAIT_2 (3 of them).")
 
 
+def test_close_wait_across_the_end_is_stuck_only_if_its_owner_kept_it(tmp_path: Path) -> None:
+    """Three CLOSE_WAITs span the experiment's end (+500 ms). The server that
+    had not read the FIN yet when the end came and closed the socket 36 ms
+    later (its close record, no peer_close: a pooler's connection in a real
+    bomb run) was behind, not keeping it: clean, its peer time_wait. The
+    leaker that read the FIN and closed only when stopped, and the socket
+    never closed at all, are stuck."""
+
+    def script(lab: Lab) -> None:
+        lab.listen(T0, SERVER, 8080)
+        lab.listen(T0, LEAKER, 9090)
+        p = lab.connect(T0 + MS, CLIENT, SERVER, 47000, 8080)
+        lab.client_close(T0 + 499 * MS, p, server_delay_ns=37 * MS, server_reads_fin=False)
+        q = lab.connect(T0 + 2 * MS, CLIENT, LEAKER, 48000, 9090)
+        lab.client_close(T0 + 3 * MS, q, server_delay_ns=1_000 * MS)
+        r = lab.connect(T0 + 4 * MS, CLIENT, LEAKER, 48001, 9090)
+        lab.client_close(T0 + 5 * MS, r, server_closes=False)
+
+    meta = {
+        "actors": ACTORS,
+        "started_mono_ns": T0,
+        "phases": [{"name": "hold", "start_mono_ns": T0, "end_mono_ns": T0 + 500 * MS}],
+    }
+    run = replay(tmp_path, script, meta=meta)
+    passive = {c["rport"]: c["outcome"] for c in run.conns if c["role"] == "passive"}
+    assert {47000: "clean", 48000: "stuck_close_wait", 48001: "stuck_close_wait"} == passive
+    active = {c["lport"]: c["outcome"] for c in run.conns if c["role"] == "active"}
+    assert {47000: "time_wait", 48000: "stuck_fin_wait2", 48001: "stuck_fin_wait2"} == active
+    assert run.summary["diagnosis"][0].startswith("2 sockets stuck in CLOSE_WAIT, owned by leaker")
+
+
 def test_failures_seen_by_the_kernel_but_logged_only_sometimes(tmp_path: Path) -> None:
     """An actor that logs only some connect failures: the kernel's count of
     connects that ended without a port is the figure told, each record
