@@ -75,6 +75,19 @@ def _tcp(ts: int, comm: bytes, family: int, saddr: bytes, old: str, new: str) ->
     )  # fmt: skip
 
 
+def _batches(bodies: list[dict[str, Any]]) -> tuple[list[Any], list[Any]]:
+    """tcp_state bodies as raw batches and as the dict batches of their events."""
+    cols = Columns({})
+    raw = [b for body in bodies for b in cols.raw(body)]
+    cols = Columns({})
+    dicts = [
+        b
+        for body in bodies
+        for b in cols.kernel({"probe": "tcp_state", "events": batch_events(body)})
+    ]
+    return raw, dicts
+
+
 def test_a_chunk_of_raw_batches_is_the_frame_of_their_dicts_in_position_order() -> None:
     """Raw batches decoded together (chunk_frame) give the rows their dicts
     give, each with its position: IPv4 with bytes after the address (only
@@ -94,14 +107,7 @@ def test_a_chunk_of_raw_batches_is_the_frame_of_their_dicts_in_position_order() 
             + _tcp(40, b"x", 99, V6_LOOP, "FIN_WAIT1", "CLOSE"),
         ),
     ]
-    cols = Columns({})
-    raw = [b for body in bodies for b in cols.raw(body)]
-    cols = Columns({})
-    dicts = [
-        b
-        for body in bodies
-        for b in cols.kernel({"probe": "tcp_state", "events": batch_events(body)})
-    ]
+    raw, dicts = _batches(bodies)
     # Positions as a chunk gives them: the second batch's rows first, the
     # first batch's second row (lo=1) left out.
     pos = [np.array([5], np.int64), np.array([2, 3], np.int64)]
@@ -137,14 +143,7 @@ def test_a_chunk_mixing_layouts_and_dict_batches_gives_the_same_frame() -> None:
         make_body("tcp_state", wide, recs[1] + bytes(8)),
         make_body("tcp_state", TCP_STATE, recs[2]),
     ]
-    cols = Columns({})
-    raw = [b for body in bodies for b in cols.raw(body)]
-    cols = Columns({})
-    dicts = [
-        b
-        for body in bodies
-        for b in cols.kernel({"probe": "tcp_state", "events": batch_events(body)})
-    ]
+    raw, dicts = _batches(bodies)
     pos = [np.array([i], np.int64) for i in (2, 0, 1)]
     mixed = [raw[0], raw[1], dicts[2]]
     got = chunk_frame([(b, 0, 1, p) for b, p in zip(mixed, pos, strict=True)])
